@@ -1,0 +1,10 @@
+//! squall-engine: everything that seeds.
+//!
+//! Dependency direction is one way (see docs/architecture.md):
+//! `shard -> wire, ring, storage, catalog, stats`; `catalog -> metainfo, storage`;
+//! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
+
+pub mod catalog;
+pub mod metainfo;
+pub mod storage;
+pub mod wire;
