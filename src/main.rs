@@ -1,3 +1,43 @@
-fn main() {
-    println!("squall");
+//! The `squall` command line: parse, load config, call into squall-engine. No seeding logic here.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Squall: a thread-per-core io_uring BitTorrent seeding appliance.
+///
+/// Quick start: `squall seed ./my-content` makes a torrent of each top-level file or
+/// directory (cached in the state directory, never written into the content) and seeds them.
+#[derive(Parser, Debug)]
+#[command(name = "squall", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a .torrent from a file or directory.
+    Make(cli::make::MakeArgs),
+    /// Show what a .torrent contains (human summary or --json).
+    Info(cli::info::InfoArgs),
+    /// Hash every piece of a torrent's content and report bad or missing pieces.
+    Verify(cli::verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Make(args) => cli::make::run(args),
+        Command::Info(args) => cli::info::run(args),
+        Command::Verify(args) => cli::verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,6 @@
+//! One module per subcommand. Each exposes `XArgs` (clap) and `run(XArgs) -> Result<ExitCode, String>`;
+//! the `String` error is printed as `error: ...` and must say what was wrong, where, and what to do.
+
+pub mod info;
+pub mod make;
+pub mod verify;
