@@ -297,6 +297,18 @@ fn put_u32_message(out: &mut Vec<u8>, msg_id: u8, value: u32) {
 
 /// Appends the full frame (length prefix included) of `msg` to `out`.
 pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
+    let frame_start = out.len();
+    encode_body(msg, out);
+    // Paired with decode_frame's length check: what we send, we would accept.
+    debug_assert_eq!(
+        out.get(frame_start..)
+            .and_then(frame_len)
+            .map(|len| len as usize),
+        Some(out.len() - frame_start - LEN_PREFIX_BYTES),
+    );
+}
+
+fn encode_body(msg: &Message<'_>, out: &mut Vec<u8>) {
     match *msg {
         Message::KeepAlive => out.extend_from_slice(&0u32.to_be_bytes()),
         Message::Choke => put_header(out, id::CHOKE, 0),
@@ -382,6 +394,30 @@ pub fn write_piece_header(
 pub fn bitfield_len_bytes(num_pieces: u32) -> usize {
     // u32 -> usize is lossless on every target this engine builds for (64-bit Linux).
     (num_pieces as usize).div_ceil(8)
+}
+
+/// Checks a peer's bitfield against the torrent: exactly `bitfield_len_bytes(num_pieces)`
+/// bytes and no spare bits set past the last piece. BEP 3 says to drop a peer whose
+/// bitfield fails either check; the length cannot be checked in `decode_frame`, which does
+/// not know the torrent.
+pub fn validate_bitfield(bits: &[u8], num_pieces: u32) -> Result<(), WireError> {
+    let bad = || WireError::BadBitfield {
+        len_bytes: bits.len(),
+        num_pieces,
+    };
+    if bits.len() != bitfield_len_bytes(num_pieces) {
+        return Err(bad());
+    }
+    // Pieces are numbered from the high bit of the first byte, so the spare bits are the
+    // low bits of the last byte.
+    let used_bits_in_last_byte = num_pieces % 8;
+    if used_bits_in_last_byte != 0 {
+        let spare_mask = 0xFFu8 >> used_bits_in_last_byte;
+        if bits.last().is_some_and(|last| last & spare_mask != 0) {
+            return Err(bad());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -518,6 +554,26 @@ mod tests {
         assert_eq!(bitfield_len_bytes(8), 1);
         assert_eq!(bitfield_len_bytes(9), 2);
         assert_eq!(bitfield_len_bytes(u32::MAX), 536_870_912);
+    }
+
+    #[test]
+    fn bitfield_validation_checks_length_and_spare_bits() {
+        // Proves BEP 3's two bitfield rules: exact length, and spare bits clear.
+        assert_eq!(validate_bitfield(&[], 0), Ok(()));
+        assert_eq!(validate_bitfield(&[0xFF], 8), Ok(()));
+        assert_eq!(validate_bitfield(&[0xFF, 0x80], 9), Ok(()));
+        assert_eq!(validate_bitfield(&[0xFF, 0xFE], 15), Ok(()));
+        let bad = |len_bytes, num_pieces| {
+            Err(WireError::BadBitfield {
+                len_bytes,
+                num_pieces,
+            })
+        };
+        assert_eq!(validate_bitfield(&[0xFF, 0x40], 9), bad(2, 9));
+        assert_eq!(validate_bitfield(&[0xFF, 0xFF], 15), bad(2, 15));
+        assert_eq!(validate_bitfield(&[0xFF], 9), bad(1, 9));
+        assert_eq!(validate_bitfield(&[0xFF, 0, 0], 9), bad(3, 9));
+        assert_eq!(validate_bitfield(&[0], 0), bad(1, 0));
     }
 
     #[test]

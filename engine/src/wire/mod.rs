@@ -22,8 +22,8 @@ pub mod metadata;
 pub use extended::{encode_extended, ExtendedHandshake};
 pub use handshake::{parse_handshake, peer_id, Handshake, HANDSHAKE_LEN, PROTOCOL};
 pub use message::{
-    bitfield_len_bytes, decode_frame, encode, encode_request, frame_len, write_piece_header,
-    BlockRequest, Message, PIECE_HEADER_LEN,
+    bitfield_len_bytes, decode_frame, encode, encode_request, frame_len, validate_bitfield,
+    write_piece_header, BlockRequest, Message, MESSAGE_LEN_MAX_DEFAULT_BYTES, PIECE_HEADER_LEN,
 };
 pub use metadata::{
     metadata_piece_count, metadata_piece_range, MetadataMessage, METADATA_PIECE_LEN_BYTES,
@@ -46,6 +46,8 @@ pub enum WireError {
     MessageTooLong { len: u32, max_len: u32 },
     /// A message whose length prefix does not fit its id (e.g. `have` not 5 bytes long).
     BadMessageLength { id: u8, len: u32 },
+    /// A bitfield of the wrong length for the torrent, or with spare bits set.
+    BadBitfield { len_bytes: usize, num_pieces: u32 },
     /// A bencoded payload (BEP 9 / BEP 10) that does not decode.
     Bencode(BencodeError),
     /// A BEP 10 extended handshake that decodes but is not usable (e.g. not a dictionary).
@@ -76,6 +78,13 @@ impl fmt::Display for WireError {
                 f,
                 "{} message (id {id}) has invalid length {len}",
                 message::id::name(*id)
+            ),
+            WireError::BadBitfield {
+                len_bytes,
+                num_pieces,
+            } => write!(
+                f,
+                "bitfield of {len_bytes} bytes is wrong for {num_pieces} pieces (bad length or spare bits set)"
             ),
             WireError::Bencode(e) => write!(f, "bencoded payload: {e}"),
             WireError::BadExtendedHandshake(why) => write!(f, "extended handshake: {why}"),
@@ -120,6 +129,13 @@ mod tests {
                 "limit of 10",
             ),
             (WireError::BadMessageLength { id: 4, len: 9 }, "have"),
+            (
+                WireError::BadBitfield {
+                    len_bytes: 3,
+                    num_pieces: 9,
+                },
+                "9 pieces",
+            ),
             (
                 WireError::Bencode(BencodeError::UnexpectedEnd { offset: 3 }),
                 "byte 3",
