@@ -218,12 +218,13 @@ pub fn decode_frame(
 /// Decodes a body whose length already passed `check_len`. The reads below are still
 /// fallible rather than indexed, so a mistake in the length table is an error, not a panic.
 fn decode_body(msg_id: u8, len: u32, body: &[u8]) -> Result<Message<'_>, WireError> {
-    let bad_len = WireError::BadMessageLength { id: msg_id, len };
+    // A closure, not a value: the error is only built on the (never expected) failure path.
+    let bad_len = || WireError::BadMessageLength { id: msg_id, len };
     let u32_at = |offset: usize| -> Result<u32, WireError> {
         let bytes: [u8; 4] = body
             .get(offset..offset + 4)
             .and_then(|b| b.try_into().ok())
-            .ok_or(bad_len.clone())?;
+            .ok_or_else(bad_len)?;
         Ok(u32::from_be_bytes(bytes))
     };
     let block_request = || -> Result<BlockRequest, WireError> {
@@ -244,11 +245,11 @@ fn decode_body(msg_id: u8, len: u32, body: &[u8]) -> Result<Message<'_>, WireErr
         id::PIECE => Message::Piece {
             index: u32_at(0)?,
             begin: u32_at(4)?,
-            data: body.get(8..).ok_or(bad_len.clone())?,
+            data: body.get(8..).ok_or_else(bad_len)?,
         },
         id::CANCEL => Message::Cancel(block_request()?),
         id::PORT => {
-            let bytes: [u8; 2] = body.try_into().map_err(|_| bad_len.clone())?;
+            let bytes: [u8; 2] = body.try_into().map_err(|_| bad_len())?;
             Message::Port(u16::from_be_bytes(bytes))
         }
         id::SUGGEST_PIECE => Message::SuggestPiece(u32_at(0)?),
@@ -257,7 +258,7 @@ fn decode_body(msg_id: u8, len: u32, body: &[u8]) -> Result<Message<'_>, WireErr
         id::REJECT_REQUEST => Message::RejectRequest(block_request()?),
         id::ALLOWED_FAST => Message::AllowedFast(u32_at(0)?),
         id::EXTENDED => {
-            let (&ext_id, payload) = body.split_first().ok_or(bad_len)?;
+            let (&ext_id, payload) = body.split_first().ok_or_else(bad_len)?;
             Message::Extended {
                 id: ext_id,
                 payload,
