@@ -5,6 +5,7 @@
 //! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
 
 pub mod catalog;
+pub mod make;
 pub mod metainfo;
 pub mod storage;
 pub mod wire;

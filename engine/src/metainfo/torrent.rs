@@ -5,7 +5,13 @@
 //! Must never: panic on any input, or return a `Torrent` whose file paths could escape a data
 //! root (empty, `.`, `..`, `/`, NUL components, absolute paths are refused).
 
+use std::collections::HashSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use super::bencode::{self, Node};
 
 /// A v1 info-hash: SHA-1 of the raw `info` dictionary bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,16 +136,650 @@ impl fmt::Display for MetainfoError {
 
 impl std::error::Error for MetainfoError {}
 
+impl MetainfoError {
+    /// The message a user sees, naming the torrent it is about: `bad.torrent: unsafe file path ...`.
+    /// Callers (catalog, CLI) pass the .torrent's file name or another label they know it by.
+    pub fn describe(&self, torrent_label: &str) -> String {
+        format!("{torrent_label}: {self}")
+    }
+}
+
 impl From<super::bencode::BencodeError> for MetainfoError {
     fn from(e: super::bencode::BencodeError) -> Self {
         MetainfoError::Bencode(e)
     }
 }
 
+/// Largest accepted piece length. Real torrents use <= 16 MiB (libtorrent refuses > 128 MiB);
+/// the bound keeps a hostile file from making a hasher allocate gigabytes per thread.
+pub const PIECE_LENGTH_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Parses and validates a .torrent file's bytes.
 pub fn parse(bytes: &[u8]) -> Result<Torrent, MetainfoError> {
-    let _ = bytes;
-    Err(MetainfoError::Invalid(
-        "metainfo parsing not implemented yet".into(),
-    ))
+    let root = bencode::decode(bytes)?;
+    if root.as_dict().is_none() {
+        return Err(field("(top level)", "is not a dictionary"));
+    }
+    let info = root
+        .get("info")
+        .ok_or_else(|| field("info", "is missing"))?;
+    if info.as_dict().is_none() {
+        return Err(field(
+            "info",
+            &format!("is a {}, not a dictionary", info.type_name()),
+        ));
+    }
+    // v2-only: `meta version` 2 and none of the v1 keys. A hybrid carries both; parse its v1 half.
+    let has_v1 = info.get("pieces").is_some()
+        && (info.get("length").is_some() || info.get("files").is_some());
+    if info.get("meta version").and_then(Node::as_int) == Some(2) && !has_v1 {
+        return Err(MetainfoError::V2NotSupported);
+    }
+
+    let info_bytes = bytes
+        .get(info.span.clone())
+        .ok_or_else(|| MetainfoError::Invalid("info span out of range".into()))?
+        .to_vec();
+    let info_hash = InfoHash(Sha1::digest(&info_bytes).into());
+
+    let name = utf8_preferring(info, "name.utf-8", "name")?
+        .ok_or_else(|| field("info.name", "is missing"))?;
+    check_component(&name, &name)?;
+
+    let piece_length_raw = info
+        .get("piece length")
+        .ok_or_else(|| field("info.piece length", "is missing"))?
+        .as_int()
+        .ok_or_else(|| field("info.piece length", "is not an integer"))?;
+    if piece_length_raw <= 0 {
+        return Err(field(
+            "info.piece length",
+            &format!("must be positive, is {piece_length_raw}"),
+        ));
+    }
+    let piece_length = piece_length_raw as u64;
+    if piece_length > PIECE_LENGTH_MAX_BYTES {
+        return Err(field(
+            "info.piece length",
+            &format!("{piece_length} bytes exceeds the limit of {PIECE_LENGTH_MAX_BYTES}"),
+        ));
+    }
+
+    let (files, multi_file) = match (info.get("length"), info.get("files")) {
+        (Some(_), Some(_)) => {
+            return Err(MetainfoError::Invalid(
+                "info has both `length` (single-file) and `files` (multi-file)".into(),
+            ))
+        }
+        (Some(len), None) => {
+            let length = non_negative(len, "info.length")?;
+            let entry = FileEntry {
+                path: vec![name.clone()],
+                length,
+                offset: 0,
+                pad: false,
+            };
+            (vec![entry], false)
+        }
+        (None, Some(list)) => (parse_files(list)?, true),
+        (None, None) => return Err(field("info.length / info.files", "both are missing")),
+    };
+    let total_length = files.last().map(|f| f.offset + f.length).unwrap_or(0);
+    if total_length == 0 {
+        return Err(MetainfoError::Invalid(
+            "torrent has no content (total length is 0)".into(),
+        ));
+    }
+
+    let pieces = info
+        .get("pieces")
+        .ok_or_else(|| field("info.pieces", "is missing"))?
+        .as_bytes()
+        .ok_or_else(|| field("info.pieces", "is not a string"))?;
+    let num_pieces = total_length.div_ceil(piece_length);
+    if num_pieces > u64::from(u32::MAX) {
+        return Err(MetainfoError::Invalid(format!(
+            "{num_pieces} pieces is more than 2^32 - 1"
+        )));
+    }
+    if pieces.len() as u64 != num_pieces * 20 {
+        return Err(field(
+            "info.pieces",
+            &format!(
+                "is {} bytes; {} pieces of {} bytes covering {} bytes need 20 x {} = {} bytes",
+                pieces.len(),
+                num_pieces,
+                piece_length,
+                total_length,
+                num_pieces,
+                num_pieces * 20
+            ),
+        ));
+    }
+    let private = info.get("private").and_then(Node::as_int) == Some(1);
+
+    Ok(Torrent {
+        info_hash,
+        name,
+        piece_length,
+        piece_hashes: pieces.to_vec(),
+        files,
+        total_length,
+        multi_file,
+        private,
+        trackers: parse_trackers(&root),
+        web_seeds: parse_web_seeds(&root),
+        comment: utf8_preferring(&root, "comment.utf-8", "comment")
+            .ok()
+            .flatten(),
+        created_by: root
+            .get("created by")
+            .and_then(Node::as_str)
+            .map(str::to_owned),
+        creation_date: root.get("creation date").and_then(Node::as_int),
+        info_bytes,
+    })
+}
+
+fn field(field: &str, problem: &str) -> MetainfoError {
+    MetainfoError::Field {
+        field: field.to_owned(),
+        problem: problem.to_owned(),
+    }
+}
+
+fn non_negative(node: &Node<'_>, name: &str) -> Result<u64, MetainfoError> {
+    let v = node
+        .as_int()
+        .ok_or_else(|| field(name, &format!("is a {}, not an integer", node.type_name())))?;
+    u64::try_from(v).map_err(|_| field(name, &format!("must not be negative, is {v}")))
+}
+
+/// Reads `preferred` when it is present and valid UTF-8 (BEP 3's `.utf-8` variants written by
+/// clients whose native encoding was not UTF-8), else `key`. `Ok(None)` when both are absent.
+fn utf8_preferring(
+    dict: &Node<'_>,
+    preferred: &str,
+    key: &str,
+) -> Result<Option<String>, MetainfoError> {
+    if let Some(s) = dict.get(preferred).and_then(Node::as_str) {
+        return Ok(Some(s.to_owned()));
+    }
+    match dict.get(key) {
+        None => Ok(None),
+        Some(node) => node
+            .as_str()
+            .map(|s| Some(s.to_owned()))
+            .ok_or_else(|| field(key, "is not a UTF-8 string")),
+    }
+}
+
+/// Refuses a path component that could name something other than a plain entry below the root.
+fn check_component(component: &str, whole_path: &str) -> Result<(), MetainfoError> {
+    let reason = if component.is_empty() {
+        Some("an empty component".to_owned())
+    } else if component == "." || component == ".." {
+        Some(format!("component {component:?} is a directory reference"))
+    } else if component.contains('/') || component.contains('\\') {
+        Some(format!("component {component:?} contains a path separator"))
+    } else if component.contains('\0') {
+        Some(format!("component {component:?} contains a NUL byte"))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(MetainfoError::UnsafePath {
+            path: whole_path.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
+    let items = list
+        .as_list()
+        .ok_or_else(|| field("info.files", "is not a list"))?;
+    if items.is_empty() {
+        return Err(field(
+            "info.files",
+            "is empty (a torrent needs at least one file)",
+        ));
+    }
+    let mut files = Vec::with_capacity(items.len());
+    let mut offset: u64 = 0;
+    let mut seen_files: HashSet<String> = HashSet::with_capacity(items.len());
+    let mut seen_dirs: HashSet<String> = HashSet::new();
+    for (index, item) in items.iter().enumerate() {
+        let where_ = format!("info.files[{index}]");
+        if item.as_dict().is_none() {
+            return Err(field(&where_, "is not a dictionary"));
+        }
+        let length = non_negative(
+            item.get("length")
+                .ok_or_else(|| field(&format!("{where_}.length"), "is missing"))?,
+            &format!("{where_}.length"),
+        )?;
+        let path_node = item
+            .get("path.utf-8")
+            .filter(|p| {
+                p.as_list()
+                    .is_some_and(|l| l.iter().all(|c| c.as_str().is_some()))
+            })
+            .or_else(|| item.get("path"))
+            .ok_or_else(|| field(&format!("{where_}.path"), "is missing"))?;
+        let raw = path_node
+            .as_list()
+            .ok_or_else(|| field(&format!("{where_}.path"), "is not a list"))?;
+        let mut path = Vec::with_capacity(raw.len());
+        for c in raw {
+            let s = c.as_str().ok_or_else(|| {
+                field(
+                    &format!("{where_}.path"),
+                    "has a component that is not a UTF-8 string",
+                )
+            })?;
+            path.push(s.to_owned());
+        }
+        let joined = path.join("/");
+        if path.is_empty() {
+            return Err(MetainfoError::UnsafePath {
+                path: joined,
+                reason: "the path has no components".into(),
+            });
+        }
+        for c in &path {
+            check_component(c, &joined)?;
+        }
+        let pad = item
+            .get("attr")
+            .and_then(Node::as_bytes)
+            .is_some_and(|a| a.contains(&b'p'));
+        // Two entries with one path, or a file that is also another's directory, would make two
+        // files share bytes on disk: refuse rather than serve one file's data for the other.
+        if !pad {
+            if seen_dirs.contains(&joined) || !seen_files.insert(joined.clone()) {
+                return Err(MetainfoError::Invalid(format!(
+                    "duplicate file path {joined:?} in info.files"
+                )));
+            }
+            let mut prefix = String::new();
+            for c in &path[..path.len() - 1] {
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(c);
+                if seen_files.contains(&prefix) {
+                    return Err(MetainfoError::Invalid(format!(
+                        "file path {joined:?} runs through {prefix:?}, which is also a file"
+                    )));
+                }
+                seen_dirs.insert(prefix.clone());
+            }
+        }
+        files.push(FileEntry {
+            path,
+            length,
+            offset,
+            pad,
+        });
+        offset = offset
+            .checked_add(length)
+            .filter(|t| *t <= i64::MAX as u64)
+            .ok_or_else(|| MetainfoError::Invalid("total length overflows 2^63 bytes".into()))?;
+    }
+    Ok(files)
+}
+
+fn parse_trackers(root: &Node<'_>) -> Vec<Vec<String>> {
+    // BEP 12: when `announce-list` is present and usable it replaces `announce`.
+    let mut tiers: Vec<Vec<String>> = Vec::new();
+    if let Some(list) = root.get("announce-list").and_then(Node::as_list) {
+        for tier in list {
+            let urls: Vec<String> = tier
+                .as_list()
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(Node::as_str)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if !urls.is_empty() {
+                tiers.push(urls);
+            }
+        }
+    }
+    if tiers.is_empty() {
+        if let Some(url) = root
+            .get("announce")
+            .and_then(Node::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            tiers.push(vec![url.to_owned()]);
+        }
+    }
+    tiers
+}
+
+fn parse_web_seeds(root: &Node<'_>) -> Vec<String> {
+    // BEP 19: `url-list` is a single string or a list of strings.
+    match root.get("url-list") {
+        Some(node) => match node.as_str() {
+            Some(url) if !url.is_empty() => vec![url.to_owned()],
+            Some(_) => Vec::new(),
+            None => node
+                .as_list()
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(Node::as_str)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        },
+        None => Vec::new(),
+    }
+}
+
+impl Torrent {
+    /// Where file `file` lives below `data_dir` (libtorrent's save_path convention):
+    /// `<data_dir>/<name>` for a single-file torrent, `<data_dir>/<name>/<path...>` otherwise.
+    pub fn file_path_in(&self, data_dir: &Path, file: &FileEntry) -> PathBuf {
+        let mut p = data_dir.join(&self.name);
+        if self.multi_file {
+            for c in &file.path {
+                p.push(c);
+            }
+        }
+        p
+    }
+
+    /// A magnet link for this torrent with its trackers (first of each tier first).
+    pub fn magnet(&self) -> String {
+        super::magnet::magnet_for(self, &[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::bencode::{DictBuilder, Value};
+
+    fn s(x: &str) -> Value {
+        Value::str(x)
+    }
+
+    fn file(len: i64, path: &[&str]) -> Value {
+        DictBuilder::new()
+            .insert("length", Value::Int(len))
+            .insert("path", Value::List(path.iter().map(|c| s(c)).collect()))
+            .build()
+    }
+
+    fn multi(files: Vec<Value>, piece_length: i64, pieces: usize) -> DictBuilder {
+        DictBuilder::new()
+            .insert("name", s("root"))
+            .insert("piece length", Value::Int(piece_length))
+            .insert("pieces", Value::Bytes(vec![7; 20 * pieces]))
+            .insert("files", Value::List(files))
+    }
+
+    fn single(len: i64, piece_length: i64, pieces: usize) -> DictBuilder {
+        DictBuilder::new()
+            .insert("name", s("a.bin"))
+            .insert("piece length", Value::Int(piece_length))
+            .insert("pieces", Value::Bytes(vec![7; 20 * pieces]))
+            .insert("length", Value::Int(len))
+    }
+
+    fn wrap(info: DictBuilder) -> Vec<u8> {
+        DictBuilder::new()
+            .insert("info", info.build())
+            .build()
+            .encode()
+    }
+
+    #[test]
+    fn single_file_parses_and_hashes_raw_info_span() {
+        // Proves: a single-file torrent parses and its info-hash is SHA-1 of the info bytes.
+        let info = single(100, 64, 2);
+        let info_bytes = info.clone().build().encode();
+        let t = parse(&wrap(info)).unwrap();
+        assert_eq!(t.info_hash.0, <[u8; 20]>::from(Sha1::digest(&info_bytes)));
+        assert_eq!(t.info_bytes, info_bytes);
+        assert_eq!(
+            t.files,
+            vec![FileEntry {
+                path: vec!["a.bin".into()],
+                length: 100,
+                offset: 0,
+                pad: false
+            }]
+        );
+        assert_eq!(
+            (t.total_length, t.num_pieces(), t.piece_len(1), t.multi_file),
+            (100, 2, 36, false)
+        );
+    }
+
+    #[test]
+    fn info_hash_uses_non_canonical_bytes_as_written() {
+        // Proves: a non-sorted info dict is hashed as written, not re-encoded.
+        let raw =
+            b"d4:infod6:lengthi5e4:name1:x12:piece lengthi16e6:pieces20:aaaaaaaaaaaaaaaaaaaaee";
+        let t = parse(raw).unwrap();
+        let start = 7;
+        let end = raw.len() - 1;
+        assert_eq!(
+            t.info_hash.0,
+            <[u8; 20]>::from(Sha1::digest(&raw[start..end]))
+        );
+    }
+
+    #[test]
+    fn multi_file_offsets_pads_and_utf8_variants() {
+        // Proves: offsets accumulate, BEP 47 pads are flagged, `path.utf-8`/`name.utf-8` win.
+        let pad = DictBuilder::new()
+            .insert("length", Value::Int(6))
+            .insert("path", Value::List(vec![s(".pad"), s("6")]))
+            .insert("attr", s("p"))
+            .build();
+        let utf = DictBuilder::new()
+            .insert("length", Value::Int(4))
+            .insert("path", Value::List(vec![Value::Bytes(vec![0xff])]))
+            .insert("path.utf-8", Value::List(vec![s("dir"), s("é")]))
+            .build();
+        let info = multi(vec![file(10, &["a"]), pad, utf], 8, 3).insert("name.utf-8", s("racine"));
+        let t = parse(&wrap(info)).unwrap();
+        assert_eq!(t.name, "racine");
+        assert!(t.multi_file);
+        assert_eq!(t.files[1].offset, 10);
+        assert!(t.files[1].pad && !t.files[0].pad);
+        assert_eq!(t.files[2].path, vec!["dir".to_string(), "é".to_string()]);
+        assert_eq!((t.files[2].offset, t.total_length), (16, 20));
+    }
+
+    #[test]
+    fn trackers_web_seeds_and_optional_fields() {
+        // Proves: announce-list tiers win over announce, url-list string or list, private, comment.
+        let info = single(1, 16, 1).insert("private", Value::Int(1));
+        let tiers = Value::List(vec![
+            Value::List(vec![s("http://a/ann"), s("http://b/ann")]),
+            Value::List(vec![]),
+            Value::List(vec![s("udp://c:1")]),
+        ]);
+        let bytes = DictBuilder::new()
+            .insert("info", info.build())
+            .insert("announce", s("http://ignored/ann"))
+            .insert("announce-list", tiers)
+            .insert("url-list", s("http://ws/"))
+            .insert("comment", s("hi"))
+            .insert("created by", s("me"))
+            .insert("creation date", Value::Int(1_700_000_000))
+            .build()
+            .encode();
+        let t = parse(&bytes).unwrap();
+        assert_eq!(
+            t.trackers,
+            vec![
+                vec!["http://a/ann".to_string(), "http://b/ann".into()],
+                vec!["udp://c:1".into()]
+            ]
+        );
+        assert_eq!(t.web_seeds, vec!["http://ws/".to_string()]);
+        assert!(t.private);
+        assert_eq!(t.comment.as_deref(), Some("hi"));
+        assert_eq!(t.created_by.as_deref(), Some("me"));
+        assert_eq!(t.creation_date, Some(1_700_000_000));
+
+        let bytes = DictBuilder::new()
+            .insert("info", single(1, 16, 1).build())
+            .insert("announce", s("http://only/ann"))
+            .insert(
+                "url-list",
+                Value::List(vec![s("http://w1/"), s("http://w2/")]),
+            )
+            .build()
+            .encode();
+        let t = parse(&bytes).unwrap();
+        assert_eq!(t.trackers, vec![vec!["http://only/ann".to_string()]]);
+        assert_eq!(t.web_seeds.len(), 2);
+        assert!(!t.private);
+    }
+
+    #[test]
+    fn refuses_bad_piece_length_and_pieces() {
+        // Proves: zero/negative/huge piece length and a wrong `pieces` size are refused.
+        for pl in [0, -16, (PIECE_LENGTH_MAX_BYTES as i64) * 2] {
+            let err = parse(&wrap(single(10, pl, 1))).unwrap_err();
+            assert!(
+                matches!(err, MetainfoError::Field { ref field, .. } if field == "info.piece length"),
+                "{err}"
+            );
+        }
+        let err = parse(&wrap(single(100, 64, 1))).unwrap_err();
+        assert!(err.to_string().contains("need 20 x 2 = 40 bytes"), "{err}");
+        let err = parse(&wrap(single(100, 64, 3))).unwrap_err();
+        assert!(matches!(err, MetainfoError::Field { .. }));
+    }
+
+    #[test]
+    fn refuses_negative_lengths_overflow_and_empty() {
+        // Proves: negative lengths, totals past 2^63, zero files and zero bytes are refused.
+        assert!(parse(&wrap(single(-1, 16, 1)))
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
+        let big = i64::MAX;
+        assert!(parse(&wrap(multi(
+            vec![file(big, &["a"]), file(big, &["b"])],
+            16,
+            1
+        )))
+        .unwrap_err()
+        .to_string()
+        .contains("overflows"));
+        assert!(parse(&wrap(multi(vec![], 16, 0)))
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        assert!(parse(&wrap(single(0, 16, 0)))
+            .unwrap_err()
+            .to_string()
+            .contains("no content"));
+        assert!(parse(&wrap(DictBuilder::new().insert("name", s("x")))).is_err());
+    }
+
+    #[test]
+    fn refuses_unsafe_paths_naming_them() {
+        // Proves: every escaping path form is refused with an UnsafePath error naming the path.
+        let cases: &[&[&str]] = &[
+            &["..", "etc", "passwd"],
+            &["a", ""],
+            &["."],
+            &["a/b"],
+            &["a\\b"],
+            &["a\0b"],
+            &[],
+        ];
+        for path in cases {
+            let err = parse(&wrap(multi(vec![file(4, path)], 16, 1))).unwrap_err();
+            assert!(
+                matches!(err, MetainfoError::UnsafePath { .. }),
+                "{path:?}: {err}"
+            );
+        }
+        let err = parse(&wrap(multi(vec![file(4, &["..", "etc", "passwd"])], 16, 1))).unwrap_err();
+        let msg = err.describe("bad.torrent");
+        assert!(
+            msg.starts_with("bad.torrent: unsafe file path \"../etc/passwd\""),
+            "{msg}"
+        );
+        assert!(msg.contains("refused"), "{msg}");
+        for name in ["..", "/etc", "", "a/b", "."] {
+            let info = single(4, 16, 1).insert("name", s(name));
+            assert!(
+                matches!(parse(&wrap(info)), Err(MetainfoError::UnsafePath { .. })),
+                "name {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_and_overlapping_paths() {
+        // Proves: two entries for one path, or a file that is also a directory, are refused.
+        let err = parse(&wrap(multi(
+            vec![file(4, &["a", "b"]), file(4, &["a", "b"])],
+            16,
+            1,
+        )))
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate"), "{err}");
+        assert!(parse(&wrap(multi(
+            vec![file(4, &["a"]), file(4, &["a", "b"])],
+            16,
+            1
+        )))
+        .is_err());
+        assert!(parse(&wrap(multi(
+            vec![file(4, &["a", "b"]), file(4, &["a"])],
+            16,
+            1
+        )))
+        .is_err());
+    }
+
+    #[test]
+    fn v2_only_refused_hybrid_parsed_as_v1() {
+        // Proves: meta version 2 without v1 keys is V2NotSupported; a hybrid parses its v1 half.
+        let v2 = DictBuilder::new()
+            .insert("name", s("x"))
+            .insert("piece length", Value::Int(16384))
+            .insert("meta version", Value::Int(2))
+            .insert("file tree", DictBuilder::new().build());
+        assert_eq!(parse(&wrap(v2)), Err(MetainfoError::V2NotSupported));
+        let hybrid = single(10, 16, 1)
+            .insert("meta version", Value::Int(2))
+            .insert("file tree", DictBuilder::new().build());
+        assert_eq!(parse(&wrap(hybrid)).unwrap().total_length, 10);
+    }
+
+    #[test]
+    fn refuses_garbage_top_levels() {
+        // Proves: non-dict roots, missing info, non-dict info and bencode errors are typed errors.
+        assert!(matches!(parse(b"le"), Err(MetainfoError::Field { .. })));
+        assert!(matches!(parse(b"de"), Err(MetainfoError::Field { .. })));
+        assert!(matches!(
+            parse(b"d4:infoi1ee"),
+            Err(MetainfoError::Field { .. })
+        ));
+        assert!(matches!(parse(b"d4:info"), Err(MetainfoError::Bencode(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            // Proves: parse is total over arbitrary input.
+            let _ = parse(&bytes);
+        }
+    }
 }

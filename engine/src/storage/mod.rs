@@ -2,3 +2,63 @@
 //!
 //! Owns: the mapping from torrent byte ranges to files, and reading content for hashing.
 //! Must never: open content for writing, or follow a path outside the data root.
+
+pub mod extents;
+pub mod hasher;
+
+pub use extents::{map_range, ContentFile, Extent};
+pub use hasher::{hash_pieces, verify_pieces, FileProblem, FileProblemKind, VerifyReport};
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why reading content failed in a way the caller must hear about (verification turns
+/// missing and short files into bad pieces instead).
+#[derive(Debug)]
+pub enum StorageError {
+    Io {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A file ended before the length the torrent gives it.
+    ShortFile {
+        path: PathBuf,
+        expected_bytes: u64,
+        actual_bytes: u64,
+    },
+    Invalid(String),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StorageError::ShortFile { path, expected_bytes, actual_bytes } => write!(
+                f,
+                "{}: file is {actual_bytes} bytes but should be {expected_bytes} (did it change while being read?)",
+                path.display()
+            ),
+            StorageError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// Opens a content file read-only (O_RDONLY | O_CLOEXEC, plus O_NOATIME so seeding does not
+/// dirty inodes; O_NOATIME needs file ownership or CAP_FOWNER, so EPERM retries without it).
+pub fn open_content(path: &Path) -> io::Result<File> {
+    let open = |flags: i32| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(libc::O_CLOEXEC | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_CLOEXEC),
+        other => other,
+    }
+}

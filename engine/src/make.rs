@@ -1,0 +1,111 @@
+//! Making a torrent from a path on disk: list, hash on all cores, build the bytes, parse back.
+//!
+//! Owns: the library entry point behind `squall make` and `squall seed <DIR>`.
+//! Must never: write anything (the caller decides where the .torrent goes), or open content
+//! for writing.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::metainfo::create::{self, CreateError, CreateOptions};
+use crate::metainfo::torrent::{self, MetainfoError, Torrent};
+use crate::storage::extents::layout;
+use crate::storage::{hash_pieces, StorageError};
+
+#[derive(Debug)]
+pub enum MakeError {
+    List(CreateError),
+    Hash(StorageError),
+    /// Nothing to share: no files, or only empty ones.
+    Empty {
+        path: String,
+    },
+    BadName {
+        path: String,
+        reason: String,
+    },
+    BadPieceLength {
+        piece_length: u64,
+    },
+    /// The bytes we built did not parse back: a bug, reported rather than written.
+    Build(MetainfoError),
+}
+
+impl fmt::Display for MakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MakeError::List(e) => write!(f, "{e}"),
+            MakeError::Hash(e) => write!(f, "reading content: {e}"),
+            MakeError::Empty { path } => {
+                write!(
+                    f,
+                    "{path}: nothing to share (no files, or only empty files); add content first"
+                )
+            }
+            MakeError::BadName { path, reason } => write!(f, "{path}: {reason}; rename it"),
+            MakeError::BadPieceLength { piece_length } => write!(
+                f,
+                "piece length {piece_length} is not a power of two between 16 KiB and {} MiB",
+                torrent::PIECE_LENGTH_MAX_BYTES >> 20
+            ),
+            MakeError::Build(e) => write!(
+                f,
+                "internal error: the torrent built does not parse back: {e}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MakeError {}
+
+/// Lists `path` (a file: single-file torrent; a directory: multi-file), hashes it on
+/// `threads` cores (0 = all), and returns the parsed torrent with its .torrent bytes.
+/// `progress` gets the number of bytes hashed so far and the total.
+pub fn make_torrent(
+    path: &Path,
+    opts: &CreateOptions,
+    threads: usize,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(Torrent, Vec<u8>), MakeError> {
+    let display = path.display().to_string();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| MakeError::BadName {
+            path: display.clone(),
+            reason: "has no UTF-8 file name".into(),
+        })?
+        .to_owned();
+    let listed = create::list_files(path).map_err(MakeError::List)?;
+    let total_length: u64 = listed.iter().map(|(_, _, len)| len).sum();
+    if total_length == 0 {
+        return Err(MakeError::Empty { path: display });
+    }
+    let piece_length = match opts.piece_length {
+        Some(pl)
+            if pl.is_power_of_two()
+                && (16 * 1024..=torrent::PIECE_LENGTH_MAX_BYTES).contains(&pl) =>
+        {
+            pl
+        }
+        Some(pl) => return Err(MakeError::BadPieceLength { piece_length: pl }),
+        None => create::auto_piece_length(total_length),
+    };
+    let content = layout(
+        listed
+            .iter()
+            .map(|(_, disk, len)| (disk.clone(), *len, false)),
+    );
+    let hashes = hash_pieces(&content, piece_length, total_length, threads, &|done| {
+        progress(done, total_length)
+    })
+    .map_err(MakeError::Hash)?;
+    let files: Vec<(Vec<String>, u64)> = listed.into_iter().map(|(c, _, len)| (c, len)).collect();
+    let bytes = create::build_torrent_bytes(&name, &files, piece_length, &hashes, opts);
+    // Parsing back applies every validation rule (unsafe names, etc.) to what we made.
+    let parsed = torrent::parse(&bytes).map_err(|e| match e {
+        MetainfoError::UnsafePath { path, reason } => MakeError::BadName { path, reason },
+        other => MakeError::Build(other),
+    })?;
+    Ok((parsed, bytes))
+}
