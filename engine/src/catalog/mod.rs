@@ -378,7 +378,7 @@ fn prepare(
     let num_pieces = t.num_pieces();
     let all_have = || {
         let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
-        if num_pieces % 8 != 0 {
+        if !num_pieces.is_multiple_of(8) {
             if let Some(last) = have.last_mut() {
                 *last = 0xff << (8 - num_pieces % 8);
             }
