@@ -1,4 +1,555 @@
 //! Catalog: the set of torrents being seeded, indexed by info-hash, with resume state.
 //!
 //! Owns: loading `*.torrent` from a directory, checking content files, resume state in the
-//! state directory (written atomically). Must never: write inside the content directory.
+//! state directory (written atomically). Must never: write inside the content directory, keep
+//! piece hashes or info bytes in memory (they are re-read from the .torrent on demand, so a
+//! 100,000-torrent catalog stays small), or fail a whole load because one torrent is bad.
+//!
+//! Memory: one `Arc<CatalogTorrent>` per torrent (name, trackers, one `ContentFile` per file
+//! with its absolute path, the have-bitfield) plus one index entry. See
+//! docs/architecture-foundation.md for measured bytes per torrent.
+//!
+//! Load pipeline: (1) on `hash_threads` workers, each .torrent is read, parsed, its files
+//! resolved under the data directory (symlinks must stay inside it), stat'ed, and compared with
+//! its resume file; (2) torrents whose files changed (or all, with `VerifyPolicy::Always`) are
+//! hashed one after another, each on all hash threads; (3) new resume files are written in one
+//! batch.
+
+pub mod resume;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::metainfo::torrent::{self, InfoHash, Torrent};
+use crate::storage::extents::layout;
+use crate::storage::{verify_pieces, ContentFile};
+use resume::{FileStamp, ResumeState};
+
+/// One torrent as the shards see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogTorrent {
+    pub info_hash: InfoHash,
+    pub name: String,
+    pub piece_length: u64,
+    pub total_length: u64,
+    pub num_pieces: u32,
+    pub files: Vec<ContentFile>,
+    pub private: bool,
+    pub trackers: Vec<Vec<String>>,
+    pub torrent_path: PathBuf,
+    /// BEP 3 bitfield of verified pieces, high bit first.
+    pub have: Vec<u8>,
+    pub complete: bool,
+}
+
+impl CatalogTorrent {
+    /// Re-reads the .torrent and returns the raw info dictionary (BEP 9 metadata), after
+    /// checking it still has this info-hash.
+    pub fn read_info_bytes(&self) -> Result<Vec<u8>, CatalogError> {
+        Ok(self.read_torrent()?.info_bytes)
+    }
+
+    /// Re-reads the .torrent (for piece hashes or info bytes), checking the info-hash.
+    pub fn read_torrent(&self) -> Result<Torrent, CatalogError> {
+        let bytes = std::fs::read(&self.torrent_path).map_err(|e| CatalogError::Io {
+            path: self.torrent_path.clone(),
+            message: e.to_string(),
+        })?;
+        let t = torrent::parse(&bytes).map_err(|e| CatalogError::Torrent {
+            path: self.torrent_path.clone(),
+            message: e.to_string(),
+        })?;
+        if t.info_hash != self.info_hash {
+            return Err(CatalogError::Torrent {
+                path: self.torrent_path.clone(),
+                message: format!(
+                    "changed on disk: info-hash is now {}, was {}",
+                    t.info_hash, self.info_hash
+                ),
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn has_piece(&self, index: u32) -> bool {
+        self.have
+            .get(index as usize / 8)
+            .is_some_and(|b| b & (0x80 >> (index % 8)) != 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogError {
+    Io { path: PathBuf, message: String },
+    Torrent { path: PathBuf, message: String },
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogError::Io { path, message } => write!(f, "{}: {message}", path.display()),
+            CatalogError::Torrent { path, message } => write!(f, "{}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+/// When to hash content at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyPolicy {
+    /// Skip hashing when the resume file matches every file's size and mtime (default).
+    #[default]
+    IfChanged,
+    /// Hash everything.
+    Always,
+    /// Trust the content: every piece is assumed good (sizes are still checked).
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct CatalogOptions {
+    pub torrents_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Threads for parsing and hashing; 0 = all cores.
+    pub hash_threads: usize,
+    pub verify: VerifyPolicy,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Torrents loaded from resume state without hashing.
+    pub resumed: usize,
+    /// Torrents hashed during this load.
+    pub verified: usize,
+    /// (torrent file, reason) for each torrent not loaded.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Load progress: (torrents examined, torrents total).
+pub type LoadProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// The immutable set of torrents; shards share it read-only through an `Arc`.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    torrents: Vec<Arc<CatalogTorrent>>,
+    index: HashMap<InfoHash, u32>,
+}
+
+/// A torrent after phase 1, waiting for optional verification.
+struct Prepared {
+    entry: CatalogTorrent,
+    stamps: Vec<FileStamp>,
+    needs_verify: bool,
+}
+
+impl Catalog {
+    /// Loads every `*.torrent` (sorted by file name) in `opts.torrents_dir`.
+    pub fn load(
+        opts: &CatalogOptions,
+        progress: LoadProgress<'_>,
+    ) -> Result<(Catalog, LoadReport), CatalogError> {
+        let read_dir = std::fs::read_dir(&opts.torrents_dir).map_err(|e| CatalogError::Io {
+            path: opts.torrents_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = read_dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+            .collect();
+        paths.sort();
+        let data_root = canonical_data_root(&opts.data_dir)?;
+        let total = paths.len();
+        let done = AtomicUsize::new(0);
+        let results = parallel_map(&paths, opts.hash_threads, |path| {
+            let r = std::fs::read(path)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|bytes| torrent::parse(&bytes).map_err(|e| e.to_string()))
+                .and_then(|t| prepare(&t, path.clone(), &data_root, &opts.state_dir, opts.verify));
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            r
+        });
+        finish(paths.into_iter().zip(results).collect(), opts)
+    }
+
+    /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
+    /// same checks, resume handling and verification as `load`. Each torrent path must stay
+    /// readable: piece hashes are re-read from it when verifying.
+    pub fn from_torrents(
+        list: Vec<(Torrent, PathBuf)>,
+        opts: &CatalogOptions,
+    ) -> Result<(Catalog, LoadReport), CatalogError> {
+        let data_root = canonical_data_root(&opts.data_dir)?;
+        let results = parallel_map(&list, opts.hash_threads, |(t, path)| {
+            prepare(t, path.clone(), &data_root, &opts.state_dir, opts.verify)
+        });
+        finish(
+            list.into_iter().map(|(_, p)| p).zip(results).collect(),
+            opts,
+        )
+    }
+
+    pub fn get(&self, info_hash: &InfoHash) -> Option<&Arc<CatalogTorrent>> {
+        self.index
+            .get(info_hash)
+            .and_then(|&i| self.torrents.get(i as usize))
+    }
+
+    pub fn torrents(&self) -> &[Arc<CatalogTorrent>] {
+        &self.torrents
+    }
+
+    pub fn len(&self) -> usize {
+        self.torrents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.torrents.is_empty()
+    }
+}
+
+fn canonical_data_root(data_dir: &Path) -> Result<PathBuf, CatalogError> {
+    std::fs::canonicalize(data_dir).map_err(|e| CatalogError::Io {
+        path: data_dir.to_owned(),
+        message: format!("data directory unusable: {e}"),
+    })
+}
+
+/// Phase 2 and 3: verify what needs it, index, write resume files.
+fn finish(
+    results: Vec<(PathBuf, Result<Prepared, String>)>,
+    opts: &CatalogOptions,
+) -> Result<(Catalog, LoadReport), CatalogError> {
+    let mut report = LoadReport::default();
+    let mut catalog = Catalog::default();
+    let mut resume_writes = Vec::new();
+    for (path, result) in results {
+        let mut prepared = match result {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::warn!("skipping torrent {}: {reason}", path.display());
+                report.skipped.push((path, reason));
+                continue;
+            }
+        };
+        if catalog.index.contains_key(&prepared.entry.info_hash) {
+            let reason = format!(
+                "duplicate of an already loaded torrent (info-hash {})",
+                prepared.entry.info_hash
+            );
+            tracing::warn!("skipping torrent {}: {reason}", path.display());
+            report.skipped.push((path, reason));
+            continue;
+        }
+        if prepared.needs_verify {
+            let e = &mut prepared.entry;
+            let verified = e
+                .read_torrent()
+                .map_err(|err| err.to_string())
+                .and_then(|t| {
+                    verify_pieces(
+                        &e.files,
+                        e.piece_length,
+                        e.total_length,
+                        &t.piece_hashes,
+                        opts.hash_threads,
+                        &|_| {},
+                    )
+                    .map_err(|err| err.to_string())
+                });
+            match verified {
+                Ok(v) => {
+                    e.have = v.have_bitfield();
+                    e.complete = v.is_complete();
+                    if !e.complete {
+                        tracing::warn!(
+                            "torrent {}: {} of {} pieces failed verification; seeding the rest",
+                            path.display(),
+                            v.bad_pieces.len(),
+                            v.num_pieces
+                        );
+                    }
+                    report.verified += 1;
+                    resume_writes.push((
+                        e.info_hash,
+                        ResumeState {
+                            num_pieces: e.num_pieces,
+                            have: e.have.clone(),
+                            stamps: prepared.stamps,
+                        },
+                    ));
+                }
+                Err(reason) => {
+                    tracing::warn!("skipping torrent {}: {reason}", path.display());
+                    report.skipped.push((path, reason));
+                    continue;
+                }
+            }
+        } else {
+            report.resumed += 1;
+        }
+        let index = catalog.torrents.len() as u32;
+        catalog.index.insert(prepared.entry.info_hash, index);
+        catalog.torrents.push(Arc::new(prepared.entry));
+    }
+    if let Err(e) = resume::write_all(&opts.state_dir, &resume_writes) {
+        // Not fatal: the next start re-verifies.
+        tracing::warn!(
+            "cannot write resume state in {}: {e}",
+            opts.state_dir.display()
+        );
+    }
+    report.loaded = catalog.torrents.len();
+    catalog.torrents.shrink_to_fit();
+    Ok((catalog, report))
+}
+
+/// Phase 1 for one torrent: resolve and stat files, compare with resume state.
+fn prepare(
+    t: &Torrent,
+    torrent_path: PathBuf,
+    data_root: &Path,
+    state_dir: &Path,
+    policy: VerifyPolicy,
+) -> Result<Prepared, String> {
+    let mut stamps = Vec::with_capacity(t.files.len());
+    let mut entries = Vec::with_capacity(t.files.len());
+    for f in &t.files {
+        if f.pad {
+            stamps.push(FileStamp {
+                size_bytes: f.length,
+                mtime_ns: 0,
+            });
+            entries.push((PathBuf::new(), f.length, true));
+            continue;
+        }
+        let joined = t.file_path_in(data_root, f);
+        let real = match std::fs::canonicalize(&joined) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && f.length == 0 => {
+                // Empty files are never read; clients often do not create them.
+                stamps.push(FileStamp {
+                    size_bytes: 0,
+                    mtime_ns: 0,
+                });
+                entries.push((joined, 0, false));
+                continue;
+            }
+            Err(e) => return Err(format!("content file {}: {e}", joined.display())),
+        };
+        if !real.starts_with(data_root) {
+            return Err(format!(
+                "content file {} resolves to {}, outside the data directory {} (a symlink escapes it)",
+                joined.display(),
+                real.display(),
+                data_root.display()
+            ));
+        }
+        let meta = std::fs::metadata(&real)
+            .map_err(|e| format!("content file {}: {e}", real.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "content file {} is not a regular file",
+                real.display()
+            ));
+        }
+        if meta.len() != f.length {
+            return Err(format!(
+                "content file {} is {} bytes, the torrent says {}",
+                real.display(),
+                meta.len(),
+                f.length
+            ));
+        }
+        stamps.push(FileStamp {
+            size_bytes: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        });
+        entries.push((real, f.length, false));
+    }
+    let num_pieces = t.num_pieces();
+    let all_have = || {
+        let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
+        if !num_pieces.is_multiple_of(8) {
+            if let Some(last) = have.last_mut() {
+                *last = 0xff << (8 - num_pieces % 8);
+            }
+        }
+        have
+    };
+    let (have, needs_verify) = match policy {
+        VerifyPolicy::Never => (all_have(), false),
+        VerifyPolicy::Always => (Vec::new(), true),
+        VerifyPolicy::IfChanged => match resume::read(state_dir, &t.info_hash) {
+            Some(r) if r.num_pieces == num_pieces && r.stamps == stamps => (r.have, false),
+            _ => (Vec::new(), true),
+        },
+    };
+    let complete = !needs_verify && have == all_have();
+    let mut trackers = t.trackers.clone();
+    trackers.shrink_to_fit();
+    Ok(Prepared {
+        entry: CatalogTorrent {
+            info_hash: t.info_hash,
+            name: t.name.clone(),
+            piece_length: t.piece_length,
+            total_length: t.total_length,
+            num_pieces,
+            files: layout(entries),
+            private: t.private,
+            trackers,
+            torrent_path,
+            have,
+            complete,
+        },
+        stamps,
+        needs_verify,
+    })
+}
+
+/// Maps `items` on `threads` workers (0 = all cores), keeping input order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    }
+    .clamp(1, items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let mut indexed: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, f(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    indexed.sort_unstable_by_key(|(i, _)| *i);
+    indexed.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::make::make_torrent;
+    use crate::metainfo::create::CreateOptions;
+    use std::fs;
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        opts: CatalogOptions,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = CatalogOptions {
+            torrents_dir: tmp.path().join("torrents"),
+            data_dir: tmp.path().join("data"),
+            state_dir: tmp.path().join("state"),
+            hash_threads: 2,
+            verify: VerifyPolicy::IfChanged,
+        };
+        for d in [&opts.torrents_dir, &opts.data_dir, &opts.state_dir] {
+            fs::create_dir_all(d).unwrap();
+        }
+        Dirs { _tmp: tmp, opts }
+    }
+
+    fn add(d: &Dirs, name: &str, content: &[u8]) -> Torrent {
+        let path = d.opts.data_dir.join(name);
+        fs::write(&path, content).unwrap();
+        let (t, bytes) = make_torrent(&path, &CreateOptions::default(), 1, &|_, _| {}).unwrap();
+        fs::write(d.opts.torrents_dir.join(format!("{name}.torrent")), bytes).unwrap();
+        t
+    }
+
+    #[test]
+    fn loads_good_skips_bad_and_resumes() {
+        // Proves: good torrents load and are indexed; garbage, missing-content and
+        // symlink-escaping torrents are skipped with reasons; a second load uses resume state;
+        // a changed file is re-verified and its bad piece leaves the bitfield.
+        let d = dirs();
+        let good = add(&d, "good.bin", &vec![3u8; 40_000]);
+        let gone = add(&d, "gone.bin", b"soon missing");
+        fs::remove_file(d.opts.data_dir.join("gone.bin")).unwrap();
+        let _esc = add(&d, "esc.bin", b"outside");
+        let outside = d.opts.state_dir.join("outside.bin");
+        fs::rename(d.opts.data_dir.join("esc.bin"), &outside).unwrap();
+        std::os::unix::fs::symlink(&outside, d.opts.data_dir.join("esc.bin")).unwrap();
+        fs::write(d.opts.torrents_dir.join("junk.torrent"), b"not bencode").unwrap();
+
+        let (cat, report) = Catalog::load(&d.opts, &|_, _| {}).unwrap();
+        assert_eq!((report.loaded, report.verified, report.resumed), (1, 1, 0));
+        assert_eq!(report.skipped.len(), 3, "{:?}", report.skipped);
+        let reasons: String = report
+            .skipped
+            .iter()
+            .map(|(p, r)| format!("{} {r}\n", p.display()))
+            .collect();
+        assert!(reasons.contains("outside the data directory"), "{reasons}");
+        assert!(reasons.contains("junk.torrent"), "{reasons}");
+        assert!(cat.get(&gone.info_hash).is_none());
+        let entry = cat.get(&good.info_hash).unwrap();
+        assert!(entry.complete && entry.has_piece(2) && !entry.has_piece(3));
+        assert_eq!(entry.read_info_bytes().unwrap(), good.info_bytes);
+        assert_eq!(entry.files[0].length, 40_000);
+
+        let (cat2, report2) = Catalog::load(&d.opts, &|_, _| {}).unwrap();
+        assert_eq!(
+            (report2.loaded, report2.verified, report2.resumed),
+            (1, 0, 1)
+        );
+        assert_eq!(cat2.torrents()[0].as_ref(), entry.as_ref());
+
+        // Same size, new bytes and new mtime: must be re-verified, piece 0 now bad.
+        let mut bytes = vec![3u8; 40_000];
+        bytes[5] = 9;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(d.opts.data_dir.join("good.bin"), &bytes).unwrap();
+        let (cat3, report3) = Catalog::load(&d.opts, &|_, _| {}).unwrap();
+        assert_eq!(report3.verified, 1);
+        let e3 = cat3.get(&good.info_hash).unwrap();
+        assert!(!e3.complete && !e3.has_piece(0) && e3.has_piece(1));
+    }
+
+    #[test]
+    fn from_torrents_and_never_policy() {
+        // Proves: from_torrents builds the same index, and VerifyPolicy::Never trusts content
+        // (all pieces set) without hashing.
+        let mut d = dirs();
+        let t = add(&d, "x.bin", &vec![1u8; 20_000]);
+        d.opts.verify = VerifyPolicy::Never;
+        let path = d.opts.torrents_dir.join("x.bin.torrent");
+        let (cat, report) = Catalog::from_torrents(vec![(t.clone(), path)], &d.opts).unwrap();
+        assert_eq!((report.loaded, report.verified), (1, 0));
+        let e = cat.get(&t.info_hash).unwrap();
+        assert!(e.complete);
+        assert_eq!(e.have, vec![0b1100_0000]);
+    }
+}

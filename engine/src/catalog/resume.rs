@@ -1,0 +1,182 @@
+//! Resume state: per torrent, the verified-piece bitfield and each file's size and mtime, so a
+//! restart skips hashing torrents whose files did not change.
+//!
+//! Format: `<state_dir>/resume/<info-hash hex>.resume`, one bencoded dictionary
+//! `{v: 1, num_pieces, have: <bitfield bytes>, sizes: [bytes...], mtimes_ns: [ns...]}`
+//! (pad and empty files included, in torrent order, so positions line up without names).
+//!
+//! Owns: encoding, decoding and durably writing resume files. Must never: write anywhere but
+//! the state directory, or trust a resume file that does not match the torrent's shape
+//! (a mismatch means "verify again", never an error).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::metainfo::bencode::{self, DictBuilder, Value};
+use crate::metainfo::torrent::InfoHash;
+
+const RESUME_VERSION: i64 = 1;
+
+/// One file's identity as seen at verification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size_bytes: u64,
+    pub mtime_ns: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeState {
+    pub num_pieces: u32,
+    pub have: Vec<u8>,
+    pub stamps: Vec<FileStamp>,
+}
+
+pub fn resume_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("resume")
+}
+
+pub fn resume_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    resume_dir(state_dir).join(format!("{}.resume", info_hash.to_hex()))
+}
+
+impl ResumeState {
+    pub fn encode(&self) -> Vec<u8> {
+        DictBuilder::new()
+            .insert("v", Value::Int(RESUME_VERSION))
+            .insert("num_pieces", Value::Int(i64::from(self.num_pieces)))
+            .insert("have", Value::Bytes(self.have.clone()))
+            .insert(
+                "sizes",
+                Value::List(
+                    self.stamps
+                        .iter()
+                        .map(|s| Value::Int(s.size_bytes as i64))
+                        .collect(),
+                ),
+            )
+            .insert(
+                "mtimes_ns",
+                Value::List(self.stamps.iter().map(|s| Value::Int(s.mtime_ns)).collect()),
+            )
+            .build()
+            .encode()
+    }
+
+    /// `None` for anything unexpected: the caller re-verifies.
+    pub fn decode(bytes: &[u8]) -> Option<ResumeState> {
+        let root = bencode::decode(bytes).ok()?;
+        if root.get("v")?.as_int()? != RESUME_VERSION {
+            return None;
+        }
+        let num_pieces = u32::try_from(root.get("num_pieces")?.as_int()?).ok()?;
+        let have = root.get("have")?.as_bytes()?.to_vec();
+        if have.len() != (num_pieces as usize).div_ceil(8) {
+            return None;
+        }
+        let sizes = root.get("sizes")?.as_list()?;
+        let mtimes = root.get("mtimes_ns")?.as_list()?;
+        if sizes.len() != mtimes.len() {
+            return None;
+        }
+        let stamps = sizes
+            .iter()
+            .zip(mtimes)
+            .map(|(s, m)| {
+                Some(FileStamp {
+                    size_bytes: u64::try_from(s.as_int()?).ok()?,
+                    mtime_ns: m.as_int()?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(ResumeState {
+            num_pieces,
+            have,
+            stamps,
+        })
+    }
+}
+
+pub fn read(state_dir: &Path, info_hash: &InfoHash) -> Option<ResumeState> {
+    ResumeState::decode(&fs::read(resume_path(state_dir, info_hash)).ok()?)
+}
+
+/// Writes many resume files durably with O(1) syncs: every temp file is written, then one
+/// `syncfs` flushes them all, then each is renamed over its target and the directory is
+/// fsynced once. A crash at any point leaves each target either old or new, never torn: the
+/// same guarantee as fsync-per-file, which would cost ~100,000 fsyncs on a first load.
+pub fn write_all(state_dir: &Path, states: &[(InfoHash, ResumeState)]) -> io::Result<()> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let dir = resume_dir(state_dir);
+    fs::create_dir_all(&dir)?;
+    let pid = std::process::id();
+    let mut renames = Vec::with_capacity(states.len());
+    for (hash, state) in states {
+        let target = resume_path(state_dir, hash);
+        let tmp = dir.join(format!(".{}.{pid}.tmp", hash.to_hex()));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&state.encode())?;
+        renames.push((tmp, target));
+    }
+    let dir_file = File::open(&dir)?;
+    if states.len() == 1 {
+        File::open(&renames[0].0)?.sync_all()?;
+    } else {
+        sync_filesystem(&dir_file)?;
+    }
+    for (tmp, target) in &renames {
+        fs::rename(tmp, target)?;
+    }
+    dir_file.sync_all()
+}
+
+fn sync_filesystem(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs takes a file descriptor we own for the duration of the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_junk() {
+        // Proves: encode/decode is identity, written files read back, and junk decodes to None.
+        let state = ResumeState {
+            num_pieces: 10,
+            have: vec![0xff, 0xc0],
+            stamps: vec![
+                FileStamp {
+                    size_bytes: 5,
+                    mtime_ns: -3,
+                },
+                FileStamp {
+                    size_bytes: 0,
+                    mtime_ns: 7,
+                },
+            ],
+        };
+        assert_eq!(ResumeState::decode(&state.encode()), Some(state.clone()));
+        assert_eq!(ResumeState::decode(b"garbage"), None);
+        let bad = ResumeState {
+            num_pieces: 100,
+            ..state.clone()
+        };
+        assert_eq!(ResumeState::decode(&bad.encode()), None);
+        let dir = tempfile::tempdir().unwrap();
+        let h1 = InfoHash([1; 20]);
+        let h2 = InfoHash([2; 20]);
+        write_all(dir.path(), &[(h1, state.clone()), (h2, state.clone())]).unwrap();
+        write_all(dir.path(), &[(h1, state.clone())]).unwrap();
+        assert_eq!(read(dir.path(), &h2), Some(state));
+        assert_eq!(fs::read_dir(resume_dir(dir.path())).unwrap().count(), 2);
+    }
+}
