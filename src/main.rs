@@ -22,16 +22,32 @@ enum Command {
     Make(cli::make::MakeArgs),
     /// Show what a .torrent contains (human summary or --json).
     Info(cli::info::InfoArgs),
+    /// Seed torrents: a content directory (zero config) or a catalog of .torrent files.
+    Seed(cli::seed::SeedArgs),
     /// Hash every piece of a torrent's content and report bad or missing pieces.
     Verify(cli::verify::VerifyArgs),
 }
 
+/// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
+/// comes from SQUALL_LOG or RUST_LOG (e.g. `SQUALL_LOG=debug`), default `info`.
+fn init_logging() {
+    let filter = std::env::var("SQUALL_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Make(args) => cli::make::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::Seed(args) => cli::seed::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,13 @@
 //! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
 
 pub mod catalog;
+pub mod config;
 pub mod make;
 pub mod metainfo;
+pub mod net;
+pub mod ring;
+pub mod seeder;
+pub mod shard;
+pub mod stats;
 pub mod storage;
 pub mod wire;

@@ -3,4 +3,5 @@
 
 pub mod info;
 pub mod make;
+pub mod seed;
 pub mod verify;

@@ -1,0 +1,320 @@
+//! Every knob and limit of the engine, with units in the names and documented defaults.
+//!
+//! Owns: the `EngineConfig` the shards are sized from at start-up, and its validation.
+//! Must never: let an unbounded value through: every queue, pool and table of the data path
+//! takes its bound from here, and `validate` refuses values that would break an invariant.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// How piece blocks travel from disk to socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    /// ReadFixed into a registered buffer behind the 13-byte piece header, then Send, linked.
+    Copy,
+    /// The same buffers sent with SendZc; a buffer is reused only after its notification.
+    Zerocopy,
+    /// Header Send, then file -> pipe -> socket splices (zero copies, io-wq workers).
+    Splice,
+}
+
+impl ServeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServeMode::Copy => "copy",
+            ServeMode::Zerocopy => "zerocopy",
+            ServeMode::Splice => "splice",
+        }
+    }
+}
+
+impl std::str::FromStr for ServeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "copy" => Ok(ServeMode::Copy),
+            "zerocopy" => Ok(ServeMode::Zerocopy),
+            "splice" => Ok(ServeMode::Splice),
+            other => Err(format!(
+                "unknown serve mode {other:?}: expected copy, zerocopy or splice"
+            )),
+        }
+    }
+}
+
+/// Largest block a peer may request when `block_len_max_bytes` is raised (BEP 3 clients use
+/// 16 KiB; some accept up to 128 KiB).
+pub const BLOCK_LEN_CEILING_BYTES: u32 = 128 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Addresses to listen on; every shard binds each with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    /// Shard threads (one io_uring each). 0 = one per online CPU.
+    pub shards: usize,
+    /// Pin shard i to CPU i (mod online CPUs).
+    pub pin_shards: bool,
+    pub serve_mode: ServeMode,
+    /// zerocopy mode: a connection whose sends the kernel reports as copied (loopback, NICs
+    /// without the offloads) switches to plain sends.
+    pub zerocopy_adaptive: bool,
+    /// Peers across all shards; connections beyond it are accepted and closed at once.
+    pub peers_max: usize,
+    /// Peers of one torrent on one shard.
+    pub peers_per_torrent_max: usize,
+    /// Connections from one IP address (all shards; approximate: a fixed table of counters).
+    pub peers_per_ip_max: usize,
+    /// A peer that has not completed its handshake by then is closed.
+    pub handshake_timeout_secs: u64,
+    /// A peer that sent nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A keep-alive is sent after this long without sending anything.
+    pub keepalive_interval_secs: u64,
+    /// Longest message a peer may send us (length prefix); longer closes the peer.
+    pub message_len_max_bytes: u32,
+    /// Longest block a peer may request. Default 16 KiB, at most 128 KiB.
+    pub block_len_max_bytes: u32,
+    /// Requests queued per peer (advertised as BEP 10 `reqq`); more are rejected.
+    pub request_queue_per_peer_max: usize,
+    /// Send buffers per shard (each `send_batch_bytes_max` plus headers).
+    pub buffer_pool_slots_per_shard: usize,
+    /// Bytes of piece payload coalesced into one send.
+    pub send_batch_bytes_max: u32,
+    /// Open content files cached per shard.
+    pub open_files_per_shard_max: usize,
+    /// Interested peers unchoked at once, across all shards (split evenly).
+    pub upload_slots_max: usize,
+    /// When more peers want in than there are slots, rotate every this many seconds.
+    pub choke_rotation_secs: u64,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+    /// Info dictionaries cached per shard for BEP 9 metadata serving.
+    pub metadata_cache_entries_max: usize,
+    /// Stats snapshots queued from shards to the control thread.
+    pub stats_channel_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            listen: vec!["0.0.0.0:6881"
+                .parse()
+                .unwrap_or_else(|_| unreachable_addr())],
+            shards: 0,
+            pin_shards: true,
+            serve_mode: ServeMode::Copy,
+            zerocopy_adaptive: true,
+            peers_max: 10_000,
+            peers_per_torrent_max: 1_000,
+            peers_per_ip_max: 64,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 180,
+            keepalive_interval_secs: 90,
+            message_len_max_bytes: 1 << 20,
+            block_len_max_bytes: 16 * 1024,
+            request_queue_per_peer_max: 512,
+            buffer_pool_slots_per_shard: 64,
+            send_batch_bytes_max: 256 * 1024,
+            open_files_per_shard_max: 1_024,
+            upload_slots_max: 4_096,
+            choke_rotation_secs: 30,
+            ring_entries: 4_096,
+            metadata_cache_entries_max: 256,
+            stats_channel_capacity: 16,
+        }
+    }
+}
+
+fn unreachable_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 6881))
+}
+
+impl EngineConfig {
+    /// Shards to run: `shards`, or one per online CPU when 0.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// Bytes of one send slot: the batch payload plus one piece header per block it can hold.
+    pub fn slot_len_bytes(&self) -> usize {
+        let blocks = self.blocks_per_batch_max();
+        blocks * (crate::wire::message::PIECE_HEADER_LEN + self.block_len_max_bytes as usize)
+    }
+
+    /// Most blocks one coalesced send carries.
+    pub fn blocks_per_batch_max(&self) -> usize {
+        (self.send_batch_bytes_max / self.block_len_max_bytes).max(1) as usize
+    }
+
+    /// Refuses values that would break an engine invariant; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        fn positive(name: &str, v: u64) -> Result<(), String> {
+            if v == 0 {
+                Err(format!("{name} = 0: must be at least 1"))
+            } else {
+                Ok(())
+            }
+        }
+        if self.listen.is_empty() {
+            return Err("listen = []: give at least one address, e.g. \"0.0.0.0:6881\"".into());
+        }
+        for addr in &self.listen {
+            if addr.port() == 0 && self.listen.len() > 1 {
+                return Err(format!(
+                    "listen = {addr}: port 0 (any port) only works with a single listen address"
+                ));
+            }
+        }
+        if self.block_len_max_bytes < 16 * 1024
+            || self.block_len_max_bytes > BLOCK_LEN_CEILING_BYTES
+        {
+            return Err(format!(
+                "block_len_max_bytes = {}: must be between 16384 and {BLOCK_LEN_CEILING_BYTES}",
+                self.block_len_max_bytes
+            ));
+        }
+        if self.send_batch_bytes_max < self.block_len_max_bytes
+            || self.send_batch_bytes_max > 4 << 20
+        {
+            return Err(format!(
+                "send_batch_bytes_max = {}: must be between block_len_max_bytes ({}) and 4194304",
+                self.send_batch_bytes_max, self.block_len_max_bytes
+            ));
+        }
+        if self.message_len_max_bytes < 16 * 1024 + 13 {
+            return Err(format!(
+                "message_len_max_bytes = {}: must be at least 16397",
+                self.message_len_max_bytes
+            ));
+        }
+        positive("peers_max", self.peers_max as u64)?;
+        positive("peers_per_torrent_max", self.peers_per_torrent_max as u64)?;
+        positive("peers_per_ip_max", self.peers_per_ip_max as u64)?;
+        positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
+        positive("idle_timeout_secs", self.idle_timeout_secs)?;
+        positive("keepalive_interval_secs", self.keepalive_interval_secs)?;
+        positive(
+            "request_queue_per_peer_max",
+            self.request_queue_per_peer_max as u64,
+        )?;
+        positive(
+            "buffer_pool_slots_per_shard",
+            self.buffer_pool_slots_per_shard as u64,
+        )?;
+        positive(
+            "open_files_per_shard_max",
+            self.open_files_per_shard_max as u64,
+        )?;
+        positive("upload_slots_max", self.upload_slots_max as u64)?;
+        positive("choke_rotation_secs", self.choke_rotation_secs)?;
+        positive(
+            "metadata_cache_entries_max",
+            self.metadata_cache_entries_max as u64,
+        )?;
+        positive("stats_channel_capacity", self.stats_channel_capacity as u64)?;
+        if self.buffer_pool_slots_per_shard > u16::MAX as usize - 1 {
+            return Err(format!(
+                "buffer_pool_slots_per_shard = {}: at most 65534",
+                self.buffer_pool_slots_per_shard
+            ));
+        }
+        if self.peers_max > (1 << 24) - 1 {
+            return Err(format!("peers_max = {}: at most 16777215", self.peers_max));
+        }
+        if !(64..=32768).contains(&self.ring_entries) || !self.ring_entries.is_power_of_two() {
+            return Err(format!(
+                "ring_entries = {}: must be a power of two between 64 and 32768",
+                self.ring_entries
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where the catalog comes from (the `[catalog]` table of a config file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogPaths {
+    /// Directory of .torrent files.
+    pub torrents_dir: Option<std::path::PathBuf>,
+    /// Directory holding the torrents' content.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Resume state and zero-config torrents.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// A whole config file: `[catalog]` and `[engine]` tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedConfig {
+    pub catalog: CatalogPaths,
+    pub engine: EngineConfig,
+}
+
+impl SeedConfig {
+    /// Parses and validates a TOML config; errors carry the line and column.
+    pub fn from_toml(text: &str) -> Result<SeedConfig, String> {
+        let config: SeedConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.engine.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        // The shipped defaults must pass the same validation a config file does.
+        EngineConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        // Each refusal names the offending key so the operator knows what to fix.
+        let c = EngineConfig {
+            block_len_max_bytes: 1 << 20,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("block_len_max_bytes"));
+        let c = EngineConfig {
+            ring_entries: 1000,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("ring_entries"));
+        let c = EngineConfig {
+            peers_max: 0,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("peers_max"));
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_keys_with_position() {
+        // A typo in a key must be refused, naming the key and where it is.
+        let err = SeedConfig::from_toml("[engine]\npeers_maxx = 3\n").unwrap_err();
+        assert!(
+            err.contains("peers_maxx") && err.contains("line 2"),
+            "{err}"
+        );
+        let ok = SeedConfig::from_toml("[engine]\nserve_mode = \"splice\"\nshards = 2\n").unwrap();
+        assert_eq!(ok.engine.serve_mode, ServeMode::Splice);
+    }
+
+    #[test]
+    fn slot_holds_a_full_batch_with_headers() {
+        // A slot must fit every block of a batch plus its 13-byte header.
+        let c = EngineConfig::default();
+        assert_eq!(c.blocks_per_batch_max(), 16);
+        assert_eq!(c.slot_len_bytes(), 16 * (13 + 16384));
+    }
+}

@@ -1,0 +1,154 @@
+//! Starting and stopping the shards: the control plane's handle on the data plane.
+//!
+//! Owns: binding every listen address once per shard (SO_REUSEPORT), spawning the shard
+//! threads (each builds its own ring on its own thread, pinned to its core), and the bounded
+//! channels to and from them. Must never: touch a shard's state directly: commands go through
+//! `ShardCommand` channels, stats come back as snapshots.
+
+use crate::catalog::Catalog;
+use crate::config::EngineConfig;
+use crate::net;
+use crate::shard::admission::Admission;
+use crate::shard::{Shard, ShardCommand, ShardSetup};
+use crate::stats::ShardStats;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Commands queued per shard; the control plane sends few (shutdown, catalog swaps).
+pub const SHARD_COMMAND_CAPACITY: usize = 16;
+
+pub struct Seeder {
+    shards: Vec<(Sender<ShardCommand>, JoinHandle<ShardStats>)>,
+    stats_rx: Receiver<ShardStats>,
+    local_addrs: Vec<SocketAddr>,
+    pub fixed_buffers: bool,
+}
+
+impl Seeder {
+    /// Binds every listen address on every shard and starts the shards. Returns only when
+    /// every shard is accepting, or with the first start-up error (and nothing left running).
+    pub fn start(config: EngineConfig, catalog: Arc<Catalog>) -> Result<Seeder, String> {
+        config.validate()?;
+        let shard_count = config.shard_count();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        // Port 0 means "any": the first bind picks the port, the other shards reuse it.
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        let mut listeners: Vec<Vec<std::os::fd::OwnedFd>> =
+            (0..shard_count).map(|_| Vec::new()).collect();
+        for addr in &config.listen {
+            let first = net::reuseport_listener(addr)?;
+            let bound = net::local_addr(&first).unwrap_or(*addr);
+            listen.push(bound);
+            listeners[0].push(first);
+            for per_shard in listeners.iter_mut().skip(1) {
+                per_shard.push(net::reuseport_listener(&bound)?);
+            }
+        }
+        let config = Arc::new(config);
+        let admission = Arc::new(Admission::new(config.peers_max, config.peers_per_ip_max));
+        let (stats_tx, stats_rx) = bounded(config.stats_channel_capacity * shard_count);
+        let mut rand_bytes = [0u8; 12];
+        for b in rand_bytes.iter_mut() {
+            *b = rand::random();
+        }
+        let peer_id = crate::wire::handshake::peer_id(b"-SQ0100-", rand_bytes);
+        let mut shards = Vec::with_capacity(shard_count);
+        let (ready_tx, ready_rx) = bounded::<Result<bool, String>>(shard_count);
+        for (index, shard_listeners) in listeners.into_iter().enumerate() {
+            let (cmd_tx, cmd_rx) = bounded(SHARD_COMMAND_CAPACITY);
+            let setup = ShardSetup {
+                index,
+                config: config.clone(),
+                catalog: catalog.clone(),
+                listeners: shard_listeners,
+                commands: cmd_rx,
+                stats_tx: stats_tx.clone(),
+                admission: admission.clone(),
+                peer_id,
+                cpu: if config.pin_shards {
+                    Some(index % cpus)
+                } else {
+                    None
+                },
+            };
+            let ready = ready_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("squall-shard-{index}"))
+                .spawn(move || match Shard::new(setup) {
+                    Ok(shard) => {
+                        let _ = ready.send(Ok(shard.uses_fixed_buffers()));
+                        shard.run()
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("shard {index}: {e}")));
+                        ShardStats::new(index)
+                    }
+                })
+                .map_err(|e| format!("cannot start shard thread {index}: {e}"))?;
+            shards.push((cmd_tx, handle));
+        }
+        let mut seeder = Seeder {
+            shards,
+            stats_rx,
+            local_addrs: listen,
+            fixed_buffers: true,
+        };
+        for _ in 0..shard_count {
+            match ready_rx.recv() {
+                Ok(Ok(fixed)) => seeder.fixed_buffers &= fixed,
+                Ok(Err(e)) => {
+                    seeder.shutdown();
+                    let _ = seeder.join();
+                    return Err(e);
+                }
+                Err(_) => return Err("a shard thread died during start-up".into()),
+            }
+        }
+        Ok(seeder)
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Snapshots from the shards (one per shard per second).
+    pub fn stats(&self) -> &Receiver<ShardStats> {
+        &self.stats_rx
+    }
+
+    /// Gives every shard a new catalog snapshot (new handshakes use it).
+    pub fn swap_catalog(&self, catalog: Arc<Catalog>) {
+        for (tx, _) in &self.shards {
+            let _ = tx.send(ShardCommand::SwapCatalog(catalog.clone()));
+        }
+    }
+
+    /// Asks every shard to stop accepting, close its peers and exit.
+    pub fn shutdown(&self) {
+        for (tx, _) in &self.shards {
+            let _ = tx.send(ShardCommand::Shutdown);
+        }
+    }
+
+    /// Waits for every shard and returns the merged final stats.
+    pub fn join(self) -> ShardStats {
+        let mut total = ShardStats::new(0);
+        total.accepting = true;
+        for (_, handle) in self.shards {
+            match handle.join() {
+                Ok(stats) => total.merge(&stats),
+                Err(_) => tracing::error!("a shard thread panicked"),
+            }
+        }
+        total
+    }
+}

@@ -1,0 +1,1523 @@
+//! A shard: one thread, one io_uring, its own listeners, and every peer accepted on them.
+//!
+//! Owns: its peers (a slab indexed by the `peer` field of op tokens), its send buffer pool,
+//! its open-file cache, its choker and its stats. Nothing here is shared with other shards;
+//! the catalog is an immutable `Arc` snapshot, and commands arrive over a bounded channel.
+//!
+//! The loop (TigerBeetle's shape): submit everything queued and wait for completions (or the
+//! next tick), copy the completions out in one batch, then dispatch each by its token. A
+//! handler never re-enters the loop; it only queues SQEs, which go out at the next turn.
+//!
+//! Serving a block (copy mode): requests are validated and queued per peer; when the peer's
+//! send pipeline is idle, up to `blocks_per_batch_max` queued blocks are laid out in one
+//! buffer slot as `[13-byte piece header][block]...`, the block bytes are read with ReadFixed
+//! straight into place, and one Send of the whole slot is linked after the reads: no trip to
+//! userspace between read and send. zerocopy mode sends the slot with SendZc and frees it at
+//! the notification; splice mode sends the header, then splices file -> pipe -> socket.
+//!
+//! Buffer lifetimes: a peer's receive buffer and control buffer are only resized or reused
+//! while no op names them (`recv_armed`, `control_inflight` are false); a peer is freed only
+//! when `ops_inflight` is 0; buffer slots follow `ring::buffers`. The ring is declared before
+//! the pool so it is dropped (and its ops cancelled) first; if ops are still in flight at
+//! exit the pool is leaked rather than freed under the kernel.
+//!
+//! Must never: block (the only syscalls outside io_uring are at connection set-up/teardown and
+//! the first open of a content file), allocate per request in steady state, panic on peer
+//! input, or let a peer's error affect another peer.
+
+pub mod admission;
+pub mod choker;
+pub mod files;
+pub mod peer;
+
+use crate::catalog::{Catalog, CatalogTorrent};
+use crate::config::{EngineConfig, ServeMode};
+use crate::metainfo::InfoHash;
+use crate::ring::buffers::{BufferPool, SlotState};
+use crate::ring::token::{OpKind, Token};
+use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
+use crate::stats::{CloseReason, RejectReason, ShardStats};
+use crate::storage::extents::{map_range, Extent};
+use crate::wire::extended::{self, ExtendedHandshake};
+use crate::wire::handshake::{parse_handshake, Handshake, HANDSHAKE_LEN};
+use crate::wire::message::{self, decode_frame, BlockRequest, Message, PIECE_HEADER_LEN};
+use crate::wire::metadata::{metadata_piece_range, MetadataMessage};
+use crate::wire::WireError;
+use admission::Admission;
+use choker::{Choker, PeerKey};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use files::{AcquireError, FileCache, FileKey};
+use io_uring::{opcode, squeue, types};
+use peer::{Batch, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Our id for ut_metadata in the extended handshake `m` dictionary.
+pub const UT_METADATA_LOCAL_ID: u8 = 3;
+/// Housekeeping period: timeouts, keep-alives, choker rotation, stats snapshots.
+pub const TICK_INTERVAL_MS: u64 = 250;
+/// Stats snapshots go to the control thread this often.
+pub const STATS_INTERVAL_MS: u64 = 1000;
+/// On shutdown, peers get this long to finish in-flight sends before the shard exits.
+pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
+pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
+
+/// Messages from the control thread to a shard.
+pub enum ShardCommand {
+    /// Stop accepting, close every peer, drain, exit.
+    Shutdown,
+    /// Use this catalog for new handshakes; existing peers keep their torrent.
+    SwapCatalog(Arc<Catalog>),
+}
+
+/// Everything a shard is built from (moved into its thread).
+pub struct ShardSetup {
+    pub index: usize,
+    pub config: Arc<EngineConfig>,
+    pub catalog: Arc<Catalog>,
+    pub listeners: Vec<OwnedFd>,
+    pub commands: Receiver<ShardCommand>,
+    pub stats_tx: Sender<ShardStats>,
+    pub admission: Arc<Admission>,
+    pub peer_id: [u8; 20],
+    pub cpu: Option<usize>,
+}
+
+/// A read or splice planned while laying out a batch, turned into SQEs afterwards.
+#[derive(Clone, Copy)]
+struct PlannedRead {
+    fd: RawFd,
+    file_offset: u64,
+    slot_offset: u32,
+    len: u32,
+}
+
+pub struct Shard {
+    index: usize,
+    config: Arc<EngineConfig>,
+    catalog: Arc<Catalog>,
+    // Declared before `pool`: dropped first, so no op outlives the memory it names.
+    ring: Ring,
+    pool: BufferPool,
+    fixed_buffers: bool,
+    peers: Vec<Option<Peer>>,
+    generations: Vec<u16>,
+    free_peers: Vec<u32>,
+    live_peers: usize,
+    listeners: Vec<OwnedFd>,
+    accept_armed: Vec<bool>,
+    accepting: bool,
+    files: FileCache,
+    choker: Choker,
+    admission: Arc<Admission>,
+    commands: Receiver<ShardCommand>,
+    stats: ShardStats,
+    stats_tx: Sender<ShardStats>,
+    torrent_peers: HashMap<InfoHash, usize>,
+    metadata_cache: HashMap<InfoHash, Arc<Vec<u8>>>,
+    slot_waiters: VecDeque<PeerKey>,
+    /// zerocopy notifications still owed per buffer slot.
+    slot_notifs: Vec<u16>,
+    peer_id: [u8; 20],
+    now: Instant,
+    tick: u64,
+    next_tick_at: Instant,
+    next_stats_at: Instant,
+    next_rotation_at: Instant,
+    shutdown_deadline: Option<Instant>,
+    scratch_extents: Vec<Extent>,
+    scratch_reads: Vec<PlannedRead>,
+    scratch_chain: Vec<squeue::Entry>,
+    scratch_out: Vec<u8>,
+}
+
+/// Why a shard could not start; the message says what to do.
+pub type StartError = String;
+
+impl Shard {
+    /// Builds the shard on the calling thread (SINGLE_ISSUER: the creator submits).
+    pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
+        let config = setup.config;
+        if let Some(cpu) = setup.cpu {
+            pin_to_cpu(cpu);
+        }
+        let mut ring = Ring::new(config.ring_entries)?;
+        for note in ring.notes.drain(..) {
+            if setup.index == 0 {
+                tracing::warn!("{note}");
+            }
+        }
+        if config.serve_mode == ServeMode::Zerocopy && !ring.features.send_zc {
+            return Err(
+                "serve mode zerocopy needs IORING_OP_SEND_ZC (Linux >= 6.0); use --serve copy"
+                    .into(),
+            );
+        }
+        if config.serve_mode == ServeMode::Splice && !ring.features.splice {
+            return Err("serve mode splice needs IORING_OP_SPLICE; use --serve copy".into());
+        }
+        if !ring.features.multishot_accept {
+            return Err(
+                "this kernel's io_uring lacks multishot accept (Linux >= 5.19 needed)".into(),
+            );
+        }
+        let pool = BufferPool::new(config.buffer_pool_slots_per_shard, config.slot_len_bytes())?;
+        let fixed_buffers = ring.features.read_fixed
+            && match ring.register_buffer(pool.iovec()) {
+                Ok(()) => true,
+                Err(e) => {
+                    if setup.index == 0 {
+                        tracing::warn!(
+                            "cannot register the {} MiB send buffer pool with io_uring ({e}): RLIMIT_MEMLOCK \
+                             (`ulimit -l`) is probably too small. Falling back to unregistered buffers (slower). \
+                             Fix: raise the limit (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit) \
+                             or lower buffer_pool_slots_per_shard",
+                            pool.iovec().iov_len >> 20
+                        );
+                    }
+                    false
+                }
+            };
+        let now = Instant::now();
+        let shards = config.shard_count().max(1);
+        let slots = config.upload_slots_max.div_ceil(shards).max(1);
+        let listeners_len = setup.listeners.len();
+        let slot_count = pool.slots();
+        Ok(Shard {
+            index: setup.index,
+            catalog: setup.catalog,
+            ring,
+            pool,
+            fixed_buffers,
+            peers: Vec::new(),
+            generations: Vec::new(),
+            free_peers: Vec::new(),
+            live_peers: 0,
+            listeners: setup.listeners,
+            accept_armed: vec![false; listeners_len],
+            accepting: true,
+            files: FileCache::new(config.open_files_per_shard_max),
+            choker: Choker::new(slots),
+            admission: setup.admission,
+            commands: setup.commands,
+            stats: ShardStats::new(setup.index),
+            stats_tx: setup.stats_tx,
+            torrent_peers: HashMap::new(),
+            metadata_cache: HashMap::new(),
+            slot_waiters: VecDeque::new(),
+            slot_notifs: vec![0; slot_count],
+            peer_id: setup.peer_id,
+            now,
+            tick: 0,
+            next_tick_at: now,
+            next_stats_at: now,
+            next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
+            shutdown_deadline: None,
+            scratch_extents: Vec::with_capacity(8),
+            scratch_reads: Vec::with_capacity(64),
+            scratch_chain: Vec::with_capacity(128),
+            scratch_out: Vec::with_capacity(1024),
+            config,
+        })
+    }
+
+    pub fn uses_fixed_buffers(&self) -> bool {
+        self.fixed_buffers
+    }
+
+    /// Runs until shutdown; returns the final stats.
+    pub fn run(mut self) -> ShardStats {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.stats.accepting = true;
+        let mut completions: Vec<Completion> = Vec::with_capacity(1024);
+        loop {
+            self.now = Instant::now();
+            if let Some(deadline) = self.shutdown_deadline {
+                let drained = self.live_peers == 0 && !self.accept_armed.iter().any(|a| *a);
+                if drained || self.now >= deadline {
+                    break;
+                }
+            }
+            let wait = self
+                .next_tick_at
+                .saturating_duration_since(self.now)
+                .min(Duration::from_millis(TICK_INTERVAL_MS));
+            if let Err(e) = self.ring.submit_and_wait(wait) {
+                tracing::error!(
+                    shard = self.index,
+                    "io_uring submit failed: {e}; shard stops"
+                );
+                break;
+            }
+            self.ring.reap(&mut completions);
+            self.now = Instant::now();
+            for c in completions.iter() {
+                self.dispatch(*c);
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.on_command(cmd);
+            }
+            if self.now >= self.next_tick_at {
+                self.on_tick();
+            }
+            self.serve_slot_waiters();
+        }
+        self.stats.accepting = false;
+        self.stats.peers_connected = self.live_peers as u64;
+        let inflight: u32 = self.peers.iter().flatten().map(|p| p.ops_inflight).sum();
+        let stats = self.stats.clone();
+        let _ = self.stats_tx.try_send(stats.clone());
+        if inflight > 0 || self.accept_armed.iter().any(|a| *a) {
+            // The kernel may still touch the pool while it tears the ring down: leak it.
+            tracing::warn!(
+                shard = self.index,
+                inflight,
+                "shard exits with ops in flight"
+            );
+            let Shard { ring, pool, .. } = self;
+            drop(ring);
+            std::mem::forget(pool);
+        }
+        stats
+    }
+
+    fn on_command(&mut self, cmd: ShardCommand) {
+        match cmd {
+            ShardCommand::Shutdown => self.begin_shutdown(),
+            ShardCommand::SwapCatalog(catalog) => {
+                self.catalog = catalog;
+                self.metadata_cache.clear();
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(self.now + Duration::from_millis(SHUTDOWN_DRAIN_MS));
+        self.accepting = false;
+        self.stats.accepting = false;
+        for i in 0..self.listeners.len() {
+            if self.accept_armed[i] {
+                let target = Token::new(OpKind::Accept, i as u16, 0, 0).encode();
+                let sqe = opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode());
+                self.push(&sqe);
+            }
+        }
+        for idx in 0..self.peers.len() {
+            if self.peers[idx].is_some() {
+                self.close_peer(idx as u32, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    fn push(&mut self, sqe: &squeue::Entry) {
+        if let Err(e) = self.ring.push(sqe) {
+            // Only a broken ring fails here; nothing sane remains but to stop accepting work.
+            tracing::error!(shard = self.index, "io_uring push failed: {e}");
+        }
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn arm_accept(&mut self, i: usize) {
+        if !self.accepting || self.accept_armed[i] {
+            return;
+        }
+        let fd = self.listeners[i].as_raw_fd();
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::new(OpKind::Accept, i as u16, 0, 0).encode());
+        self.push(&sqe);
+        self.accept_armed[i] = true;
+    }
+
+    fn on_accept(&mut self, c: Completion, listener: usize) {
+        if !c.more() {
+            if let Some(armed) = self.accept_armed.get_mut(listener) {
+                *armed = false;
+            }
+        }
+        if c.result < 0 {
+            let errno = -c.result;
+            if errno != libc::ECANCELED {
+                // EMFILE/ENFILE and friends: counted; re-armed at the next tick, not in a
+                // hot loop.
+                tracing::debug!(
+                    shard = self.index,
+                    "accept failed: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                self.stats.accept_errors += 1;
+            }
+            return;
+        }
+        // SAFETY: a non-negative accept result is a new fd that nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+        if !self.accepting {
+            return;
+        }
+        let Some(addr) = peer_addr(fd.as_raw_fd()) else {
+            self.stats.closed(CloseReason::SocketError);
+            return;
+        };
+        if self.live_peers >= self.config.peers_max {
+            self.stats.closed(CloseReason::PeersLimit);
+            return;
+        }
+        if let Err(refusal) = self.admission.admit(&addr.ip()) {
+            self.stats.closed(match refusal {
+                admission::Refusal::PeersLimit => CloseReason::PeersLimit,
+                admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
+            });
+            return;
+        }
+        set_nodelay(fd.as_raw_fd());
+        let idx = match self.free_peers.pop() {
+            Some(i) => i,
+            None => {
+                self.peers.push(None);
+                self.generations.push(0);
+                (self.peers.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[idx as usize];
+        let peer = Peer::new(
+            fd,
+            addr,
+            generation,
+            self.now,
+            self.config.request_queue_per_peer_max,
+        );
+        self.peers[idx as usize] = Some(peer);
+        self.live_peers += 1;
+        self.stats.peers_accepted += 1;
+        self.arm_recv(idx);
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    fn dispatch(&mut self, c: Completion) {
+        let Some(token) = Token::decode(c.user_data) else {
+            debug_assert!(false, "completion with an unknown token {:#x}", c.user_data);
+            return;
+        };
+        match token.kind {
+            OpKind::Accept => self.on_accept(c, token.slot as usize),
+            OpKind::Ignore | OpKind::Tick | OpKind::Wakeup => {}
+            _ => {
+                let idx = token.peer;
+                let live = matches!(self.peers.get(idx as usize), Some(Some(p)) if p.generation == token.generation);
+                if !live {
+                    // A peer is freed only with no ops in flight, so this cannot happen for
+                    // ops we count; it is loud in tests and harmless in production.
+                    debug_assert!(false, "completion {token:?} for a freed peer");
+                    return;
+                }
+                match token.kind {
+                    OpKind::Recv => self.on_recv(idx, c),
+                    OpKind::SendControl => self.on_control_sent(idx, c),
+                    OpKind::ReadBlock | OpKind::Splice => self.on_chain_step(idx, c, token.slot),
+                    OpKind::SendBatch => {
+                        if c.is_notif() {
+                            self.on_send_notification(idx, c, token.slot);
+                        } else {
+                            self.on_batch_sent(idx, c, token.slot);
+                        }
+                    }
+                    _ => {}
+                }
+                self.maybe_free(idx);
+            }
+        }
+    }
+
+    fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
+        self.peers.get_mut(idx as usize).and_then(|p| p.as_mut())
+    }
+
+    // ---------------------------------------------------------------- receive
+
+    fn arm_recv(&mut self, idx: u32) {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if peer.phase == Phase::Closing || peer.recv_armed {
+            return;
+        }
+        if peer.recv_len == peer.recv_buf.len() {
+            // The buffer is full of one incomplete message: grow, bounded by the largest
+            // message allowed (checked by the decoder before we get here).
+            let limit = self.config.message_len_max_bytes as usize + 4;
+            let new_len = (peer.recv_buf.len() * 2).min(limit).max(peer.recv_len + 1);
+            peer.recv_buf.resize(new_len, 0);
+        }
+        let buf = &mut peer.recv_buf[peer.recv_len..];
+        let sqe = opcode::Recv::new(
+            types::Fd(peer.fd.as_raw_fd()),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+        .build()
+        .user_data(Token::new(OpKind::Recv, 0, idx, peer.generation).encode());
+        peer.recv_armed = true;
+        peer.ops_inflight += 1;
+        self.push(&sqe);
+    }
+
+    fn on_recv(&mut self, idx: u32, c: Completion) {
+        let now = self.now;
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
+        peer.recv_armed = false;
+        peer.ops_inflight -= 1;
+        if peer.phase == Phase::Closing {
+            return;
+        }
+        if c.result <= 0 {
+            let reason = if c.result == 0 {
+                CloseReason::PeerClosed
+            } else {
+                CloseReason::SocketError
+            };
+            self.close_peer(idx, reason);
+            return;
+        }
+        peer.recv_len += c.result as usize;
+        debug_assert!(peer.recv_len <= peer.recv_buf.len());
+        peer.last_recv_at = now;
+        if let Err(reason) = self.process_input(idx) {
+            self.close_peer(idx, reason);
+            return;
+        }
+        self.pump(idx);
+        self.arm_recv(idx);
+    }
+
+    /// Decodes every complete message in the peer's buffer and acts on it.
+    fn process_input(&mut self, idx: u32) -> Result<(), CloseReason> {
+        let mut consumed = 0usize;
+        let mut recv_buf = match self.peer_mut(idx) {
+            Some(p) => std::mem::take(&mut p.recv_buf),
+            None => return Ok(()),
+        };
+        let recv_len = self.peer_mut(idx).map(|p| p.recv_len).unwrap_or(0);
+        let result = (|| {
+            if self.peer_mut(idx).map(|p| p.phase) == Some(Phase::Handshake) {
+                match parse_handshake(&recv_buf[..recv_len]) {
+                    Err(_) => return Err(CloseReason::BadHandshake),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(hs)) => {
+                        self.on_handshake(idx, hs)?;
+                        consumed = HANDSHAKE_LEN;
+                    }
+                }
+            }
+            let max_len = self.config.message_len_max_bytes;
+            loop {
+                match decode_frame(&recv_buf[consumed..recv_len], max_len) {
+                    Ok(Some((msg, used))) => {
+                        self.on_message(idx, msg)?;
+                        consumed += used;
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(WireError::MessageTooLong { .. }) => {
+                        return Err(CloseReason::MessageTooLong)
+                    }
+                    Err(_) => return Err(CloseReason::MalformedMessage),
+                }
+                if self.peer_mut(idx).map(|p| p.phase) != Some(Phase::Active) {
+                    return Ok(());
+                }
+            }
+        })();
+        if let Some(peer) = self.peer_mut(idx) {
+            recv_buf.copy_within(consumed..recv_len, 0);
+            peer.recv_len = recv_len - consumed;
+            peer.recv_buf = recv_buf;
+        }
+        result
+    }
+
+    fn on_handshake(&mut self, idx: u32, hs: Handshake) -> Result<(), CloseReason> {
+        let info_hash = InfoHash(hs.info_hash);
+        let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
+            return Err(CloseReason::UnknownInfoHash);
+        };
+        let count = self.torrent_peers.entry(info_hash).or_insert(0);
+        if *count >= self.config.peers_per_torrent_max {
+            return Err(CloseReason::PeersPerTorrentLimit);
+        }
+        *count += 1;
+        let metadata = if hs.supports_extended() {
+            self.metadata_for(&torrent)
+        } else {
+            None
+        };
+        let reqq = self.config.request_queue_per_peer_max as u32;
+        let peer_id = self.peer_id;
+        let now = self.now;
+        let Some(peer) = self.peer_mut(idx) else {
+            return Ok(());
+        };
+        peer.fast = hs.supports_fast();
+        peer.extended = hs.supports_extended();
+        peer.phase = Phase::Active;
+        let ip = peer.addr.ip();
+        let mut out = std::mem::take(&mut peer.control_pending);
+        out.extend_from_slice(&Handshake::new(hs.info_hash, peer_id, true, true).to_bytes());
+        if peer.extended {
+            let ext = ExtendedHandshake {
+                m: vec![(extended::UT_METADATA.to_string(), UT_METADATA_LOCAL_ID)],
+                metadata_size: metadata.as_ref().map(|m| m.len() as u64),
+                reqq: Some(reqq),
+                v: Some(CLIENT_VERSION.to_string()),
+                upload_only: true,
+                yourip: Some(match ip {
+                    std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                    std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                }),
+                p: None,
+            };
+            extended::encode_extended(extended::HANDSHAKE_ID, &ext.encode(), &mut out);
+        }
+        let have_any = torrent.have.iter().any(|b| *b != 0);
+        if peer.fast && torrent.complete {
+            message::encode(&Message::HaveAll, &mut out);
+        } else if peer.fast && !have_any {
+            message::encode(&Message::HaveNone, &mut out);
+        } else if have_any {
+            message::encode(&Message::Bitfield(&torrent.have), &mut out);
+        }
+        peer.control_pending = out;
+        peer.torrent = Some(torrent);
+        let elapsed = now.duration_since(peer.connected_at).as_nanos() as u64;
+        ShardStats::record_latency(&mut self.stats.handshake_latency_ns, elapsed);
+        Ok(())
+    }
+
+    /// The info dictionary for BEP 9, from a bounded per-shard cache (read from the .torrent
+    /// file on first use: rare, small, and off the block-serving path).
+    fn metadata_for(&mut self, torrent: &CatalogTorrent) -> Option<Arc<Vec<u8>>> {
+        if let Some(m) = self.metadata_cache.get(&torrent.info_hash) {
+            return Some(m.clone());
+        }
+        match torrent.read_info_bytes() {
+            Ok(bytes) => {
+                if self.metadata_cache.len() >= self.config.metadata_cache_entries_max {
+                    // Evict an arbitrary entry: metadata requests are rare; any bounded
+                    // policy serves.
+                    if let Some(k) = self.metadata_cache.keys().next().copied() {
+                        self.metadata_cache.remove(&k);
+                    }
+                }
+                let bytes = Arc::new(bytes);
+                self.metadata_cache.insert(torrent.info_hash, bytes.clone());
+                Some(bytes)
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the info dictionary of {}: {e}", torrent.name);
+                None
+            }
+        }
+    }
+
+    fn on_message(&mut self, idx: u32, msg: Message<'_>) -> Result<(), CloseReason> {
+        let now = self.now;
+        let block_len_max = self.config.block_len_max_bytes;
+        let queue_max = self.config.request_queue_per_peer_max;
+        let tick = self.tick;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return Ok(());
+        };
+        let key = (idx, peer.generation);
+        let Some(torrent) = peer.torrent.clone() else {
+            return Err(CloseReason::ProtocolViolation);
+        };
+        match msg {
+            Message::KeepAlive | Message::Choke | Message::Unchoke | Message::Port(_) => {}
+            Message::Have(index) => {
+                if index >= torrent.num_pieces {
+                    return Err(CloseReason::MalformedMessage);
+                }
+            }
+            Message::Bitfield(bits) => {
+                if bits.len() != message::bitfield_len_bytes(torrent.num_pieces) {
+                    return Err(CloseReason::MalformedMessage);
+                }
+            }
+            Message::Interested => {
+                if !peer.peer_interested {
+                    peer.peer_interested = true;
+                    if self.choker.interested(key, tick) {
+                        self.unchoke(idx);
+                    }
+                }
+            }
+            Message::NotInterested => {
+                if peer.peer_interested {
+                    peer.peer_interested = false;
+                    let was_unchoked = !peer.am_choking;
+                    if was_unchoked {
+                        self.choke(idx);
+                    }
+                    if let Some(next) = self.choker.remove(key, tick) {
+                        self.unchoke(next.0);
+                    }
+                }
+            }
+            Message::Request(r) => {
+                if let Err(reason) = validate_request(&torrent, r, block_len_max) {
+                    self.stats.rejected(reason);
+                    if !peer.fast {
+                        return Err(CloseReason::InvalidRequest);
+                    }
+                    message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                } else if peer.am_choking {
+                    self.stats.rejected(RejectReason::Choked);
+                    if peer.fast {
+                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                    }
+                } else if peer.queue.len() >= queue_max {
+                    self.stats.rejected(RejectReason::QueueFull);
+                    if peer.fast {
+                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                    }
+                } else {
+                    peer.queue.push_back(QueuedRequest {
+                        request: r,
+                        received_at: now,
+                    });
+                }
+            }
+            Message::Cancel(r) => {
+                if let Some(pos) = peer.queue.iter().position(|q| q.request == r) {
+                    peer.queue.remove(pos);
+                    self.stats.rejected(RejectReason::Cancelled);
+                    if peer.fast {
+                        // BEP 6: with the fast extension every request gets a piece or a reject.
+                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                    }
+                }
+            }
+            Message::Piece { .. } => return Err(CloseReason::ProtocolViolation),
+            Message::HaveAll
+            | Message::HaveNone
+            | Message::SuggestPiece(_)
+            | Message::AllowedFast(_) => {
+                if !peer.fast {
+                    return Err(CloseReason::ProtocolViolation);
+                }
+            }
+            Message::RejectRequest(_) => {
+                if !peer.fast {
+                    return Err(CloseReason::ProtocolViolation);
+                }
+            }
+            Message::Extended { id, payload } => {
+                if !peer.extended {
+                    return Err(CloseReason::ProtocolViolation);
+                }
+                if id == extended::HANDSHAKE_ID {
+                    let hs = ExtendedHandshake::parse(payload)
+                        .map_err(|_| CloseReason::MalformedMessage)?;
+                    peer.ut_metadata_id = hs.extension_id(extended::UT_METADATA).unwrap_or(0);
+                } else if id == UT_METADATA_LOCAL_ID {
+                    let m = MetadataMessage::parse(payload)
+                        .map_err(|_| CloseReason::MalformedMessage)?;
+                    if let MetadataMessage::Request { piece } = m {
+                        self.on_metadata_request(idx, &torrent, piece);
+                    }
+                }
+                // Other extension ids: we never advertised them; ignore, as BEP 10 asks.
+            }
+            Message::Unknown { .. } => {}
+        }
+        let Some(peer) = self.peer_mut(idx) else {
+            return Ok(());
+        };
+        if peer.control_pending.len() > CONTROL_BACKLOG_MAX_BYTES {
+            return Err(CloseReason::SendBacklog);
+        }
+        Ok(())
+    }
+
+    fn on_metadata_request(&mut self, idx: u32, torrent: &CatalogTorrent, piece: u32) {
+        let metadata = self.metadata_for(torrent);
+        let mut payload = std::mem::take(&mut self.scratch_out);
+        payload.clear();
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if peer.ut_metadata_id == 0 {
+            self.scratch_out = payload;
+            return;
+        }
+        let range = metadata
+            .as_ref()
+            .and_then(|m| metadata_piece_range(m.len() as u64, piece));
+        match (metadata.as_ref(), range) {
+            (Some(m), Some(range)) => {
+                MetadataMessage::Data {
+                    piece,
+                    total_size: m.len() as u64,
+                    data: &m[range],
+                }
+                .encode(&mut payload);
+                self.stats.metadata_pieces_served += 1;
+            }
+            _ => MetadataMessage::Reject { piece }.encode(&mut payload),
+        }
+        extended::encode_extended(peer.ut_metadata_id, &payload, &mut peer.control_pending);
+        self.scratch_out = payload;
+    }
+
+    // ---------------------------------------------------------------- choking
+
+    fn unchoke(&mut self, idx: u32) {
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
+        if peer.phase != Phase::Active || !peer.am_choking {
+            return;
+        }
+        peer.am_choking = false;
+        message::encode(&Message::Unchoke, &mut peer.control_pending);
+        self.pump(idx);
+    }
+
+    fn choke(&mut self, idx: u32) {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if peer.am_choking {
+            return;
+        }
+        peer.am_choking = true;
+        message::encode(&Message::Choke, &mut peer.control_pending);
+        // BEP 3: choking discards the peer's pending requests; BEP 6 peers get a reject for
+        // each so they can re-request elsewhere at once.
+        while let Some(q) = peer.queue.pop_front() {
+            self.stats.rejected(RejectReason::Choked);
+            if peer.fast {
+                message::encode(
+                    &Message::RejectRequest(q.request),
+                    &mut peer.control_pending,
+                );
+            }
+        }
+        self.pump(idx);
+    }
+
+    // ---------------------------------------------------------------- send pipeline
+
+    /// Starts the next send for this peer if none is in flight: control bytes first, then a
+    /// batch of queued blocks.
+    fn pump(&mut self, idx: u32) {
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if peer.phase == Phase::Closing || peer.send_busy() {
+            return;
+        }
+        if !peer.control_pending.is_empty() {
+            std::mem::swap(&mut peer.control_pending, &mut peer.control_sending);
+            peer.control_pending.clear();
+            peer.control_sent = 0;
+            peer.control_inflight = true;
+            peer.ops_inflight += 1;
+            peer.last_send_at = now;
+            let sqe = opcode::Send::new(
+                types::Fd(peer.fd.as_raw_fd()),
+                peer.control_sending.as_ptr(),
+                peer.control_sending.len() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
+            self.push(&sqe);
+            return;
+        }
+        if peer.am_choking || peer.queue.is_empty() || peer.waiting_for_slot {
+            return;
+        }
+        self.start_batch(idx);
+    }
+
+    fn on_control_sent(&mut self, idx: u32, c: Completion) {
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        if peer.phase == Phase::Closing {
+            peer.control_inflight = false;
+            return;
+        }
+        if c.result < 0 {
+            peer.control_inflight = false;
+            self.close_peer(idx, CloseReason::SocketError);
+            return;
+        }
+        peer.control_sent += c.result as usize;
+        if peer.control_sent < peer.control_sending.len() {
+            // Short send: send the rest before anything else goes out.
+            let rest = &peer.control_sending[peer.control_sent..];
+            let sqe = opcode::Send::new(
+                types::Fd(peer.fd.as_raw_fd()),
+                rest.as_ptr(),
+                rest.len() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
+            peer.ops_inflight += 1;
+            self.push(&sqe);
+            return;
+        }
+        peer.control_inflight = false;
+        peer.control_sending.clear();
+        self.pump(idx);
+    }
+
+    /// Lays out queued blocks in a buffer slot and submits the read(s) + send chain.
+    fn start_batch(&mut self, idx: u32) {
+        let Some(slot) = self.pool.acquire() else {
+            self.stats.buffer_pool_exhausted += 1;
+            if let Some(peer) = self.peer_mut(idx) {
+                peer.waiting_for_slot = true;
+                let key = (idx, peer.generation);
+                self.slot_waiters.push_back(key);
+            }
+            return;
+        };
+        let mode = self.config.serve_mode;
+        let blocks_max = self.config.blocks_per_batch_max();
+        let slot_len = self.pool.slot_len_bytes();
+        let fixed = self.fixed_buffers;
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            self.pool.release(slot);
+            return;
+        };
+        let Some(torrent) = peer.torrent.clone() else {
+            self.pool.release(slot);
+            return;
+        };
+        let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
+        let mut reads = std::mem::take(&mut self.scratch_reads);
+        let mut extents = std::mem::take(&mut self.scratch_extents);
+        reads.clear();
+        peer.batch_files.clear();
+        peer.batch_request_times.clear();
+        let mut offset = 0usize;
+        let mut blocks = 0u16;
+        let mut payload = 0u64;
+        let mut disk_error = false;
+        let slot_mem = self.pool.slot_mut(slot);
+        // Zero extents and headers are written now, before any op names the slot.
+        'blocks: while let Some(q) = peer.queue.front().copied() {
+            let r = q.request;
+            if blocks as usize >= blocks_max
+                || offset + PIECE_HEADER_LEN + r.length as usize > slot_len
+            {
+                break;
+            }
+            let torrent_offset = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
+            extents.clear();
+            map_range(&torrent.files, torrent_offset, r.length, &mut extents);
+            let reads_before = reads.len();
+            let files_before = peer.batch_files.len();
+            let header_at = offset;
+            let mut at = offset + PIECE_HEADER_LEN;
+            for e in extents.iter() {
+                match *e {
+                    Extent::Zero { len } => {
+                        slot_mem[at..at + len as usize].fill(0);
+                        at += len as usize;
+                    }
+                    Extent::File {
+                        file_index,
+                        file_offset,
+                        len,
+                    } => {
+                        let key: FileKey = (torrent.info_hash, file_index);
+                        let path = &torrent.files[file_index as usize].path;
+                        match self.files.acquire(key, path) {
+                            Ok(fd) => {
+                                peer.batch_files.push(key);
+                                reads.push(PlannedRead {
+                                    fd,
+                                    file_offset,
+                                    slot_offset: at as u32,
+                                    len,
+                                });
+                                at += len as usize;
+                            }
+                            Err(err) => {
+                                for k in peer.batch_files.drain(files_before..) {
+                                    self.files.release(&k);
+                                }
+                                reads.truncate(reads_before);
+                                match err {
+                                    AcquireError::Full => self.stats.open_files_limit_hit += 1,
+                                    AcquireError::Open(e) => {
+                                        tracing::warn!("cannot open {}: {e}", path.display());
+                                        self.stats.disk_errors += 1;
+                                        disk_error = true;
+                                    }
+                                }
+                                break 'blocks;
+                            }
+                        }
+                    }
+                }
+            }
+            debug_assert_eq!(
+                at - header_at - PIECE_HEADER_LEN,
+                r.length as usize,
+                "extents must cover the block"
+            );
+            let header: &mut [u8; PIECE_HEADER_LEN] =
+                match (&mut slot_mem[header_at..header_at + PIECE_HEADER_LEN]).try_into() {
+                    Ok(h) => h,
+                    Err(_) => unreachable!("header slice has the header's length"),
+                };
+            message::write_piece_header(header, r.index, r.begin, r.length);
+            offset = at;
+            blocks += 1;
+            payload += u64::from(r.length);
+            peer.queue.pop_front();
+            peer.batch_request_times.push(q.received_at);
+        }
+        self.scratch_extents = extents;
+        if blocks == 0 {
+            self.pool.release(slot);
+            self.scratch_reads = reads;
+            if disk_error {
+                self.close_peer(idx, CloseReason::DiskError);
+            } else if let Some(peer) = self.peer_mut(idx) {
+                // Every cached file is busy: retry when a batch completes.
+                peer.waiting_for_slot = true;
+                let key = (idx, peer.generation);
+                self.slot_waiters.push_back(key);
+            }
+            return;
+        }
+        let base = self.pool.slot_ptr(slot);
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        let sock = peer.fd.as_raw_fd();
+        let generation = peer.generation;
+        let mut chain = std::mem::take(&mut self.scratch_chain);
+        chain.clear();
+        peer.chain_expect.clear();
+        let link = squeue::Flags::IO_LINK;
+        if mode == ServeMode::Splice {
+            if peer.pipe.is_none() {
+                match make_pipe(self.config.block_len_max_bytes) {
+                    Ok(p) => peer.pipe = Some(p),
+                    Err(e) => {
+                        tracing::warn!("cannot create a pipe for splice: {e}");
+                        self.scratch_chain = chain;
+                        self.scratch_reads = reads;
+                        for k in peer.batch_files.drain(..) {
+                            self.files.release(&k);
+                        }
+                        self.pool.release(slot);
+                        self.close_peer(idx, CloseReason::DiskError);
+                        return;
+                    }
+                }
+            }
+            let (pipe_r, pipe_w) = match &peer.pipe {
+                Some((r, w)) => (r.as_raw_fd(), w.as_raw_fd()),
+                None => unreachable!("pipe created above"),
+            };
+            // Walk the slot layout: every byte range not covered by a read is header or zero
+            // bytes sent from the slot; every read becomes file -> pipe -> socket.
+            let mut cursor = 0u32;
+            let push_send = |chain: &mut Vec<squeue::Entry>,
+                             expect: &mut Vec<u32>,
+                             from: u32,
+                             to: u32| {
+                if to > from {
+                    // SAFETY(ptr): from..to lies inside the slot.
+                    let ptr = base.wrapping_add(from as usize);
+                    let seq = expect.len() as u16;
+                    expect.push(to - from);
+                    chain.push(
+                        opcode::Send::new(types::Fd(sock), ptr, to - from)
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build()
+                            .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
+                    );
+                }
+            };
+            for rd in reads.iter() {
+                push_send(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
+                let seq = peer.chain_expect.len() as u16;
+                peer.chain_expect.push(rd.len);
+                chain.push(
+                    opcode::Splice::new(
+                        types::Fd(rd.fd),
+                        rd.file_offset as i64,
+                        types::Fd(pipe_w),
+                        -1,
+                        rd.len,
+                    )
+                    .build()
+                    .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
+                );
+                let seq = peer.chain_expect.len() as u16;
+                peer.chain_expect.push(rd.len);
+                chain.push(
+                    opcode::Splice::new(types::Fd(pipe_r), -1, types::Fd(sock), -1, rd.len)
+                        .build()
+                        .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
+                );
+                cursor = rd.slot_offset + rd.len;
+            }
+            push_send(&mut chain, &mut peer.chain_expect, cursor, offset as u32);
+            // The last op of the chain completes the batch: retag it.
+            if let Some(last) = chain.pop() {
+                peer.chain_expect.pop();
+                chain.push(
+                    last.user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
+                );
+            }
+        } else {
+            for rd in reads.iter() {
+                let seq = peer.chain_expect.len() as u16;
+                peer.chain_expect.push(rd.len);
+                let ptr = base.wrapping_add(rd.slot_offset as usize);
+                let sqe = if fixed {
+                    opcode::ReadFixed::new(types::Fd(rd.fd), ptr, rd.len, 0)
+                        .offset(rd.file_offset)
+                        .build()
+                } else {
+                    opcode::Read::new(types::Fd(rd.fd), ptr, rd.len)
+                        .offset(rd.file_offset)
+                        .build()
+                };
+                chain.push(
+                    sqe.user_data(Token::new(OpKind::ReadBlock, seq, idx, generation).encode()),
+                );
+            }
+            chain.push(batch_send_sqe(
+                sock,
+                base,
+                offset as u32,
+                use_zc,
+                fixed,
+                Token::new(OpKind::SendBatch, slot, idx, generation),
+            ));
+        }
+        // Link every op to the next; the last (the batch's send) ends the chain. `flags` ORs,
+        // so entries are built unlinked and linked here.
+        let last = chain.len().saturating_sub(1);
+        for e in chain[..last].iter_mut() {
+            *e = e.clone().flags(link);
+        }
+        peer.ops_inflight += chain.len() as u32;
+        peer.last_send_at = now;
+        peer.batch = Some(Batch {
+            slot,
+            len_bytes: offset as u32,
+            sent_bytes: 0,
+            payload_bytes: payload,
+            blocks,
+            failed: false,
+            submitted_at: now,
+            zerocopy: use_zc,
+        });
+        if let Err(e) = self.ring.push_chain(&chain) {
+            tracing::error!(shard = self.index, "io_uring push failed: {e}");
+        }
+        self.scratch_chain = chain;
+        self.scratch_reads = reads;
+    }
+
+    /// A read (copy/zerocopy) or an intermediate splice/send (splice mode) of a chain.
+    fn on_chain_step(&mut self, idx: u32, c: Completion, seq: u16) {
+        let now = self.now;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        let expected = peer.chain_expect.get(seq as usize).copied().unwrap_or(0);
+        if let Some(batch) = peer.batch.as_mut() {
+            if c.result < 0 || c.result as u32 != expected {
+                if c.result != -libc::ECANCELED && !batch.failed {
+                    self.stats.disk_errors += 1;
+                }
+                batch.failed = true;
+            } else if self.config.serve_mode != ServeMode::Splice {
+                let ns = now.duration_since(batch.submitted_at).as_nanos() as u64;
+                ShardStats::record_latency(&mut self.stats.disk_read_latency_ns, ns);
+            }
+        }
+    }
+
+    fn on_batch_sent(&mut self, idx: u32, c: Completion, slot: u16) {
+        let now = self.now;
+        let mode = self.config.serve_mode;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        if c.more() {
+            // zerocopy: a notification follows; the slot waits for it.
+            peer.ops_inflight += 1;
+            self.slot_notifs[slot as usize] += 1;
+        }
+        let Some(batch) = peer.batch.as_mut() else {
+            debug_assert!(false, "batch completion without a batch");
+            return;
+        };
+        debug_assert_eq!(batch.slot, slot);
+        let closing = peer.phase == Phase::Closing;
+        let short_splice =
+            mode == ServeMode::Splice && c.result >= 0 && (c.result as u32) < batch.len_bytes;
+        if c.result < 0 || batch.failed || closing || short_splice {
+            let disk = batch.failed;
+            self.finish_batch(idx);
+            if !closing {
+                self.close_peer(
+                    idx,
+                    if disk {
+                        CloseReason::DiskError
+                    } else {
+                        CloseReason::SocketError
+                    },
+                );
+            }
+            return;
+        }
+        if mode == ServeMode::Splice {
+            batch.sent_bytes = batch.len_bytes;
+        } else {
+            batch.sent_bytes += c.result as u32;
+        }
+        if batch.sent_bytes < batch.len_bytes {
+            // Short send: send the rest of the slot, then continue.
+            let base = self.pool.slot_ptr(slot);
+            let rest_ptr = base.wrapping_add(batch.sent_bytes as usize);
+            let rest_len = batch.len_bytes - batch.sent_bytes;
+            let token = Token::new(OpKind::SendBatch, slot, idx, peer.generation);
+            let sqe = batch_send_sqe(
+                peer.fd.as_raw_fd(),
+                rest_ptr,
+                rest_len,
+                batch.zerocopy,
+                self.fixed_buffers,
+                token,
+            );
+            peer.ops_inflight += 1;
+            self.push(&sqe);
+            return;
+        }
+        for t in peer.batch_request_times.iter() {
+            let ns = now.duration_since(*t).as_nanos() as u64;
+            ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
+        }
+        self.stats.uploaded_bytes += batch.payload_bytes;
+        self.stats.blocks_served += u64::from(batch.blocks);
+        peer.uploaded_bytes += batch.payload_bytes;
+        self.finish_batch(idx);
+        self.pump(idx);
+    }
+
+    /// Releases what a batch held: file uses, and the slot (now, or at its notification).
+    fn finish_batch(&mut self, idx: u32) {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        let Some(batch) = peer.batch.take() else {
+            return;
+        };
+        for k in peer.batch_files.drain(..) {
+            self.files.release(&k);
+        }
+        if self.slot_notifs[batch.slot as usize] > 0 {
+            self.pool.await_notif(batch.slot);
+        } else {
+            self.pool.release(batch.slot);
+        }
+    }
+
+    fn on_send_notification(&mut self, idx: u32, c: Completion, slot: u16) {
+        let adaptive = self.config.zerocopy_adaptive;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        let copied = (c.result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
+        if copied {
+            self.stats.zc_sends_copied += 1;
+            if adaptive && !peer.zerocopy_disabled {
+                // The kernel copied anyway (loopback, or a NIC without the offloads): zero-copy
+                // only costs us here, so this connection switches to plain sends.
+                peer.zerocopy_disabled = true;
+                self.stats.zc_connections_switched_to_copy += 1;
+            }
+        } else {
+            self.stats.zc_sends_zerocopy += 1;
+        }
+        let pending = &mut self.slot_notifs[slot as usize];
+        debug_assert!(*pending > 0);
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 && self.pool.state(slot) == SlotState::AwaitingNotif {
+            self.pool.release(slot);
+        }
+    }
+
+    fn serve_slot_waiters(&mut self) {
+        while self.pool.free_slots() > 0 {
+            let Some((idx, generation)) = self.slot_waiters.pop_front() else {
+                return;
+            };
+            let Some(peer) = self.peer_mut(idx) else {
+                continue;
+            };
+            if peer.generation != generation {
+                continue;
+            }
+            peer.waiting_for_slot = false;
+            self.pump(idx);
+            if self
+                .peer_mut(idx)
+                .map(|p| p.waiting_for_slot)
+                .unwrap_or(false)
+            {
+                // It went back to waiting (e.g. every cached file busy): stop for this turn.
+                return;
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- close
+
+    fn close_peer(&mut self, idx: u32, reason: CloseReason) {
+        let tick = self.tick;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        if peer.phase == Phase::Closing {
+            return;
+        }
+        peer.phase = Phase::Closing;
+        let key = (idx, peer.generation);
+        self.stats.closed(reason);
+        // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
+        // SAFETY: plain syscall on an fd we own.
+        unsafe { libc::shutdown(peer.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(next) = self.choker.remove(key, tick) {
+            self.unchoke(next.0);
+        }
+        self.maybe_free(idx);
+    }
+
+    /// Frees a closing peer once no op names it.
+    fn maybe_free(&mut self, idx: u32) {
+        let ready = matches!(self.peers.get(idx as usize), Some(Some(p)) if p.phase == Phase::Closing && p.ops_inflight == 0);
+        if !ready {
+            return;
+        }
+        let Some(peer) = self.peers[idx as usize].take() else {
+            return;
+        };
+        debug_assert!(peer.batch.is_none() && !peer.control_inflight && !peer.recv_armed);
+        if let Some(t) = &peer.torrent {
+            if let Some(n) = self.torrent_peers.get_mut(&t.info_hash) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.torrent_peers.remove(&t.info_hash);
+                }
+            }
+        }
+        self.admission.release(&peer.addr.ip());
+        self.generations[idx as usize] = self.generations[idx as usize].wrapping_add(1);
+        self.free_peers.push(idx);
+        self.live_peers -= 1;
+        drop(peer); // closes the socket and the splice pipe
+    }
+
+    // ---------------------------------------------------------------- tick
+
+    fn on_tick(&mut self) {
+        self.tick += 1;
+        self.next_tick_at = self.now + Duration::from_millis(TICK_INTERVAL_MS);
+        let handshake_timeout = Duration::from_secs(self.config.handshake_timeout_secs);
+        let idle_timeout = Duration::from_secs(self.config.idle_timeout_secs);
+        let keepalive = Duration::from_secs(self.config.keepalive_interval_secs);
+        let now = self.now;
+        for idx in 0..self.peers.len() as u32 {
+            let Some(peer) = self.peers[idx as usize].as_mut() else {
+                continue;
+            };
+            match peer.phase {
+                Phase::Handshake if now.duration_since(peer.connected_at) > handshake_timeout => {
+                    self.close_peer(idx, CloseReason::HandshakeTimeout);
+                }
+                Phase::Active if now.duration_since(peer.last_recv_at) > idle_timeout => {
+                    self.close_peer(idx, CloseReason::IdleTimeout);
+                }
+                Phase::Active
+                    if now.duration_since(peer.last_send_at) > keepalive && !peer.send_busy() =>
+                {
+                    message::encode(&Message::KeepAlive, &mut peer.control_pending);
+                    self.pump(idx);
+                }
+                _ => {}
+            }
+        }
+        if now >= self.next_rotation_at {
+            self.next_rotation_at = now + Duration::from_secs(self.config.choke_rotation_secs);
+            let decisions = self.choker.rotate(self.tick);
+            for (idx, _) in decisions.choke {
+                self.choke(idx);
+            }
+            for (idx, _) in decisions.unchoke {
+                self.unchoke(idx);
+            }
+        }
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        if now >= self.next_stats_at {
+            self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
+            self.stats.peers_connected = self.live_peers as u64;
+            self.stats.accepting = self.accepting && self.accept_armed.iter().all(|a| *a);
+            match self.stats_tx.try_send(self.stats.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.stats.stats_snapshots_dropped += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Checks a request against the torrent: index, bounds inside the piece, length, and that
+/// the piece is verified.
+pub fn validate_request(
+    torrent: &CatalogTorrent,
+    r: BlockRequest,
+    block_len_max: u32,
+) -> Result<(), RejectReason> {
+    if r.index >= torrent.num_pieces || r.length == 0 || r.length > block_len_max {
+        return Err(RejectReason::Invalid);
+    }
+    let piece_len =
+        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
+    if u64::from(r.begin) + u64::from(r.length) > piece_len {
+        return Err(RejectReason::Invalid);
+    }
+    let byte = torrent
+        .have
+        .get((r.index / 8) as usize)
+        .copied()
+        .unwrap_or(0);
+    if byte & (0x80 >> (r.index % 8)) == 0 {
+        return Err(RejectReason::NotHave);
+    }
+    Ok(())
+}
+
+fn batch_send_sqe(
+    sock: RawFd,
+    ptr: *const u8,
+    len: u32,
+    zerocopy: bool,
+    fixed: bool,
+    token: Token,
+) -> squeue::Entry {
+    if zerocopy {
+        let mut op = opcode::SendZc::new(types::Fd(sock), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE);
+        if fixed {
+            op = op.buf_index(Some(0));
+        }
+        op.build().user_data(token.encode())
+    } else {
+        opcode::Send::new(types::Fd(sock), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token.encode())
+    }
+}
+
+fn make_pipe(block_len_max_bytes: u32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are new fds we own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A pipe must hold one whole extent (a block) so file -> pipe never blocks half-way.
+    let want = (block_len_max_bytes as usize).max(65536) as libc::c_int;
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    Ok((r, w))
+}
+
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; getpeername writes at most `len` bytes into it.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) != 0
+        {
+            return None;
+        }
+        crate::net::sockaddr_to_std(&storage)
+    }
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a valid pointer.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                tracing::debug!(
+                    "cannot pin shard to CPU {cpu}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Per-shard counters and latency histograms, and their merge on the control thread.
+//!
+//! Owns: what a shard records on its data path (plain integers and hdrhistograms owned by
+//! the shard: no locks, no atomics) and the snapshot type shipped to the control thread.
+//! Must never: block a shard: snapshots go through a bounded channel with `try_send`; a full
+//! channel drops the snapshot and counts it.
+
+use hdrhistogram::Histogram;
+
+/// Highest latency the histograms track; anything above is clamped (and shows as max).
+pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// Why a peer was closed. Each is a counter (`squall_peers_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    PeerClosed,
+    SocketError,
+    BadHandshake,
+    UnknownInfoHash,
+    HandshakeTimeout,
+    IdleTimeout,
+    MessageTooLong,
+    MalformedMessage,
+    InvalidRequest,
+    ProtocolViolation,
+    DiskError,
+    PeersLimit,
+    PeersPerIpLimit,
+    PeersPerTorrentLimit,
+    SendBacklog,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 16] = [
+        CloseReason::PeerClosed,
+        CloseReason::SocketError,
+        CloseReason::BadHandshake,
+        CloseReason::UnknownInfoHash,
+        CloseReason::HandshakeTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::MessageTooLong,
+        CloseReason::MalformedMessage,
+        CloseReason::InvalidRequest,
+        CloseReason::ProtocolViolation,
+        CloseReason::DiskError,
+        CloseReason::PeersLimit,
+        CloseReason::PeersPerIpLimit,
+        CloseReason::PeersPerTorrentLimit,
+        CloseReason::SendBacklog,
+        CloseReason::Shutdown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::SocketError => "socket_error",
+            CloseReason::BadHandshake => "bad_handshake",
+            CloseReason::UnknownInfoHash => "unknown_info_hash",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MessageTooLong => "message_too_long",
+            CloseReason::MalformedMessage => "malformed_message",
+            CloseReason::InvalidRequest => "invalid_request",
+            CloseReason::ProtocolViolation => "protocol_violation",
+            CloseReason::DiskError => "disk_error",
+            CloseReason::PeersLimit => "peers_limit",
+            CloseReason::PeersPerIpLimit => "peers_per_ip_limit",
+            CloseReason::PeersPerTorrentLimit => "peers_per_torrent_limit",
+            CloseReason::SendBacklog => "send_backlog",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+    fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// Why a request was not served (`squall_requests_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Choked,
+    QueueFull,
+    Invalid,
+    Cancelled,
+    NotHave,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::Choked,
+        RejectReason::QueueFull,
+        RejectReason::Invalid,
+        RejectReason::Cancelled,
+        RejectReason::NotHave,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Choked => "choked",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Invalid => "invalid",
+            RejectReason::Cancelled => "cancelled",
+            RejectReason::NotHave => "not_have",
+        }
+    }
+    fn index(self) -> usize {
+        RejectReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// Everything one shard counts. Cloned once per second into a snapshot.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub uploaded_bytes: u64,
+    pub blocks_served: u64,
+    pub peers_accepted: u64,
+    pub peers_connected: u64,
+    pub peers_closed: [u64; CloseReason::ALL.len()],
+    pub requests_rejected: [u64; RejectReason::ALL.len()],
+    pub accept_errors: u64,
+    pub buffer_pool_exhausted: u64,
+    pub open_files_limit_hit: u64,
+    pub zc_sends_copied: u64,
+    pub zc_sends_zerocopy: u64,
+    pub zc_connections_switched_to_copy: u64,
+    pub disk_errors: u64,
+    pub metadata_pieces_served: u64,
+    pub stats_snapshots_dropped: u64,
+    pub accepting: bool,
+    /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
+    pub request_latency_ns: Histogram<u64>,
+    /// read submitted -> read completed, nanoseconds.
+    pub disk_read_latency_ns: Histogram<u64>,
+    /// connection accepted -> handshake answered, nanoseconds.
+    pub handshake_latency_ns: Histogram<u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants, so construction cannot fail; fall back to auto-resizing if it did.
+    Histogram::new_with_bounds(1_000, LATENCY_NS_MAX, SIGNIFICANT_DIGITS)
+        .unwrap_or_else(|_| Histogram::new(SIGNIFICANT_DIGITS).unwrap_or_else(|_| unreachable!()))
+}
+
+impl ShardStats {
+    pub fn new(shard: usize) -> ShardStats {
+        ShardStats {
+            shard,
+            uploaded_bytes: 0,
+            blocks_served: 0,
+            peers_accepted: 0,
+            peers_connected: 0,
+            peers_closed: [0; CloseReason::ALL.len()],
+            requests_rejected: [0; RejectReason::ALL.len()],
+            accept_errors: 0,
+            buffer_pool_exhausted: 0,
+            open_files_limit_hit: 0,
+            zc_sends_copied: 0,
+            zc_sends_zerocopy: 0,
+            zc_connections_switched_to_copy: 0,
+            disk_errors: 0,
+            metadata_pieces_served: 0,
+            stats_snapshots_dropped: 0,
+            accepting: false,
+            request_latency_ns: new_histogram(),
+            disk_read_latency_ns: new_histogram(),
+            handshake_latency_ns: new_histogram(),
+        }
+    }
+
+    pub fn closed(&mut self, reason: CloseReason) {
+        self.peers_closed[reason.index()] += 1;
+    }
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.peers_closed[reason.index()]
+    }
+    pub fn rejected(&mut self, reason: RejectReason) {
+        self.requests_rejected[reason.index()] += 1;
+    }
+    pub fn rejected_count(&self, reason: RejectReason) -> u64 {
+        self.requests_rejected[reason.index()]
+    }
+
+    pub fn record_latency(h: &mut Histogram<u64>, ns: u64) {
+        // saturating_record clamps out-of-range values instead of failing.
+        h.saturating_record(ns.clamp(1_000, LATENCY_NS_MAX));
+    }
+
+    /// Adds another shard's snapshot into this one (control thread).
+    pub fn merge(&mut self, other: &ShardStats) {
+        self.uploaded_bytes += other.uploaded_bytes;
+        self.blocks_served += other.blocks_served;
+        self.peers_accepted += other.peers_accepted;
+        self.peers_connected += other.peers_connected;
+        for (a, b) in self.peers_closed.iter_mut().zip(other.peers_closed.iter()) {
+            *a += b;
+        }
+        for (a, b) in self
+            .requests_rejected
+            .iter_mut()
+            .zip(other.requests_rejected.iter())
+        {
+            *a += b;
+        }
+        self.accept_errors += other.accept_errors;
+        self.buffer_pool_exhausted += other.buffer_pool_exhausted;
+        self.open_files_limit_hit += other.open_files_limit_hit;
+        self.zc_sends_copied += other.zc_sends_copied;
+        self.zc_sends_zerocopy += other.zc_sends_zerocopy;
+        self.zc_connections_switched_to_copy += other.zc_connections_switched_to_copy;
+        self.disk_errors += other.disk_errors;
+        self.metadata_pieces_served += other.metadata_pieces_served;
+        self.stats_snapshots_dropped += other.stats_snapshots_dropped;
+        self.accepting &= other.accepting;
+        let _ = self.request_latency_ns.add(&other.request_latency_ns);
+        let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
+        let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counters_and_histograms() {
+        // The control thread's view is the sum of every shard's snapshot.
+        let mut a = ShardStats::new(0);
+        let mut b = ShardStats::new(1);
+        a.uploaded_bytes = 10;
+        b.uploaded_bytes = 5;
+        a.closed(CloseReason::IdleTimeout);
+        b.closed(CloseReason::IdleTimeout);
+        ShardStats::record_latency(&mut a.request_latency_ns, 50_000);
+        ShardStats::record_latency(&mut b.request_latency_ns, 70_000);
+        a.accepting = true;
+        b.accepting = true;
+        a.merge(&b);
+        assert_eq!(a.uploaded_bytes, 15);
+        assert_eq!(a.closed_count(CloseReason::IdleTimeout), 2);
+        assert_eq!(a.request_latency_ns.len(), 2);
+        assert!(a.accepting);
+    }
+}

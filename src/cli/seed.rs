@@ -1,0 +1,434 @@
+//! `squall seed`: load (or make) the catalog, start the shards, run until SIGINT/SIGTERM.
+//!
+//! Owns: the two ways to name what to seed (a catalog of .torrent files plus a data dir, or
+//! zero config: a content directory whose top-level entries each become a torrent, made once
+//! and cached in the state directory), printing what is seeded, signal handling and the
+//! periodic summary line. Must never: write into the content directory.
+
+use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
+use squall_engine::config::{EngineConfig, SeedConfig, ServeMode};
+use squall_engine::make::make_torrent;
+use squall_engine::metainfo::create::{list_files, CreateOptions};
+use squall_engine::metainfo::{torrent, Magnet};
+use squall_engine::seeder::Seeder;
+use squall_engine::stats::ShardStats;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Seed torrents to BitTorrent peers.
+///
+/// Zero config: `squall seed ./content` makes one torrent per top-level file or directory of
+/// ./content (cached in the state directory; nothing is written into ./content) and seeds
+/// them, printing each torrent's info-hash and a magnet link that points at this seeder.
+///
+/// Catalog: `squall seed --torrents DIR --data DIR` seeds every *.torrent in DIR whose content
+/// is under --data (single-file: DATA/NAME; multi-file: DATA/NAME/...). Pieces are verified
+/// once; the result is kept in the state directory, so restarts skip unchanged files.
+///
+/// Stop with Ctrl-C or SIGTERM: peers are closed, resume state is kept, exit code 0.
+#[derive(clap::Args, Debug)]
+pub struct SeedArgs {
+    /// Content directory for zero-config seeding (each top-level entry becomes a torrent).
+    #[arg(value_name = "CONTENT_DIR", conflicts_with_all = ["torrents", "data"])]
+    pub content: Option<PathBuf>,
+    /// Directory of .torrent files to seed (with --data).
+    #[arg(long, value_name = "DIR", requires = "data")]
+    pub torrents: Option<PathBuf>,
+    /// Directory holding the torrents' content (with --torrents).
+    #[arg(long, value_name = "DIR", requires = "torrents")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on; repeatable. Default: 0.0.0.0:6881 and [::]:6881 (when IPv6
+    /// exists). Port 0 picks a free port (printed at start).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Shard threads, one io_uring each (default: one per online CPU).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Where resume state and zero-config torrents live. Default: $XDG_STATE_HOME/squall or
+    /// ~/.local/state/squall.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// How blocks go from disk to socket: copy (default; fastest on loopback and most NICs
+    /// here), zerocopy (SendZc; adaptive: falls back per connection when the kernel copies),
+    /// splice (file -> pipe -> socket).
+    #[arg(long, value_name = "MODE")]
+    pub serve: Option<ServeMode>,
+    /// TOML config file (see `configs/default.toml`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Re-hash every piece at start even when the resume state says the files are unchanged.
+    #[arg(long)]
+    pub recheck: bool,
+    /// Print a one-line summary every N seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub summary_secs: u64,
+}
+
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("squall");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home).join(".local/state/squall");
+    }
+    PathBuf::from("/var/lib/squall")
+}
+
+fn load_config(path: &Path) -> Result<SeedConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    SeedConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
+    let file_config = match &args.config {
+        Some(p) => load_config(p)?,
+        None => SeedConfig::default(),
+    };
+    let mut config: EngineConfig = file_config.engine.clone();
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    } else if args.config.is_none() {
+        config.listen = default_listen();
+    }
+    if let Some(n) = args.shards {
+        if n == 0 {
+            return Err("--shards 0: give at least 1 (or leave it out for one per CPU)".into());
+        }
+        config.shards = n;
+    }
+    if let Some(mode) = args.serve {
+        config.serve_mode = mode;
+    }
+    config.validate().map_err(|e| format!("config: {e}"))?;
+    let state_dir = args
+        .state
+        .clone()
+        .or_else(|| file_config.catalog.state_dir.clone())
+        .unwrap_or_else(default_state_dir);
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        format!(
+            "cannot create the state directory {}: {e} (choose another with --state)",
+            state_dir.display()
+        )
+    })?;
+
+    let started = Instant::now();
+    let (catalog, made) = if let Some(content) = &args.content {
+        zero_config_catalog(content, &state_dir, args.recheck)?
+    } else {
+        let torrents = args
+            .torrents
+            .clone()
+            .or_else(|| file_config.catalog.torrents_dir.clone());
+        let data = args
+            .data
+            .clone()
+            .or_else(|| file_config.catalog.data_dir.clone());
+        let (Some(torrents), Some(data)) = (torrents, data) else {
+            return Err(
+                "nothing to seed: give a content directory (`squall seed ./content`) or \
+                        --torrents DIR --data DIR (see `squall seed --help`)"
+                    .into(),
+            );
+        };
+        let opts = CatalogOptions {
+            torrents_dir: torrents,
+            data_dir: data,
+            state_dir: state_dir.clone(),
+            hash_threads: 0,
+            verify: if args.recheck {
+                VerifyPolicy::Always
+            } else {
+                VerifyPolicy::IfChanged
+            },
+        };
+        let (catalog, report) = Catalog::load(&opts, &|_, _| {}).map_err(|e| e.to_string())?;
+        for (path, reason) in &report.skipped {
+            eprintln!("warning: skipped {}: {reason}", path.display());
+        }
+        (catalog, HashMap::new())
+    };
+    if catalog.torrents().is_empty() {
+        return Err(
+            "no torrent could be loaded, so there is nothing to seed (see the warnings above)"
+                .into(),
+        );
+    }
+    tracing::info!(
+        torrents = catalog.torrents().len(),
+        secs = started.elapsed().as_secs_f64(),
+        "catalog loaded"
+    );
+
+    let catalog = Arc::new(catalog);
+    let seeder = Seeder::start(config.clone(), catalog.clone())?;
+    if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
+        tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
+    }
+    let mut out = std::io::stdout().lock();
+    for addr in seeder.local_addrs() {
+        let _ = writeln!(out, "listening on {addr}");
+    }
+    let peer_addr = seeder.local_addrs().first().map(display_peer_addr);
+    for t in catalog.torrents() {
+        let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
+        let magnet = Magnet {
+            info_hash: t.info_hash,
+            display_name: Some(t.name.clone()),
+            trackers,
+            peers: peer_addr.iter().cloned().collect(),
+        };
+        let _ = writeln!(
+            out,
+            "seeding {} {} {}",
+            t.info_hash,
+            t.name,
+            magnet.to_uri()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "ready: {} torrent(s), {} shard(s), serve mode {}",
+        catalog.torrents().len(),
+        seeder.shard_count(),
+        config.serve_mode.as_str()
+    );
+    let _ = out.flush();
+    drop(out);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let shards = seeder.shard_count();
+    let mut latest: HashMap<usize, ShardStats> = HashMap::new();
+    let mut last_summary = Instant::now();
+    let mut last_uploaded = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(s) = seeder.stats().recv_timeout(Duration::from_millis(200)) {
+            latest.insert(s.shard, s);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        if args.summary_secs > 0
+            && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
+            && latest.len() == shards
+        {
+            let total = merge(&latest);
+            let secs = last_summary.elapsed().as_secs_f64();
+            let gbps =
+                (total.uploaded_bytes.saturating_sub(last_uploaded)) as f64 * 8.0 / secs / 1e9;
+            last_uploaded = total.uploaded_bytes;
+            last_summary = Instant::now();
+            tracing::info!("{}", summary_line(&total, gbps));
+        }
+    }
+    tracing::info!("stopping: closing peers");
+    seeder.shutdown();
+    let total = seeder.join();
+    tracing::info!("stopped: {}", summary_line(&total, 0.0));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(latest: &HashMap<usize, ShardStats>) -> ShardStats {
+    let mut total = ShardStats::new(0);
+    total.accepting = true;
+    for s in latest.values() {
+        total.merge(s);
+    }
+    total
+}
+
+fn summary_line(s: &ShardStats, gbps: f64) -> String {
+    let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    format!(
+        "peers {} | uploaded {:.1} MiB ({:.2} Gb/s) | blocks {} | request latency p50 {:.0}us p99 {:.0}us p99.9 {:.0}us",
+        s.peers_connected,
+        s.uploaded_bytes as f64 / (1 << 20) as f64,
+        gbps,
+        s.blocks_served,
+        q(&s.request_latency_ns, 0.5),
+        q(&s.request_latency_ns, 0.99),
+        q(&s.request_latency_ns, 0.999),
+    )
+}
+
+/// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.
+fn default_listen() -> Vec<SocketAddr> {
+    let mut v = vec![SocketAddr::from(([0, 0, 0, 0], 6881))];
+    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+        v.push("[::]:6881".parse().unwrap_or(v[0]));
+    }
+    v
+}
+
+/// The address a peer on this machine can dial: a wildcard becomes loopback.
+fn display_peer_addr(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => format!("127.0.0.1:{}", v4.port()),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => format!("[::1]:{}", v6.port()),
+        other => other.to_string(),
+    }
+}
+
+/// Zero config: one torrent per top-level entry of `content`, made once and cached in
+/// `<state>/zero-config/` with a fingerprint (paths, sizes, mtimes) that says when to remake.
+fn zero_config_catalog(
+    content: &Path,
+    state_dir: &Path,
+    recheck: bool,
+) -> Result<
+    (
+        Catalog,
+        HashMap<squall_engine::metainfo::InfoHash, Vec<String>>,
+    ),
+    String,
+> {
+    let content = content.canonicalize().map_err(|e| {
+        format!(
+            "{}: {e} (give an existing directory to seed)",
+            content.display()
+        )
+    })?;
+    if !content.is_dir() {
+        return Err(format!(
+            "{}: not a directory (give a directory whose entries to seed)",
+            content.display()
+        ));
+    }
+    let cache = state_dir.join("zero-config");
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&content)
+        .map_err(|e| format!("cannot list {}: {e}", content.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| !n.starts_with('.'))
+                .unwrap_or(false)
+        })
+        .collect();
+    entries.sort();
+    let mut list = Vec::new();
+    for entry in entries {
+        let name = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let listed = match list_files(&entry) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("warning: skipped {}: {e}", entry.display());
+                continue;
+            }
+        };
+        if listed.iter().map(|f| f.2).sum::<u64>() == 0 {
+            eprintln!("warning: skipped {}: no data (empty)", entry.display());
+            continue;
+        }
+        let fingerprint = fingerprint(&listed);
+        let torrent_path = cache.join(format!("{}.torrent", sanitize(&name)));
+        let print_path = cache.join(format!("{}.fingerprint", sanitize(&name)));
+        let cached = std::fs::read_to_string(&print_path)
+            .ok()
+            .filter(|f| *f == fingerprint);
+        let reuse = cached
+            .and_then(|_| std::fs::read(&torrent_path).ok())
+            .and_then(|b| torrent::parse(&b).ok());
+        let t = match reuse {
+            Some(t) => t,
+            None => {
+                eprintln!("making a torrent of {} ...", entry.display());
+                let opts = CreateOptions {
+                    piece_length: None,
+                    trackers: Vec::new(),
+                    private: false,
+                    comment: None,
+                    web_seeds: Vec::new(),
+                    created_by: format!("squall/{}", env!("CARGO_PKG_VERSION")),
+                    creation_date: None,
+                };
+                let (t, bytes) = make_torrent(&entry, &opts, 0, &|_, _| {})
+                    .map_err(|e| format!("{}: {e}", entry.display()))?;
+                write_atomic(&torrent_path, &bytes)?;
+                write_atomic(&print_path, fingerprint.as_bytes())?;
+                t
+            }
+        };
+        list.push((t, torrent_path));
+    }
+    let trackers = list
+        .iter()
+        .map(|(t, _)| (t.info_hash, t.trackers.iter().flatten().cloned().collect()))
+        .collect();
+    let verify = if recheck {
+        VerifyPolicy::Always
+    } else {
+        VerifyPolicy::IfChanged
+    };
+    let opts = CatalogOptions {
+        torrents_dir: cache.clone(),
+        data_dir: content.clone(),
+        state_dir: state_dir.to_path_buf(),
+        hash_threads: 0,
+        verify,
+    };
+    let (catalog, report) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
+    for (path, reason) in &report.skipped {
+        eprintln!("warning: skipped {}: {reason}", path.display());
+    }
+    Ok((catalog, trackers))
+}
+
+fn fingerprint(listed: &[(Vec<String>, PathBuf, u64)]) -> String {
+    let mut s = String::new();
+    for (components, disk, len) in listed {
+        let mtime = std::fs::metadata(disk)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        s.push_str(&format!("{}\t{len}\t{mtime}\n", components.join("/")));
+    }
+    s
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    result.map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
