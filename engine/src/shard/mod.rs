@@ -1024,6 +1024,7 @@ impl Shard {
         chain.clear();
         peer.chain_expect.clear();
         let link = squeue::Flags::IO_LINK;
+        let mut final_op_len = offset as u32;
         if mode == ServeMode::Splice {
             if peer.pipe.is_none() {
                 match make_pipe(self.config.block_len_max_bytes) {
@@ -1092,7 +1093,7 @@ impl Shard {
             push_send(&mut chain, &mut peer.chain_expect, cursor, offset as u32);
             // The last op of the chain completes the batch: retag it.
             if let Some(last) = chain.pop() {
-                peer.chain_expect.pop();
+                final_op_len = peer.chain_expect.pop().unwrap_or(0);
                 chain.push(
                     last.user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
                 );
@@ -1141,6 +1142,7 @@ impl Shard {
             failed: false,
             submitted_at: now,
             zerocopy: use_zc,
+            final_op_len,
         });
         if let Err(e) = self.ring.push_chain(&chain) {
             tracing::error!(shard = self.index, "io_uring push failed: {e}");
@@ -1159,6 +1161,13 @@ impl Shard {
         let expected = peer.chain_expect.get(seq as usize).copied().unwrap_or(0);
         if let Some(batch) = peer.batch.as_mut() {
             if c.result < 0 || c.result as u32 != expected {
+                tracing::debug!(
+                    shard = self.index,
+                    seq,
+                    result = c.result,
+                    expected,
+                    "chain step failed or short"
+                );
                 if c.result != -libc::ECANCELED && !batch.failed {
                     self.stats.disk_errors += 1;
                 }
@@ -1189,9 +1198,18 @@ impl Shard {
         debug_assert_eq!(batch.slot, slot);
         let closing = peer.phase == Phase::Closing;
         let short_splice =
-            mode == ServeMode::Splice && c.result >= 0 && (c.result as u32) < batch.len_bytes;
+            mode == ServeMode::Splice && c.result >= 0 && (c.result as u32) != batch.final_op_len;
         if c.result < 0 || batch.failed || closing || short_splice {
             let disk = batch.failed;
+            tracing::debug!(
+                shard = self.index,
+                result = c.result,
+                disk,
+                short_splice,
+                expected = batch.final_op_len,
+                len = batch.len_bytes,
+                "batch send failed"
+            );
             self.finish_batch(idx);
             if !closing {
                 self.close_peer(
@@ -1319,6 +1337,7 @@ impl Shard {
         }
         peer.phase = Phase::Closing;
         let key = (idx, peer.generation);
+        tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
         // SAFETY: plain syscall on an fd we own.

@@ -46,6 +46,9 @@ pub struct Batch {
     pub submitted_at: Instant,
     /// Zerocopy SendZc used for this batch (else plain Send / splice).
     pub zerocopy: bool,
+    /// Bytes the chain's last op must move (the whole slot for a send; one extent for a
+    /// splice chain).
+    pub final_op_len: u32,
 }
 
 pub struct Peer {

@@ -1,0 +1,297 @@
+//! Shared helpers for end-to-end tests: the real `squall` binary, real clients (Debian
+//! python3-libtorrent, aria2c, opentracker), loopback only.
+//!
+//! A test that needs a tool calls `tool_available`: when the tool is missing it skips with a
+//! note, unless SQUALL_REQUIRE_TOOLS=1 (set by scripts/test.sh after installing the tools),
+//! where a missing tool fails the test.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const LT_DOWNLOAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/lt_download.py");
+/// Debian's libtorrent binding is for Debian's python, not whatever `python3` is on PATH.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+pub fn squall_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_squall")
+}
+
+fn require_tools() -> bool {
+    std::env::var("SQUALL_REQUIRE_TOOLS")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+}
+
+/// True when `check` says the tool works; else skip (or fail under SQUALL_REQUIRE_TOOLS=1).
+pub fn tool_available(name: &str, check: &mut Command) -> bool {
+    let ok = check
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        if require_tools() {
+            panic!("required test tool missing: {name} (scripts/test.sh installs it)");
+        }
+        eprintln!("SKIP: {name} not available (run scripts/test.sh to install it)");
+    }
+    ok
+}
+
+pub fn libtorrent_available() -> bool {
+    tool_available(
+        "python3-libtorrent",
+        Command::new(SYSTEM_PYTHON).args(["-c", "import libtorrent"]),
+    )
+}
+
+pub fn aria2c_available() -> bool {
+    tool_available("aria2c", Command::new("aria2c").arg("--version"))
+}
+
+pub fn opentracker_available() -> bool {
+    // opentracker has no --version; -h exits non-zero, so look it up on PATH.
+    tool_available(
+        "opentracker",
+        Command::new("sh").args(["-c", "command -v opentracker"]),
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
+pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The standard test content: a single file of odd size, and a multi-file directory with odd
+/// sizes, an empty file and a file smaller than one block.
+pub fn standard_content(root: &Path) {
+    write_file(&root.join("single.bin"), &pattern_bytes(3_000_017, 1));
+    write_file(&root.join("multi/a.bin"), &pattern_bytes(1_234_567, 2));
+    write_file(&root.join("multi/sub/b.bin"), &pattern_bytes(700_001, 3));
+    write_file(&root.join("multi/sub/empty"), b"");
+    write_file(&root.join("multi/z-small.txt"), &pattern_bytes(1_000, 4));
+}
+
+/// A running `squall seed`, killed (SIGTERM, then SIGKILL) when dropped.
+pub struct SquallProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// (info-hash hex, name, magnet) per seeded torrent.
+    pub torrents: Vec<(String, String, String)>,
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+impl SquallProcess {
+    /// Starts `squall seed ARGS --listen 127.0.0.1:0` and waits for its `ready` line.
+    pub fn start(args: &[&str]) -> SquallProcess {
+        let mut cmd = Command::new(squall_bin());
+        cmd.arg("seed").args(args).args(["--listen", "127.0.0.1:0"]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn squall");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addr = None;
+        let mut torrents = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let errs: Vec<String> = err_rx.try_iter().collect();
+                    panic!("squall did not become ready: {}", errs.join("\n"));
+                }
+            };
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr.get_or_insert(a.parse().expect("listen addr"));
+            } else if let Some(rest) = line.strip_prefix("seeding ") {
+                // `seeding <info-hash> <name, may contain spaces> <magnet>`
+                let (hash, rest) = rest.split_once(' ').expect("seeding line");
+                let (name, magnet) = rest.rsplit_once(' ').expect("seeding line");
+                torrents.push((hash.to_string(), name.to_string(), magnet.to_string()));
+            } else if line.starts_with("ready:") {
+                break;
+            }
+        }
+        SquallProcess {
+            child,
+            addr: addr.expect("no listen line"),
+            torrents,
+            stderr_lines: err_rx,
+        }
+    }
+
+    pub fn peer(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn magnet_of(&self, name: &str) -> String {
+        self.torrents
+            .iter()
+            .find(|t| t.1 == name)
+            .map(|t| t.2.clone())
+            .expect("torrent by name")
+    }
+
+    /// SIGTERM and wait; returns the exit code and how long it took.
+    pub fn terminate(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.code(), started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return (None, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SquallProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What `lt_download.py` printed.
+#[derive(Debug)]
+pub struct LtResult {
+    pub ok: bool,
+    pub json: String,
+}
+
+pub enum Source<'a> {
+    Torrent(&'a Path),
+    Magnet(&'a str),
+}
+
+pub fn lt_command(source: Source<'_>, save: &Path, peer: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(SYSTEM_PYTHON);
+    cmd.arg(LT_DOWNLOAD)
+        .arg("--save")
+        .arg(save)
+        .args(["--peer", peer, "--timeout", "90"]);
+    match source {
+        Source::Torrent(p) => cmd.arg("--torrent").arg(p),
+        Source::Magnet(m) => cmd.args(["--magnet", m]),
+    };
+    cmd.args(extra);
+    cmd
+}
+
+pub fn lt_download(source: Source<'_>, save: &Path, peer: &str, extra: &[&str]) -> LtResult {
+    let out = lt_command(source, save, peer, extra)
+        .output()
+        .expect("run lt_download.py");
+    let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    LtResult {
+        ok: out.status.success(),
+        json: format!("{json} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// Asserts two files or directory trees have identical bytes.
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    if expected.is_file() {
+        let a = std::fs::read(expected).unwrap();
+        let b = std::fs::read(actual).unwrap_or_else(|e| panic!("{}: {e}", actual.display()));
+        assert!(
+            a == b,
+            "{} differs from {}",
+            actual.display(),
+            expected.display()
+        );
+        return;
+    }
+    for entry in std::fs::read_dir(expected).unwrap() {
+        let entry = entry.unwrap();
+        assert_same_tree(&entry.path(), &actual.join(entry.file_name()));
+    }
+}
+
+/// The .torrent zero-config seeding made for `name`.
+pub fn made_torrent(state: &Path, name: &str) -> PathBuf {
+    state.join("zero-config").join(format!("{name}.torrent"))
+}
+
+/// Opens a raw TCP connection to squall (for hostile-peer tests).
+pub fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until EOF or error; true when the peer closed the connection within the timeout.
+pub fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
+    let _ = stream.write_all(bytes);
+}

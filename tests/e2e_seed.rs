@@ -1,0 +1,378 @@
+//! End-to-end: real BitTorrent clients we did not write download from the real `squall`
+//! binary over loopback, and the bytes are compared with the source.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// libtorrent downloads a single-file and a multi-file torrent (odd sizes, an empty file, a
+/// file smaller than a block) byte-identical, in every serving mode, with 1 and 2 shards.
+#[test]
+fn libtorrent_downloads_in_every_mode_and_shard_count() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    standard_content(&content);
+    for mode in ["copy", "zerocopy", "splice"] {
+        for shards in ["1", "2"] {
+            let squall = SquallProcess::start(&[
+                content.to_str().unwrap(),
+                "--state",
+                state.to_str().unwrap(),
+                "--serve",
+                mode,
+                "--shards",
+                shards,
+            ]);
+            for name in ["single.bin", "multi"] {
+                let save = dir.path().join(format!("dl-{mode}-{shards}"));
+                let r = lt_download(
+                    Source::Torrent(&made_torrent(&state, name)),
+                    &save,
+                    &squall.peer(),
+                    &[],
+                );
+                assert!(r.ok, "mode {mode}, {shards} shard(s), {name}: {}", r.json);
+                assert_same_tree(&content.join(name), &save.join(name));
+            }
+            let (code, took) = squall.terminate();
+            assert_eq!(code, Some(0), "squall must exit 0 on SIGTERM");
+            assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+        }
+    }
+}
+
+/// A client holding only a bare magnet link (info-hash and x.pe, no trackers) gets the info
+/// dictionary from squall through BEP 9, then the content.
+#[test]
+fn libtorrent_downloads_from_a_bare_magnet() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    standard_content(&content);
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    for name in ["single.bin", "multi"] {
+        let hash = &squall.torrents.iter().find(|t| t.1 == name).unwrap().0;
+        let magnet = format!("magnet:?xt=urn:btih:{hash}");
+        let save = dir.path().join("dl");
+        let r = lt_download(Source::Magnet(&magnet), &save, &squall.peer(), &[]);
+        assert!(r.ok, "{name}: {}", r.json);
+        assert_same_tree(&content.join(name), &save.join(name));
+    }
+}
+
+/// 20 libtorrent clients downloading at once all end with identical bytes.
+#[test]
+fn twenty_concurrent_downloads_are_identical() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    write_file(
+        &content.join("shared.bin"),
+        &pattern_bytes(4 * 1024 * 1024 + 333, 9),
+    );
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--shards",
+        "2",
+    ]);
+    let torrent = made_torrent(&state, "shared.bin");
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let save = dir.path().join(format!("dl{i}"));
+            let child = lt_command(Source::Torrent(&torrent), &save, &squall.peer(), &[])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (save, child)
+        })
+        .collect();
+    for (save, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_same_tree(&content.join("shared.bin"), &save.join("shared.bin"));
+    }
+}
+
+/// A client that disconnects mid-transfer disturbs no one: a concurrent download completes,
+/// and a fresh one afterwards too.
+#[test]
+fn a_client_leaving_mid_transfer_disturbs_no_one() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    write_file(
+        &content.join("big.bin"),
+        &pattern_bytes(16 * 1024 * 1024, 5),
+    );
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let torrent = made_torrent(&state, "big.bin");
+    let quitter = lt_command(
+        Source::Torrent(&torrent),
+        &dir.path().join("quit"),
+        &squall.peer(),
+        &["--rate-limit", "2000000", "--abort-after-bytes", "3000000"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let honest = lt_command(
+        Source::Torrent(&torrent),
+        &dir.path().join("honest"),
+        &squall.peer(),
+        &["--rate-limit", "6000000"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let q = quitter.wait_with_output().unwrap();
+    assert!(
+        q.status.success(),
+        "quitter: {}",
+        String::from_utf8_lossy(&q.stdout)
+    );
+    let h = honest.wait_with_output().unwrap();
+    assert!(
+        h.status.success(),
+        "honest: {}",
+        String::from_utf8_lossy(&h.stdout)
+    );
+    assert_same_tree(&content.join("big.bin"), &dir.path().join("honest/big.bin"));
+    let r = lt_download(
+        Source::Torrent(&torrent),
+        &dir.path().join("fresh"),
+        &squall.peer(),
+        &[],
+    );
+    assert!(r.ok, "{}", r.json);
+    assert_same_tree(&content.join("big.bin"), &dir.path().join("fresh/big.bin"));
+}
+
+/// A peer sending garbage is disconnected while an honest, rate-limited download continues
+/// and completes with identical bytes.
+#[test]
+fn garbage_peer_is_dropped_while_an_honest_download_continues() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    write_file(
+        &content.join("file.bin"),
+        &pattern_bytes(8 * 1024 * 1024, 6),
+    );
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    let torrent = made_torrent(&state, "file.bin");
+    let honest = lt_command(
+        Source::Torrent(&torrent),
+        &dir.path().join("honest"),
+        &squall.peer(),
+        &["--rate-limit", "4000000"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for garbage in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[19u8; 100][..],
+        &pattern_bytes(4096, 11)[..],
+    ] {
+        let mut s = raw_connect(squall.addr);
+        write_all(&mut s, garbage);
+        assert!(closed_by_peer(&mut s), "squall kept a garbage peer open");
+    }
+    let h = honest.wait_with_output().unwrap();
+    assert!(
+        h.status.success(),
+        "honest: {}",
+        String::from_utf8_lossy(&h.stdout)
+    );
+    assert_same_tree(
+        &content.join("file.bin"),
+        &dir.path().join("honest/file.bin"),
+    );
+}
+
+/// aria2c finds squall through a local opentracker (the test announces squall's address,
+/// since squall's own tracker client is a later issue) and downloads identical bytes.
+#[test]
+fn aria2c_downloads_through_opentracker() {
+    if !aria2c_available() || !opentracker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tracker_dir = dir.path().join("tracker");
+    std::fs::create_dir_all(&tracker_dir).unwrap();
+    // opentracker drops root privileges to `nobody` and chroots into -d: it must read there.
+    for p in [dir.path(), tracker_dir.as_path()] {
+        Command::new("chmod").arg("755").arg(p).status().unwrap();
+    }
+    let tracker_port = free_port();
+    let announce = format!("http://127.0.0.1:{tracker_port}/announce");
+    let content = dir.path().join("content");
+    standard_content(&content);
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    let mut hashes = Vec::new();
+    for name in ["single.bin", "multi"] {
+        let out_path = torrents.join(format!("{name}.torrent"));
+        let out = Command::new(squall_bin())
+            .args([
+                "make",
+                content.join(name).to_str().unwrap(),
+                "-o",
+                out_path.to_str().unwrap(),
+                "--tracker",
+                &announce,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = Command::new(squall_bin())
+            .args(["info", "--json", out_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        hashes.push(v["info_hash"].as_str().unwrap().to_string());
+    }
+    std::fs::write(tracker_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
+    Command::new("chmod")
+        .arg("644")
+        .arg(tracker_dir.join("whitelist"))
+        .status()
+        .unwrap();
+    let mut tracker = Command::new("opentracker")
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &tracker_port.to_string(),
+            "-P",
+            &tracker_port.to_string(),
+        ])
+        .args(["-d", tracker_dir.to_str().unwrap(), "-w", "whitelist"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(&mut tracker);
+    let state = dir.path().join("state");
+    let squall = SquallProcess::start(&[
+        "--torrents",
+        torrents.to_str().unwrap(),
+        "--data",
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    for hash in &hashes {
+        announce_to(tracker_port, hash, squall.addr.port());
+    }
+    for name in ["single.bin", "multi"] {
+        let save = dir.path().join("aria");
+        let out = Command::new("aria2c")
+            .args([
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--seed-time=0",
+                &format!("--listen-port={}", free_port()),
+                "--bt-stop-timeout=60",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--allow-overwrite=true",
+                "--file-allocation=none",
+            ])
+            .arg(format!("--dir={}", save.display()))
+            .arg(torrents.join(format!("{name}.torrent")))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aria2c failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_tree(&content.join(name), &save.join(name));
+    }
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Announces squall (as a seed, left=0) for `hash_hex` to opentracker over HTTP.
+fn announce_to(tracker_port: u16, hash_hex: &str, port: u16) {
+    use std::io::{Read, Write};
+    let bytes = hex::decode(hash_hex).unwrap();
+    let escaped: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+    let path = format!(
+        "/announce?info_hash={escaped}&peer_id=-SQTEST-000000000000&port={port}&uploaded=0&downloaded=0&left=0&compact=1&event=started"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", tracker_port)) {
+            let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            let mut resp = Vec::new();
+            let _ = s.read_to_end(&mut resp);
+            let text = String::from_utf8_lossy(&resp);
+            assert!(text.contains("200"), "announce refused: {text}");
+            assert!(!text.contains("failure"), "announce failed: {text}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "opentracker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
