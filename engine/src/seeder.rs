@@ -24,6 +24,7 @@ pub struct Seeder {
     stats_rx: Receiver<ShardStats>,
     local_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
+    next_dial: std::sync::atomic::AtomicUsize,
 }
 
 impl Seeder {
@@ -96,6 +97,7 @@ impl Seeder {
             stats_rx,
             local_addrs: listen,
             fixed_buffers: true,
+            next_dial: std::sync::atomic::AtomicUsize::new(0),
         };
         for _ in 0..shard_count {
             match ready_rx.recv() {
@@ -130,6 +132,17 @@ impl Seeder {
         for (tx, _) in &self.shards {
             let _ = tx.send(ShardCommand::SwapCatalog(catalog.clone()));
         }
+    }
+
+    /// Dials `addr` for `info_hash` from one of the shards (round-robin) and serves it like an
+    /// inbound peer. Never blocks: a shard whose command queue is full refuses (the caller
+    /// may retry later).
+    pub fn connect(&self, addr: SocketAddr, info_hash: crate::metainfo::InfoHash) -> Result<(), String> {
+        let n = self.next_dial.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shards.len();
+        self.shards[n]
+            .0
+            .try_send(ShardCommand::Connect { addr, info_hash })
+            .map_err(|_| format!("shard {n} command queue is full"))
     }
 
     /// Asks every shard to stop accepting, close its peers and exit.

@@ -24,6 +24,8 @@ pub enum OpKind {
     Splice = 8,
     /// Completions whose result nobody needs (e.g. a cancel request itself).
     Ignore = 9,
+    /// An outbound connection attempt (dialing a peer a tracker returned).
+    Connect = 10,
 }
 
 impl OpKind {
@@ -38,6 +40,7 @@ impl OpKind {
             7 => OpKind::Wakeup,
             8 => OpKind::Splice,
             9 => OpKind::Ignore,
+            10 => OpKind::Connect,
             _ => return None,
         })
     }

@@ -71,6 +71,8 @@ pub enum ShardCommand {
     Shutdown,
     /// Use this catalog for new handshakes; existing peers keep their torrent.
     SwapCatalog(Arc<Catalog>),
+    /// Dial a peer (from a tracker) and serve it like an inbound one.
+    Connect { addr: SocketAddr, info_hash: InfoHash },
 }
 
 /// Everything a shard is built from (moved into its thread).
@@ -293,6 +295,7 @@ impl Shard {
                 self.catalog = catalog;
                 self.metadata_cache.clear();
             }
+            ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
         }
     }
 
@@ -382,6 +385,13 @@ impl Shard {
             return;
         }
         set_nodelay(fd.as_raw_fd());
+        let idx = self.insert_peer(fd, addr);
+        self.stats.peers_accepted += 1;
+        self.arm_recv(idx);
+    }
+
+    /// Puts a new connection in the slab (reusing a freed index) and returns its index.
+    fn insert_peer(&mut self, fd: OwnedFd, addr: SocketAddr) -> u32 {
         let idx = match self.free_peers.pop() {
             Some(i) => i,
             None => {
@@ -400,7 +410,80 @@ impl Shard {
         );
         self.peers[idx as usize] = Some(peer);
         self.live_peers += 1;
-        self.stats.peers_accepted += 1;
+        idx
+    }
+
+    /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
+    /// that we send our handshake first and check that theirs names the same torrent.
+    fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) {
+        if !self.accepting {
+            return;
+        }
+        let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
+            return;
+        };
+        if self.live_peers >= self.config.peers_max {
+            self.stats.closed(CloseReason::PeersLimit);
+            return;
+        }
+        if self.admission.admit(&addr.ip()).is_err() {
+            self.stats.closed(CloseReason::PeersPerIpLimit);
+            return;
+        }
+        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain syscall; the result is checked before use.
+        let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            self.admission.release(&addr.ip());
+            self.stats.closed(CloseReason::ConnectFailed);
+            return;
+        }
+        // SAFETY: `raw` is a new fd that nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        set_nodelay(fd.as_raw_fd());
+        let idx = self.insert_peer(fd, addr);
+        self.stats.peers_dialed += 1;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
+        peer.phase = Phase::Connecting;
+        peer.outbound_torrent = Some(torrent);
+        let (storage, len) = crate::net::std_to_sockaddr(&addr);
+        let boxed = Box::new((storage, len));
+        let sqe = opcode::Connect::new(
+            types::Fd(peer.fd.as_raw_fd()),
+            (&boxed.0 as *const libc::sockaddr_storage).cast(),
+            boxed.1,
+        )
+        .build()
+        .user_data(Token::new(OpKind::Connect, 0, idx, peer.generation).encode());
+        peer.connect_addr = Some(boxed);
+        peer.ops_inflight += 1;
+        self.push(&sqe);
+    }
+
+    fn on_connected(&mut self, idx: u32, c: Completion) {
+        let peer_id = self.peer_id;
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        peer.connect_addr = None;
+        if peer.phase == Phase::Closing {
+            return;
+        }
+        if c.result < 0 {
+            self.close_peer(idx, CloseReason::ConnectFailed);
+            return;
+        }
+        let Some(torrent) = peer.outbound_torrent.clone() else {
+            return;
+        };
+        peer.phase = Phase::Handshake;
+        peer.control_pending.extend_from_slice(
+            &Handshake::new(torrent.info_hash.0, peer_id, true, true).to_bytes(),
+        );
+        self.pump(idx);
         self.arm_recv(idx);
     }
 
@@ -425,6 +508,7 @@ impl Shard {
                 }
                 match token.kind {
                     OpKind::Recv => self.on_recv(idx, c),
+                    OpKind::Connect => self.on_connected(idx, c),
                     OpKind::SendControl => self.on_control_sent(idx, c),
                     OpKind::ReadBlock | OpKind::Splice => self.on_chain_step(idx, c, token.slot),
                     OpKind::SendBatch => {
@@ -551,8 +635,18 @@ impl Shard {
 
     fn on_handshake(&mut self, idx: u32, hs: Handshake) -> Result<(), CloseReason> {
         let info_hash = InfoHash(hs.info_hash);
-        let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
-            return Err(CloseReason::UnknownInfoHash);
+        if hs.peer_id == self.peer_id {
+            return Err(CloseReason::SelfConnection);
+        }
+        let outbound = self.peer_mut(idx).and_then(|p| p.outbound_torrent.clone());
+        let torrent = match outbound.as_ref() {
+            // We dialed for one torrent: the answer must name it.
+            Some(t) if t.info_hash != info_hash => return Err(CloseReason::BadHandshake),
+            Some(t) => t.clone(),
+            None => match self.catalog.get(&info_hash).cloned() {
+                Some(t) => t,
+                None => return Err(CloseReason::UnknownInfoHash),
+            },
         };
         let count = self.torrent_peers.entry(info_hash).or_insert(0);
         if *count >= self.config.peers_per_torrent_max {
@@ -575,7 +669,10 @@ impl Shard {
         peer.phase = Phase::Active;
         let ip = peer.addr.ip();
         let mut out = std::mem::take(&mut peer.control_pending);
-        out.extend_from_slice(&Handshake::new(hs.info_hash, peer_id, true, true).to_bytes());
+        if outbound.is_none() {
+            // Inbound: the dialer spoke first; answer. (Outbound sent ours at connect.)
+            out.extend_from_slice(&Handshake::new(hs.info_hash, peer_id, true, true).to_bytes());
+        }
         if peer.extended {
             let ext = ExtendedHandshake {
                 m: vec![(extended::UT_METADATA.to_string(), UT_METADATA_LOCAL_ID)],
@@ -1335,8 +1432,20 @@ impl Shard {
         if peer.phase == Phase::Closing {
             return;
         }
+        let was_connecting = peer.phase == Phase::Connecting;
         peer.phase = Phase::Closing;
         let key = (idx, peer.generation);
+        if was_connecting {
+            // shutdown() does not abort a pending connect: cancel the op itself.
+            let target = Token::new(OpKind::Connect, 0, idx, peer.generation).encode();
+            let sqe = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode());
+            self.push(&sqe);
+        }
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+            return;
+        };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
@@ -1387,7 +1496,9 @@ impl Shard {
                 continue;
             };
             match peer.phase {
-                Phase::Handshake if now.duration_since(peer.connected_at) > handshake_timeout => {
+                Phase::Connecting | Phase::Handshake
+                    if now.duration_since(peer.connected_at) > handshake_timeout =>
+                {
                     self.close_peer(idx, CloseReason::HandshakeTimeout);
                 }
                 Phase::Active if now.duration_since(peer.last_recv_at) > idle_timeout => {

@@ -23,6 +23,8 @@ pub const CONTROL_BACKLOG_MAX_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Outbound: the connect op is in flight.
+    Connecting,
     Handshake,
     Active,
     Closing,
@@ -88,6 +90,10 @@ pub struct Peer {
     pub last_recv_at: Instant,
     pub last_send_at: Instant,
     pub uploaded_bytes: u64,
+    /// Outbound connections: the torrent we dialed for (the remote handshake must match), and
+    /// the address the connect op reads (boxed: it must not move while the op is in flight).
+    pub outbound_torrent: Option<Arc<CatalogTorrent>>,
+    pub connect_addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
 }
 
 impl Peer {
@@ -129,6 +135,8 @@ impl Peer {
             last_recv_at: now,
             last_send_at: now,
             uploaded_bytes: 0,
+            outbound_torrent: None,
+            connect_addr: None,
         }
     }
 

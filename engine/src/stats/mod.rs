@@ -29,11 +29,13 @@ pub enum CloseReason {
     PeersPerIpLimit,
     PeersPerTorrentLimit,
     SendBacklog,
+    ConnectFailed,
+    SelfConnection,
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -49,6 +51,8 @@ impl CloseReason {
         CloseReason::PeersPerIpLimit,
         CloseReason::PeersPerTorrentLimit,
         CloseReason::SendBacklog,
+        CloseReason::ConnectFailed,
+        CloseReason::SelfConnection,
         CloseReason::Shutdown,
     ];
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,8 @@ impl CloseReason {
             CloseReason::PeersPerIpLimit => "peers_per_ip_limit",
             CloseReason::PeersPerTorrentLimit => "peers_per_torrent_limit",
             CloseReason::SendBacklog => "send_backlog",
+            CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::SelfConnection => "self_connection",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -125,6 +131,7 @@ pub struct ShardStats {
     pub peers_closed: [u64; CloseReason::ALL.len()],
     pub requests_rejected: [u64; RejectReason::ALL.len()],
     pub accept_errors: u64,
+    pub peers_dialed: u64,
     pub buffer_pool_exhausted: u64,
     pub open_files_limit_hit: u64,
     pub zc_sends_copied: u64,
@@ -159,6 +166,7 @@ impl ShardStats {
             peers_closed: [0; CloseReason::ALL.len()],
             requests_rejected: [0; RejectReason::ALL.len()],
             accept_errors: 0,
+            peers_dialed: 0,
             buffer_pool_exhausted: 0,
             open_files_limit_hit: 0,
             zc_sends_copied: 0,
@@ -209,6 +217,7 @@ impl ShardStats {
             *a += b;
         }
         self.accept_errors += other.accept_errors;
+        self.peers_dialed += other.peers_dialed;
         self.buffer_pool_exhausted += other.buffer_pool_exhausted;
         self.open_files_limit_hit += other.open_files_limit_hit;
         self.zc_sends_copied += other.zc_sends_copied;
