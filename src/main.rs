@@ -24,6 +24,9 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Hash every piece of a torrent's content and report bad or missing pieces.
     Verify(cli::verify::VerifyArgs),
+    /// Load a catalog and report counts, time and memory (measurement tool).
+    #[command(name = "catalog-check", hide = true)]
+    CatalogCheck(cli::catalog::CatalogCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Command::Make(args) => cli::make::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Verify(args) => cli::verify::run(args),
+        Command::CatalogCheck(args) => cli::catalog::run(args),
     };
     match result {
         Ok(code) => code,

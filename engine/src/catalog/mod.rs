@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
-use crate::storage::{verify_pieces, ContentFile};
+use crate::storage::{verify_pieces, ContentFile, VerifyReport};
 use resume::{FileStamp, ResumeState};
 
 /// One torrent as the shards see it.
@@ -231,7 +231,8 @@ fn finish(
     let mut report = LoadReport::default();
     let mut catalog = Catalog::default();
     let mut resume_writes = Vec::new();
-    for (path, result) in results {
+    let mut verifications = verify_needed(&results, opts.hash_threads);
+    for ((path, result), verification) in results.into_iter().zip(verifications.iter_mut()) {
         let mut prepared = match result {
             Ok(p) => p,
             Err(reason) => {
@@ -249,22 +250,8 @@ fn finish(
             report.skipped.push((path, reason));
             continue;
         }
-        if prepared.needs_verify {
+        if let Some(verified) = verification.take() {
             let e = &mut prepared.entry;
-            let verified = e
-                .read_torrent()
-                .map_err(|err| err.to_string())
-                .and_then(|t| {
-                    verify_pieces(
-                        &e.files,
-                        e.piece_length,
-                        e.total_length,
-                        &t.piece_hashes,
-                        opts.hash_threads,
-                        &|_| {},
-                    )
-                    .map_err(|err| err.to_string())
-                });
             match verified {
                 Ok(v) => {
                     e.have = v.have_bitfield();
@@ -310,6 +297,66 @@ fn finish(
     report.loaded = catalog.torrents.len();
     catalog.torrents.shrink_to_fit();
     Ok((catalog, report))
+}
+
+/// Torrents of at most this many pieces are verified one per thread, many at once; larger
+/// ones one at a time on all threads. 100,000 tiny torrents would otherwise cost 100,000
+/// rounds of thread start-up.
+const SMALL_TORRENT_PIECES_MAX: u32 = 16;
+
+/// Phase 2: hashes every torrent that needs it. Returns, per result, `Some(outcome)` for
+/// those hashed and `None` for the rest.
+fn verify_needed(
+    results: &[(PathBuf, Result<Prepared, String>)],
+    hash_threads: usize,
+) -> Vec<Option<Result<VerifyReport, String>>> {
+    let verify_one = |e: &CatalogTorrent, threads: usize| {
+        e.read_torrent()
+            .map_err(|err| err.to_string())
+            .and_then(|t| {
+                verify_pieces(
+                    &e.files,
+                    e.piece_length,
+                    e.total_length,
+                    &t.piece_hashes,
+                    threads,
+                    &|_| {},
+                )
+                .map_err(|err| err.to_string())
+            })
+    };
+    let needing = |small: bool| -> Vec<usize> {
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, r))| match r {
+                Ok(p)
+                    if p.needs_verify
+                        && (p.entry.num_pieces <= SMALL_TORRENT_PIECES_MAX) == small =>
+                {
+                    Some(i)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let entry = |i: usize| match &results[i].1 {
+        Ok(p) => Some(&p.entry),
+        Err(_) => None,
+    };
+    let mut out: Vec<Option<Result<VerifyReport, String>>> =
+        (0..results.len()).map(|_| None).collect();
+    let small = needing(true);
+    let small_outcomes = parallel_map(&small, hash_threads, |&i| {
+        entry(i).map(|e| verify_one(e, 1))
+    });
+    for (i, outcome) in small.into_iter().zip(small_outcomes) {
+        out[i] = outcome;
+    }
+    for i in needing(false) {
+        out[i] = entry(i).map(|e| verify_one(e, hash_threads));
+    }
+    out
 }
 
 /// Phase 1 for one torrent: resolve and stat files, compare with resume state.
