@@ -363,3 +363,52 @@ fn squall_made_torrents_pass_libtorrent_recheck() {
         lt_recheck(&dir.join(out), &dir.join("data"));
     }
 }
+
+#[test]
+fn libtorrent_hybrid_parses_as_v1_with_pads_and_v2_only_is_refused() {
+    // Proves: a hybrid torrent made by libtorrent (with BEP 47 pad files) gives libtorrent's v1
+    // info-hash and verifies (pads read as zeros, never looked for on disk), and a v2-only
+    // torrent is refused with a "v2 not supported" message.
+    if !have_libtorrent() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    odd_tree(&dir.join("tree"));
+    let script = r#"
+import sys, libtorrent as lt
+fs = lt.file_storage()
+lt.add_files(fs, "tree")
+for flags, out in ((0, "hybrid.torrent"), (lt.create_torrent.v2_only, "v2.torrent")):
+    ct = lt.create_torrent(fs, 0, flags)
+    lt.set_piece_hashes(ct, ".")
+    open(out, "wb").write(lt.bencode(ct.generate()))
+print(lt.torrent_info("hybrid.torrent").info_hashes().v1)
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v1 = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let j = info_json(&dir.join("hybrid.torrent"), dir);
+    assert_eq!(j["info_hash"].as_str().unwrap(), v1);
+    assert!(
+        j["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["pad"] == true),
+        "libtorrent hybrids carry pad files"
+    );
+    let v = squall(&["verify", "hybrid.torrent", "."], dir);
+    assert!(v.status.success(), "{}", text(&v));
+    let v2 = squall(&["info", "v2.torrent"], dir);
+    assert!(!v2.status.success());
+    assert!(
+        String::from_utf8_lossy(&v2.stderr).contains("v2-only torrents are not supported yet"),
+        "{}",
+        text(&v2)
+    );
+}
