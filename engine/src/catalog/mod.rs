@@ -599,4 +599,56 @@ mod tests {
         assert!(e.complete);
         assert_eq!(e.have, vec![0b1100_0000]);
     }
+
+    #[test]
+    fn multi_file_with_pad_and_uncreated_empty_file_loads_complete() {
+        // Proves: a multi-file torrent loads from <data>/<name>/<path...>, its pad file is never
+        // looked for (served as zeros), a missing empty file is accepted, and the piece that
+        // spans the pad verifies.
+        use crate::metainfo::bencode::{DictBuilder, Value};
+        use crate::storage::{map_range, Extent};
+        use sha1::{Digest, Sha1};
+        let d = dirs();
+        let root = d.opts.data_dir.join("multi");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("a"), b"0123456789").unwrap();
+        fs::write(root.join("sub/b"), b"bbbbb").unwrap();
+        let mut stream = b"0123456789".to_vec();
+        stream.extend_from_slice(&[0; 6]);
+        stream.extend_from_slice(b"bbbbb");
+        let file = |len: i64, path: &[&str], pad: bool| {
+            let mut f = DictBuilder::new().insert("length", Value::Int(len)).insert(
+                "path",
+                Value::List(path.iter().map(|c| Value::str(c)).collect()),
+            );
+            if pad {
+                f.insert_mut("attr", Value::str("p"));
+            }
+            f.build()
+        };
+        let info = DictBuilder::new()
+            .insert("name", Value::str("multi"))
+            .insert("piece length", Value::Int(16384))
+            .insert("pieces", Value::Bytes(Sha1::digest(&stream).to_vec()))
+            .insert(
+                "files",
+                Value::List(vec![
+                    file(10, &["a"], false),
+                    file(6, &[".pad", "6"], true),
+                    file(0, &["empty"], false),
+                    file(5, &["sub", "b"], false),
+                ]),
+            )
+            .build();
+        let bytes = DictBuilder::new().insert("info", info).build().encode();
+        fs::write(d.opts.torrents_dir.join("multi.torrent"), &bytes).unwrap();
+        let (cat, report) = Catalog::load(&d.opts, &|_, _| {}).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let e = &cat.torrents()[0];
+        assert!(e.complete && e.files[1].pad);
+        assert!(e.files[3].path.ends_with("multi/sub/b"));
+        let mut out = Vec::new();
+        map_range(&e.files, 8, 10, &mut out);
+        assert_eq!(out[1], Extent::Zero { len: 6 });
+    }
 }
