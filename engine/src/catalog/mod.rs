@@ -182,7 +182,8 @@ impl Catalog {
 
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
     /// same checks, resume handling and verification as `load`. Each torrent path must stay
-    /// readable: piece hashes are re-read from it when verifying.
+    /// readable: piece hashes are re-read from it when verifying. `opts.torrents_dir` is not
+    /// used here.
     pub fn from_torrents(
         list: Vec<(Torrent, PathBuf)>,
         opts: &CatalogOptions,
