@@ -26,6 +26,9 @@ enum Command {
     Seed(cli::seed::SeedArgs),
     /// Hash every piece of a torrent's content and report bad or missing pieces.
     Verify(cli::verify::VerifyArgs),
+    /// Load a catalog and report counts, time and memory (measurement tool).
+    #[command(name = "catalog-check", hide = true)]
+    CatalogCheck(cli::catalog::CatalogCheckArgs),
 }
 
 /// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cli::info::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Seed(args) => cli::seed::run(args),
+        Command::CatalogCheck(args) => cli::catalog::run(args),
     };
     match result {
         Ok(code) => code,

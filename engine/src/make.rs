@@ -68,7 +68,18 @@ pub fn make_torrent(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Torrent, Vec<u8>), MakeError> {
     let display = path.display().to_string();
-    let name = path
+    // `squall make .` names the torrent after the directory, not ".".
+    let named = if path.file_name().is_some() {
+        path.to_owned()
+    } else {
+        std::fs::canonicalize(path).map_err(|e| {
+            MakeError::List(CreateError::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+        })?
+    };
+    let name = named
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| MakeError::BadName {

@@ -95,13 +95,20 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
             }
         })
         .collect();
-    println!(
-        "FAILED: {} of {} pieces of {:?} are bad or missing: pieces {}",
-        report.bad_pieces.len(),
-        report.num_pieces,
-        t.name,
-        ranges.join(", ")
-    );
+    if report.bad_pieces.is_empty() {
+        println!(
+            "FAILED: every piece of {:?} matches, but some files have the wrong size:",
+            t.name
+        );
+    } else {
+        println!(
+            "FAILED: {} of {} pieces of {:?} are bad or missing: pieces {}",
+            report.bad_pieces.len(),
+            report.num_pieces,
+            t.name,
+            ranges.join(", ")
+        );
+    }
     for p in &report.file_problems {
         let what = match &p.kind {
             FileProblemKind::Missing => "missing".to_string(),

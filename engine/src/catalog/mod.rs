@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
-use crate::storage::{verify_pieces, ContentFile};
+use crate::storage::{verify_pieces, ContentFile, VerifyReport};
 use resume::{FileStamp, ResumeState};
 
 /// One torrent as the shards see it.
@@ -182,7 +182,8 @@ impl Catalog {
 
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
     /// same checks, resume handling and verification as `load`. Each torrent path must stay
-    /// readable: piece hashes are re-read from it when verifying.
+    /// readable: piece hashes are re-read from it when verifying. `opts.torrents_dir` is not
+    /// used here.
     pub fn from_torrents(
         list: Vec<(Torrent, PathBuf)>,
         opts: &CatalogOptions,
@@ -231,7 +232,8 @@ fn finish(
     let mut report = LoadReport::default();
     let mut catalog = Catalog::default();
     let mut resume_writes = Vec::new();
-    for (path, result) in results {
+    let mut verifications = verify_needed(&results, opts.hash_threads);
+    for ((path, result), verification) in results.into_iter().zip(verifications.iter_mut()) {
         let mut prepared = match result {
             Ok(p) => p,
             Err(reason) => {
@@ -249,22 +251,8 @@ fn finish(
             report.skipped.push((path, reason));
             continue;
         }
-        if prepared.needs_verify {
+        if let Some(verified) = verification.take() {
             let e = &mut prepared.entry;
-            let verified = e
-                .read_torrent()
-                .map_err(|err| err.to_string())
-                .and_then(|t| {
-                    verify_pieces(
-                        &e.files,
-                        e.piece_length,
-                        e.total_length,
-                        &t.piece_hashes,
-                        opts.hash_threads,
-                        &|_| {},
-                    )
-                    .map_err(|err| err.to_string())
-                });
             match verified {
                 Ok(v) => {
                     e.have = v.have_bitfield();
@@ -310,6 +298,66 @@ fn finish(
     report.loaded = catalog.torrents.len();
     catalog.torrents.shrink_to_fit();
     Ok((catalog, report))
+}
+
+/// Torrents of at most this many pieces are verified one per thread, many at once; larger
+/// ones one at a time on all threads. 100,000 tiny torrents would otherwise cost 100,000
+/// rounds of thread start-up.
+const SMALL_TORRENT_PIECES_MAX: u32 = 16;
+
+/// Phase 2: hashes every torrent that needs it. Returns, per result, `Some(outcome)` for
+/// those hashed and `None` for the rest.
+fn verify_needed(
+    results: &[(PathBuf, Result<Prepared, String>)],
+    hash_threads: usize,
+) -> Vec<Option<Result<VerifyReport, String>>> {
+    let verify_one = |e: &CatalogTorrent, threads: usize| {
+        e.read_torrent()
+            .map_err(|err| err.to_string())
+            .and_then(|t| {
+                verify_pieces(
+                    &e.files,
+                    e.piece_length,
+                    e.total_length,
+                    &t.piece_hashes,
+                    threads,
+                    &|_| {},
+                )
+                .map_err(|err| err.to_string())
+            })
+    };
+    let needing = |small: bool| -> Vec<usize> {
+        results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, r))| match r {
+                Ok(p)
+                    if p.needs_verify
+                        && (p.entry.num_pieces <= SMALL_TORRENT_PIECES_MAX) == small =>
+                {
+                    Some(i)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let entry = |i: usize| match &results[i].1 {
+        Ok(p) => Some(&p.entry),
+        Err(_) => None,
+    };
+    let mut out: Vec<Option<Result<VerifyReport, String>>> =
+        (0..results.len()).map(|_| None).collect();
+    let small = needing(true);
+    let small_outcomes = parallel_map(&small, hash_threads, |&i| {
+        entry(i).map(|e| verify_one(e, 1))
+    });
+    for (i, outcome) in small.into_iter().zip(small_outcomes) {
+        out[i] = outcome;
+    }
+    for i in needing(false) {
+        out[i] = entry(i).map(|e| verify_one(e, hash_threads));
+    }
+    out
 }
 
 /// Phase 1 for one torrent: resolve and stat files, compare with resume state.
@@ -551,5 +599,57 @@ mod tests {
         let e = cat.get(&t.info_hash).unwrap();
         assert!(e.complete);
         assert_eq!(e.have, vec![0b1100_0000]);
+    }
+
+    #[test]
+    fn multi_file_with_pad_and_uncreated_empty_file_loads_complete() {
+        // Proves: a multi-file torrent loads from <data>/<name>/<path...>, its pad file is never
+        // looked for (served as zeros), a missing empty file is accepted, and the piece that
+        // spans the pad verifies.
+        use crate::metainfo::bencode::{DictBuilder, Value};
+        use crate::storage::{map_range, Extent};
+        use sha1::{Digest, Sha1};
+        let d = dirs();
+        let root = d.opts.data_dir.join("multi");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("a"), b"0123456789").unwrap();
+        fs::write(root.join("sub/b"), b"bbbbb").unwrap();
+        let mut stream = b"0123456789".to_vec();
+        stream.extend_from_slice(&[0; 6]);
+        stream.extend_from_slice(b"bbbbb");
+        let file = |len: i64, path: &[&str], pad: bool| {
+            let mut f = DictBuilder::new().insert("length", Value::Int(len)).insert(
+                "path",
+                Value::List(path.iter().map(|c| Value::str(c)).collect()),
+            );
+            if pad {
+                f.insert_mut("attr", Value::str("p"));
+            }
+            f.build()
+        };
+        let info = DictBuilder::new()
+            .insert("name", Value::str("multi"))
+            .insert("piece length", Value::Int(16384))
+            .insert("pieces", Value::Bytes(Sha1::digest(&stream).to_vec()))
+            .insert(
+                "files",
+                Value::List(vec![
+                    file(10, &["a"], false),
+                    file(6, &[".pad", "6"], true),
+                    file(0, &["empty"], false),
+                    file(5, &["sub", "b"], false),
+                ]),
+            )
+            .build();
+        let bytes = DictBuilder::new().insert("info", info).build().encode();
+        fs::write(d.opts.torrents_dir.join("multi.torrent"), &bytes).unwrap();
+        let (cat, report) = Catalog::load(&d.opts, &|_, _| {}).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let e = &cat.torrents()[0];
+        assert!(e.complete && e.files[1].pad);
+        assert!(e.files[3].path.ends_with("multi/sub/b"));
+        let mut out = Vec::new();
+        map_range(&e.files, 8, 10, &mut out);
+        assert_eq!(out[1], Extent::Zero { len: 6 });
     }
 }

@@ -213,6 +213,30 @@ mod tests {
         assert_eq!(Magnet::parse(&m.to_uri()).unwrap(), m);
     }
 
+    #[test]
+    fn magnet_for_a_torrent_names_it_and_lists_trackers_and_peers() {
+        // Proves: magnet_for carries the info-hash, name, every tracker of every tier, and peers.
+        let bytes = crate::metainfo::create::build_torrent_bytes(
+            "my file",
+            &[(vec![], 3)],
+            16384,
+            &[0; 20],
+            &crate::metainfo::create::CreateOptions {
+                trackers: vec![vec!["http://a/".into()], vec!["http://b/".into()]],
+                ..Default::default()
+            },
+        );
+        let t = crate::metainfo::torrent::parse(&bytes).unwrap();
+        let m = Magnet::parse(&magnet_for(&t, &["127.0.0.1:1".into()])).unwrap();
+        assert_eq!(m.info_hash, t.info_hash);
+        assert_eq!(m.display_name.as_deref(), Some("my file"));
+        assert_eq!(
+            m.trackers,
+            vec!["http://a/".to_string(), "http://b/".into()]
+        );
+        assert_eq!(m.peers, vec!["127.0.0.1:1".to_string()]);
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(s in ".{0,200}") {
