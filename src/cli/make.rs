@@ -3,7 +3,7 @@
 //! Owns: argument parsing, the progress bar and writing the output file. Listing, hashing and
 //! the torrent bytes come from `squall_engine::make`. Must never: write into the content.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -121,7 +121,7 @@ pub fn run(args: MakeArgs) -> Result<ExitCode, String> {
     }
     let (torrent, bytes) =
         made.map_err(|e| format!("cannot make a torrent of {}: {e}", args.path.display()))?;
-    write_atomically(&args.output, &bytes).map_err(|e| {
+    squall_engine::storage::write_atomic(&args.output, &bytes).map_err(|e| {
         format!(
             "cannot write {}: {e}; check the directory exists and is writable",
             args.output.display()
@@ -139,31 +139,6 @@ pub fn run(args: MakeArgs) -> Result<ExitCode, String> {
     println!("written:    {}", args.output.display());
     println!("magnet:     {}", torrent.magnet());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Temp file in the same directory, fsync, rename: a reader never sees half a .torrent.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile_in(&dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp.0);
-    })?;
-    std::fs::File::open(&dir)?.sync_all()
-}
-
-fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let p = dir.join(format!(".squall-make-{}.tmp", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)?;
-    Ok((p, f))
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 /// Seed torrents to BitTorrent peers.
 ///
+/// No arguments: seeds a built-in 64 MiB sample (generated once in the state directory), so
+/// `squall seed` alone shows the whole path working.
+///
 /// Zero config: `squall seed ./content` makes one torrent per top-level file or directory of
 /// ./content (cached in the state directory; nothing is written into ./content) and seeds
 /// them, printing each torrent's info-hash and a magnet link that points at this seeder.
@@ -120,7 +123,17 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     })?;
 
     let started = Instant::now();
-    let (catalog, made) = if let Some(content) = &args.content {
+    let no_catalog_named = args.torrents.is_none()
+        && file_config.catalog.torrents_dir.is_none()
+        && args.content.is_none();
+    let sample;
+    let content = if no_catalog_named {
+        sample = sample_content(&state_dir)?;
+        Some(&sample)
+    } else {
+        args.content.as_ref()
+    };
+    let (catalog, made) = if let Some(content) = content {
         zero_config_catalog(content, &state_dir, args.recheck)?
     } else {
         let torrents = args
@@ -391,6 +404,38 @@ fn zero_config_catalog(
     Ok((catalog, trackers))
 }
 
+/// Bytes of the built-in sample: big enough to see throughput, small enough to make fast.
+pub const SAMPLE_LEN_BYTES: usize = 64 << 20;
+
+/// `<state>/sample/` holding one deterministic pseudo-random file (made once).
+fn sample_content(state_dir: &Path) -> Result<PathBuf, String> {
+    let dir = state_dir.join("sample");
+    let file = dir.join("squall-sample.bin");
+    let ok = std::fs::metadata(&file)
+        .map(|m| m.len() == SAMPLE_LEN_BYTES as u64)
+        .unwrap_or(false);
+    if !ok {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        eprintln!(
+            "writing a {} MiB sample to {} ...",
+            SAMPLE_LEN_BYTES >> 20,
+            file.display()
+        );
+        let mut bytes = Vec::with_capacity(SAMPLE_LEN_BYTES);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while bytes.len() < SAMPLE_LEN_BYTES {
+            // xorshift64: deterministic, so every machine makes the same sample torrent.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        write_atomic(&file, &bytes)?;
+    }
+    Ok(dir)
+}
+
 fn fingerprint(listed: &[(Vec<String>, PathBuf, u64)]) -> String {
     let mut s = String::new();
     for (components, disk, len) in listed {
@@ -417,18 +462,7 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// Temp file in the same directory, fsync, rename: a crash leaves the old file or the new.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    result.map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    squall_engine::storage::write_atomic(path, bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
