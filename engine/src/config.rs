@@ -318,3 +318,18 @@ mod tests {
         assert_eq!(c.slot_len_bytes(), 16 * (13 + 16384));
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_the_code_defaults() {
+        // configs/default.toml documents the defaults: it must parse and equal them.
+        let text = include_str!("../../configs/default.toml");
+        let parsed = SeedConfig::from_toml(text).unwrap();
+        let a = toml::to_string(&parsed.engine).unwrap();
+        let b = toml::to_string(&EngineConfig::default()).unwrap();
+        assert_eq!(a, b);
+    }
+}
