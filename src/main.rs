@@ -24,6 +24,8 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Seed torrents: a content directory (zero config) or a catalog of .torrent files.
     Seed(cli::seed::SeedArgs),
+    /// Check a config file (`config check FILE`) or print the defaults (`config default`).
+    Config(cli::config::ConfigArgs),
     /// Hash every piece of a torrent's content and report bad or missing pieces.
     Verify(cli::verify::VerifyArgs),
     /// Load a catalog and report counts, time and memory (measurement tool).
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cli::info::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Seed(args) => cli::seed::run(args),
+        Command::Config(args) => cli::config::run(args),
         Command::CatalogCheck(args) => cli::catalog::run(args),
     };
     match result {

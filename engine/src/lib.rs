@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod config_file;
 pub mod make;
 pub mod metainfo;
 pub mod net;

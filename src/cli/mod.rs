@@ -2,6 +2,7 @@
 //! the `String` error is printed as `error: ...` and must say what was wrong, where, and what to do.
 
 pub mod catalog;
+pub mod config;
 pub mod info;
 pub mod make;
 pub mod seed;

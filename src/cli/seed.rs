@@ -86,7 +86,7 @@ pub fn default_state_dir() -> PathBuf {
 fn load_config(path: &Path) -> Result<SeedConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    SeedConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    squall_engine::config_file::load(&path.display().to_string(), &text)
 }
 
 pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
