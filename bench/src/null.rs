@@ -173,7 +173,7 @@ impl NullSeeder {
                 } else {
                     let n = self.torrents[t].num_pieces() as usize;
                     let mut bits = vec![0xffu8; n.div_ceil(8)];
-                    if n % 8 != 0 {
+                    if !n.is_multiple_of(8) {
                         if let Some(last) = bits.last_mut() {
                             *last = 0xffu8 << (8 - n % 8);
                         }
