@@ -159,7 +159,9 @@ run_iperf3() { # -> $RUN_DIR/result.json in the bench's schema (gbps only)
     maybe_install iperf3 iperf3 || { WHY="iperf3 not installed"; return 1; }
     taskset -c 0 iperf3 -s -B 127.0.0.1 -p "$PORT" >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
-    wait_port "$PORT" 10 || { WHY="iperf3 -s did not listen"; return 1; }
+    # No probe connection here: iperf3 -s takes any connection for its control channel.
+    sleep 1
+    kill -0 "$PID" 2>/dev/null || { WHY="iperf3 -s did not start: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
     taskset -c 1 iperf3 -c 127.0.0.1 -p "$PORT" -t "$DUR" -J >"$RUN_DIR/iperf3.json" 2>"$RUN_DIR/bench.err" \
         || { WHY="iperf3 client failed: $(tail -1 "$RUN_DIR/bench.err")"; return 1; }
     $PY - "$RUN_DIR/iperf3.json" "$RUN_DIR/result.json" <<'EOF'
