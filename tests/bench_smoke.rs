@@ -43,7 +43,7 @@ fn bench_against_squall_verifies_pieces() {
     }
     // Keep draining stdout so the seeder never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let result = (|| {
+    let run_bench = || {
         assert!(ready, "squall seed never printed ready");
         let addr = addr.expect("squall printed no listen address");
         let torrent_path = state.join("zero-config").join("smoke.bin.torrent");
@@ -56,7 +56,8 @@ fn bench_against_squall_verifies_pieces() {
         opts.target_pid = Some(child.id());
         opts.source_ips = squall_bench::parse_ip_range("127.0.0.2-127.0.0.9").expect("range");
         squall_bench::run(opts).expect("run")
-    })();
+    };
+    let result = run_bench();
     let _ = child.kill();
     let _ = child.wait();
     assert!(result.bytes > 0, "{result:?}");
