@@ -1,0 +1,760 @@
+//! One synthetic leecher's protocol state, sans I/O: bytes and a clock go in, request bytes
+//! and counted events come out.
+//!
+//! Owns: the handshake exchange, interested/choke/unchoke, the piece walk (every piece of the
+//! torrent in a shuffled order before repeating), the outstanding-request window (`depth`),
+//! the open-loop schedule (intended send times, so latency is corrected for coordinated
+//! omission as wrk2 does), retries after reject and choke, and piece assembly + SHA-1
+//! verification.
+//! Must never: touch a socket, read a clock, allocate per block on the hot path (block
+//! payloads are hashed straight from the caller's receive buffer when they arrive in order,
+//! and copied only into the piece buffer when they arrive out of order), or panic on bytes a
+//! seeder sends.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use sha1::{Digest, Sha1};
+use squall_engine::metainfo::torrent::Torrent;
+use squall_engine::wire::{
+    decode_frame, encode, encode_request, parse_handshake, BlockRequest, ExtendedHandshake,
+    Handshake, Message, BLOCK_LEN_BYTES, HANDSHAKE_LEN,
+};
+
+use crate::stats::{ErrorKind, Stats};
+
+/// Largest frame we accept from a seeder: a block of up to 128 KiB plus headers, or the
+/// bitfield of a torrent with millions of pieces.
+pub const FRAME_LEN_MAX_BYTES: u32 = 2 << 20;
+/// `--verify sample` hashes one piece in this many.
+pub const SAMPLE_EVERY_PIECES: u64 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Full,
+    Sample,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Pieces 0, 1, 2 ... in order.
+    Sequential,
+    /// Every piece once in a fresh shuffled order per walk.
+    Random,
+    /// Pieces drawn with a Zipf(s = 1) popularity, piece 0 hottest: a "hot content" mix.
+    Zipf,
+}
+
+/// Per-peer knobs, shared by every peer of a run.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub depth: usize,
+    pub verify: Verify,
+    pub pattern: Pattern,
+    /// Open loop: one request every this many ns per peer; `None` is closed loop.
+    pub interval_ns: Option<u64>,
+    /// Stop requesting after one full walk of the torrent (the event loop then reconnects
+    /// the peer to another torrent: the catalog "hop").
+    pub stop_after_walk: bool,
+    /// Stop requesting after this many payload bytes (churn: fetch, leave).
+    pub stop_after_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    AwaitHandshake,
+    Connected,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    req: BlockRequest,
+    /// When the request was written (closed loop) or meant to be (open loop), ns.
+    intended_ns: u64,
+}
+
+/// A piece being assembled for verification.
+struct ActivePiece {
+    index: u32,
+    len_bytes: u32,
+    num_blocks: u32,
+    received: Vec<bool>,
+    received_count: u32,
+    /// Blocks 0..hashed_blocks have been fed to the hasher, in order.
+    hashed_blocks: u32,
+    hasher: Sha1,
+    /// Holds only blocks that arrived ahead of the hash cursor.
+    buf: Vec<u8>,
+}
+
+/// Why a peer must be closed (counted by kind, then reconnected by the event loop).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PeerError(pub ErrorKind, pub String);
+
+pub struct Peer {
+    pub torrent: Arc<Torrent>,
+    cfg: PeerConfig,
+    peer_id: [u8; 20],
+    pub phase: Phase,
+    pub choked: bool,
+    /// The seeder's handshake arrived at this time (ns), for the connect histogram.
+    pub handshake_done: bool,
+    order: Vec<u32>,
+    order_pos: usize,
+    /// The piece whose blocks are being requested, and the next offset in it.
+    cursor: Option<(u32, u32)>,
+    retry: VecDeque<BlockRequest>,
+    outstanding: VecDeque<Outstanding>,
+    active: Vec<ActivePiece>,
+    spare_bufs: Vec<Vec<u8>>,
+    pieces_started: u64,
+    rng: u64,
+    /// Open loop: when the next request is due, ns.
+    next_due_ns: u64,
+    bytes_received: u64,
+    /// True once the walk (or byte budget) is done and nothing is outstanding.
+    pub finished: bool,
+    walk_done: bool,
+}
+
+impl Peer {
+    pub fn new(torrent: Arc<Torrent>, cfg: PeerConfig, seed: u64, now_ns: u64) -> Peer {
+        let mut rng = seed | 1;
+        let mut random = [0u8; 12];
+        for b in random.iter_mut() {
+            *b = (xorshift(&mut rng) >> 24) as u8;
+        }
+        let peer_id = squall_engine::wire::peer_id(b"-SB0001-", random);
+        let mut peer = Peer {
+            torrent,
+            cfg,
+            peer_id,
+            phase: Phase::AwaitHandshake,
+            choked: true,
+            handshake_done: false,
+            order: Vec::new(),
+            order_pos: 0,
+            cursor: None,
+            retry: VecDeque::new(),
+            outstanding: VecDeque::new(),
+            active: Vec::new(),
+            spare_bufs: Vec::new(),
+            pieces_started: 0,
+            rng,
+            next_due_ns: now_ns,
+            bytes_received: 0,
+            finished: false,
+            walk_done: false,
+        };
+        peer.new_walk();
+        peer
+    }
+
+    pub fn outstanding_len(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Open loop: the time the next request is due, when the window has room for it.
+    pub fn next_due_ns(&self) -> Option<u64> {
+        if self.cfg.interval_ns.is_some()
+            && self.phase == Phase::Connected
+            && !self.choked
+            && self.outstanding.len() < self.cfg.depth
+            && !self.finished
+        {
+            Some(self.next_due_ns)
+        } else {
+            None
+        }
+    }
+
+    /// Writes our handshake; called once the TCP connection is up.
+    pub fn on_connected(&mut self, out: &mut Vec<u8>) {
+        let hs = Handshake::new(self.torrent.info_hash.0, self.peer_id, true, true);
+        out.extend_from_slice(&hs.to_bytes());
+    }
+
+    /// Consumes every complete frame at the start of `buf` and returns how many bytes were
+    /// consumed; the caller keeps the rest for the next call. Requests to send are appended
+    /// to `out` (by `refill`, which this calls once at the end).
+    pub fn on_recv(
+        &mut self,
+        buf: &[u8],
+        now_ns: u64,
+        stats: &mut Stats,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, PeerError> {
+        let mut pos = 0usize;
+        if self.phase == Phase::AwaitHandshake {
+            let hs = match parse_handshake(buf) {
+                Ok(Some(hs)) => hs,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(PeerError(ErrorKind::Protocol, e.to_string())),
+            };
+            if hs.info_hash != self.torrent.info_hash.0 {
+                return Err(PeerError(
+                    ErrorKind::Protocol,
+                    "seeder answered with another info-hash".into(),
+                ));
+            }
+            pos = HANDSHAKE_LEN;
+            self.phase = Phase::Connected;
+            self.handshake_done = true;
+            if hs.supports_fast() {
+                encode(&Message::HaveNone, out);
+            }
+            if hs.supports_extended() {
+                let ext = ExtendedHandshake {
+                    reqq: Some(self.cfg.depth as u32),
+                    v: Some("squall-bench".into()),
+                    ..Default::default()
+                };
+                let payload = ext.encode();
+                squall_engine::wire::encode_extended(0, &payload, out);
+            }
+            encode(&Message::Interested, out);
+        }
+        loop {
+            let rest = &buf[pos..];
+            let (msg, used) = match decode_frame(rest, FRAME_LEN_MAX_BYTES) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => return Err(PeerError(ErrorKind::Protocol, e.to_string())),
+            };
+            self.on_message(msg, now_ns, stats)?;
+            pos += used;
+        }
+        self.refill(now_ns, out);
+        Ok(pos)
+    }
+
+    fn on_message(
+        &mut self,
+        msg: Message<'_>,
+        now_ns: u64,
+        stats: &mut Stats,
+    ) -> Result<(), PeerError> {
+        match msg {
+            Message::Choke => {
+                stats.count(ErrorKind::Choke);
+                self.choked = true;
+                // BEP 3: a choke drops every pending request; ask again after unchoke.
+                while let Some(o) = self.outstanding.pop_front() {
+                    self.retry.push_back(o.req);
+                }
+            }
+            Message::Unchoke => {
+                self.choked = false;
+                if self.cfg.interval_ns.is_some() && self.next_due_ns < now_ns {
+                    // The schedule starts when the seeder lets us in; time spent choked at
+                    // the start is connection setup, measured in the connect histogram.
+                    if self.outstanding.is_empty() && self.retry.is_empty() {
+                        self.next_due_ns = now_ns;
+                    }
+                }
+            }
+            Message::Piece { index, begin, data } => {
+                self.on_block(index, begin, data, now_ns, stats)?
+            }
+            Message::RejectRequest(req) => {
+                stats.count(ErrorKind::Reject);
+                if let Some(i) = self
+                    .outstanding
+                    .iter()
+                    .position(|o| o.req.index == req.index && o.req.begin == req.begin)
+                {
+                    if let Some(o) = self.outstanding.remove(i) {
+                        self.retry.push_back(o.req);
+                    }
+                }
+            }
+            Message::HaveNone => {
+                return Err(PeerError(
+                    ErrorKind::Protocol,
+                    "seeder has no pieces".into(),
+                ))
+            }
+            // A seed: bitfield / have all / have / extended handshake carry nothing we need.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_block(
+        &mut self,
+        index: u32,
+        begin: u32,
+        data: &[u8],
+        now_ns: u64,
+        stats: &mut Stats,
+    ) -> Result<(), PeerError> {
+        // Seeders answer in request order, so the front is the usual match.
+        let pos = if self
+            .outstanding
+            .front()
+            .is_some_and(|o| o.req.index == index && o.req.begin == begin)
+        {
+            Some(0)
+        } else {
+            self.outstanding
+                .iter()
+                .position(|o| o.req.index == index && o.req.begin == begin)
+        };
+        let Some(pos) = pos else {
+            // E.g. a block already in flight when a choke dropped its request.
+            stats.count(ErrorKind::Unexpected);
+            return Ok(());
+        };
+        let Some(o) = self.outstanding.remove(pos) else {
+            return Ok(());
+        };
+        if data.len() != o.req.length as usize {
+            return Err(PeerError(
+                ErrorKind::Protocol,
+                format!(
+                    "block of {} bytes for a {}-byte request",
+                    data.len(),
+                    o.req.length
+                ),
+            ));
+        }
+        stats.on_block(
+            data.len() as u64,
+            now_ns.saturating_sub(o.intended_ns),
+            now_ns,
+        );
+        self.bytes_received += data.len() as u64;
+        if let Some(ai) = self.active.iter().position(|a| a.index == index) {
+            let block = begin / BLOCK_LEN_BYTES;
+            let done = self.active[ai].add_block(block, begin, data);
+            if done {
+                let piece = self.active.swap_remove(ai);
+                let expected = self.torrent.piece_hash(index);
+                let (digest, buf) = piece.finish();
+                if expected.is_some_and(|h| h[..] == digest[..]) {
+                    stats.pieces_verified += 1;
+                } else {
+                    stats.bad_pieces += 1;
+                }
+                self.spare_bufs.push(buf);
+            }
+        }
+        if self.outstanding.is_empty()
+            && self.retry.is_empty()
+            && (self.walk_done || self.budget_spent())
+        {
+            self.finished = true;
+        }
+        Ok(())
+    }
+
+    fn budget_spent(&self) -> bool {
+        self.cfg
+            .stop_after_bytes
+            .is_some_and(|max| self.bytes_received >= max)
+    }
+
+    /// Tops the window up to `depth`, appending request frames to `out` (one send per refill).
+    pub fn refill(&mut self, now_ns: u64, out: &mut Vec<u8>) {
+        if self.phase != Phase::Connected || self.choked {
+            return;
+        }
+        while self.outstanding.len() < self.cfg.depth {
+            let intended_ns = match self.cfg.interval_ns {
+                None => now_ns,
+                Some(interval) => {
+                    if self.next_due_ns > now_ns {
+                        break;
+                    }
+                    let due = self.next_due_ns;
+                    self.next_due_ns += interval;
+                    due
+                }
+            };
+            let Some(req) = self.next_request() else {
+                if let Some(interval) = self.cfg.interval_ns {
+                    // Nothing to ask for: give the slot back to the schedule.
+                    self.next_due_ns -= interval;
+                }
+                break;
+            };
+            encode_request(req, out);
+            self.outstanding.push_back(Outstanding { req, intended_ns });
+        }
+    }
+
+    fn next_request(&mut self) -> Option<BlockRequest> {
+        if let Some(r) = self.retry.pop_front() {
+            return Some(r);
+        }
+        if self.budget_spent() {
+            return None;
+        }
+        if self.cursor.is_none() {
+            let index = self.next_piece()?;
+            self.start_piece(index);
+            self.cursor = Some((index, 0));
+        }
+        let (index, begin) = self.cursor?;
+        let piece_len = self.torrent.piece_len(index) as u32;
+        let length = BLOCK_LEN_BYTES.min(piece_len - begin);
+        let next = begin + length;
+        self.cursor = if next >= piece_len {
+            None
+        } else {
+            Some((index, next))
+        };
+        Some(BlockRequest {
+            index,
+            begin,
+            length,
+        })
+    }
+
+    fn next_piece(&mut self) -> Option<u32> {
+        let n = self.torrent.num_pieces();
+        if n == 0 || self.walk_done {
+            return None;
+        }
+        if self.cfg.pattern == Pattern::Zipf {
+            return Some(zipf_draw(&mut self.rng, n));
+        }
+        if self.order_pos >= self.order.len() {
+            if self.cfg.stop_after_walk {
+                self.walk_done = true;
+                return None;
+            }
+            self.new_walk();
+        }
+        let index = self.order[self.order_pos];
+        self.order_pos += 1;
+        Some(index)
+    }
+
+    fn new_walk(&mut self) {
+        let n = self.torrent.num_pieces();
+        self.order.clear();
+        self.order.extend(0..n);
+        if self.cfg.pattern == Pattern::Random {
+            // Fisher-Yates.
+            for i in (1..self.order.len()).rev() {
+                let j = (xorshift(&mut self.rng) % (i as u64 + 1)) as usize;
+                self.order.swap(i, j);
+            }
+        }
+        self.order_pos = 0;
+    }
+
+    fn start_piece(&mut self, index: u32) {
+        self.pieces_started += 1;
+        let verify = match self.cfg.verify {
+            Verify::Full => true,
+            Verify::Sample => self.pieces_started % SAMPLE_EVERY_PIECES == 1,
+            Verify::Off => false,
+        };
+        // A piece requested again while still assembling (zipf) is simply not re-verified.
+        if !verify || self.active.iter().any(|a| a.index == index) {
+            return;
+        }
+        let len_bytes = self.torrent.piece_len(index) as u32;
+        let num_blocks = len_bytes.div_ceil(BLOCK_LEN_BYTES);
+        let mut buf = self.spare_bufs.pop().unwrap_or_default();
+        buf.resize(len_bytes as usize, 0);
+        self.active.push(ActivePiece {
+            index,
+            len_bytes,
+            num_blocks,
+            received: vec![false; num_blocks as usize],
+            received_count: 0,
+            hashed_blocks: 0,
+            hasher: Sha1::new(),
+            buf,
+        });
+    }
+}
+
+impl ActivePiece {
+    /// Records one block; returns true when the piece is complete.
+    fn add_block(&mut self, block: u32, begin: u32, data: &[u8]) -> bool {
+        let b = block as usize;
+        if b >= self.received.len() || self.received[b] {
+            return false;
+        }
+        let end = begin as usize + data.len();
+        if end > self.len_bytes as usize {
+            return false;
+        }
+        self.received[b] = true;
+        self.received_count += 1;
+        if block == self.hashed_blocks {
+            // In order: hash straight from the receive buffer, no copy.
+            self.hasher.update(data);
+            self.hashed_blocks += 1;
+            while (self.hashed_blocks as usize) < self.received.len()
+                && self.received[self.hashed_blocks as usize]
+            {
+                let start = (self.hashed_blocks * BLOCK_LEN_BYTES) as usize;
+                let stop = (start + BLOCK_LEN_BYTES as usize).min(self.len_bytes as usize);
+                self.hasher.update(&self.buf[start..stop]);
+                self.hashed_blocks += 1;
+            }
+        } else {
+            self.buf[begin as usize..end].copy_from_slice(data);
+        }
+        self.received_count == self.num_blocks
+    }
+
+    fn finish(self) -> ([u8; 20], Vec<u8>) {
+        (self.hasher.finalize().into(), self.buf)
+    }
+}
+
+pub fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+/// Draws a piece index with P(i) proportional to 1/(i+1), by inverting the approximate CDF
+/// ln(i+1)/ln(n+1); cheap and good enough to make a few pieces hot.
+fn zipf_draw(rng: &mut u64, n: u32) -> u32 {
+    let u = (xorshift(rng) >> 11) as f64 / (1u64 << 53) as f64;
+    let i = ((n as f64 + 1.0).ln() * u).exp() - 1.0;
+    (i as u32).min(n - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_engine::wire::decode_frame;
+
+    fn torrent(content: &[u8], piece_len: u64) -> Arc<Torrent> {
+        Arc::new(crate::content::torrent_for_bytes("t", content, piece_len).expect("torrent"))
+    }
+
+    fn cfg(depth: usize, verify: Verify) -> PeerConfig {
+        PeerConfig {
+            depth,
+            verify,
+            pattern: Pattern::Sequential,
+            interval_ns: None,
+            stop_after_walk: false,
+            stop_after_bytes: None,
+        }
+    }
+
+    fn requests(bytes: &[u8]) -> Vec<BlockRequest> {
+        let mut pos = 0;
+        let mut out = Vec::new();
+        while let Ok(Some((msg, used))) = decode_frame(&bytes[pos..], FRAME_LEN_MAX_BYTES) {
+            if let Message::Request(r) = msg {
+                out.push(r);
+            }
+            pos += used;
+        }
+        out
+    }
+
+    fn seeder_hello(t: &Torrent) -> Vec<u8> {
+        let mut b = Handshake::new(t.info_hash.0, [9u8; 20], true, true)
+            .to_bytes()
+            .to_vec();
+        encode(&Message::HaveAll, &mut b);
+        encode(&Message::Unchoke, &mut b);
+        b
+    }
+
+    fn piece_msg(index: u32, begin: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode(&Message::Piece { index, begin, data }, &mut b);
+        b
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        let mut s = 99u64;
+        (0..len).map(|_| xorshift(&mut s) as u8).collect()
+    }
+
+    #[test]
+    fn handshake_then_window_of_depth_requests() {
+        // Proves: after the seeder's handshake + unchoke the peer says interested and writes
+        // exactly `depth` requests of whole 16 KiB blocks, and a partial frame is left unconsumed.
+        let data = content(256 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut p = Peer::new(t.clone(), cfg(8, Verify::Off), 1, 0);
+        let mut out = Vec::new();
+        p.on_connected(&mut out);
+        assert_eq!(out.len(), HANDSHAKE_LEN);
+        out.clear();
+        let mut hello = seeder_hello(&t);
+        hello.extend_from_slice(&[0, 0]); // half a length prefix
+        let used = p.on_recv(&hello, 10, &mut stats, &mut out).expect("ok");
+        assert_eq!(used, hello.len() - 2);
+        let reqs = requests(&out);
+        assert_eq!(reqs.len(), 8);
+        assert!(reqs.iter().all(|r| r.length == BLOCK_LEN_BYTES));
+        // Sequential pattern: the first two pieces, whole.
+        assert_eq!((reqs[0].index, reqs[0].begin), (0, 0));
+        assert_eq!((reqs[4].index, reqs[4].begin), (1, 0));
+    }
+
+    #[test]
+    fn blocks_verify_pieces_and_refill_window() {
+        // Proves: blocks answered out of order still assemble into a piece whose SHA-1 is
+        // checked (good content verifies, corrupt content counts as bad), and each answered
+        // block frees a window slot that is refilled.
+        let data = content(128 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut p = Peer::new(t.clone(), cfg(4, Verify::Full), 1, 0);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut out)
+            .expect("ok");
+        let reqs = requests(&out);
+        assert_eq!(reqs.len(), 4);
+        // Answer piece 0 out of order: blocks 1, 0, 3, 2.
+        for &i in &[1usize, 0, 3, 2] {
+            let r = reqs[i];
+            let off = (r.index as u64 * 65536 + r.begin as u64) as usize;
+            let mut o = Vec::new();
+            p.on_recv(
+                &piece_msg(r.index, r.begin, &data[off..off + 16384]),
+                5_000,
+                &mut stats,
+                &mut o,
+            )
+            .expect("ok");
+            assert_eq!(requests(&o).len(), 1, "one slot freed, one request written");
+        }
+        assert_eq!(stats.pieces_verified, 1);
+        assert_eq!(stats.bad_pieces, 0);
+        assert_eq!(stats.blocks, 4);
+        assert_eq!(stats.bytes, 65536);
+        // Piece 1 with one corrupted byte.
+        let mut bad = data.clone();
+        bad[65536 + 100] ^= 0xff;
+        for b in 0..4u32 {
+            let off = 65536 + (b * 16384) as usize;
+            let mut o = Vec::new();
+            p.on_recv(
+                &piece_msg(1, b * 16384, &bad[off..off + 16384]),
+                6_000,
+                &mut stats,
+                &mut o,
+            )
+            .expect("ok");
+        }
+        assert_eq!(stats.bad_pieces, 1);
+    }
+
+    #[test]
+    fn choke_drops_requests_and_reject_retries() {
+        // Proves: a choke moves every outstanding request to the retry queue and stops
+        // requesting; unchoke re-sends them first; a reject re-requests that block.
+        let data = content(128 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut p = Peer::new(t.clone(), cfg(2, Verify::Off), 1, 0);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut out)
+            .expect("ok");
+        let first = requests(&out);
+        assert_eq!(first.len(), 2);
+        let mut choke = Vec::new();
+        encode(&Message::Choke, &mut choke);
+        let mut o = Vec::new();
+        p.on_recv(&choke, 1, &mut stats, &mut o).expect("ok");
+        assert!(requests(&o).is_empty());
+        assert_eq!(p.outstanding_len(), 0);
+        let mut unchoke = Vec::new();
+        encode(&Message::Unchoke, &mut unchoke);
+        let mut o = Vec::new();
+        p.on_recv(&unchoke, 2, &mut stats, &mut o).expect("ok");
+        assert_eq!(requests(&o), first, "the dropped requests come back first");
+        let mut reject = Vec::new();
+        encode(&Message::RejectRequest(first[0]), &mut reject);
+        let mut o = Vec::new();
+        p.on_recv(&reject, 3, &mut stats, &mut o).expect("ok");
+        assert_eq!(requests(&o), vec![first[0]]);
+        assert_eq!(stats.errors[ErrorKind::Choke as usize], 1);
+        assert_eq!(stats.errors[ErrorKind::Reject as usize], 1);
+    }
+
+    #[test]
+    fn wrong_info_hash_and_short_block_are_errors() {
+        // Proves: a seeder answering for another torrent, or a block shorter than asked, closes
+        // the peer with a protocol error instead of being counted as good data.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut p = Peer::new(t.clone(), cfg(2, Verify::Off), 1, 0);
+        let hs = Handshake::new([1u8; 20], [9u8; 20], true, true).to_bytes();
+        let err = p
+            .on_recv(&hs, 0, &mut stats, &mut Vec::new())
+            .expect_err("wrong hash");
+        assert_eq!(err.0, ErrorKind::Protocol);
+        let mut p = Peer::new(t.clone(), cfg(2, Verify::Off), 1, 0);
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut Vec::new())
+            .expect("ok");
+        let err = p
+            .on_recv(
+                &piece_msg(0, 0, &data[..100]),
+                1,
+                &mut stats,
+                &mut Vec::new(),
+            )
+            .expect_err("short block");
+        assert_eq!(err.0, ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn open_loop_latency_counts_from_intended_time() {
+        // Proves: in open loop a request due at t=0 but answered at t=5 ms records 5 ms even
+        // if it was written late, and requests are only written when due.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut c = cfg(4, Verify::Off);
+        c.interval_ns = Some(1_000_000);
+        let mut p = Peer::new(t.clone(), c, 1, 0);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut out)
+            .expect("ok");
+        assert_eq!(requests(&out).len(), 1, "only the request due at t=0");
+        let mut o = Vec::new();
+        p.refill(2_500_000, &mut o);
+        assert_eq!(requests(&o).len(), 2, "the ones due at 1 and 2 ms");
+        p.on_recv(
+            &piece_msg(0, 0, &data[..16384]),
+            5_000_000,
+            &mut stats,
+            &mut Vec::new(),
+        )
+        .expect("ok");
+        assert_eq!(
+            stats.latency_us.max(),
+            5_000_u64.max(stats.latency_us.max())
+        );
+        assert!(stats.latency_us.max() >= 4_990);
+    }
+
+    #[test]
+    fn random_walk_visits_every_piece_before_repeating() {
+        // Proves: the shuffled walk requests each piece exactly once per walk.
+        let data = content(16 * 16384);
+        let t = torrent(&data, 16384);
+        let mut c = cfg(1, Verify::Off);
+        c.pattern = Pattern::Random;
+        let mut p = Peer::new(t, c, 42, 0);
+        let mut seen: Vec<u32> = (0..16).map(|_| p.next_piece().expect("piece")).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..16).collect::<Vec<u32>>());
+    }
+}

@@ -1,0 +1,110 @@
+//! Benchmark scenarios (`configs/bench/*.toml`): what data a scenario needs and how its
+//! swarm behaves. `scripts/compare.sh` reads `[data]` through `squall-bench scenario-data`
+//! and runs `[run]` through `squall-bench scenario`.
+//!
+//! Owns: the TOML schema and its validation.
+//! Must never: know about any particular seeder.
+
+use serde::Deserialize;
+
+use crate::peer::{Pattern, Verify};
+use crate::RunOptions;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub data: DataSpec,
+    pub run: RunSpec,
+}
+
+/// The content: `torrents` single-file torrents of `size_bytes` each (pattern content).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub torrents: u32,
+    pub size_bytes: u64,
+    pub piece_length_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub peers: usize,
+    pub depth: usize,
+    pub duration_secs: u64,
+    #[serde(default)]
+    pub warmup_secs: u64,
+    #[serde(default = "default_pattern")]
+    pub pattern: String,
+    #[serde(default = "default_verify")]
+    pub verify: String,
+    pub rate_per_sec: Option<f64>,
+    #[serde(default)]
+    pub hop: bool,
+    pub leave_after_bytes: Option<u64>,
+    pub connect_rate_per_sec: Option<f64>,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_pattern() -> String {
+    "random".into()
+}
+fn default_verify() -> String {
+    "sample".into()
+}
+fn default_threads() -> usize {
+    1
+}
+
+pub fn parse_pattern(s: &str) -> Result<Pattern, String> {
+    match s {
+        "sequential" => Ok(Pattern::Sequential),
+        "random" => Ok(Pattern::Random),
+        "zipf" => Ok(Pattern::Zipf),
+        _ => Err(format!(
+            "pattern {s:?}: expected sequential, random or zipf"
+        )),
+    }
+}
+
+pub fn parse_verify(s: &str) -> Result<Verify, String> {
+    match s {
+        "full" => Ok(Verify::Full),
+        "sample" => Ok(Verify::Sample),
+        "off" => Ok(Verify::Off),
+        _ => Err(format!("verify {s:?}: expected full, sample or off")),
+    }
+}
+
+pub fn load(path: &std::path::Path) -> Result<Scenario, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let s: Scenario = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if s.data.torrents == 0 || s.data.size_bytes == 0 || s.data.piece_length_bytes == 0 {
+        return Err(format!("{}: [data] values must be > 0", path.display()));
+    }
+    parse_pattern(&s.run.pattern)?;
+    parse_verify(&s.run.verify)?;
+    Ok(s)
+}
+
+impl RunSpec {
+    /// Applies this scenario's swarm settings to `opts`.
+    pub fn apply(&self, opts: &mut RunOptions) -> Result<(), String> {
+        opts.peers = self.peers;
+        opts.depth = self.depth;
+        opts.duration_secs = self.duration_secs;
+        opts.warmup_secs = self.warmup_secs;
+        opts.pattern = parse_pattern(&self.pattern)?;
+        opts.verify = parse_verify(&self.verify)?;
+        opts.rate_per_sec = self.rate_per_sec;
+        opts.hop = self.hop;
+        opts.leave_after_bytes = self.leave_after_bytes;
+        opts.connect_rate_per_sec = self.connect_rate_per_sec;
+        opts.threads = self.threads;
+        Ok(())
+    }
+}

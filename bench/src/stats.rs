@@ -1,0 +1,135 @@
+//! Counters and histograms one event-loop thread fills, merged once at the end of a run.
+//!
+//! Owns: payload byte and block counts, the per-second byte timeline, request latency and
+//! connect+handshake latency histograms (microseconds), verified/bad piece counts, and error
+//! counts by kind.
+//! Must never: be shared between threads while a run is going (each thread owns one; merging
+//! happens after the threads are joined), or record anything before the warm-up ends.
+
+use hdrhistogram::Histogram;
+
+/// Events counted by kind. Chokes and rejects are not failures of the bench, but a seeder
+/// that sends many of them is not serving at full speed, so they are reported with errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    Choke = 0,
+    Reject,
+    Disconnect,
+    ConnectFailed,
+    Protocol,
+    Unexpected,
+    Hop,
+}
+
+pub const ERROR_KINDS: usize = 7;
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; ERROR_KINDS] = [
+        ErrorKind::Choke,
+        ErrorKind::Reject,
+        ErrorKind::Disconnect,
+        ErrorKind::ConnectFailed,
+        ErrorKind::Protocol,
+        ErrorKind::Unexpected,
+        ErrorKind::Hop,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Choke => "chokes",
+            ErrorKind::Reject => "rejects",
+            ErrorKind::Disconnect => "disconnects",
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::Protocol => "protocol_errors",
+            ErrorKind::Unexpected => "unexpected_blocks",
+            ErrorKind::Hop => "torrent_hops",
+        }
+    }
+}
+
+/// Latencies above this are clamped (a stalled seeder); 60 s.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+pub struct Stats {
+    /// Measurement starts here (end of warm-up), ns since the run's epoch.
+    pub record_from_ns: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+    pub pieces_verified: u64,
+    pub bad_pieces: u64,
+    pub errors: [u64; ERROR_KINDS],
+    pub latency_us: Histogram<u64>,
+    pub connect_us: Histogram<u64>,
+    /// Payload bytes per whole second since `record_from_ns`.
+    pub timeline_bytes: Vec<u64>,
+}
+
+impl Stats {
+    pub fn new(record_from_ns: u64, duration_secs: u64) -> Stats {
+        Stats {
+            record_from_ns,
+            bytes: 0,
+            blocks: 0,
+            pieces_verified: 0,
+            bad_pieces: 0,
+            errors: [0; ERROR_KINDS],
+            latency_us: new_histogram(),
+            connect_us: new_histogram(),
+            timeline_bytes: vec![0; duration_secs as usize + 1],
+        }
+    }
+
+    pub fn count(&mut self, kind: ErrorKind) {
+        self.errors[kind as usize] += 1;
+    }
+
+    pub fn on_block(&mut self, len_bytes: u64, latency_ns: u64, now_ns: u64) {
+        if now_ns < self.record_from_ns {
+            return;
+        }
+        self.bytes += len_bytes;
+        self.blocks += 1;
+        self.latency_us
+            .saturating_record((latency_ns / 1000).clamp(1, LATENCY_US_MAX));
+        let sec = ((now_ns - self.record_from_ns) / 1_000_000_000) as usize;
+        if let Some(slot) = self.timeline_bytes.get_mut(sec) {
+            *slot += len_bytes;
+        }
+    }
+
+    pub fn on_connected(&mut self, latency_ns: u64) {
+        self.connect_us
+            .saturating_record((latency_ns / 1000).clamp(1, LATENCY_US_MAX));
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        self.bytes += other.bytes;
+        self.blocks += other.blocks;
+        self.pieces_verified += other.pieces_verified;
+        self.bad_pieces += other.bad_pieces;
+        for (a, b) in self.errors.iter_mut().zip(other.errors.iter()) {
+            *a += b;
+        }
+        // Both histograms have the same bounds, so add cannot fail; ignore defensively.
+        let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.connect_us.add(&other.connect_us);
+        if self.timeline_bytes.len() < other.timeline_bytes.len() {
+            self.timeline_bytes.resize(other.timeline_bytes.len(), 0);
+        }
+        for (a, b) in self
+            .timeline_bytes
+            .iter_mut()
+            .zip(other.timeline_bytes.iter())
+        {
+            *a += b;
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 us .. 60 s at 3 significant digits: fixed bounds, so no growth on the hot path.
+    match Histogram::new_with_bounds(1, LATENCY_US_MAX, 3) {
+        Ok(h) => h,
+        Err(e) => unreachable!("constant histogram bounds are valid: {e}"),
+    }
+}
