@@ -15,7 +15,9 @@ pub fn load(label: &str, text: &str) -> Result<SeedConfig, String> {
     if let Err(problem) = config.engine.validate() {
         // `validate` messages start with `key = value: ...`; point at that key's line.
         let key = problem.split(" =").next().unwrap_or("").trim();
-        let location = find_key(text, key).map(|(l, c)| format!(" line {l}, column {c}")).unwrap_or_default();
+        let location = find_key(text, key)
+            .map(|(l, c)| format!(" line {l}, column {c}"))
+            .unwrap_or_default();
         return Err(format!("{label}{location}: {problem}"));
     }
     Ok(config)
@@ -28,7 +30,10 @@ fn explain_parse_error(label: &str, text: &str, e: &toml::de::Error) -> String {
         .map(|span| {
             let (line, column) = line_col(text, span.start);
             let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
-            (format!(" line {line}, column {column}"), snippet.to_string())
+            (
+                format!(" line {line}, column {column}"),
+                snippet.to_string(),
+            )
         })
         .unwrap_or_default();
     let mut out = format!("{label}{}: ", location.0);
@@ -47,7 +52,12 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -70,7 +80,13 @@ fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
 /// serde says "unknown field `x`, expected one of `a`, `b`": suggest the nearest candidate.
 fn did_you_mean_for(message: &str) -> Option<String> {
     let unknown = message.strip_prefix("unknown field `")?.split('`').next()?;
-    let candidates: Vec<&str> = message.split("expected ").nth(1)?.split('`').skip(1).step_by(2).collect();
+    let candidates: Vec<&str> = message
+        .split("expected ")
+        .nth(1)?
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
     did_you_mean(unknown, &candidates)
 }
 
@@ -107,16 +123,25 @@ mod tests {
         // A typo names the file, line, column and the key it probably meant.
         let err = load("x.toml", "[engine]\nshards = 2\npeers_maxx = 3\n").unwrap_err();
         assert!(err.starts_with("x.toml line 3, column 1: "), "{err}");
-        assert!(err.contains("peers_maxx") && err.contains("did you mean `peers_max`"), "{err}");
+        assert!(
+            err.contains("peers_maxx") && err.contains("did you mean `peers_max`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_point_at_their_line() {
         // Type errors and range errors both say where and what.
         let err = load("x.toml", "[engine]\nlisten = [\"0.0.0.0:99999\"]\n").unwrap_err();
-        assert!(err.contains("x.toml line 2") && err.contains("0.0.0.0:99999"), "{err}");
+        assert!(
+            err.contains("x.toml line 2") && err.contains("0.0.0.0:99999"),
+            "{err}"
+        );
         let err = load("x.toml", "[engine]\n\n  block_len_max_bytes = 1\n").unwrap_err();
-        assert!(err.starts_with("x.toml line 3, column 3: block_len_max_bytes = 1"), "{err}");
+        assert!(
+            err.starts_with("x.toml line 3, column 3: block_len_max_bytes = 1"),
+            "{err}"
+        );
         let err = load("x.toml", "[engine]\nserve_mode = \"fast\"\n").unwrap_err();
         assert!(err.contains("line 2") && err.contains("copy"), "{err}");
     }
@@ -124,7 +149,10 @@ mod tests {
     #[test]
     fn suggestions_only_for_near_misses() {
         // Far-off words get no misleading suggestion.
-        assert_eq!(did_you_mean("shard", &["shards", "listen"]), Some("shards".into()));
+        assert_eq!(
+            did_you_mean("shard", &["shards", "listen"]),
+            Some("shards".into())
+        );
         assert_eq!(did_you_mean("zzzzzzzz", &["shards", "listen"]), None);
     }
 }

@@ -33,7 +33,8 @@ pub fn run(args: ConfigArgs) -> Result<ExitCode, String> {
         }
         ConfigCommand::Check { file } => {
             let label = file.display().to_string();
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{label}: cannot read: {e}"))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{label}: cannot read: {e}"))?;
             squall_engine::config_file::load(&label, &text)?;
             println!("{label}: ok");
             Ok(ExitCode::SUCCESS)

@@ -1019,6 +1019,22 @@ impl Shard {
             return;
         };
         let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
+        let mut slot_len = slot_len;
+        if mode == ServeMode::Splice {
+            if peer.pipe.is_none() {
+                match make_pipe(slot_len) {
+                    Ok(p) => peer.pipe = Some(p),
+                    Err(e) => {
+                        tracing::warn!("cannot create a pipe for splice: {e}");
+                        self.pool.release(slot);
+                        self.close_peer(idx, CloseReason::SocketError);
+                        return;
+                    }
+                }
+            }
+            // A batch never holds more than its pipe can.
+            slot_len = slot_len.min(peer.pipe.as_ref().map(|p| p.2).unwrap_or(0));
+        }
         let mut reads = std::mem::take(&mut self.scratch_reads);
         let mut extents = std::mem::take(&mut self.scratch_extents);
         reads.clear();
@@ -1108,7 +1124,15 @@ impl Shard {
         if blocks == 0 {
             self.pool.release(slot);
             self.scratch_reads = reads;
-            if disk_error {
+            let too_big = self
+                .peer_mut(idx)
+                .and_then(|p| p.queue.front())
+                .is_some_and(|q| PIECE_HEADER_LEN + q.request.length as usize > slot_len);
+            if too_big {
+                // Only a pipe smaller than one block (F_SETPIPE_SZ refused) gets here.
+                tracing::warn!("a block does not fit this peer's splice pipe; closing it");
+                self.close_peer(idx, CloseReason::SocketError);
+            } else if disk_error {
                 self.close_peer(idx, CloseReason::DiskError);
             } else if let Some(peer) = self.peer_mut(idx) {
                 // Every cached file is busy: retry when a batch completes.
@@ -1128,50 +1152,35 @@ impl Shard {
         chain.clear();
         peer.chain_expect.clear();
         let link = squeue::Flags::IO_LINK;
-        let mut final_op_len = offset as u32;
         if mode == ServeMode::Splice {
-            if peer.pipe.is_none() {
-                match make_pipe(self.config.block_len_max_bytes) {
-                    Ok(p) => peer.pipe = Some(p),
-                    Err(e) => {
-                        tracing::warn!("cannot create a pipe for splice: {e}");
-                        self.scratch_chain = chain;
-                        self.scratch_reads = reads;
-                        for k in peer.batch_files.drain(..) {
-                            self.files.release(&k);
-                        }
-                        self.pool.release(slot);
-                        self.close_peer(idx, CloseReason::DiskError);
-                        return;
-                    }
-                }
-            }
             let (pipe_r, pipe_w) = match &peer.pipe {
-                Some((r, w)) => (r.as_raw_fd(), w.as_raw_fd()),
-                None => unreachable!("pipe created above"),
+                Some((r, w, _)) => (r.as_raw_fd(), w.as_raw_fd()),
+                None => unreachable!("the pipe is made before the batch is laid out"),
             };
-            // Walk the slot layout: every byte range not covered by a read is header or zero
-            // bytes sent from the slot; every read becomes file -> pipe -> socket.
+            // Everything goes through the peer's pipe in stream order: headers and pad zeros
+            // are written into it from the slot (13 bytes per block), block bytes are spliced
+            // from the file, then ONE splice moves the whole batch to the socket. A short
+            // final splice leaves the rest in the pipe, in order, for the next splice.
             let mut cursor = 0u32;
-            let push_send = |chain: &mut Vec<squeue::Entry>,
-                             expect: &mut Vec<u32>,
-                             from: u32,
-                             to: u32| {
-                if to > from {
-                    // SAFETY(ptr): from..to lies inside the slot.
-                    let ptr = base.wrapping_add(from as usize);
-                    let seq = expect.len() as u16;
-                    expect.push(to - from);
-                    chain.push(
-                        opcode::Send::new(types::Fd(sock), ptr, to - from)
-                            .flags(libc::MSG_NOSIGNAL)
+            let write_into_pipe =
+                |chain: &mut Vec<squeue::Entry>, expect: &mut Vec<u32>, from: u32, to: u32| {
+                    if to > from {
+                        let seq = expect.len() as u16;
+                        expect.push(to - from);
+                        chain.push(
+                            opcode::Write::new(
+                                types::Fd(pipe_w),
+                                base.wrapping_add(from as usize),
+                                to - from,
+                            )
+                            .offset(u64::MAX)
                             .build()
                             .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
-                    );
-                }
-            };
+                        );
+                    }
+                };
             for rd in reads.iter() {
-                push_send(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
+                write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
                 let seq = peer.chain_expect.len() as u16;
                 peer.chain_expect.push(rd.len);
                 chain.push(
@@ -1185,23 +1194,14 @@ impl Shard {
                     .build()
                     .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
                 );
-                let seq = peer.chain_expect.len() as u16;
-                peer.chain_expect.push(rd.len);
-                chain.push(
-                    opcode::Splice::new(types::Fd(pipe_r), -1, types::Fd(sock), -1, rd.len)
-                        .build()
-                        .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
-                );
                 cursor = rd.slot_offset + rd.len;
             }
-            push_send(&mut chain, &mut peer.chain_expect, cursor, offset as u32);
-            // The last op of the chain completes the batch: retag it.
-            if let Some(last) = chain.pop() {
-                final_op_len = peer.chain_expect.pop().unwrap_or(0);
-                chain.push(
-                    last.user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
-                );
-            }
+            write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, offset as u32);
+            chain.push(
+                opcode::Splice::new(types::Fd(pipe_r), -1, types::Fd(sock), -1, offset as u32)
+                    .build()
+                    .user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
+            );
         } else {
             for rd in reads.iter() {
                 let seq = peer.chain_expect.len() as u16;
@@ -1246,7 +1246,6 @@ impl Shard {
             failed: false,
             submitted_at: now,
             zerocopy: use_zc,
-            final_op_len,
         });
         if let Err(e) = self.ring.push_chain(&chain) {
             tracing::error!(shard = self.index, "io_uring push failed: {e}");
@@ -1301,16 +1300,14 @@ impl Shard {
         };
         debug_assert_eq!(batch.slot, slot);
         let closing = peer.phase == Phase::Closing;
-        let short_splice =
-            mode == ServeMode::Splice && c.result >= 0 && (c.result as u32) != batch.final_op_len;
-        if c.result < 0 || batch.failed || closing || short_splice {
+        // 0 bytes moved means the socket is gone (a splice from a non-empty pipe, or a send of
+        // a non-empty buffer, never legitimately moves nothing).
+        if c.result <= 0 || batch.failed || closing {
             let disk = batch.failed;
             tracing::debug!(
                 shard = self.index,
                 result = c.result,
                 disk,
-                short_splice,
-                expected = batch.final_op_len,
                 len = batch.len_bytes,
                 "batch send failed"
             );
@@ -1327,10 +1324,29 @@ impl Shard {
             }
             return;
         }
-        if mode == ServeMode::Splice {
-            batch.sent_bytes = batch.len_bytes;
-        } else {
-            batch.sent_bytes += c.result as u32;
+        batch.sent_bytes += c.result as u32;
+        debug_assert!(
+            batch.sent_bytes <= batch.len_bytes,
+            "sent more than the batch holds"
+        );
+        if batch.sent_bytes < batch.len_bytes && mode == ServeMode::Splice {
+            // Short splice: the rest is still in the pipe, in order.
+            let rest_len = batch.len_bytes - batch.sent_bytes;
+            let Some((pipe_r, _, _)) = &peer.pipe else {
+                return;
+            };
+            let sqe = opcode::Splice::new(
+                types::Fd(pipe_r.as_raw_fd()),
+                -1,
+                types::Fd(peer.fd.as_raw_fd()),
+                -1,
+                rest_len,
+            )
+            .build()
+            .user_data(Token::new(OpKind::SendBatch, slot, idx, peer.generation).encode());
+            peer.ops_inflight += 1;
+            self.push(&sqe);
+            return;
         }
         if batch.sent_bytes < batch.len_bytes {
             // Short send: send the rest of the slot, then continue.
@@ -1597,7 +1613,9 @@ fn batch_send_sqe(
     }
 }
 
-fn make_pipe(block_len_max_bytes: u32) -> std::io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe for splice mode, sized to hold a whole batch (the kernel may grant less, up to
+/// /proc/sys/fs/pipe-max-size for unprivileged processes): returns its capacity too.
+fn make_pipe(batch_len_bytes: usize) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -1605,11 +1623,17 @@ fn make_pipe(block_len_max_bytes: u32) -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both are new fds we own.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A pipe must hold one whole extent (a block) so file -> pipe never blocks half-way.
-    let want = (block_len_max_bytes as usize).max(65536) as libc::c_int;
+    // The whole batch is written into the pipe before the socket splice drains it, so the pipe
+    // must hold it all, or the writes into it would block an io-wq worker.
+    let want = batch_len_bytes.max(65536).min(i32::MAX as usize) as libc::c_int;
     // SAFETY: fcntl on an fd we own.
     unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-    Ok((r, w))
+    // SAFETY: fcntl on an fd we own.
+    let capacity = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if capacity <= 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((r, w, capacity as usize))
 }
 
 fn peer_addr(fd: RawFd) -> Option<SocketAddr> {

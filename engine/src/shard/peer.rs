@@ -48,9 +48,6 @@ pub struct Batch {
     pub submitted_at: Instant,
     /// Zerocopy SendZc used for this batch (else plain Send / splice).
     pub zerocopy: bool,
-    /// Bytes the chain's last op must move (the whole slot for a send; one extent for a
-    /// splice chain).
-    pub final_op_len: u32,
 }
 
 pub struct Peer {
@@ -81,8 +78,8 @@ pub struct Peer {
     pub batch_request_times: Vec<Instant>,
     /// Expected result of each intermediate op of the current chain, by sequence number.
     pub chain_expect: Vec<u32>,
-    /// splice mode: this peer's pipe (read end, write end).
-    pub pipe: Option<(OwnedFd, OwnedFd)>,
+    /// splice mode: this peer's pipe (read end, write end, capacity in bytes).
+    pub pipe: Option<(OwnedFd, OwnedFd, usize)>,
     /// zerocopy mode: the kernel reported copying, so this connection uses plain sends.
     pub zerocopy_disabled: bool,
     pub waiting_for_slot: bool,
