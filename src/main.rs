@@ -26,6 +26,8 @@ enum Command {
     Seed(cli::seed::SeedArgs),
     /// Hash every piece of a torrent's content and report bad or missing pieces.
     Verify(cli::verify::VerifyArgs),
+    /// Live view of a running seeder (throughput, peers, latency, top torrents).
+    Stats(cli::stats::StatsArgs),
 }
 
 /// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cli::info::run(args),
         Command::Verify(args) => cli::verify::run(args),
         Command::Seed(args) => cli::seed::run(args),
+        Command::Stats(args) => cli::stats::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,4 +4,5 @@
 pub mod info;
 pub mod make;
 pub mod seed;
+pub mod stats;
 pub mod verify;
