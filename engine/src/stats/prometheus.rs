@@ -327,8 +327,10 @@ mod tests {
     use std::collections::HashMap;
     use std::time::Instant;
 
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// (name, labels, value) of every sample line; panics on a malformed line.
-    fn parse(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn parse(text: &str) -> Vec<Sample> {
         let mut samples = Vec::new();
         for line in text.lines() {
             if line.starts_with('#') || line.is_empty() {
