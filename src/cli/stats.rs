@@ -186,3 +186,36 @@ pub fn render_table(v: &serde_json::Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_engine::metainfo::InfoHash;
+    use squall_engine::stats::view::StatsView;
+    use squall_engine::stats::{json, ShardStats};
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    #[test]
+    fn table_has_a_row_per_shard_total_and_top_torrents() {
+        // The table reads the same JSON the endpoint serves: shard rows, a total, torrents.
+        let h = InfoHash([3; 20]);
+        let names = HashMap::from([(h, "movie.mkv".to_string())]);
+        let mut view = StatsView::new(2, 5, names);
+        for shard in 0..2 {
+            let mut s = ShardStats::new(shard);
+            s.accepting = true;
+            s.peers_connected = 3;
+            ShardStats::record_latency(&mut s.request_latency_ns, 250_000);
+            s.torrent_uploaded(h, 1 << 20);
+            view.apply(s.snapshot(), Instant::now());
+        }
+        let text = render_table(&json::render(&view));
+        assert!(text.contains("2 shard(s), healthy"), "{text}");
+        assert!(text.contains("\n0 ") && text.contains("\n1 ") && text.contains("\ntotal "));
+        assert!(
+            text.contains("movie.mkv") && text.contains(&h.to_hex()),
+            "{text}"
+        );
+    }
+}
