@@ -31,6 +31,8 @@ enum Command {
     /// Load a catalog and report counts, time and memory (measurement tool).
     #[command(name = "catalog-check", hide = true)]
     CatalogCheck(cli::catalog::CatalogCheckArgs),
+    /// Live view of a running seeder (throughput, peers, latency, top torrents).
+    Stats(cli::stats::StatsArgs),
 }
 
 /// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => cli::seed::run(args),
         Command::Config(args) => cli::config::run(args),
         Command::CatalogCheck(args) => cli::catalog::run(args),
+        Command::Stats(args) => cli::stats::run(args),
     };
     match result {
         Ok(code) => code,

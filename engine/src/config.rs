@@ -47,6 +47,12 @@ impl std::str::FromStr for ServeMode {
 /// 16 KiB; some accept up to 128 KiB).
 pub const BLOCK_LEN_CEILING_BYTES: u32 = 128 * 1024;
 
+/// Most torrents `stats_top_torrents` may expose with their own metric series.
+pub const STATS_TOP_TORRENTS_CEILING: usize = 1_000;
+
+/// Default admin endpoint: loopback only, so nothing is exposed by accident.
+pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
@@ -94,6 +100,12 @@ pub struct EngineConfig {
     pub metadata_cache_entries_max: usize,
     /// Stats snapshots queued from shards to the control thread.
     pub stats_channel_capacity: usize,
+    /// Record the latency histograms (request, disk read, handshake). Off only to measure
+    /// what recording costs (squall-bench with it on vs off); counters are always kept.
+    pub stats_histograms: bool,
+    /// Torrents exposed with per-torrent series (top N by uploaded bytes): bounds the
+    /// cardinality of `squall_torrent_*` metrics. 0 = no per-torrent series.
+    pub stats_top_torrents: usize,
 }
 
 impl Default for EngineConfig {
@@ -123,6 +135,8 @@ impl Default for EngineConfig {
             ring_entries: 4_096,
             metadata_cache_entries_max: 256,
             stats_channel_capacity: 16,
+            stats_histograms: true,
+            stats_top_torrents: 20,
         }
     }
 }
@@ -220,6 +234,13 @@ impl EngineConfig {
             self.metadata_cache_entries_max as u64,
         )?;
         positive("stats_channel_capacity", self.stats_channel_capacity as u64)?;
+        if self.stats_top_torrents > STATS_TOP_TORRENTS_CEILING {
+            return Err(format!(
+                "stats_top_torrents = {}: at most {STATS_TOP_TORRENTS_CEILING} (each is a \
+                 metric series; Prometheus suffers beyond a few hundred)",
+                self.stats_top_torrents
+            ));
+        }
         if self.buffer_pool_slots_per_shard > u16::MAX as usize - 1 {
             return Err(format!(
                 "buffer_pool_slots_per_shard = {}: at most 65534",
@@ -251,12 +272,58 @@ pub struct CatalogPaths {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
-/// A whole config file: `[catalog]` and `[engine]` tables.
+/// The admin/metrics HTTP endpoint (the `[admin]` table): control plane only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `ADDR:PORT` to serve `/metrics`, `/stats`, `/health` on, or `"off"`. Default
+    /// 127.0.0.1:7881. Port 0 picks a free port (printed as `admin on ADDR`).
+    pub listen: String,
+    /// Bearer token required on every request (`Authorization: Bearer TOKEN`). Required when
+    /// `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ADMIN_LISTEN_DEFAULT.to_string(),
+            token: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address to serve on (`None` for "off"), refusing a non-loopback address without
+    /// a token and an empty token.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let text = self.listen.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            format!("admin.listen = {text:?}: expected ADDR:PORT (e.g. \"{ADMIN_LISTEN_DEFAULT}\") or \"off\"")
+        })?;
+        if matches!(&self.token, Some(t) if t.trim().is_empty()) {
+            return Err("admin.token = \"\": give a non-empty token or leave it out".into());
+        }
+        if !addr.ip().is_loopback() && self.token.is_none() {
+            return Err(format!(
+                "admin.listen = {addr}: not a loopback address, so admin.token must be set \
+                 (clients then send `Authorization: Bearer TOKEN`), or listen on 127.0.0.1"
+            ));
+        }
+        Ok(Some(addr))
+    }
+}
+
+/// A whole config file: `[catalog]`, `[engine]` and `[admin]` tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SeedConfig {
     pub catalog: CatalogPaths,
     pub engine: EngineConfig,
+    pub admin: AdminConfig,
 }
 
 impl SeedConfig {
@@ -264,6 +331,7 @@ impl SeedConfig {
     pub fn from_toml(text: &str) -> Result<SeedConfig, String> {
         let config: SeedConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         config.engine.validate()?;
+        config.admin.listen_addr()?;
         Ok(config)
     }
 }
@@ -308,6 +376,31 @@ mod tests {
         );
         let ok = SeedConfig::from_toml("[engine]\nserve_mode = \"splice\"\nshards = 2\n").unwrap();
         assert_eq!(ok.engine.serve_mode, ServeMode::Splice);
+    }
+
+    #[test]
+    fn admin_refuses_public_address_without_token() {
+        // A non-loopback admin endpoint without a token would expose stats to anyone.
+        let mut a = AdminConfig::default();
+        assert_eq!(
+            a.listen_addr().unwrap(),
+            Some("127.0.0.1:7881".parse().unwrap())
+        );
+        a.listen = "0.0.0.0:7881".into();
+        assert!(a.listen_addr().unwrap_err().contains("admin.token"));
+        a.token = Some("s3cret".into());
+        assert!(a.listen_addr().unwrap().is_some());
+        a.listen = "off".into();
+        assert_eq!(a.listen_addr().unwrap(), None);
+        a.listen = "nonsense".into();
+        assert!(a.listen_addr().unwrap_err().contains("admin.listen"));
+        let err = SeedConfig::from_toml("[admin]\nlisten = \"[::]:7881\"\n").unwrap_err();
+        assert!(err.contains("admin.token"), "{err}");
+        let c = EngineConfig {
+            stats_top_torrents: 5000,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("stats_top_torrents"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `shard -> wire, ring, storage, catalog, stats`; `catalog -> metainfo, storage`;
 //! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
 
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod config_file;

@@ -6,4 +6,5 @@ pub mod config;
 pub mod info;
 pub mod make;
 pub mod seed;
+pub mod stats;
 pub mod verify;

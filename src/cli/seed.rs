@@ -3,14 +3,17 @@
 //! Owns: the two ways to name what to seed (a catalog of .torrent files plus a data dir, or
 //! zero config: a content directory whose top-level entries each become a torrent, made once
 //! and cached in the state directory), printing what is seeded, signal handling and the
-//! periodic summary line. Must never: write into the content directory.
+//! periodic summary line, and the control loop that folds shard snapshots into the merged
+//! `StatsView` shared with the admin endpoint. Must never: write into the content directory.
 
+use squall_engine::admin::{AdminServer, SharedView};
 use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
-use squall_engine::config::{EngineConfig, SeedConfig, ServeMode};
+use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
 use squall_engine::seeder::Seeder;
+use squall_engine::stats::view::StatsView;
 use squall_engine::stats::ShardStats;
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Seed torrents to BitTorrent peers.
@@ -71,6 +74,11 @@ pub struct SeedArgs {
     /// Print a one-line summary every N seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub summary_secs: u64,
+    /// Admin endpoint (/metrics, /stats, /health): ADDR:PORT or "off". Default: config
+    /// `[admin] listen`, else 127.0.0.1:7881. Port 0 picks a free port (printed as
+    /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub admin: Option<String>,
 }
 
 pub fn default_state_dir() -> PathBuf {
@@ -110,6 +118,16 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         config.serve_mode = mode;
     }
     config.validate().map_err(|e| format!("config: {e}"))?;
+    let mut admin_config = file_config.admin.clone();
+    if let Some(a) = &args.admin {
+        admin_config.listen = a.clone();
+    }
+    let admin_addr = admin_config
+        .listen_addr()
+        .map_err(|e| format!("admin: {e}"))?;
+    // The built-in default port may be taken (another squall, a test); that is a warning.
+    // An address the operator chose must work.
+    let admin_is_default = args.admin.is_none() && admin_config.listen == ADMIN_LISTEN_DEFAULT;
     let state_dir = args
         .state
         .clone()
@@ -185,9 +203,37 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
         tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
     }
+    let names = catalog
+        .torrents()
+        .iter()
+        .map(|t| (t.info_hash, t.name.clone()))
+        .collect();
+    let view: SharedView = Arc::new(Mutex::new(StatsView::new(
+        seeder.shard_count(),
+        config.stats_top_torrents,
+        names,
+    )));
+    let admin = match admin_addr {
+        None => None,
+        Some(addr) => match AdminServer::start(addr, admin_config.token.clone(), view.clone()) {
+            Ok(server) => Some(server),
+            Err(e) if admin_is_default => {
+                tracing::warn!("{e}; running without the admin endpoint");
+                None
+            }
+            Err(e) => {
+                seeder.shutdown();
+                let _ = seeder.join();
+                return Err(e);
+            }
+        },
+    };
     let mut out = std::io::stdout().lock();
     for addr in seeder.local_addrs() {
         let _ = writeln!(out, "listening on {addr}");
+    }
+    if let Some(server) = &admin {
+        let _ = writeln!(out, "admin on {}", server.local_addr());
     }
     let peer_addr = seeder.local_addrs().first().map(display_peer_addr);
     for t in catalog.torrents() {
@@ -221,22 +267,24 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    let shards = seeder.shard_count();
-    let mut latest: HashMap<usize, ShardStats> = HashMap::new();
     let mut last_summary = Instant::now();
     let mut last_uploaded = 0u64;
     while !stop.load(Ordering::Relaxed) {
         while let Ok(s) = seeder.stats().recv_timeout(Duration::from_millis(200)) {
-            latest.insert(s.shard, s);
+            lock_view(&view).apply(s, Instant::now());
             if stop.load(Ordering::Relaxed) {
                 break;
             }
         }
-        if args.summary_secs > 0
-            && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
-            && latest.len() == shards
+        if args.summary_secs > 0 && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
         {
-            let total = merge(&latest);
+            let total = {
+                let v = lock_view(&view);
+                if !v.complete() {
+                    continue;
+                }
+                v.total()
+            };
             let secs = last_summary.elapsed().as_secs_f64();
             let gbps =
                 (total.uploaded_bytes.saturating_sub(last_uploaded)) as f64 * 8.0 / secs / 1e9;
@@ -246,19 +294,19 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         }
     }
     tracing::info!("stopping: closing peers");
+    if let Some(server) = admin {
+        server.stop();
+    }
     seeder.shutdown();
     let total = seeder.join();
     tracing::info!("stopped: {}", summary_line(&total, 0.0));
     Ok(ExitCode::SUCCESS)
 }
 
-fn merge(latest: &HashMap<usize, ShardStats>) -> ShardStats {
-    let mut total = ShardStats::new(0);
-    total.accepting = true;
-    for s in latest.values() {
-        total.merge(s);
-    }
-    total
+/// The view is only ever locked briefly (apply one snapshot, render one response); a
+/// poisoned lock still holds the last good numbers.
+fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, StatsView> {
+    view.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn summary_line(s: &ShardStats, gbps: f64) -> String {

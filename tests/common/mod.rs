@@ -102,6 +102,9 @@ pub struct SquallProcess {
     /// (info-hash hex, name, magnet) per seeded torrent.
     pub torrents: Vec<(String, String, String)>,
     pub stderr_lines: mpsc::Receiver<String>,
+    /// The admin endpoint, when squall printed `admin on ADDR` (start with
+    /// `--admin 127.0.0.1:0` to get one on a free port).
+    pub admin: Option<SocketAddr>,
 }
 
 impl SquallProcess {
@@ -126,6 +129,7 @@ impl SquallProcess {
             }
         });
         let mut addr = None;
+        let mut admin = None;
         let mut torrents = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -140,6 +144,8 @@ impl SquallProcess {
             };
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr.get_or_insert(a.parse().expect("listen addr"));
+            } else if let Some(a) = line.strip_prefix("admin on ") {
+                admin = Some(a.parse().expect("admin addr"));
             } else if let Some(rest) = line.strip_prefix("seeding ") {
                 // `seeding <info-hash> <name, may contain spaces> <magnet>`
                 let (hash, rest) = rest.split_once(' ').expect("seeding line");
@@ -154,6 +160,7 @@ impl SquallProcess {
             addr: addr.expect("no listen line"),
             torrents,
             stderr_lines: err_rx,
+            admin,
         }
     }
 
@@ -290,6 +297,26 @@ pub fn closed_by_peer(stream: &mut TcpStream) -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// GET `path` from an admin endpoint; (status, body). Panics when it cannot connect.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("admin response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, body.to_string())
 }
 
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {

@@ -275,7 +275,7 @@ impl Shard {
         self.stats.accepting = false;
         self.stats.peers_connected = self.live_peers as u64;
         let inflight: u32 = self.peers.iter().flatten().map(|p| p.ops_inflight).sum();
-        let stats = self.stats.clone();
+        let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
         if inflight > 0 || self.accept_armed.iter().any(|a| *a) {
             // The kernel may still touch the pool while it tears the ring down: leak it.
@@ -660,6 +660,7 @@ impl Shard {
             return Err(CloseReason::PeersPerTorrentLimit);
         }
         *count += 1;
+        self.stats.torrent_peers(info_hash, *count);
         let metadata = if hs.supports_extended() {
             self.metadata_for(&torrent)
         } else {
@@ -668,6 +669,7 @@ impl Shard {
         let reqq = self.config.request_queue_per_peer_max as u32;
         let peer_id = self.peer_id;
         let now = self.now;
+        let histograms = self.config.stats_histograms;
         let Some(peer) = self.peer_mut(idx) else {
             return Ok(());
         };
@@ -705,8 +707,10 @@ impl Shard {
         }
         peer.control_pending = out;
         peer.torrent = Some(torrent);
-        let elapsed = now.duration_since(peer.connected_at).as_nanos() as u64;
-        ShardStats::record_latency(&mut self.stats.handshake_latency_ns, elapsed);
+        if histograms {
+            let elapsed = now.duration_since(peer.connected_at).as_nanos() as u64;
+            ShardStats::record_latency(&mut self.stats.handshake_latency_ns, elapsed);
+        }
         Ok(())
     }
 
@@ -1275,7 +1279,7 @@ impl Shard {
                     self.stats.disk_errors += 1;
                 }
                 batch.failed = true;
-            } else if self.config.serve_mode != ServeMode::Splice {
+            } else if self.config.serve_mode != ServeMode::Splice && self.config.stats_histograms {
                 let ns = now.duration_since(batch.submitted_at).as_nanos() as u64;
                 ShardStats::record_latency(&mut self.stats.disk_read_latency_ns, ns);
             }
@@ -1366,9 +1370,15 @@ impl Shard {
             self.push(&sqe);
             return;
         }
-        for t in peer.batch_request_times.iter() {
-            let ns = now.duration_since(*t).as_nanos() as u64;
-            ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
+        if self.config.stats_histograms {
+            for t in peer.batch_request_times.iter() {
+                let ns = now.duration_since(*t).as_nanos() as u64;
+                ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
+            }
+        }
+        if let Some(t) = &peer.torrent {
+            self.stats
+                .torrent_uploaded(t.info_hash, batch.payload_bytes);
         }
         self.stats.uploaded_bytes += batch.payload_bytes;
         self.stats.blocks_served += u64::from(batch.blocks);
@@ -1493,6 +1503,7 @@ impl Shard {
         if let Some(t) = &peer.torrent {
             if let Some(n) = self.torrent_peers.get_mut(&t.info_hash) {
                 *n = n.saturating_sub(1);
+                self.stats.torrent_peers(t.info_hash, *n);
                 if *n == 0 {
                     self.torrent_peers.remove(&t.info_hash);
                 }
@@ -1553,9 +1564,11 @@ impl Shard {
             self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
             self.stats.peers_connected = self.live_peers as u64;
             self.stats.accepting = self.accepting && self.accept_armed.iter().all(|a| *a);
-            match self.stats_tx.try_send(self.stats.clone()) {
+            match self.stats_tx.try_send(self.stats.snapshot()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                Err(TrySendError::Full(snap)) | Err(TrySendError::Disconnected(snap)) => {
+                    // Keep the per-torrent deltas for the next snapshot.
+                    self.stats.restore_torrents(snap);
                     self.stats.stats_snapshots_dropped += 1;
                 }
             }

@@ -4,8 +4,25 @@
 //! the shard: no locks, no atomics) and the snapshot type shipped to the control thread.
 //! Must never: block a shard: snapshots go through a bounded channel with `try_send`; a full
 //! channel drops the snapshot and counts it.
+//!
+//! Per-torrent counters are deltas, not tables: the shard keeps one small entry per torrent
+//! touched since its last *shipped* snapshot (`pending_torrents`: upload increment, and the
+//! shard's current peer count when it changed). `snapshot()` drains it into the snapshot's
+//! `torrents`; when `try_send` fails the shard gives the drained deltas back with
+//! `restore_torrents`, so a dropped snapshot loses no bytes. The map is drained, never freed,
+//! so after warm-up the data path does not allocate for it; it holds at most one entry per
+//! torrent of the catalog (in practice: per torrent active on the shard in one interval).
+//! The control thread (`view::StatsView`) sums the deltas; exposition shows the top N only.
+//!
+//! Submodules: `view` (the control thread's merged view), `prometheus` and `json` (renderers).
 
+pub mod json;
+pub mod prometheus;
+pub mod view;
+
+use crate::metainfo::InfoHash;
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
 
 /// Highest latency the histograms track; anything above is clamped (and shows as max).
 pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -147,6 +164,20 @@ pub struct ShardStats {
     pub disk_read_latency_ns: Histogram<u64>,
     /// connection accepted -> handshake answered, nanoseconds.
     pub handshake_latency_ns: Histogram<u64>,
+    /// Per-torrent deltas since the previous shipped snapshot; filled only in snapshots.
+    pub torrents: Vec<TorrentDelta>,
+    /// The shard's accumulating per-torrent deltas (never part of a snapshot).
+    pending_torrents: HashMap<InfoHash, TorrentDelta>,
+}
+
+/// What one torrent did on one shard since the previous shipped snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorrentDelta {
+    pub info_hash: InfoHash,
+    /// Payload bytes of piece messages sent since the previous shipped snapshot (increment).
+    pub uploaded_bytes: u64,
+    /// Peers of this torrent on this shard now, when it changed (absolute, not increment).
+    pub peers: Option<u32>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -179,6 +210,49 @@ impl ShardStats {
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
+            torrents: Vec::new(),
+            pending_torrents: HashMap::new(),
+        }
+    }
+
+    /// Shard: a batch of `bytes` payload bytes of `info_hash` was handed to the kernel.
+    pub fn torrent_uploaded(&mut self, info_hash: InfoHash, bytes: u64) {
+        self.pending_torrent(info_hash).uploaded_bytes += bytes;
+    }
+
+    /// Shard: the number of peers of `info_hash` on this shard is now `peers`.
+    pub fn torrent_peers(&mut self, info_hash: InfoHash, peers: usize) {
+        self.pending_torrent(info_hash).peers = Some(u32::try_from(peers).unwrap_or(u32::MAX));
+    }
+
+    fn pending_torrent(&mut self, info_hash: InfoHash) -> &mut TorrentDelta {
+        self.pending_torrents
+            .entry(info_hash)
+            .or_insert(TorrentDelta {
+                info_hash,
+                uploaded_bytes: 0,
+                peers: None,
+            })
+    }
+
+    /// Shard: a copy to ship, carrying (and clearing) the pending per-torrent deltas.
+    pub fn snapshot(&mut self) -> ShardStats {
+        let pending = std::mem::take(&mut self.pending_torrents);
+        let mut snap = self.clone();
+        self.pending_torrents = pending;
+        snap.torrents = self.pending_torrents.drain().map(|(_, d)| d).collect();
+        snap
+    }
+
+    /// Shard: a snapshot could not be shipped; keep its deltas for the next one.
+    pub fn restore_torrents(&mut self, snap: ShardStats) {
+        for d in snap.torrents {
+            let entry = self.pending_torrent(d.info_hash);
+            entry.uploaded_bytes += d.uploaded_bytes;
+            // A newer peer count recorded since the snapshot wins over the shipped one.
+            if entry.peers.is_none() {
+                entry.peers = d.peers;
+            }
         }
     }
 
@@ -236,6 +310,24 @@ impl ShardStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_snapshot_keeps_torrent_deltas() {
+        // A snapshot dropped on a full channel must not lose per-torrent bytes, and a shipped
+        // one must clear them so the next snapshot carries increments only.
+        let h = InfoHash([7; 20]);
+        let mut s = ShardStats::new(0);
+        s.torrent_uploaded(h, 100);
+        s.torrent_peers(h, 2);
+        let snap = s.snapshot();
+        assert_eq!(snap.torrents.len(), 1);
+        s.restore_torrents(snap);
+        s.torrent_uploaded(h, 50);
+        let snap = s.snapshot();
+        assert_eq!(snap.torrents[0].uploaded_bytes, 150);
+        assert_eq!(snap.torrents[0].peers, Some(2));
+        assert!(s.snapshot().torrents.is_empty());
+    }
 
     #[test]
     fn merge_adds_counters_and_histograms() {

@@ -1,0 +1,352 @@
+//! The admin HTTP endpoint: `GET /metrics` (Prometheus), `GET /stats` (JSON), `GET /health`.
+//!
+//! Owns: one std thread with a blocking listener, a minimal HTTP/1.1 reader (request line and
+//! headers only, no bodies) and the bearer-token check. Must never: run on or talk to a shard:
+//! it reads the control thread's `StatsView` behind a mutex the shards never see.
+//!
+//! Hand-written instead of `tiny_http`/`hyper`: three GET routes on a scrape endpoint do not
+//! need keep-alive, chunking or bodies, and the bounds are easier to state on 150 lines we own:
+//! one connection at a time (the next wait in the kernel backlog), a request head of at most
+//! `REQUEST_HEAD_MAX_BYTES`, `IO_TIMEOUT` on every read and write, `Connection: close` always.
+//! A scraper or `squall stats` makes one request a second; serial handling is plenty.
+
+use crate::stats::view::StatsView;
+use crate::stats::{json, prometheus};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The merged stats, written by the seed control loop and read by the admin thread.
+pub type SharedView = Arc<Mutex<StatsView>>;
+
+/// Longest request line plus headers; longer requests get 431 and are closed.
+pub const REQUEST_HEAD_MAX_BYTES: usize = 8 * 1024;
+/// Read and write timeout per connection: a stalled client holds the endpoint this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves on a new thread. `token`: required bearer token, if any.
+    pub fn start(
+        addr: SocketAddr,
+        token: Option<String>,
+        view: SharedView,
+    ) -> Result<AdminServer, String> {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            format!("admin endpoint: cannot listen on {addr}: {e} (choose another with --admin ADDR, or --admin off)")
+        })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("squall-admin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if thread_stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(stream) => serve(stream, token.as_deref(), &view),
+                        Err(e) => {
+                            tracing::debug!("admin accept failed: {e}");
+                            // EMFILE and friends: back off instead of spinning.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+        Ok(AdminServer {
+            addr: bound,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and joins the thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+/// A parsed request head: what the routes need and nothing more.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    TooLarge,
+    Malformed,
+}
+
+/// Parses `METHOD PATH HTTP/1.x` and the headers (only `Authorization` is kept).
+pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
+    let text = std::str::from_utf8(head).map_err(|_| HeadError::Malformed)?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().ok_or(HeadError::Malformed)?;
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed);
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Err(HeadError::Malformed);
+    }
+    let path = target.split('?').next().unwrap_or(target).to_string();
+    let mut authorization = None;
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or(HeadError::Malformed)?;
+        if name.trim().eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.trim().to_string());
+        }
+    }
+    Ok(RequestHead {
+        method: method.to_string(),
+        path,
+        authorization,
+    })
+}
+
+/// Reads up to the blank line ending the head, at most `REQUEST_HEAD_MAX_BYTES`.
+fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).map_err(|_| HeadError::Malformed)?;
+        if n == 0 {
+            return Err(HeadError::Malformed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end + 4);
+            return Ok(buf);
+        }
+        if buf.len() > REQUEST_HEAD_MAX_BYTES {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not leak how much of it matched.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// (status, content type, body) for one request.
+pub fn route(head: &RequestHead, token: Option<&str>, view: &Mutex<StatsView>) -> Response {
+    if let Some(expected) = token {
+        let ok = head
+            .authorization
+            .as_deref()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|given| token_matches(given.trim(), expected))
+            .unwrap_or(false);
+        if !ok {
+            return Response::text(401, "unauthorized: send Authorization: Bearer TOKEN\n");
+        }
+    }
+    if head.method != "GET" {
+        return Response::text(405, "only GET is served\n");
+    }
+    // A poisoned lock means the control loop panicked; the data is still the last good view.
+    let view = view.lock().unwrap_or_else(|p| p.into_inner());
+    match head.path.as_str() {
+        "/metrics" => Response {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            body: prometheus::render(&view),
+        },
+        "/stats" => Response {
+            status: 200,
+            content_type: "application/json",
+            body: json::render(&view).to_string(),
+        },
+        "/health" if view.healthy() => Response::text(200, "ok\n"),
+        "/health" if !view.complete() => {
+            Response::text(503, "starting: not every shard has reported\n")
+        }
+        "/health" => Response::text(503, "a shard is not accepting\n"),
+        _ => Response::text(404, "not found: try /metrics, /stats or /health\n"),
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.to_string(),
+        }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn serve(mut stream: TcpStream, token: Option<&str>, view: &Mutex<StatsView>) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let response = match read_head(&mut stream) {
+        Ok(head) => match parse_head(&head) {
+            Ok(head) => route(&head, token, view),
+            Err(_) => Response::text(400, "malformed request\n"),
+        },
+        Err(HeadError::TooLarge) => Response::text(431, "request head too large\n"),
+        // Timed out or closed before a full head (includes our own wake-up connection).
+        Err(HeadError::Malformed) => return,
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason_phrase(response.status),
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(response.body.as_bytes());
+    let _ = stream.flush();
+    // Lingering close: closing with unread request bytes would send a RST that can destroy
+    // the response in flight; drain a bounded amount (each read bounded by IO_TIMEOUT).
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ShardStats;
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    }
+
+    #[test]
+    fn routes_health_and_token() {
+        // The three routes answer over real TCP; /health follows the shards' `accepting`;
+        // with a token, a request without it is refused.
+        let view: SharedView = Arc::new(Mutex::new(StatsView::new(1, 5, HashMap::new())));
+        let server = AdminServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Some("t0k".into()),
+            view.clone(),
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        assert_eq!(get(addr, "/health", None).0, 401);
+        assert_eq!(get(addr, "/health", Some("wrong")).0, 401);
+        assert_eq!(get(addr, "/health", Some("t0k")).0, 503);
+        let mut s = ShardStats::new(0);
+        s.accepting = true;
+        s.uploaded_bytes = 42;
+        view.lock().unwrap().apply(s.snapshot(), Instant::now());
+        assert_eq!(get(addr, "/health", Some("t0k")).0, 200);
+        let (status, body) = get(addr, "/metrics", Some("t0k"));
+        assert_eq!(status, 200);
+        assert!(body.contains("squall_uploaded_bytes_total{shard=\"0\"} 42"));
+        let (status, body) = get(addr, "/stats?x=1", Some("t0k"));
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["total"]["uploaded_bytes"], 42);
+        assert_eq!(get(addr, "/nope", Some("t0k")).0, 404);
+        server.stop();
+    }
+
+    #[test]
+    fn oversized_and_malformed_heads_are_refused() {
+        // A head beyond the bound or a garbage request line never reaches a route.
+        assert_eq!(parse_head(b"GARBAGE\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer a\r\n\r\n")
+                .unwrap()
+                .authorization
+                .as_deref(),
+            Some("Bearer a")
+        );
+        let view: SharedView = Arc::new(Mutex::new(StatsView::new(1, 5, HashMap::new())));
+        let server = AdminServer::start("127.0.0.1:0".parse().unwrap(), None, view).unwrap();
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let _ = s.write_all(big.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+        assert!(token_matches("abc", "abc") && !token_matches("abd", "abc"));
+        assert!(!token_matches("ab", "abc") && !token_matches("", "abc"));
+    }
+}

@@ -1,0 +1,127 @@
+//! JSON rendering of the merged stats (`GET /stats`, read by `squall stats`).
+//!
+//! Owns: the JSON shape: `{ "total": SHARD, "shards": [SHARD...], "top_torrents": [...] }`,
+//! latencies as percentiles in microseconds. Must never: run on a shard.
+//!
+//! Shape of one SHARD object (the total has `"shard": null`):
+//! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
+//! `peers_accepted`, `accepting`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
+//! the limit counters under their `ShardStats` names, and `request_latency_us`,
+//! `disk_read_latency_us`, `handshake_latency_us`, each
+//! `{count, p50, p90, p99, p999, max, mean}`.
+
+use super::view::StatsView;
+use super::{CloseReason, RejectReason, ShardStats};
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+
+/// Percentiles of a nanosecond histogram, in microseconds (0 when empty).
+pub fn latency_us(h: &Histogram<u64>) -> Value {
+    let q = |p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(p) as f64 / 1000.0
+        }
+    };
+    json!({
+        "count": h.len(),
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "p999": q(0.999),
+        "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+        "mean": if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+    })
+}
+
+fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -> Value {
+    let closed: Map<String, Value> = CloseReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(s.closed_count(*r))))
+        .collect();
+    let rejected: Map<String, Value> = RejectReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(s.rejected_count(*r))))
+        .collect();
+    json!({
+        "shard": shard,
+        "accepting": s.accepting,
+        "uploaded_bytes": s.uploaded_bytes,
+        "upload_bytes_per_sec": upload_bytes_per_sec,
+        "blocks_served": s.blocks_served,
+        "peers_connected": s.peers_connected,
+        "peers_accepted": s.peers_accepted,
+        "peers_closed": closed,
+        "requests_rejected": rejected,
+        "accept_errors": s.accept_errors,
+        "buffer_pool_exhausted": s.buffer_pool_exhausted,
+        "open_files_limit_hit": s.open_files_limit_hit,
+        "zc_sends_copied": s.zc_sends_copied,
+        "zc_sends_zerocopy": s.zc_sends_zerocopy,
+        "zc_connections_switched_to_copy": s.zc_connections_switched_to_copy,
+        "disk_errors": s.disk_errors,
+        "metadata_pieces_served": s.metadata_pieces_served,
+        "stats_snapshots_dropped": s.stats_snapshots_dropped,
+        "request_latency_us": latency_us(&s.request_latency_ns),
+        "disk_read_latency_us": latency_us(&s.disk_read_latency_ns),
+        "handshake_latency_us": latency_us(&s.handshake_latency_ns),
+    })
+}
+
+/// The whole view as one JSON document.
+pub fn render(view: &StatsView) -> Value {
+    let shards: Vec<Value> = view
+        .shards()
+        .map(|s| shard_json(&s.stats, Some(s.stats.shard), s.upload_bytes_per_sec))
+        .collect();
+    let top: Vec<Value> = view
+        .top_torrents()
+        .into_iter()
+        .map(|t| {
+            json!({
+                "info_hash": t.info_hash.to_hex(),
+                "name": t.name,
+                "uploaded_bytes": t.uploaded_bytes,
+                "peers": t.peers,
+            })
+        })
+        .collect();
+    json!({
+        "shard_count": view.shard_count(),
+        "healthy": view.healthy(),
+        "total": shard_json(&view.total(), None, view.upload_bytes_per_sec()),
+        "shards": shards,
+        "top_torrents": top,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    #[test]
+    fn percentiles_in_microseconds_per_shard_and_total() {
+        // p99 of 100 samples 1..=100 ms is ~99 ms = ~99000 us; the total merges both shards.
+        let mut view = StatsView::new(2, 3, HashMap::new());
+        for shard in 0..2 {
+            let mut s = ShardStats::new(shard);
+            s.accepting = true;
+            for ms in 1..=100u64 {
+                ShardStats::record_latency(&mut s.request_latency_ns, ms * 1_000_000);
+            }
+            view.apply(s.snapshot(), Instant::now());
+        }
+        let v = render(&view);
+        let p99 = v["total"]["request_latency_us"]["p99"].as_f64().unwrap();
+        assert!((98_000.0..=100_100.0).contains(&p99), "{p99}");
+        assert_eq!(v["total"]["request_latency_us"]["count"], 200);
+        assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+        assert_eq!(v["shards"][1]["request_latency_us"]["count"], 100);
+        assert_eq!(v["healthy"], true);
+        assert_eq!(v["total"]["disk_read_latency_us"]["p50"], 0.0);
+        assert_eq!(v["total"]["peers_closed"]["idle_timeout"], 0);
+    }
+}

@@ -1,0 +1,508 @@
+//! Prometheus text exposition (format 0.0.4) of the merged stats.
+//!
+//! Owns: metric names, HELP/TYPE lines, label escaping, and the fixed latency buckets derived
+//! from the hdrhistograms. Must never: run on a shard (it allocates and formats freely).
+//!
+//! Hand-written rather than the `prometheus`/`prometheus-client` crates: those keep their own
+//! registries of atomics that the data path would have to update, while our numbers already
+//! live in per-shard snapshots; rendering them is ~200 lines of formatting with no new
+//! dependency. Counters and histograms carry a `shard` label (sum them in PromQL for the
+//! total); per-torrent series are the top N torrents only (`stats_top_torrents`).
+
+use super::view::StatsView;
+use super::{CloseReason, RejectReason, ShardStats};
+use hdrhistogram::Histogram;
+use std::fmt::Write;
+
+/// The content type Prometheus expects for this format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Histogram bucket upper bounds: (nanoseconds, `le` label in seconds).
+pub const LATENCY_BUCKETS: [(u64, &str); 17] = [
+    (50_000, "0.00005"),
+    (100_000, "0.0001"),
+    (250_000, "0.00025"),
+    (500_000, "0.0005"),
+    (1_000_000, "0.001"),
+    (2_500_000, "0.0025"),
+    (5_000_000, "0.005"),
+    (10_000_000, "0.01"),
+    (25_000_000, "0.025"),
+    (50_000_000, "0.05"),
+    (100_000_000, "0.1"),
+    (250_000_000, "0.25"),
+    (500_000_000, "0.5"),
+    (1_000_000_000, "1"),
+    (2_500_000_000, "2.5"),
+    (5_000_000_000, "5"),
+    (10_000_000_000, "10"),
+];
+
+/// Escapes a label value: backslash, double quote and newline (the format's only escapes).
+pub fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A per-shard counter or gauge read from each shard's snapshot.
+fn per_shard(
+    out: &mut String,
+    view: &StatsView,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: fn(&ShardStats) -> u64,
+) {
+    header(out, name, kind, help);
+    for s in view.shards() {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{}\"}} {}",
+            s.stats.shard,
+            value(&s.stats)
+        );
+    }
+}
+
+fn histogram(out: &mut String, view: &StatsView, name: &str, help: &str, pick: HistogramPick) {
+    header(out, name, "histogram", help);
+    for s in view.shards() {
+        let h = pick(&s.stats);
+        let shard = s.stats.shard;
+        for (ns, le) in LATENCY_BUCKETS {
+            let count = if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, ns)
+            };
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+            h.len()
+        );
+        // hdrhistogram keeps no exact sum: mean x count is within its 3-digit precision.
+        let sum_secs = if h.is_empty() {
+            0.0
+        } else {
+            h.mean() * h.len() as f64 / 1e9
+        };
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum_secs}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", h.len());
+    }
+}
+
+type HistogramPick = fn(&ShardStats) -> &Histogram<u64>;
+
+/// Renders every metric of `view`.
+pub fn render(view: &StatsView) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let o = &mut out;
+    header(o, "squall_shards", "gauge", "Shard threads configured.");
+    let _ = writeln!(o, "squall_shards {}", view.shard_count());
+    per_shard(
+        o,
+        view,
+        "squall_shard_accepting",
+        "gauge",
+        "1 when the shard accepts connections on every listener.",
+        |s| u64::from(s.accepting),
+    );
+    per_shard(
+        o,
+        view,
+        "squall_uploaded_bytes_total",
+        "counter",
+        "Payload bytes of piece messages handed to the kernel.",
+        |s| s.uploaded_bytes,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_blocks_served_total",
+        "counter",
+        "Blocks (piece messages) served.",
+        |s| s.blocks_served,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_peers_connected",
+        "gauge",
+        "Peers connected now.",
+        |s| s.peers_connected,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_peers_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |s| s.peers_accepted,
+    );
+    header(
+        o,
+        "squall_peers_closed_total",
+        "counter",
+        "Peers closed, by reason.",
+    );
+    for s in view.shards() {
+        for r in CloseReason::ALL {
+            let _ = writeln!(
+                o,
+                "squall_peers_closed_total{{shard=\"{}\",reason=\"{}\"}} {}",
+                s.stats.shard,
+                r.as_str(),
+                s.stats.closed_count(r)
+            );
+        }
+    }
+    header(
+        o,
+        "squall_requests_rejected_total",
+        "counter",
+        "Block requests not served, by reason.",
+    );
+    for s in view.shards() {
+        for r in RejectReason::ALL {
+            let _ = writeln!(
+                o,
+                "squall_requests_rejected_total{{shard=\"{}\",reason=\"{}\"}} {}",
+                s.stats.shard,
+                r.as_str(),
+                s.stats.rejected_count(r)
+            );
+        }
+    }
+    per_shard(
+        o,
+        view,
+        "squall_accept_errors_total",
+        "counter",
+        "accept(2) failures (e.g. EMFILE).",
+        |s| s.accept_errors,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_buffer_pool_exhausted_total",
+        "counter",
+        "Times a peer waited because every send buffer slot was in use.",
+        |s| s.buffer_pool_exhausted,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_open_files_limit_hit_total",
+        "counter",
+        "Times the per-shard open-file cache was full of files in use.",
+        |s| s.open_files_limit_hit,
+    );
+    header(
+        o,
+        "squall_zerocopy_sends_total",
+        "counter",
+        "Zero-copy sends by what the kernel reported: copied or zerocopy.",
+    );
+    for s in view.shards() {
+        for (result, v) in [
+            ("copied", s.stats.zc_sends_copied),
+            ("zerocopy", s.stats.zc_sends_zerocopy),
+        ] {
+            let _ = writeln!(
+                o,
+                "squall_zerocopy_sends_total{{shard=\"{}\",result=\"{result}\"}} {v}",
+                s.stats.shard
+            );
+        }
+    }
+    per_shard(
+        o,
+        view,
+        "squall_zerocopy_connections_switched_total",
+        "counter",
+        "Connections switched from zerocopy to copy sends because the kernel copied.",
+        |s| s.zc_connections_switched_to_copy,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_disk_errors_total",
+        "counter",
+        "Failed or short disk reads and file opens.",
+        |s| s.disk_errors,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_metadata_pieces_served_total",
+        "counter",
+        "BEP 9 metadata pieces served.",
+        |s| s.metadata_pieces_served,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_stats_snapshots_dropped_total",
+        "counter",
+        "Stats snapshots dropped because the channel to the control thread was full.",
+        |s| s.stats_snapshots_dropped,
+    );
+    histogram(
+        o,
+        view,
+        "squall_request_latency_seconds",
+        "Request parsed to its block handed to the kernel.",
+        |s| &s.request_latency_ns,
+    );
+    histogram(
+        o,
+        view,
+        "squall_disk_read_latency_seconds",
+        "Disk read submitted to completed.",
+        |s| &s.disk_read_latency_ns,
+    );
+    histogram(
+        o,
+        view,
+        "squall_handshake_latency_seconds",
+        "Connection accepted to handshake answered.",
+        |s| &s.handshake_latency_ns,
+    );
+    let top = view.top_torrents();
+    header(
+        o,
+        "squall_torrent_uploaded_bytes_total",
+        "counter",
+        "Payload bytes uploaded per torrent (top N torrents by uploaded bytes only).",
+    );
+    for t in &top {
+        let _ = writeln!(
+            o,
+            "squall_torrent_uploaded_bytes_total{{info_hash=\"{}\",name=\"{}\"}} {}",
+            t.info_hash.to_hex(),
+            escape_label(&t.name),
+            t.uploaded_bytes
+        );
+    }
+    header(
+        o,
+        "squall_torrent_peers",
+        "gauge",
+        "Peers connected per torrent (top N torrents by uploaded bytes only).",
+    );
+    for t in &top {
+        let _ = writeln!(
+            o,
+            "squall_torrent_peers{{info_hash=\"{}\",name=\"{}\"}} {}",
+            t.info_hash.to_hex(),
+            escape_label(&t.name),
+            t.peers
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::InfoHash;
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// (name, labels, value) of every sample line; panics on a malformed line.
+    fn parse(text: &str) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                assert!(
+                    line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                    "{line}"
+                );
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().expect("numeric value");
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), Vec::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    (name.to_string(), parse_labels(body))
+                }
+            };
+            samples.push((name, labels, value));
+        }
+        samples
+    }
+
+    fn parse_labels(body: &str) -> Vec<(String, String)> {
+        let mut labels = Vec::new();
+        let mut chars = body.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            assert_eq!(chars.next(), Some('"'));
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("unterminated label value") {
+                    '\\' => match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some(c) => value.push(c),
+                        None => panic!("dangling escape"),
+                    },
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        }
+        labels
+    }
+
+    fn sample_view() -> StatsView {
+        let h = InfoHash([0xab; 20]);
+        let mut names = HashMap::new();
+        names.insert(h, "we\"ird\\name\nx".to_string());
+        let mut view = StatsView::new(2, 5, names);
+        for shard in 0..2 {
+            let mut s = ShardStats::new(shard);
+            s.accepting = true;
+            s.uploaded_bytes = 1000 * (shard as u64 + 1);
+            s.closed(CloseReason::IdleTimeout);
+            for ns in [
+                20_000u64,
+                70_000,
+                300_000,
+                2_000_000,
+                20_000_000_000,
+                90_000_000_000,
+            ] {
+                ShardStats::record_latency(&mut s.request_latency_ns, ns);
+            }
+            s.torrent_uploaded(h, 500);
+            s.torrent_peers(h, 1);
+            view.apply(s.snapshot(), Instant::now());
+        }
+        view
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_inf_equals_count() {
+        // Every bucket series is monotone in `le`, and +Inf equals _count, per shard.
+        let text = render(&sample_view());
+        let samples = parse(&text);
+        for name in [
+            "squall_request_latency_seconds",
+            "squall_disk_read_latency_seconds",
+            "squall_handshake_latency_seconds",
+        ] {
+            for shard in ["0", "1"] {
+                let has_shard =
+                    |l: &Vec<(String, String)>| l.iter().any(|(k, v)| k == "shard" && v == shard);
+                let buckets: Vec<(String, f64)> = samples
+                    .iter()
+                    .filter(|(n, l, _)| *n == format!("{name}_bucket") && has_shard(l))
+                    .map(|(_, l, v)| {
+                        let le = l.iter().find(|(k, _)| k == "le").unwrap().1.clone();
+                        (le, *v)
+                    })
+                    .collect();
+                assert_eq!(buckets.len(), LATENCY_BUCKETS.len() + 1);
+                for pair in buckets.windows(2) {
+                    assert!(pair[0].1 <= pair[1].1, "{name} not cumulative: {pair:?}");
+                }
+                let count = samples
+                    .iter()
+                    .find(|(n, l, _)| *n == format!("{name}_count") && has_shard(l))
+                    .unwrap()
+                    .2;
+                let inf = buckets.last().unwrap();
+                assert_eq!(inf.0, "+Inf");
+                assert_eq!(inf.1, count);
+            }
+        }
+        // The request histogram: 20us and 70us fall at or below 100us; 20s and the clamped
+        // 60s only in +Inf.
+        let b = |le: &str| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == "squall_request_latency_seconds_bucket"
+                        && l.iter().any(|(k, v)| k == "le" && v == le)
+                })
+                .unwrap()
+                .2
+        };
+        assert_eq!(b("0.00005"), 1.0);
+        assert_eq!(b("0.0001"), 2.0);
+        assert_eq!(b("10"), 4.0);
+        assert_eq!(b("+Inf"), 6.0);
+    }
+
+    #[test]
+    fn counters_labels_and_escaping() {
+        // Counters are per shard, every name has HELP and TYPE, and label values escape.
+        let text = render(&sample_view());
+        let samples = parse(&text);
+        let total: f64 = samples
+            .iter()
+            .filter(|(n, _, _)| n == "squall_uploaded_bytes_total")
+            .map(|(_, _, v)| v)
+            .sum();
+        assert_eq!(total, 3000.0);
+        let t = samples
+            .iter()
+            .find(|(n, _, _)| n == "squall_torrent_uploaded_bytes_total")
+            .unwrap();
+        assert_eq!(t.2, 1000.0);
+        assert!(t.1.contains(&("name".into(), "we\"ird\\name\nx".into())));
+        let peers = samples
+            .iter()
+            .find(|(n, _, _)| n == "squall_torrent_peers")
+            .unwrap();
+        assert_eq!(peers.2, 2.0);
+        for (name, _, _) in &samples {
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# TYPE {base} "))
+                    || text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
+        }
+        for required in [
+            "squall_peers_connected",
+            "squall_peers_accepted_total",
+            "squall_blocks_served_total",
+            "squall_peers_closed_total",
+            "squall_requests_rejected_total",
+            "squall_buffer_pool_exhausted_total",
+            "squall_stats_snapshots_dropped_total",
+        ] {
+            assert!(samples.iter().any(|(n, _, _)| n == required), "{required}");
+        }
+    }
+}

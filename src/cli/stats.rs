@@ -1,0 +1,221 @@
+//! `squall stats`: a terminal view of a running seeder, read from its admin endpoint.
+//!
+//! Owns: a minimal HTTP GET of `/stats` and the human table. Must never: talk to shards or
+//! read anything but the admin endpoint (it works against any `squall seed --admin ADDR`).
+
+use squall_engine::config::ADMIN_LISTEN_DEFAULT;
+use std::io::{IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Show live stats of a running `squall seed`: throughput, peers, latency percentiles per
+/// shard, top torrents. Redrawn every second until Ctrl-C; `--once` prints one snapshot.
+///
+/// When the seeder's admin endpoint needs a token, put it in SQUALL_ADMIN_TOKEN.
+#[derive(clap::Args, Debug)]
+pub struct StatsArgs {
+    /// Admin endpoint of the seeder (its `--admin` / `[admin] listen`).
+    #[arg(long, value_name = "ADDR:PORT", default_value = ADMIN_LISTEN_DEFAULT)]
+    pub admin: String,
+    /// Print one snapshot and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the raw JSON of /stats instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Connect and I/O timeout for one fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest response accepted (a /stats document is a few KiB per shard).
+const RESPONSE_MAX_BYTES: u64 = 16 << 20;
+
+pub fn run(args: StatsArgs) -> Result<ExitCode, String> {
+    let addr = resolve(&args.admin)?;
+    let token = std::env::var("SQUALL_ADMIN_TOKEN").ok();
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let v = fetch_stats(addr, token.as_deref())?;
+        let text = if args.json {
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+        } else {
+            render_table(&v)
+        };
+        let mut out = std::io::stdout().lock();
+        if !args.once && terminal {
+            // Clear the screen and home the cursor, so the view redraws in place.
+            let _ = out.write_all(b"\x1b[2J\x1b[H");
+        }
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        if args.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn resolve(admin: &str) -> Result<SocketAddr, String> {
+    admin
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            format!("--admin {admin:?}: expected ADDR:PORT, e.g. {ADMIN_LISTEN_DEFAULT}")
+        })
+}
+
+/// GET /stats and parse it.
+pub fn fetch_stats(addr: SocketAddr, token: Option<&str>) -> Result<serde_json::Value, String> {
+    let unreachable = |e: std::io::Error| {
+        format!(
+            "cannot reach the admin endpoint at {addr}: {e} (is `squall seed` running with \
+             --admin {addr}?)"
+        )
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, FETCH_TIMEOUT).map_err(unreachable)?;
+    let _ = stream.set_read_timeout(Some(FETCH_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(FETCH_TIMEOUT));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /stats HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream
+        .take(RESPONSE_MAX_BYTES)
+        .read_to_end(&mut raw)
+        .map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP response (is it a squall admin endpoint?)"))?;
+    let status = head.split(' ').nth(1).unwrap_or("");
+    match status {
+        "200" => {}
+        "401" => {
+            return Err(format!(
+                "{addr}: unauthorized: set SQUALL_ADMIN_TOKEN to the seeder's [admin] token"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{addr}: GET /stats answered {other}: {}",
+                body.trim()
+            ))
+        }
+    }
+    serde_json::from_str(body).map_err(|e| format!("{addr}: /stats is not valid JSON: {e}"))
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1u64 << 20) as f64
+}
+
+/// The human table: one line per shard plus the total, then the top torrents.
+pub fn render_table(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let f = |x: &serde_json::Value| x.as_f64().unwrap_or(0.0);
+    let u = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let mut out = String::new();
+    let total = &v["total"];
+    let _ = writeln!(
+        out,
+        "squall: {} shard(s), {} | throughput {:.3} Gb/s | peers {} | uploaded {:.1} MiB | blocks {}",
+        u(&v["shard_count"]),
+        if v["healthy"].as_bool().unwrap_or(false) { "healthy" } else { "NOT healthy" },
+        f(&total["upload_bytes_per_sec"]) * 8.0 / 1e9,
+        u(&total["peers_connected"]),
+        mib(f(&total["uploaded_bytes"])),
+        u(&total["blocks_served"]),
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:>6} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "shard",
+        "peers",
+        "Gb/s",
+        "uploaded MiB",
+        "requests",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "disk p99"
+    );
+    let mut row = |label: String, s: &serde_json::Value| {
+        let lat = &s["request_latency_us"];
+        let _ = writeln!(
+            out,
+            "{:<6} {:>6} {:>9.3} {:>12.1} {:>12} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            label,
+            u(&s["peers_connected"]),
+            f(&s["upload_bytes_per_sec"]) * 8.0 / 1e9,
+            mib(f(&s["uploaded_bytes"])),
+            u(&lat["count"]),
+            f(&lat["p50"]),
+            f(&lat["p99"]),
+            f(&lat["p999"]),
+            f(&s["disk_read_latency_us"]["p99"]),
+        );
+    };
+    for s in v["shards"].as_array().into_iter().flatten() {
+        row(u(&s["shard"]).to_string(), s);
+    }
+    row("total".to_string(), total);
+    let top = v["top_torrents"].as_array().cloned().unwrap_or_default();
+    if !top.is_empty() {
+        let _ = writeln!(
+            out,
+            "\ntop torrents\n{:<40} {:>6} {:>12}  name",
+            "info-hash", "peers", "uploaded MiB"
+        );
+        for t in &top {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>6} {:>12.1}  {}",
+                t["info_hash"].as_str().unwrap_or(""),
+                u(&t["peers"]),
+                mib(f(&t["uploaded_bytes"])),
+                t["name"].as_str().unwrap_or("").escape_debug(),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use squall_engine::metainfo::InfoHash;
+    use squall_engine::stats::view::StatsView;
+    use squall_engine::stats::{json, ShardStats};
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    #[test]
+    fn table_has_a_row_per_shard_total_and_top_torrents() {
+        // The table reads the same JSON the endpoint serves: shard rows, a total, torrents.
+        let h = InfoHash([3; 20]);
+        let names = HashMap::from([(h, "movie.mkv".to_string())]);
+        let mut view = StatsView::new(2, 5, names);
+        for shard in 0..2 {
+            let mut s = ShardStats::new(shard);
+            s.accepting = true;
+            s.peers_connected = 3;
+            ShardStats::record_latency(&mut s.request_latency_ns, 250_000);
+            s.torrent_uploaded(h, 1 << 20);
+            view.apply(s.snapshot(), Instant::now());
+        }
+        let text = render_table(&json::render(&view));
+        assert!(text.contains("2 shard(s), healthy"), "{text}");
+        assert!(text.contains("\n0 ") && text.contains("\n1 ") && text.contains("\ntotal "));
+        assert!(
+            text.contains("movie.mkv") && text.contains(&h.to_hex()),
+            "{text}"
+        );
+    }
+}
