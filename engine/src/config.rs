@@ -330,9 +330,15 @@ impl SeedConfig {
     /// Parses and validates a TOML config; errors carry the line and column.
     pub fn from_toml(text: &str) -> Result<SeedConfig, String> {
         let config: SeedConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.engine.validate()?;
-        config.admin.listen_addr()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Every table's rules; messages start with `key = value:` (see `config_file`).
+    pub fn validate(&self) -> Result<(), String> {
+        self.engine.validate()?;
+        self.admin.listen_addr()?;
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ pub fn load(label: &str, text: &str) -> Result<SeedConfig, String> {
         Ok(c) => c,
         Err(e) => return Err(explain_parse_error(label, text, &e)),
     };
-    if let Err(problem) = config.engine.validate() {
+    if let Err(problem) = config.validate() {
         // `validate` messages start with `key = value: ...`; point at that key's line.
         let key = problem.split(" =").next().unwrap_or("").trim();
         let location = find_key(text, key)
@@ -61,14 +61,29 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Where `key = ...` is written (first occurrence), as (line, column).
+/// Where `key = ...` is written, as (line, column). `table.key` looks inside `[table]`;
+/// a bare key matches its first occurrence.
 fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
     if key.is_empty() {
         return None;
     }
+    let (table, field) = match key.split_once('.') {
+        Some((t, f)) => (Some(format!("[{t}]")), f),
+        None => (None, key),
+    };
+    let mut in_table = table.is_none();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key) {
+        if let Some(t) = &table {
+            if trimmed.starts_with('[') {
+                in_table = trimmed.trim_end().starts_with(t.as_str());
+                continue;
+            }
+        }
+        if !in_table {
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix(field) {
             if rest.trim_start().starts_with('=') {
                 return Some((i + 1, line.len() - trimmed.len() + 1));
             }
@@ -144,6 +159,17 @@ mod tests {
         );
         let err = load("x.toml", "[engine]\nserve_mode = \"fast\"\n").unwrap_err();
         assert!(err.contains("line 2") && err.contains("copy"), "{err}");
+    }
+
+    #[test]
+    fn table_keys_are_found_in_their_table() {
+        // `admin.listen` points at `listen` under [admin], not an earlier `listen`.
+        let text = "[engine]\nlisten = [\"127.0.0.1:1\"]\n[admin]\nlisten = \"0.0.0.0:7881\"\n";
+        let err = load("x.toml", text).unwrap_err();
+        assert!(
+            err.starts_with("x.toml line 4, column 1: admin.listen"),
+            "{err}"
+        );
     }
 
     #[test]
