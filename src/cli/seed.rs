@@ -81,6 +81,79 @@ pub struct SeedArgs {
     pub admin: Option<String>,
 }
 
+/// Where the catalog comes from; kept so SIGHUP can build it again.
+enum CatalogSource {
+    /// Zero config (a content directory, or the built-in sample).
+    Content {
+        dir: PathBuf,
+        state_dir: PathBuf,
+        recheck: bool,
+    },
+    /// A directory of .torrent files plus a data directory.
+    Torrents(CatalogOptions),
+}
+
+/// Trackers of zero-config torrents, for their magnet links.
+type MadeTrackers = HashMap<squall_engine::metainfo::InfoHash, Vec<String>>;
+
+impl CatalogSource {
+    fn from_args(args: &SeedArgs, file: &SeedConfig, state_dir: &Path) -> Result<Self, String> {
+        let torrents = args
+            .torrents
+            .clone()
+            .or_else(|| file.catalog.torrents_dir.clone());
+        let data = args.data.clone().or_else(|| file.catalog.data_dir.clone());
+        if let Some(content) = &args.content {
+            return Ok(CatalogSource::Content {
+                dir: content.clone(),
+                state_dir: state_dir.to_path_buf(),
+                recheck: args.recheck,
+            });
+        }
+        match (torrents, data) {
+            (None, None) => Ok(CatalogSource::Content {
+                dir: sample_content(state_dir)?,
+                state_dir: state_dir.to_path_buf(),
+                recheck: args.recheck,
+            }),
+            (Some(torrents_dir), Some(data_dir)) => Ok(CatalogSource::Torrents(CatalogOptions {
+                torrents_dir,
+                data_dir,
+                state_dir: state_dir.to_path_buf(),
+                hash_threads: 0,
+                verify: if args.recheck {
+                    VerifyPolicy::Always
+                } else {
+                    VerifyPolicy::IfChanged
+                },
+            })),
+            _ => Err(
+                "give both --torrents DIR and --data DIR (or [catalog] torrents_dir and \
+                      data_dir in the config), or a content directory (`squall seed ./content`)"
+                    .into(),
+            ),
+        }
+    }
+
+    fn build(&self) -> Result<(Catalog, MadeTrackers), String> {
+        match self {
+            CatalogSource::Content {
+                dir,
+                state_dir,
+                recheck,
+            } => zero_config_catalog(dir, state_dir, *recheck),
+            CatalogSource::Torrents(opts) => {
+                let (catalog, report) =
+                    Catalog::load(opts, &|_, _| {}).map_err(|e| e.to_string())?;
+                for (path, reason) in &report.skipped {
+                    eprintln!("warning: skipped {}: {reason}", path.display());
+                }
+                Ok((catalog, HashMap::new()))
+            }
+        }
+    }
+}
+
 pub fn default_state_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("squall");
@@ -141,51 +214,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     })?;
 
     let started = Instant::now();
-    let no_catalog_named = args.torrents.is_none()
-        && file_config.catalog.torrents_dir.is_none()
-        && args.content.is_none();
-    let sample;
-    let content = if no_catalog_named {
-        sample = sample_content(&state_dir)?;
-        Some(&sample)
-    } else {
-        args.content.as_ref()
-    };
-    let (catalog, made) = if let Some(content) = content {
-        zero_config_catalog(content, &state_dir, args.recheck)?
-    } else {
-        let torrents = args
-            .torrents
-            .clone()
-            .or_else(|| file_config.catalog.torrents_dir.clone());
-        let data = args
-            .data
-            .clone()
-            .or_else(|| file_config.catalog.data_dir.clone());
-        let (Some(torrents), Some(data)) = (torrents, data) else {
-            return Err(
-                "nothing to seed: give a content directory (`squall seed ./content`) or \
-                        --torrents DIR --data DIR (see `squall seed --help`)"
-                    .into(),
-            );
-        };
-        let opts = CatalogOptions {
-            torrents_dir: torrents,
-            data_dir: data,
-            state_dir: state_dir.clone(),
-            hash_threads: 0,
-            verify: if args.recheck {
-                VerifyPolicy::Always
-            } else {
-                VerifyPolicy::IfChanged
-            },
-        };
-        let (catalog, report) = Catalog::load(&opts, &|_, _| {}).map_err(|e| e.to_string())?;
-        for (path, reason) in &report.skipped {
-            eprintln!("warning: skipped {}: {reason}", path.display());
-        }
-        (catalog, HashMap::new())
-    };
+    let source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
+    let (catalog, made) = source.build()?;
     if catalog.torrents().is_empty() {
         return Err(
             "no torrent could be loaded, so there is nothing to seed (see the warnings above)"
@@ -267,14 +297,23 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let mut last_summary = Instant::now();
     let mut last_uploaded = 0u64;
+    let mut current = catalog;
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(s) = seeder.stats().recv_timeout(Duration::from_millis(200)) {
+        // Drain snapshots for at most one poll period, however many shards send them.
+        let poll_until = Instant::now() + Duration::from_millis(200);
+        while let Ok(s) = seeder.stats().recv_deadline(poll_until) {
             lock_view(&view).apply(s, Instant::now());
             if stop.load(Ordering::Relaxed) {
                 break;
             }
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            current = reload_catalog(&source, &seeder, current);
         }
         if args.summary_secs > 0 && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
         {
@@ -305,6 +344,40 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
 
 /// The view is only ever locked briefly (apply one snapshot, render one response); a
 /// poisoned lock still holds the last good numbers.
+/// SIGHUP: build the catalog again and hand it to the shards. Peers of unchanged torrents are
+/// not disturbed; peers of removed torrents are closed; a failed reload keeps the old one.
+fn reload_catalog(source: &CatalogSource, seeder: &Seeder, current: Arc<Catalog>) -> Arc<Catalog> {
+    tracing::info!("SIGHUP: reloading the catalog");
+    match source.build() {
+        Ok((catalog, _)) if !catalog.is_empty() => {
+            let is_new = |t: &&Arc<squall_engine::catalog::CatalogTorrent>| {
+                current.get(&t.info_hash).is_none()
+            };
+            let added = catalog.torrents().iter().filter(is_new).count();
+            let removed = current
+                .torrents()
+                .iter()
+                .filter(|t| catalog.get(&t.info_hash).is_none())
+                .count();
+            for t in catalog.torrents().iter().filter(is_new) {
+                println!("seeding {} {}", t.info_hash, t.name);
+            }
+            let catalog = Arc::new(catalog);
+            seeder.swap_catalog(catalog.clone());
+            tracing::info!(torrents = catalog.len(), added, removed, "catalog reloaded");
+            catalog
+        }
+        Ok(_) => {
+            tracing::warn!("reload found no torrent to seed; keeping the current catalog");
+            current
+        }
+        Err(e) => {
+            tracing::warn!("reload failed ({e}); keeping the current catalog");
+            current
+        }
+    }
+}
+
 fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, StatsView> {
     view.lock().unwrap_or_else(|p| p.into_inner())
 }

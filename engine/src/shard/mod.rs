@@ -63,6 +63,8 @@ pub const TICK_INTERVAL_MS: u64 = 250;
 pub const STATS_INTERVAL_MS: u64 = 1000;
 /// On shutdown, peers get this long to finish in-flight sends before the shard exits.
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
+/// After the drain, force-closed peers get this long for their ops to complete.
+pub const SHUTDOWN_FORCE_MS: u64 = 1000;
 pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
 /// Messages from the control thread to a shard.
@@ -244,8 +246,11 @@ impl Shard {
             self.now = Instant::now();
             if let Some(deadline) = self.shutdown_deadline {
                 let drained = self.live_peers == 0 && !self.accept_armed.iter().any(|a| *a);
-                if drained || self.now >= deadline {
+                if drained || self.now >= deadline + Duration::from_millis(SHUTDOWN_FORCE_MS) {
                     break;
+                }
+                if self.now >= deadline {
+                    self.force_close_all();
                 }
             }
             let wait = self
@@ -297,6 +302,17 @@ impl Shard {
             ShardCommand::SwapCatalog(catalog) => {
                 self.catalog = catalog;
                 self.metadata_cache.clear();
+                // Peers of torrents still in the catalog keep going undisturbed (they hold
+                // their own Arc); peers of removed torrents are closed.
+                for idx in 0..self.peers.len() as u32 {
+                    let removed = self
+                        .peer_mut(idx)
+                        .and_then(|p| p.torrent.as_ref().map(|t| t.info_hash))
+                        .is_some_and(|h| self.catalog.get(&h).is_none());
+                    if removed {
+                        self.close_peer(idx, CloseReason::TorrentRemoved);
+                    }
+                }
             }
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
         }
@@ -318,10 +334,20 @@ impl Shard {
                 self.push(&sqe);
             }
         }
-        for idx in 0..self.peers.len() {
-            if self.peers[idx].is_some() {
-                self.close_peer(idx as u32, CloseReason::Shutdown);
+        // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
+        // closed when it completes; idle peers are closed now. New requests are not served.
+        for idx in 0..self.peers.len() as u32 {
+            let busy = self.peer_mut(idx).is_some_and(|p| p.send_busy());
+            if !busy {
+                self.close_peer(idx, CloseReason::Shutdown);
             }
+        }
+    }
+
+    /// After the drain deadline: close whoever is left; their ops complete with errors.
+    fn force_close_all(&mut self) {
+        for idx in 0..self.peers.len() as u32 {
+            self.close_peer(idx, CloseReason::Shutdown);
         }
     }
 
@@ -937,6 +963,11 @@ impl Shard {
             return;
         };
         if peer.phase == Phase::Closing || peer.send_busy() {
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            // Draining: the send that was in flight is done; nothing new goes out.
+            self.close_peer(idx, CloseReason::Shutdown);
             return;
         }
         if !peer.control_pending.is_empty() {

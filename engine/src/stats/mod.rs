@@ -48,11 +48,12 @@ pub enum CloseReason {
     SendBacklog,
     ConnectFailed,
     SelfConnection,
+    TorrentRemoved,
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 18] = [
+    pub const ALL: [CloseReason; 19] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -70,6 +71,7 @@ impl CloseReason {
         CloseReason::SendBacklog,
         CloseReason::ConnectFailed,
         CloseReason::SelfConnection,
+        CloseReason::TorrentRemoved,
         CloseReason::Shutdown,
     ];
     pub fn as_str(self) -> &'static str {
@@ -91,6 +93,7 @@ impl CloseReason {
             CloseReason::SendBacklog => "send_backlog",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::SelfConnection => "self_connection",
+            CloseReason::TorrentRemoved => "torrent_removed",
             CloseReason::Shutdown => "shutdown",
         }
     }
