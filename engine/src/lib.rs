@@ -14,4 +14,5 @@ pub mod seeder;
 pub mod shard;
 pub mod stats;
 pub mod storage;
+pub mod tracker;
 pub mod wire;

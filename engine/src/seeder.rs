@@ -137,8 +137,15 @@ impl Seeder {
     /// Dials `addr` for `info_hash` from one of the shards (round-robin) and serves it like an
     /// inbound peer. Never blocks: a shard whose command queue is full refuses (the caller
     /// may retry later).
-    pub fn connect(&self, addr: SocketAddr, info_hash: crate::metainfo::InfoHash) -> Result<(), String> {
-        let n = self.next_dial.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shards.len();
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        info_hash: crate::metainfo::InfoHash,
+    ) -> Result<(), String> {
+        let n = self
+            .next_dial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.shards.len();
         self.shards[n]
             .0
             .try_send(ShardCommand::Connect { addr, info_hash })

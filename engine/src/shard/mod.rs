@@ -72,7 +72,10 @@ pub enum ShardCommand {
     /// Use this catalog for new handshakes; existing peers keep their torrent.
     SwapCatalog(Arc<Catalog>),
     /// Dial a peer (from a tracker) and serve it like an inbound one.
-    Connect { addr: SocketAddr, info_hash: InfoHash },
+    Connect {
+        addr: SocketAddr,
+        info_hash: InfoHash,
+    },
 }
 
 /// Everything a shard is built from (moved into its thread).
@@ -430,7 +433,11 @@ impl Shard {
             self.stats.closed(CloseReason::PeersPerIpLimit);
             return;
         }
-        let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain syscall; the result is checked before use.
         let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
