@@ -6,12 +6,13 @@
 //! periodic summary line. Must never: write into the content directory.
 
 use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
-use squall_engine::config::{EngineConfig, SeedConfig, ServeMode};
+use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, TrackerConfig};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
 use squall_engine::seeder::Seeder;
 use squall_engine::stats::ShardStats;
+use squall_engine::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -168,7 +169,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
 
     let catalog = Arc::new(catalog);
-    let seeder = Seeder::start(config.clone(), catalog.clone())?;
+    let seeder = Arc::new(Seeder::start(config.clone(), catalog.clone())?);
     if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
         tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
     }
@@ -203,6 +204,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     let _ = out.flush();
     drop(out);
 
+    let trackers = start_trackers(&file_config.tracker, &catalog, &seeder)?;
+
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -232,11 +235,50 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             tracing::info!("{}", summary_line(&total, gbps));
         }
     }
+    if let Some(t) = trackers {
+        // event=stopped first (bounded by [tracker] stop_timeout_secs), while still serving.
+        t.stop();
+    }
     tracing::info!("stopping: closing peers");
     seeder.shutdown();
+    // The tracker manager held the only other reference (its connect hook) and has ended.
+    let seeder = Arc::try_unwrap(seeder)
+        .map_err(|_| "internal error: the seeder is still shared at shutdown".to_string())?;
     let total = seeder.join();
     tracing::info!("stopped: {}", summary_line(&total, 0.0));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts announcing every torrent (its own trackers, plus `[tracker] extra` for public ones);
+/// peers the trackers return are dialed from the shards through `Seeder::connect`.
+fn start_trackers(
+    cfg: &TrackerConfig,
+    catalog: &Catalog,
+    seeder: &Arc<Seeder>,
+) -> Result<Option<TrackerManager>, String> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let torrents: Vec<TorrentAnnounce> = catalog
+        .torrents()
+        .iter()
+        .map(|t| TorrentAnnounce {
+            info_hash: t.info_hash,
+            private: t.private,
+            trackers: t.trackers.clone(),
+        })
+        .collect();
+    let dial = seeder.clone();
+    let manager = TrackerManager::start(TrackerSetup {
+        config: cfg.clone(),
+        torrents,
+        listen: seeder.local_addrs().to_vec(),
+        connect: Arc::new(move |addr, hash| dial.connect(addr, hash)),
+        // Per-torrent upload counters are not merged on the control plane yet: 0 = unknown.
+        uploaded: Arc::new(|_| 0),
+    })
+    .map_err(|e| format!("config: [tracker] {e}"))?;
+    Ok(Some(manager))
 }
 
 fn merge(latest: &HashMap<usize, ShardStats>) -> ShardStats {
