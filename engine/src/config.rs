@@ -264,7 +264,7 @@ pub struct TrackerConfig {
     /// Announces in flight at once, all trackers together (= announce worker threads).
     /// Default 16.
     pub announce_concurrency_max: usize,
-    /// Announces in flight at once to one tracker (host:port). Default 4.
+    /// Announces in flight at once to one tracker (one announce URL). Default 4.
     pub announce_per_tracker_max: usize,
     /// First announces are spread over `torrents / startup_announces_per_sec` seconds (with
     /// random jitter), so 100,000 torrents do not announce in the same second. Default 100.

@@ -85,7 +85,7 @@ pub fn clean_text(bytes: &[u8]) -> String {
 
 /// Compact IPv4 peers (BEP 23): 6 bytes each; a trailing partial entry is an error.
 pub fn compact_peers_v4(bytes: &[u8], out: &mut Vec<SocketAddr>) -> Result<(), TrackerError> {
-    if bytes.len() % 6 != 0 {
+    if !bytes.len().is_multiple_of(6) {
         return Err(TrackerError::Malformed(format!(
             "compact peers: {} bytes is not a multiple of 6",
             bytes.len()
@@ -104,7 +104,7 @@ pub fn compact_peers_v4(bytes: &[u8], out: &mut Vec<SocketAddr>) -> Result<(), T
 
 /// Compact IPv6 peers (BEP 7): 18 bytes each.
 pub fn compact_peers_v6(bytes: &[u8], out: &mut Vec<SocketAddr>) -> Result<(), TrackerError> {
-    if bytes.len() % 18 != 0 {
+    if !bytes.len().is_multiple_of(18) {
         return Err(TrackerError::Malformed(format!(
             "compact peers6: {} bytes is not a multiple of 18",
             bytes.len()

@@ -458,7 +458,7 @@ impl Scheduler {
                     let until = now + self.backoff(failures);
                     let t = &mut self.trackers[job.tracker];
                     t.failures = failures;
-                    if t.backoff_until.map_or(true, |u| u < until) {
+                    if t.backoff_until.is_none_or(|u| u < until) {
                         t.backoff_until = Some(until);
                     }
                 }

@@ -174,7 +174,7 @@ pub fn parse_response(b: &[u8], ipv6: bool) -> Result<Response, TrackerError> {
         }
         ACTION_SCRAPE => {
             let body = b.get(8..).unwrap_or_default();
-            if body.len() % 12 != 0 {
+            if !body.len().is_multiple_of(12) {
                 return Err(TrackerError::Malformed(format!(
                     "UDP scrape body of {} bytes is not a multiple of 12",
                     body.len()
