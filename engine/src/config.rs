@@ -259,7 +259,8 @@ pub struct TrackerConfig {
     /// Announce at all. Default true.
     pub enabled: bool,
     /// Trackers announced to for every non-private torrent (BEP 27: private torrents use only
-    /// their own). Each URL is its own tier, walked after the torrent's own list. Default [].
+    /// their own). They form one more announce list per torrent (each URL a tier, BEP 12),
+    /// announced independently of the torrent's own list. Default [].
     pub extra: Vec<String>,
     /// Announces in flight at once, all trackers together (= announce worker threads).
     /// Default 16.
