@@ -14,7 +14,13 @@ pub fn load(label: &str, text: &str) -> Result<SeedConfig, String> {
     };
     if let Err(problem) = config.validate() {
         // `validate` messages start with `key = value: ...`; point at that key's line.
-        let key = problem.split(" =").next().unwrap_or("").trim();
+        // `[table] key = ...` (tracker) is the same as `table.key = ...` (admin).
+        let raw = problem.split(" =").next().unwrap_or("").trim();
+        let key = match raw.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+            Some((table, field)) => format!("{table}.{field}"),
+            None => raw.to_string(),
+        };
+        let key = key.as_str();
         let location = find_key(text, key)
             .map(|(l, c)| format!(" line {l}, column {c}"))
             .unwrap_or_default();

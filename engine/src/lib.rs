@@ -16,4 +16,5 @@ pub mod seeder;
 pub mod shard;
 pub mod stats;
 pub mod storage;
+pub mod tracker;
 pub mod wire;

@@ -8,13 +8,16 @@
 
 use squall_engine::admin::{AdminServer, SharedView};
 use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
-use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
+use squall_engine::config::{
+    EngineConfig, SeedConfig, ServeMode, TrackerConfig, ADMIN_LISTEN_DEFAULT,
+};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
 use squall_engine::seeder::Seeder;
 use squall_engine::stats::view::StatsView;
 use squall_engine::stats::ShardStats;
+use squall_engine::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -229,7 +232,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
 
     let catalog = Arc::new(catalog);
-    let seeder = Seeder::start(config.clone(), catalog.clone())?;
+    let seeder = Arc::new(Seeder::start(config.clone(), catalog.clone())?);
     if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
         tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
     }
@@ -253,7 +256,9 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             }
             Err(e) => {
                 seeder.shutdown();
-                let _ = seeder.join();
+                if let Ok(seeder) = Arc::try_unwrap(seeder) {
+                    let _ = seeder.join();
+                }
                 return Err(e);
             }
         },
@@ -292,6 +297,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     let _ = out.flush();
     drop(out);
 
+    let trackers = start_trackers(&file_config.tracker, &catalog, &seeder, &view)?;
+
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -314,6 +321,12 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         }
         if reload.swap(false, Ordering::Relaxed) {
             current = reload_catalog(&source, &seeder, current);
+            lock_view(&view).add_names(
+                current
+                    .torrents()
+                    .iter()
+                    .map(|t| (t.info_hash, t.name.clone())),
+            );
         }
         if args.summary_secs > 0 && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
         {
@@ -332,18 +345,23 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             tracing::info!("{}", summary_line(&total, gbps));
         }
     }
+    if let Some(t) = trackers {
+        // event=stopped first (bounded by [tracker] stop_timeout_secs), while still serving.
+        t.stop();
+    }
     tracing::info!("stopping: closing peers");
     if let Some(server) = admin {
         server.stop();
     }
     seeder.shutdown();
+    // The tracker manager held the only other reference (its connect hook) and has ended.
+    let seeder = Arc::try_unwrap(seeder)
+        .map_err(|_| "internal error: the seeder is still shared at shutdown".to_string())?;
     let total = seeder.join();
     tracing::info!("stopped: {}", summary_line(&total, 0.0));
     Ok(ExitCode::SUCCESS)
 }
 
-/// The view is only ever locked briefly (apply one snapshot, render one response); a
-/// poisoned lock still holds the last good numbers.
 /// SIGHUP: build the catalog again and hand it to the shards. Peers of unchanged torrents are
 /// not disturbed; peers of removed torrents are closed; a failed reload keeps the old one.
 fn reload_catalog(source: &CatalogSource, seeder: &Seeder, current: Arc<Catalog>) -> Arc<Catalog> {
@@ -378,6 +396,44 @@ fn reload_catalog(source: &CatalogSource, seeder: &Seeder, current: Arc<Catalog>
     }
 }
 
+/// Starts announcing every torrent (its own trackers, plus `[tracker] extra` for public ones);
+/// peers the trackers return are dialed from the shards through `Seeder::connect`.
+fn start_trackers(
+    cfg: &TrackerConfig,
+    catalog: &Catalog,
+    seeder: &Arc<Seeder>,
+    view: &SharedView,
+) -> Result<Option<TrackerManager>, String> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let torrents: Vec<TorrentAnnounce> = catalog
+        .torrents()
+        .iter()
+        .map(|t| TorrentAnnounce {
+            info_hash: t.info_hash,
+            private: t.private,
+            trackers: t.trackers.clone(),
+        })
+        .collect();
+    let dial = seeder.clone();
+    let manager = TrackerManager::start(TrackerSetup {
+        config: cfg.clone(),
+        torrents,
+        listen: seeder.local_addrs().to_vec(),
+        connect: Arc::new(move |addr, hash| dial.connect(addr, hash)),
+        // Per-torrent payload bytes from the merged shard snapshots (BEP 3 `uploaded`).
+        uploaded: {
+            let view = view.clone();
+            Arc::new(move |hash| lock_view(&view).torrent_uploaded_bytes(hash))
+        },
+    })
+    .map_err(|e| format!("config: [tracker] {e}"))?;
+    Ok(Some(manager))
+}
+
+/// The view is only ever locked briefly (apply one snapshot, render one response); a
+/// poisoned lock still holds the last good numbers.
 fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, StatsView> {
     view.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -70,6 +70,21 @@ impl StatsView {
         }
     }
 
+    /// Payload bytes uploaded for one torrent since start (for tracker `uploaded=`).
+    pub fn torrent_uploaded_bytes(&self, info_hash: &InfoHash) -> u64 {
+        self.torrents
+            .get(info_hash)
+            .map(|t| t.uploaded_bytes)
+            .unwrap_or(0)
+    }
+
+    /// Names for torrents added by a catalog reload.
+    pub fn add_names(&mut self, names: impl IntoIterator<Item = (InfoHash, String)>) {
+        for (h, n) in names {
+            self.names.entry(h).or_insert(n);
+        }
+    }
+
     /// Takes in one shard snapshot received at `now`.
     pub fn apply(&mut self, mut snap: ShardStats, now: Instant) {
         for d in snap.torrents.drain(..) {
