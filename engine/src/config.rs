@@ -621,5 +621,7 @@ mod shipped_configs {
         let a = toml::to_string(&parsed.engine).unwrap();
         let b = toml::to_string(&EngineConfig::default()).unwrap();
         assert_eq!(a, b);
+        assert_eq!(parsed.tracker, TrackerConfig::default());
+        assert!(text.contains("[tracker]") && text.contains("[admin]"));
     }
 }
