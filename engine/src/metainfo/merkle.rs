@@ -97,6 +97,63 @@ pub fn root_from_piece_layer(layer: &[Hash32], file_len_bytes: u64, piece_length
     root_of(layer, width_pieces, level)
 }
 
+/// The layer `level` (>= the piece level) of a file's tree, folded up from its piece layer
+/// and padded to the tree's full width at that level. Bounded: at most the piece layer's size.
+pub fn layer_from_piece_layer(
+    layer: &[Hash32],
+    file_len_bytes: u64,
+    piece_length: u64,
+    level: u32,
+) -> Option<Vec<Hash32>> {
+    let base = piece_level(piece_length);
+    let width_leaves = leaves_in(file_len_bytes).next_power_of_two();
+    if level < base || (1u64 << level.min(63)) > width_leaves {
+        return None;
+    }
+    let mut nodes = layer.to_vec();
+    nodes.resize(((width_leaves >> base) as usize).max(1), pad_hash(base));
+    for _ in base..level {
+        nodes = nodes.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
+    }
+    Some(nodes)
+}
+
+/// A BEP 52 `hashes` answer from a full layer of the tree: `length` nodes from `index`, then
+/// one uncle per level for `proof_layers` levels above the requested subtree, stopping below
+/// the root (which the peer has). `None` when the range is outside the layer.
+pub fn hashes_with_proof(
+    layer_nodes: &[Hash32],
+    index: usize,
+    length: usize,
+    proof_layers: u32,
+) -> Option<Vec<Hash32>> {
+    let mut out: Vec<Hash32> = layer_nodes.get(index..index.checked_add(length)?)?.to_vec();
+    let mut level_nodes = layer_nodes.to_vec();
+    let mut pos = index;
+    // Fold up to the requested subtree's root level.
+    let mut span = length.max(1);
+    while span > 1 && level_nodes.len() > 1 {
+        level_nodes = level_nodes
+            .chunks(2)
+            .map(|p| hash_pair(&p[0], &p[1]))
+            .collect();
+        pos /= 2;
+        span /= 2;
+    }
+    for _ in 0..proof_layers {
+        if level_nodes.len() <= 1 {
+            break;
+        }
+        out.push(level_nodes[pos ^ 1]);
+        level_nodes = level_nodes
+            .chunks(2)
+            .map(|p| hash_pair(&p[0], &p[1]))
+            .collect();
+        pos /= 2;
+    }
+    Some(out)
+}
+
 /// Splits concatenated 32-byte hashes; `None` when the length is not a multiple of 32.
 pub fn split_hashes(bytes: &[u8]) -> Option<Vec<Hash32>> {
     if !bytes.len().is_multiple_of(32) {
@@ -156,6 +213,26 @@ mod tests {
             };
             assert_eq!(root, expected, "len {len}");
         }
+    }
+
+    #[test]
+    fn proofs_verify_up_to_the_root() {
+        // Proves: a hashes answer's base nodes plus uncles recompute the pieces root, for a
+        // layer folded up from a piece layer.
+        let piece_length = 2 * BLOCK_LEN_BYTES;
+        let len = 7 * piece_length + 5;
+        let layer: Vec<Hash32> = (0..8u8).map(|i| [i; 32]).collect();
+        let root = root_from_piece_layer(&layer, len, piece_length);
+        let nodes = layer_from_piece_layer(&layer, len, piece_length, 1).unwrap();
+        assert_eq!(nodes.len(), 8);
+        let answer = hashes_with_proof(&nodes, 4, 2, 8).unwrap();
+        assert_eq!(answer.len(), 2 + 2);
+        let mut node = hash_pair(&answer[0], &answer[1]);
+        node = hash_pair(&node, &answer[2]); // nodes 4..6 form a left child at level 2
+        node = hash_pair(&answer[3], &node); // which sits in the right half at level 3
+        assert_eq!(node, root);
+        assert!(hashes_with_proof(&nodes, 8, 2, 0).is_none());
+        assert!(layer_from_piece_layer(&layer, len, piece_length, 0).is_none());
     }
 
     #[test]
