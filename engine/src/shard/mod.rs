@@ -850,6 +850,24 @@ impl Shard {
                 }
                 // Other extension ids: we never advertised them; ignore, as BEP 10 asks.
             }
+            Message::Unknown {
+                id: crate::wire::hashes::HASH_REQUEST,
+                payload,
+            } if torrent.info_hash_v2.is_some() => {
+                // BEP 52: we hold no merkle trees on the shard yet (piece layers would mean
+                // disk reads here), so every hash request gets a hash reject; peers that have
+                // the .torrent never need one. Malformed requests close the peer.
+                let r = crate::wire::hashes::parse_hash_request(
+                    crate::wire::hashes::HASH_REQUEST,
+                    payload,
+                )
+                .map_err(|_| CloseReason::ProtocolViolation)?;
+                crate::wire::hashes::encode_hash_request(
+                    crate::wire::hashes::HASH_REJECT,
+                    &r,
+                    &mut peer.control_pending,
+                );
+            }
             Message::Unknown { .. } => {}
         }
         let Some(peer) = self.peer_mut(idx) else {
