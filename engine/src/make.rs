@@ -7,10 +7,11 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::metainfo::create::{self, CreateError, CreateOptions};
-use crate::metainfo::torrent::{self, MetainfoError, Torrent};
+use crate::metainfo::create::{self, CreateError, CreateOptions, V2Hashes};
+use crate::metainfo::merkle;
+use crate::metainfo::torrent::{self, MetaVersion, MetainfoError, Torrent};
 use crate::storage::extents::layout;
-use crate::storage::{hash_pieces, StorageError};
+use crate::storage::{hash_pieces, hash_pieces_v2, StorageError};
 
 #[derive(Debug)]
 pub enum MakeError {
@@ -67,6 +68,19 @@ pub fn make_torrent(
     threads: usize,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Torrent, Vec<u8>), MakeError> {
+    make_torrent_version(path, opts, MetaVersion::V1, threads, progress)
+}
+
+/// `make_torrent` for a chosen format: v1 (SHA-1 pieces), v2 (BEP 52 SHA-256 merkle trees
+/// with 16 KiB leaves and piece layers) or hybrid (both, BEP 47 pads aligning files to pieces;
+/// one read of the content feeds both hashes).
+pub fn make_torrent_version(
+    path: &Path,
+    opts: &CreateOptions,
+    version: MetaVersion,
+    threads: usize,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(Torrent, Vec<u8>), MakeError> {
     let display = path.display().to_string();
     // `squall make .` names the torrent after the directory, not ".".
     let named = if path.file_name().is_some() {
@@ -102,17 +116,65 @@ pub fn make_torrent(
         Some(pl) => return Err(MakeError::BadPieceLength { piece_length: pl }),
         None => create::auto_piece_length(total_length),
     };
-    let content = layout(
-        listed
-            .iter()
-            .map(|(_, disk, len)| (disk.clone(), *len, false)),
-    );
-    let hashes = hash_pieces(&content, piece_length, total_length, threads, &|done| {
-        progress(done, total_length)
-    })
-    .map_err(MakeError::Hash)?;
-    let files: Vec<(Vec<String>, u64)> = listed.into_iter().map(|(c, _, len)| (c, len)).collect();
-    let bytes = create::build_torrent_bytes(&name, &files, piece_length, &hashes, opts);
+    let files: Vec<(Vec<String>, u64)> =
+        listed.iter().map(|(c, _, len)| (c.clone(), *len)).collect();
+    let bytes = if version == MetaVersion::V1 {
+        let content = layout(
+            listed
+                .iter()
+                .map(|(_, disk, len)| (disk.clone(), *len, false)),
+        );
+        let hashes = hash_pieces(&content, piece_length, total_length, threads, &|done| {
+            progress(done, total_length)
+        })
+        .map_err(MakeError::Hash)?;
+        create::build_torrent_bytes(&name, &files, piece_length, &hashes, opts)
+    } else {
+        // v2 pieces never span files: hash over the padded layout (the hybrid's v1 layout).
+        let padded = create::hybrid_layout(&files, piece_length);
+        let mut disk_paths = listed.iter().map(|(_, disk, _)| disk.clone());
+        let content = layout(padded.iter().map(|(_, len, pad)| {
+            let disk = if *pad {
+                std::path::PathBuf::new()
+            } else {
+                disk_paths.next().unwrap_or_default()
+            };
+            (disk, *len, *pad)
+        }));
+        let stream_length = content.last().map_or(0, |f| f.offset + f.length);
+        let (nodes, v1) = hash_pieces_v2(
+            &content,
+            piece_length,
+            stream_length,
+            version == MetaVersion::Hybrid,
+            threads,
+            &|done| progress(done, stream_length),
+        )
+        .map_err(MakeError::Hash)?;
+        let mut v2 = V2Hashes::default();
+        for f in content.iter().filter(|f| !f.pad) {
+            if f.length == 0 {
+                v2.roots.push(None);
+                v2.layers.push(Vec::new());
+                continue;
+            }
+            let first = (f.offset / piece_length) as usize;
+            let count = f.length.div_ceil(piece_length) as usize;
+            let layer = nodes.get(first..first + count).unwrap_or(&[]);
+            if f.length <= piece_length {
+                v2.roots.push(layer.first().copied());
+                v2.layers.push(Vec::new());
+            } else {
+                v2.roots.push(Some(merkle::root_from_piece_layer(
+                    layer,
+                    f.length,
+                    piece_length,
+                )));
+                v2.layers.push(layer.concat());
+            }
+        }
+        create::build_torrent_bytes_v2(&name, &files, piece_length, v1.as_deref(), &v2, opts)
+    };
     // Parsing back applies every validation rule (unsafe names, etc.) to what we made.
     let parsed = torrent::parse(&bytes).map_err(|e| match e {
         MetainfoError::UnsafePath { path, reason } => MakeError::BadName { path, reason },

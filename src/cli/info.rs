@@ -13,8 +13,10 @@ pub struct InfoArgs {
     /// The .torrent file.
     pub torrent: PathBuf,
     /// Print one JSON object (info_hash, name, piece_length, num_pieces, total_length, private,
-    /// files [{path, length}], trackers [[tier]], magnet, and comment/created_by/
-    /// creation_date/web_seeds when present).
+    /// files [{path, length, pad}], trackers [[tier]], magnet, meta_version (v1, v2, hybrid),
+    /// and comment/created_by/creation_date/web_seeds when present). `info_hash` is the v1
+    /// SHA-1 hash and is left out of v2-only torrents; v2 and hybrid torrents add
+    /// `info_hash_v2` (64 hex digits, SHA-256).
     #[arg(long)]
     pub json: bool,
 }
@@ -32,7 +34,7 @@ pub fn load_torrent(path: &std::path::Path) -> Result<Torrent, String> {
 
 pub fn to_json(t: &Torrent) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "info_hash": t.info_hash.to_hex(),
+        "meta_version": t.version.as_str(),
         "name": t.name,
         "piece_length": t.piece_length,
         "num_pieces": t.num_pieces(),
@@ -47,6 +49,14 @@ pub fn to_json(t: &Torrent) -> serde_json::Value {
         "magnet": t.magnet(),
     });
     if let Some(obj) = v.as_object_mut() {
+        // A v2-only torrent has no v1 hash; its 20-byte wire hash is a prefix of info_hash_v2,
+        // so printing it as `info_hash` would mislead v1 tools.
+        if t.has_v1() {
+            obj.insert("info_hash".into(), t.info_hash.to_hex().into());
+        }
+        if let Some(v2) = t.info_hash_v2 {
+            obj.insert("info_hash_v2".into(), hex::encode(v2).into());
+        }
         if let Some(c) = &t.comment {
             obj.insert("comment".into(), c.clone().into());
         }
@@ -70,7 +80,13 @@ pub fn run(args: InfoArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("name:         {}", t.name);
-    println!("info-hash:    {}", t.info_hash);
+    println!("format:       {}", t.version.as_str());
+    if t.has_v1() {
+        println!("info-hash:    {}", t.info_hash);
+    }
+    if let Some(v2) = t.info_hash_v2 {
+        println!("info-hash v2: {}", hex::encode(v2));
+    }
     println!("size:         {} bytes", t.total_length);
     println!(
         "pieces:       {} x {} bytes",

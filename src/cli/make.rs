@@ -7,8 +7,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use squall_engine::make::make_torrent;
+use squall_engine::make::make_torrent_version;
 use squall_engine::metainfo::create::CreateOptions;
+use squall_engine::metainfo::MetaVersion;
 
 /// Create a .torrent from a file (single-file torrent) or a directory (multi-file torrent).
 ///
@@ -44,6 +45,14 @@ pub struct MakeArgs {
     /// Hashing threads (default: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Make a BitTorrent v2-only torrent (BEP 52: SHA-256 merkle trees, 16 KiB leaves).
+    /// v1-only clients cannot use it; prefer --hybrid unless every peer speaks v2.
+    #[arg(long, conflicts_with = "hybrid")]
+    pub v2: bool,
+    /// Make a hybrid torrent: v1 and v2 halves over the same content (BEP 47 pad files align
+    /// every file to a piece). Both v1 and v2 clients can use it.
+    #[arg(long)]
+    pub hybrid: bool,
 }
 
 /// Parses `16384`, `256K`, `256KiB`, `1M`, `1MiB` (binary units).
@@ -115,7 +124,12 @@ pub fn run(args: MakeArgs) -> Result<ExitCode, String> {
             bar.set_position(done);
         }
     };
-    let made = make_torrent(&args.path, &opts, args.threads, &progress);
+    let version = match (args.v2, args.hybrid) {
+        (true, _) => MetaVersion::V2,
+        (false, true) => MetaVersion::Hybrid,
+        (false, false) => MetaVersion::V1,
+    };
+    let made = make_torrent_version(&args.path, &opts, version, args.threads, &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -128,7 +142,12 @@ pub fn run(args: MakeArgs) -> Result<ExitCode, String> {
         )
     })?;
     println!("name:       {}", torrent.name);
-    println!("info-hash:  {}", torrent.info_hash);
+    if torrent.has_v1() {
+        println!("info-hash:  {}", torrent.info_hash);
+    }
+    if let Some(v2) = torrent.info_hash_v2 {
+        println!("info-hash v2: {}", hex::encode(v2));
+    }
     println!(
         "size:       {} bytes in {} file(s), {} pieces of {} bytes",
         torrent.total_length,

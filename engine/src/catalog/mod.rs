@@ -26,13 +26,17 @@ use std::sync::Arc;
 
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
-use crate::storage::{verify_pieces, ContentFile, VerifyReport};
+use crate::storage::{verify_pieces_with, ContentFile, Expected, VerifyReport};
 use resume::{FileStamp, ResumeState};
 
 /// One torrent as the shards see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogTorrent {
+    /// The 20-byte wire hash (SHA-1 for v1/hybrid, truncated SHA-256 for v2-only).
     pub info_hash: InfoHash,
+    /// BEP 52 SHA-256 info-hash (v2 and hybrid); a hybrid is also indexed by its first 20
+    /// bytes, which v2 peers send in their handshakes.
+    pub info_hash_v2: Option<[u8; 32]>,
     pub name: String,
     pub piece_length: u64,
     pub total_length: u64,
@@ -286,6 +290,13 @@ fn finish(
         }
         let index = catalog.torrents.len() as u32;
         catalog.index.insert(prepared.entry.info_hash, index);
+        // A hybrid answers to both hashes; a v2-only torrent's wire hash already is the
+        // truncated v2 one. A (vanishingly unlikely) clash keeps the first torrent's entry.
+        if let Some(v2) = prepared.entry.info_hash_v2 {
+            let mut truncated = [0u8; 20];
+            truncated.copy_from_slice(&v2[..20]);
+            catalog.index.entry(InfoHash(truncated)).or_insert(index);
+        }
         catalog.torrents.push(Arc::new(prepared.entry));
     }
     if let Err(e) = resume::write_all(&opts.state_dir, &resume_writes) {
@@ -315,11 +326,20 @@ fn verify_needed(
         e.read_torrent()
             .map_err(|err| err.to_string())
             .and_then(|t| {
-                verify_pieces(
+                // v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both.
+                let v2_hash = |index: u32| t.v2_piece_hash(index);
+                let expected = Expected {
+                    v1: t.has_v1().then_some(&t.piece_hashes[..]),
+                    v2: t
+                        .version
+                        .has_v2()
+                        .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
+                };
+                verify_pieces_with(
                     &e.files,
                     e.piece_length,
                     e.total_length,
-                    &t.piece_hashes,
+                    &expected,
                     threads,
                     &|_| {},
                 )
@@ -447,6 +467,7 @@ fn prepare(
     Ok(Prepared {
         entry: CatalogTorrent {
             info_hash: t.info_hash,
+            info_hash_v2: t.info_hash_v2,
             name: t.name.clone(),
             piece_length: t.piece_length,
             total_length: t.total_length,

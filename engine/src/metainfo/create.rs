@@ -10,6 +10,7 @@
 //! depends only on the names, never on readdir order, so the same tree always gives the same
 //! info-hash.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -232,6 +233,131 @@ pub fn build_torrent_bytes(
         info.insert_mut("private", Value::Int(1));
     }
     let mut root = DictBuilder::new().insert("info", info.build());
+    add_outer_keys(&mut root, opts);
+    root.build().encode()
+}
+
+/// The v2 half of a new torrent, per file in `files` order: its pieces root (`None` for an
+/// empty file) and its piece layer (empty for a file of at most one piece).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V2Hashes {
+    pub roots: Vec<Option<[u8; 32]>>,
+    pub layers: Vec<Vec<u8>>,
+}
+
+/// One entry of a hybrid's v1 file list: (components, length, is a BEP 47 pad).
+pub type PaddedFile = (Vec<String>, u64, bool);
+
+/// The v1 file list of a hybrid: a pad (`.pad/<len>`, `attr p`) after every non-empty file
+/// that does not end on a piece boundary, the last one included, so v1 pieces line up with
+/// v2's per-file pieces. This is libtorrent's layout and the one the parser gives a v2-only
+/// torrent. A single-file torrent (`length`, no file list) has nowhere to put a pad: none.
+pub fn hybrid_layout(files: &[(Vec<String>, u64)], piece_length: u64) -> Vec<PaddedFile> {
+    if let [(components, length)] = files {
+        if components.is_empty() {
+            return vec![(Vec::new(), *length, false)];
+        }
+    }
+    let mut out = Vec::with_capacity(files.len() * 2);
+    let mut offset = 0u64;
+    for (components, length) in files {
+        out.push((components.clone(), *length, false));
+        offset += length;
+        let misalign = offset % piece_length;
+        if *length > 0 && misalign != 0 {
+            let pad_len = piece_length - misalign;
+            out.push((vec![".pad".to_string(), pad_len.to_string()], pad_len, true));
+            offset += pad_len;
+        }
+    }
+    out
+}
+
+/// The bytes of a v2-only (`v1_piece_hashes` = `None`) or hybrid torrent. `files` as for
+/// `build_torrent_bytes`; a hybrid's v1 hashes cover `hybrid_layout(files)`.
+pub fn build_torrent_bytes_v2(
+    name: &str,
+    files: &[(Vec<String>, u64)],
+    piece_length: u64,
+    v1_piece_hashes: Option<&[u8]>,
+    v2: &V2Hashes,
+    opts: &CreateOptions,
+) -> Vec<u8> {
+    let single = matches!(files, [(c, _)] if c.is_empty());
+    let mut tree: BTreeMap<Vec<u8>, Value> = BTreeMap::new();
+    let mut layers: BTreeMap<Vec<u8>, Value> = BTreeMap::new();
+    for (i, (components, length)) in files.iter().enumerate() {
+        let mut leaf = DictBuilder::new().insert("length", Value::Int(*length as i64));
+        if let Some(root) = v2.roots.get(i).copied().flatten() {
+            leaf.insert_mut("pieces root", Value::Bytes(root.to_vec()));
+            if let Some(layer) = v2.layers.get(i).filter(|l| !l.is_empty()) {
+                layers.insert(root.to_vec(), Value::Bytes(layer.clone()));
+            }
+        }
+        let file_node = DictBuilder::new().insert("", leaf.build()).build();
+        let path: Vec<&str> = if single {
+            vec![name]
+        } else {
+            components.iter().map(String::as_str).collect()
+        };
+        insert_tree(&mut tree, &path, file_node);
+    }
+    let mut info = DictBuilder::new()
+        .insert("name", Value::str(name))
+        .insert("piece length", Value::Int(piece_length as i64))
+        .insert("meta version", Value::Int(2))
+        .insert("file tree", Value::Dict(tree));
+    if let Some(pieces) = v1_piece_hashes {
+        info.insert_mut("pieces", Value::Bytes(pieces.to_vec()));
+        if single {
+            info.insert_mut("length", Value::Int(files[0].1 as i64));
+        } else {
+            let list = hybrid_layout(files, piece_length)
+                .into_iter()
+                .map(|(components, length, pad)| {
+                    let mut d = DictBuilder::new()
+                        .insert("length", Value::Int(length as i64))
+                        .insert(
+                            "path",
+                            Value::List(components.iter().map(|c| Value::str(c)).collect()),
+                        );
+                    if pad {
+                        d.insert_mut("attr", Value::str("p"));
+                    }
+                    d.build()
+                })
+                .collect();
+            info.insert_mut("files", Value::List(list));
+        }
+    }
+    if opts.private {
+        info.insert_mut("private", Value::Int(1));
+    }
+    let mut root = DictBuilder::new()
+        .insert("info", info.build())
+        .insert("piece layers", Value::Dict(layers));
+    add_outer_keys(&mut root, opts);
+    root.build().encode()
+}
+
+fn insert_tree(tree: &mut BTreeMap<Vec<u8>, Value>, path: &[&str], file_node: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        tree.insert(first.as_bytes().to_vec(), file_node);
+        return;
+    }
+    let child = tree
+        .entry(first.as_bytes().to_vec())
+        .or_insert_with(|| Value::Dict(BTreeMap::new()));
+    if let Value::Dict(sub) = child {
+        insert_tree(sub, rest, file_node);
+    }
+}
+
+/// Trackers, comment, creator, date and web seeds: the keys outside `info`.
+fn add_outer_keys(root: &mut DictBuilder, opts: &CreateOptions) {
     let tiers: Vec<&Vec<String>> = opts.trackers.iter().filter(|t| !t.is_empty()).collect();
     if let Some(first) = tiers.first().and_then(|t| t.first()) {
         root.insert_mut("announce", Value::str(first));
@@ -260,7 +386,6 @@ pub fn build_torrent_bytes(
             Value::List(many.iter().map(|u| Value::str(u)).collect()),
         ),
     }
-    root.build().encode()
 }
 
 #[cfg(test)]

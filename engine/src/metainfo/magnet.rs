@@ -75,13 +75,25 @@ impl Magnet {
 
 /// A magnet link for `t`: its name, every tracker (tier order), and `peers` as `x.pe`.
 pub fn magnet_for(t: &Torrent, peers: &[String]) -> String {
-    Magnet {
+    let uri = Magnet {
         info_hash: t.info_hash,
         display_name: Some(t.name.clone()),
         trackers: t.trackers.iter().flatten().cloned().collect(),
         peers: peers.to_vec(),
     }
-    .to_uri()
+    .to_uri();
+    // BEP 52: a v2 info-hash travels as a SHA-256 multihash (0x12, length 0x20). A hybrid
+    // carries both `xt`s; a v2-only torrent only the btmh one.
+    let Some(v2) = t.info_hash_v2 else {
+        return uri;
+    };
+    let btmh = format!("xt=urn:btmh:1220{}", hex::encode(v2));
+    let btih = format!("xt=urn:btih:{}", t.info_hash.to_hex());
+    if t.has_v1() {
+        uri.replacen(&btih, &format!("{btih}&{btmh}"), 1)
+    } else {
+        uri.replacen(&btih, &btmh, 1)
+    }
 }
 
 fn decode_btih(s: &str) -> Result<InfoHash, MetainfoError> {

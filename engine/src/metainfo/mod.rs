@@ -7,7 +7,8 @@
 pub mod bencode;
 pub mod create;
 pub mod magnet;
+pub mod merkle;
 pub mod torrent;
 
 pub use magnet::Magnet;
-pub use torrent::{FileEntry, InfoHash, MetainfoError, Torrent};
+pub use torrent::{FileEntry, InfoHash, MetaVersion, MetainfoError, Torrent};

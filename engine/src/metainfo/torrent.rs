@@ -1,5 +1,12 @@
-//! .torrent parsing and validation (BEP 3 v1, BEP 12 announce-list, BEP 19 url-list,
-//! BEP 27 private, BEP 47 pad files). v2-only torrents are refused for now; hybrids parse as v1.
+//! .torrent parsing and validation (BEP 3 v1, BEP 52 v2 and hybrid, BEP 12 announce-list,
+//! BEP 19 url-list, BEP 27 private, BEP 47 pad files).
+//!
+//! v2 model: every torrent is one piece-index space over a byte stream of files. A v2 piece
+//! never spans two files, so a v2-only torrent gets implicit pad files (`pad: true`, path
+//! `.pad/<len>`) after each file, exactly where a hybrid carries explicit BEP 47 pads; the rest
+//! of the engine (extents, serving) then needs no v2 special case. `info_hash` is the 20-byte
+//! hash peers use in handshakes: SHA-1 for v1 and hybrid, the first 20 bytes of the SHA-256
+//! info-hash for v2-only.
 //!
 //! Owns: the `Torrent` type and every validation rule on untrusted metainfo.
 //! Must never: panic on any input, or return a `Torrent` whose file paths could escape a data
@@ -9,9 +16,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 
 use super::bencode::{self, Node};
+use super::merkle;
 
 /// A v1 info-hash: SHA-1 of the raw `info` dictionary bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,17 +60,55 @@ pub struct FileEntry {
     /// Offset of the file's first byte in the torrent's concatenated byte stream.
     pub offset: u64,
     /// BEP 47 pad file (`attr` contains `p`): never looked for on disk, served as zeros.
+    /// v2-only torrents get implicit pads between files (see module doc).
     pub pad: bool,
+    /// BEP 52 `pieces root` (v2 and hybrid, files with at least one byte).
+    pub pieces_root: Option<[u8; 32]>,
 }
 
-/// A validated v1 torrent.
+/// Which halves of BEP 52 a torrent carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaVersion {
+    /// BEP 3 only: `pieces`, SHA-1.
+    V1,
+    /// BEP 52 only: `file tree`, `piece layers`, SHA-256.
+    V2,
+    /// Both, describing the same bytes (v1 with BEP 47 pads aligning files to pieces).
+    Hybrid,
+}
+
+impl MetaVersion {
+    pub fn has_v1(self) -> bool {
+        self != MetaVersion::V2
+    }
+    pub fn has_v2(self) -> bool {
+        self != MetaVersion::V1
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaVersion::V1 => "v1",
+            MetaVersion::V2 => "v2",
+            MetaVersion::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// A validated torrent (v1, v2 or hybrid).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Torrent {
+    /// The 20-byte hash of handshakes and trackers: SHA-1 of `info` for v1 and hybrid, the
+    /// SHA-256 v2 info-hash cut to 20 bytes for v2-only.
     pub info_hash: InfoHash,
+    /// SHA-256 of the raw `info` bytes (v2 and hybrid).
+    pub info_hash_v2: Option<[u8; 32]>,
+    pub version: MetaVersion,
     pub name: String,
     pub piece_length: u64,
-    /// Concatenated 20-byte SHA-1 piece hashes (length = 20 x num_pieces).
+    /// Concatenated 20-byte SHA-1 piece hashes (length = 20 x num_pieces); empty for v2-only.
     pub piece_hashes: Vec<u8>,
+    /// BEP 52 `piece layers`: pieces root -> concatenated 32-byte piece hashes, for every
+    /// file longer than one piece (checked against its pieces root at parse time).
+    pub piece_layers: BTreeMap<[u8; 32], Vec<u8>>,
     pub files: Vec<FileEntry>,
     pub total_length: u64,
     /// true for a multi-file torrent (`files` key): content lives in `<data>/<name>/...`;
@@ -77,8 +126,48 @@ pub struct Torrent {
 }
 
 impl Torrent {
+    /// Pieces in the torrent's piece-index space (parse guarantees this fits in u32).
     pub fn num_pieces(&self) -> u32 {
-        (self.piece_hashes.len() / 20) as u32
+        self.total_length.div_ceil(self.piece_length) as u32
+    }
+
+    /// Whether the torrent has a v1 half (SHA-1 piece hashes).
+    pub fn has_v1(&self) -> bool {
+        self.version.has_v1()
+    }
+
+    /// The v2 info-hash cut to 20 bytes: what a v2 peer sends in its handshake.
+    pub fn info_hash_v2_truncated(&self) -> Option<InfoHash> {
+        self.info_hash_v2.map(|h| {
+            let mut t = [0u8; 20];
+            t.copy_from_slice(&h[..20]);
+            InfoHash(t)
+        })
+    }
+
+    /// Index of the file (never a pad) whose data piece `index` holds, for v2 torrents where a
+    /// piece never spans files. `None` for a piece of pads only or out of range.
+    pub fn v2_piece_file(&self, index: u32) -> Option<usize> {
+        let start = u64::from(index) * self.piece_length;
+        let pos = self.files.partition_point(|f| f.offset + f.length <= start);
+        let f = self.files.get(pos)?;
+        (!f.pad && f.length > 0 && f.offset <= start).then_some(pos)
+    }
+
+    /// The SHA-256 node a v2 piece is checked against: its piece-layer entry for a file longer
+    /// than a piece, else the file's pieces root. `None` for v1 torrents and pad pieces.
+    pub fn v2_piece_hash(&self, index: u32) -> Option<[u8; 32]> {
+        let file = &self.files[self.v2_piece_file(index)?];
+        let root = file.pieces_root?;
+        if file.length <= self.piece_length {
+            return Some(root);
+        }
+        let layer = self.piece_layers.get(&root)?;
+        let local =
+            ((u64::from(index) * self.piece_length - file.offset) / self.piece_length) as usize;
+        let mut h = [0u8; 32];
+        h.copy_from_slice(layer.get(local * 32..local * 32 + 32)?);
+        Some(h)
     }
 
     pub fn piece_hash(&self, index: u32) -> Option<[u8; 20]> {
@@ -114,7 +203,6 @@ pub enum MetainfoError {
         path: String,
         reason: String,
     },
-    V2NotSupported,
     Invalid(String),
 }
 
@@ -125,9 +213,6 @@ impl fmt::Display for MetainfoError {
             MetainfoError::Field { field, problem } => write!(f, "field `{field}`: {problem}"),
             MetainfoError::UnsafePath { path, reason } => {
                 write!(f, "unsafe file path {path:?}: {reason} (refused: it could escape the data directory)")
-            }
-            MetainfoError::V2NotSupported => {
-                write!(f, "BitTorrent v2-only torrents are not supported yet (v1 and hybrid torrents are)")
             }
             MetainfoError::Invalid(s) => f.write_str(s),
         }
@@ -154,7 +239,13 @@ impl From<super::bencode::BencodeError> for MetainfoError {
 /// the bound keeps a hostile file from making a hasher allocate gigabytes per thread.
 pub const PIECE_LENGTH_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Parses and validates a .torrent file's bytes.
+/// Deepest directory nesting accepted in a v2 `file tree` (real trees are a handful deep; the
+/// bound keeps recursion and path strings small on hostile input).
+pub const FILE_TREE_DEPTH_MAX: usize = 48;
+/// Most files accepted in a v2 `file tree`.
+pub const FILE_TREE_FILES_MAX: usize = 1 << 20;
+
+/// Parses and validates a .torrent file's bytes (v1, v2 or hybrid).
 pub fn parse(bytes: &[u8]) -> Result<Torrent, MetainfoError> {
     let root = bencode::decode(bytes)?;
     if root.as_dict().is_none() {
@@ -169,18 +260,31 @@ pub fn parse(bytes: &[u8]) -> Result<Torrent, MetainfoError> {
             &format!("is a {}, not a dictionary", info.type_name()),
         ));
     }
-    // v2-only: `meta version` 2 and none of the v1 keys. A hybrid carries both; parse its v1 half.
-    let has_v1 = info.get("pieces").is_some()
-        && (info.get("length").is_some() || info.get("files").is_some());
-    if info.get("meta version").and_then(Node::as_int) == Some(2) && !has_v1 {
-        return Err(MetainfoError::V2NotSupported);
-    }
+    let has_v2 = match info.get("meta version") {
+        None => false,
+        Some(v) => match v.as_int() {
+            Some(1) => false,
+            Some(2) => true,
+            _ => {
+                return Err(field(
+                    "info.meta version",
+                    "must be 1 or 2 (this torrent format is newer than Squall)",
+                ))
+            }
+        },
+    };
+    let has_v1 = !has_v2 || info.get("pieces").is_some();
+    let version = match (has_v1, has_v2) {
+        (true, true) => MetaVersion::Hybrid,
+        (false, true) => MetaVersion::V2,
+        _ => MetaVersion::V1,
+    };
 
     let info_bytes = bytes
         .get(info.span.clone())
         .ok_or_else(|| MetainfoError::Invalid("info span out of range".into()))?
         .to_vec();
-    let info_hash = InfoHash(Sha1::digest(&info_bytes).into());
+    let info_hash_v2: Option<[u8; 32]> = has_v2.then(|| Sha256::digest(&info_bytes).into());
 
     let name = utf8_preferring(info, "name.utf-8", "name")?
         .ok_or_else(|| field("info.name", "is missing"))?;
@@ -204,65 +308,113 @@ pub fn parse(bytes: &[u8]) -> Result<Torrent, MetainfoError> {
             &format!("{piece_length} bytes exceeds the limit of {PIECE_LENGTH_MAX_BYTES}"),
         ));
     }
+    if has_v2 && (!piece_length.is_power_of_two() || piece_length < merkle::BLOCK_LEN_BYTES) {
+        return Err(field(
+            "info.piece length",
+            &format!("{piece_length} is not a power of two of at least 16 KiB (BEP 52)"),
+        ));
+    }
 
-    let (files, multi_file) = match (info.get("length"), info.get("files")) {
-        (Some(_), Some(_)) => {
-            return Err(MetainfoError::Invalid(
-                "info has both `length` (single-file) and `files` (multi-file)".into(),
-            ))
-        }
-        (Some(len), None) => {
-            let length = non_negative(len, "info.length")?;
-            let entry = FileEntry {
-                path: vec![name.clone()],
-                length,
-                offset: 0,
-                pad: false,
-            };
-            (vec![entry], false)
-        }
-        (None, Some(list)) => (parse_files(list)?, true),
-        (None, None) => return Err(field("info.length / info.files", "both are missing")),
+    let v2_files = if has_v2 {
+        let tree = info
+            .get("file tree")
+            .ok_or_else(|| field("info.file tree", "is missing (meta version 2)"))?;
+        Some(parse_file_tree(tree)?)
+    } else {
+        None
     };
+
+    let (mut files, multi_file) = if has_v1 {
+        match (info.get("length"), info.get("files")) {
+            (Some(_), Some(_)) => {
+                return Err(MetainfoError::Invalid(
+                    "info has both `length` (single-file) and `files` (multi-file)".into(),
+                ))
+            }
+            (Some(len), None) => {
+                let length = non_negative(len, "info.length")?;
+                let entry = FileEntry {
+                    path: vec![name.clone()],
+                    length,
+                    offset: 0,
+                    pad: false,
+                    pieces_root: None,
+                };
+                (vec![entry], false)
+            }
+            (None, Some(list)) => (parse_files(list)?, true),
+            (None, None) => return Err(field("info.length / info.files", "both are missing")),
+        }
+    } else {
+        let v2 = v2_files.as_deref().unwrap_or(&[]);
+        // A tree holding one file named like the torrent is a single-file torrent (the v2
+        // counterpart of `length`); anything else lives in a directory named `name`.
+        let single = matches!(v2, [(path, _, _)] if path.len() == 1 && path[0] == name);
+        (align_v2_files(v2, piece_length)?, !single)
+    };
+    if let (MetaVersion::Hybrid, Some(v2)) = (version, &v2_files) {
+        match_hybrid_halves(&mut files, v2, piece_length)?;
+    } else if let Some(v2) = &v2_files {
+        // v2-only: align_v2_files put the roots in file order, pads skipped.
+        let mut roots = v2.iter().map(|(_, _, root)| *root);
+        for f in files.iter_mut().filter(|f| !f.pad) {
+            f.pieces_root = roots.next().flatten();
+        }
+    }
     let total_length = files.last().map(|f| f.offset + f.length).unwrap_or(0);
     if total_length == 0 {
         return Err(MetainfoError::Invalid(
             "torrent has no content (total length is 0)".into(),
         ));
     }
-
-    let pieces = info
-        .get("pieces")
-        .ok_or_else(|| field("info.pieces", "is missing"))?
-        .as_bytes()
-        .ok_or_else(|| field("info.pieces", "is not a string"))?;
     let num_pieces = total_length.div_ceil(piece_length);
     if num_pieces > u64::from(u32::MAX) {
         return Err(MetainfoError::Invalid(format!(
             "{num_pieces} pieces is more than 2^32 - 1"
         )));
     }
-    if pieces.len() as u64 != num_pieces * 20 {
-        return Err(field(
-            "info.pieces",
-            &format!(
-                "is {} bytes; {} pieces of {} bytes covering {} bytes need 20 x {} = {} bytes",
-                pieces.len(),
-                num_pieces,
-                piece_length,
-                total_length,
-                num_pieces,
-                num_pieces * 20
-            ),
-        ));
-    }
+
+    let (info_hash, piece_hashes) = if has_v1 {
+        let pieces = info
+            .get("pieces")
+            .ok_or_else(|| field("info.pieces", "is missing"))?
+            .as_bytes()
+            .ok_or_else(|| field("info.pieces", "is not a string"))?;
+        if pieces.len() as u64 != num_pieces * 20 {
+            return Err(field(
+                "info.pieces",
+                &format!(
+                    "is {} bytes; {} pieces of {} bytes covering {} bytes need 20 x {} = {} bytes",
+                    pieces.len(),
+                    num_pieces,
+                    piece_length,
+                    total_length,
+                    num_pieces,
+                    num_pieces * 20
+                ),
+            ));
+        }
+        (InfoHash(Sha1::digest(&info_bytes).into()), pieces.to_vec())
+    } else {
+        let mut truncated = [0u8; 20];
+        truncated.copy_from_slice(&info_hash_v2.unwrap_or([0; 32])[..20]);
+        (InfoHash(truncated), Vec::new())
+    };
+    let piece_layers = if has_v2 {
+        parse_piece_layers(&root, &files, piece_length)?
+    } else {
+        BTreeMap::new()
+    };
     let private = info.get("private").and_then(Node::as_int) == Some(1);
 
     Ok(Torrent {
         info_hash,
+        info_hash_v2,
+        version,
         name,
         piece_length,
-        piece_hashes: pieces.to_vec(),
+        piece_hashes,
+        piece_layers,
         files,
         total_length,
         multi_file,
@@ -279,6 +431,225 @@ pub fn parse(bytes: &[u8]) -> Result<Torrent, MetainfoError> {
         creation_date: root.get("creation date").and_then(Node::as_int),
         info_bytes,
     })
+}
+
+/// One file of a v2 `file tree`: (path components, length, pieces root).
+type TreeFile = (Vec<String>, u64, Option<[u8; 32]>);
+
+/// Walks a BEP 52 `file tree` in the order it is written (bencode keeps dict keys sorted, so
+/// this is also libtorrent's order). Path components get the v1 rules.
+fn parse_file_tree(tree: &Node<'_>) -> Result<Vec<TreeFile>, MetainfoError> {
+    if tree.as_dict().is_none() {
+        return Err(field("info.file tree", "is not a dictionary"));
+    }
+    let mut out = Vec::new();
+    let mut path = Vec::new();
+    walk_file_tree(tree, &mut path, &mut out)?;
+    if out.is_empty() {
+        return Err(field(
+            "info.file tree",
+            "is empty (a torrent needs at least one file)",
+        ));
+    }
+    Ok(out)
+}
+
+fn walk_file_tree(
+    node: &Node<'_>,
+    path: &mut Vec<String>,
+    out: &mut Vec<TreeFile>,
+) -> Result<(), MetainfoError> {
+    let entries = node.as_dict().unwrap_or(&[]);
+    for (key, child) in entries {
+        let component = std::str::from_utf8(key)
+            .map_err(|_| field("info.file tree", "has a path element that is not UTF-8"))?;
+        path.push(component.to_owned());
+        let joined = path.join("/");
+        check_component(component, &joined)?;
+        if path.len() > FILE_TREE_DEPTH_MAX {
+            return Err(field(
+                "info.file tree",
+                &format!("{joined:?} is nested deeper than {FILE_TREE_DEPTH_MAX} directories"),
+            ));
+        }
+        let children = child
+            .as_dict()
+            .ok_or_else(|| field("info.file tree", &format!("{joined:?} is not a dictionary")))?;
+        match child.get("") {
+            Some(leaf) => {
+                if children.len() != 1 {
+                    return Err(field(
+                        "info.file tree",
+                        &format!("{joined:?} is both a file and a directory"),
+                    ));
+                }
+                let where_ = format!("info.file tree {joined:?}");
+                let length = non_negative(
+                    leaf.get("length")
+                        .ok_or_else(|| field(&where_, "has no length"))?,
+                    &format!("{where_}.length"),
+                )?;
+                let pieces_root = match leaf.get("pieces root") {
+                    None if length == 0 => None,
+                    None => return Err(field(&where_, "has no pieces root")),
+                    Some(r) => {
+                        let r = r
+                            .as_bytes()
+                            .filter(|r| r.len() == 32)
+                            .ok_or_else(|| field(&where_, "pieces root is not 32 bytes"))?;
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(r);
+                        Some(h)
+                    }
+                };
+                if out.len() >= FILE_TREE_FILES_MAX {
+                    return Err(field(
+                        "info.file tree",
+                        &format!("has more than {FILE_TREE_FILES_MAX} files"),
+                    ));
+                }
+                out.push((path.clone(), length, pieces_root));
+            }
+            None => walk_file_tree(child, path, out)?,
+        }
+        path.pop();
+    }
+    Ok(())
+}
+
+/// Lays v2 files out in one piece-index space: after every non-empty file that does not end
+/// on a piece boundary comes an implicit pad (`.pad/<len>`), the last file included. This is
+/// libtorrent's layout (its total size of a v2 torrent is a whole number of pieces), so piece
+/// indexes and the last piece's length agree with it on the wire.
+fn align_v2_files(v2: &[TreeFile], piece_length: u64) -> Result<Vec<FileEntry>, MetainfoError> {
+    let mut files = Vec::with_capacity(v2.len() * 2);
+    let mut offset: u64 = 0;
+    for (path, length, _) in v2 {
+        files.push(FileEntry {
+            path: path.clone(),
+            length: *length,
+            offset,
+            pad: false,
+            pieces_root: None,
+        });
+        offset = offset
+            .checked_add(*length)
+            .filter(|t| *t <= i64::MAX as u64)
+            .ok_or_else(|| MetainfoError::Invalid("total length overflows 2^63 bytes".into()))?;
+        let misalign = offset % piece_length;
+        if *length > 0 && misalign != 0 {
+            let pad_len = piece_length - misalign;
+            files.push(FileEntry {
+                path: vec![".pad".into(), pad_len.to_string()],
+                length: pad_len,
+                offset,
+                pad: true,
+                pieces_root: None,
+            });
+            offset += pad_len;
+        }
+    }
+    Ok(files)
+}
+
+/// A hybrid's two halves must describe the same files in the same order, each non-empty file
+/// starting on a piece boundary (BEP 47 pads between them); then v1 files get their roots.
+fn match_hybrid_halves(
+    files: &mut [FileEntry],
+    v2: &[TreeFile],
+    piece_length: u64,
+) -> Result<(), MetainfoError> {
+    let mut v2_iter = v2.iter();
+    for f in files.iter_mut().filter(|f| !f.pad) {
+        let joined = f.path.join("/");
+        let Some((path, length, root)) = v2_iter.next() else {
+            return Err(MetainfoError::Invalid(format!(
+                "hybrid torrent: v1 file {joined:?} is not in the v2 file tree"
+            )));
+        };
+        if *path != f.path || *length != f.length {
+            return Err(MetainfoError::Invalid(format!(
+                "hybrid torrent: v1 file {joined:?} ({} bytes) does not match v2 file {:?} ({length} bytes)",
+                f.length,
+                path.join("/")
+            )));
+        }
+        if f.length > 0 && !f.offset.is_multiple_of(piece_length) {
+            return Err(MetainfoError::Invalid(format!(
+                "hybrid torrent: v1 file {joined:?} does not start on a piece boundary (missing pad file)"
+            )));
+        }
+        f.pieces_root = *root;
+    }
+    if let Some((path, _, _)) = v2_iter.next() {
+        return Err(MetainfoError::Invalid(format!(
+            "hybrid torrent: v2 file {:?} is not in the v1 file list",
+            path.join("/")
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `piece layers` and checks, for every file longer than one piece, that its layer
+/// has 32 x ceil(length / piece length) bytes and hashes up to its pieces root.
+fn parse_piece_layers(
+    root: &Node<'_>,
+    files: &[FileEntry],
+    piece_length: u64,
+) -> Result<BTreeMap<[u8; 32], Vec<u8>>, MetainfoError> {
+    let layers_node = root.get("piece layers");
+    if let Some(n) = layers_node {
+        if n.as_dict().is_none() {
+            return Err(field("piece layers", "is not a dictionary"));
+        }
+    }
+    let mut layers = BTreeMap::new();
+    for f in files.iter().filter(|f| !f.pad && f.length > piece_length) {
+        let Some(pieces_root) = f.pieces_root else {
+            continue;
+        };
+        if layers.contains_key(&pieces_root) {
+            continue;
+        }
+        let joined = f.path.join("/");
+        let layer = layers_node
+            .and_then(|n| n.as_dict())
+            .and_then(|d| d.iter().find(|(k, _)| *k == &pieces_root[..]))
+            .ok_or_else(|| {
+                field(
+                    "piece layers",
+                    &format!("has no layer for {joined:?} ({} bytes)", f.length),
+                )
+            })?
+            .1
+            .as_bytes()
+            .ok_or_else(|| {
+                field(
+                    "piece layers",
+                    &format!("layer of {joined:?} is not a string"),
+                )
+            })?;
+        let pieces = f.length.div_ceil(piece_length);
+        if layer.len() as u64 != pieces * 32 {
+            return Err(field(
+                "piece layers",
+                &format!(
+                    "layer of {joined:?} is {} bytes; {pieces} pieces need {} bytes",
+                    layer.len(),
+                    pieces * 32
+                ),
+            ));
+        }
+        let nodes = merkle::split_hashes(layer).unwrap_or_default();
+        if merkle::root_from_piece_layer(&nodes, f.length, piece_length) != pieces_root {
+            return Err(field(
+                "piece layers",
+                &format!("layer of {joined:?} does not hash to its pieces root"),
+            ));
+        }
+        layers.insert(pieces_root, layer.to_vec());
+    }
+    Ok(layers)
 }
 
 fn field(field: &str, problem: &str) -> MetainfoError {
@@ -422,6 +793,7 @@ fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
             length,
             offset,
             pad,
+            pieces_root: None,
         });
         offset = offset
             .checked_add(length)
@@ -552,7 +924,8 @@ mod tests {
                 path: vec!["a.bin".into()],
                 length: 100,
                 offset: 0,
-                pad: false
+                pad: false,
+                pieces_root: None,
             }]
         );
         assert_eq!(
@@ -748,19 +1121,195 @@ mod tests {
         .is_err());
     }
 
+    fn v2_bytes(files: &[(Vec<String>, u64)], piece_length: u64, hybrid: bool) -> Vec<u8> {
+        use crate::metainfo::create::{build_torrent_bytes_v2, hybrid_layout, V2Hashes};
+        let mut v2 = V2Hashes::default();
+        for (i, (_, len)) in files.iter().enumerate() {
+            if *len == 0 {
+                v2.roots.push(None);
+                v2.layers.push(Vec::new());
+            } else if *len <= piece_length {
+                v2.roots.push(Some([i as u8 + 1; 32]));
+                v2.layers.push(Vec::new());
+            } else {
+                let n = len.div_ceil(piece_length) as usize;
+                let layer: Vec<[u8; 32]> = (0..n).map(|p| [p as u8 + 9; 32]).collect();
+                v2.roots.push(Some(merkle::root_from_piece_layer(
+                    &layer,
+                    *len,
+                    piece_length,
+                )));
+                v2.layers.push(layer.concat());
+            }
+        }
+        let padded_len: u64 = hybrid_layout(files, piece_length).iter().map(|f| f.1).sum();
+        let v1 = vec![3u8; 20 * padded_len.div_ceil(piece_length) as usize];
+        build_torrent_bytes_v2(
+            "root",
+            files,
+            piece_length,
+            hybrid.then_some(&v1[..]),
+            &v2,
+            &Default::default(),
+        )
+    }
+
     #[test]
-    fn v2_only_refused_hybrid_parsed_as_v1() {
-        // Proves: meta version 2 without v1 keys is V2NotSupported; a hybrid parses its v1 half.
-        let v2 = DictBuilder::new()
-            .insert("name", s("x"))
-            .insert("piece length", Value::Int(16384))
+    fn v2_only_parses_with_implicit_pads_and_sha256_hash() {
+        // Proves: a v2-only torrent parses; info_hash_v2 is SHA-256 of the info bytes and
+        // info_hash its first 20 bytes; files are piece-aligned with implicit pads; piece
+        // hashes come from the piece layer or the pieces root.
+        let pl = 16384;
+        let files = vec![
+            (vec!["a".to_string()], 40000u64),
+            (vec!["d".to_string(), "e".to_string()], 0),
+            (vec!["d".to_string(), "f".to_string()], 10),
+        ];
+        let bytes = v2_bytes(&files, pl, false);
+        let t = parse(&bytes).unwrap();
+        let v2: [u8; 32] = Sha256::digest(&t.info_bytes).into();
+        assert_eq!(t.version, MetaVersion::V2);
+        assert_eq!(t.info_hash_v2, Some(v2));
+        assert_eq!(t.info_hash.0[..], v2[..20]);
+        assert!(t.piece_hashes.is_empty() && t.multi_file);
+        let layout: Vec<(String, u64, u64, bool)> = t
+            .files
+            .iter()
+            .map(|f| (f.path.join("/"), f.length, f.offset, f.pad))
+            .collect();
+        assert_eq!(
+            layout,
+            vec![
+                ("a".into(), 40000, 0, false),
+                (".pad/9152".into(), 9152, 40000, true),
+                ("d/e".into(), 0, 49152, false),
+                ("d/f".into(), 10, 49152, false),
+                (".pad/16374".into(), 16374, 49162, true),
+            ]
+        );
+        assert_eq!((t.num_pieces(), t.total_length), (4, 65536));
+        assert_eq!(t.v2_piece_hash(1), Some([10; 32]));
+        assert_eq!(t.v2_piece_hash(3), Some([3; 32]));
+        assert_eq!(t.v2_piece_file(3), Some(3));
+        assert_eq!(t.v2_piece_file(2), Some(0));
+
+        let single = parse(&v2_bytes(&[(vec![], 5)], pl, false)).unwrap();
+        assert!(!single.multi_file);
+        assert_eq!(single.files[0].path, vec!["root".to_string()]);
+    }
+
+    #[test]
+    fn hybrid_parses_both_halves_and_matches_them() {
+        // Proves: a hybrid keeps the SHA-1 info_hash, adds info_hash_v2, and its v1 files
+        // (with BEP 47 pads) get the v2 pieces roots.
+        let files = vec![
+            (vec!["a".to_string()], 20000u64),
+            (vec!["b".to_string()], 30000),
+        ];
+        let t = parse(&v2_bytes(&files, 16384, true)).unwrap();
+        assert_eq!(t.version, MetaVersion::Hybrid);
+        assert_eq!(t.info_hash.0, <[u8; 20]>::from(Sha1::digest(&t.info_bytes)));
+        assert!(t.info_hash_v2.is_some());
+        assert!(t.files[1].pad && t.files[2].pieces_root.is_some());
+        assert_eq!(t.files[2].offset, 32768);
+        assert_eq!((t.num_pieces(), t.total_length), (4, 65536));
+    }
+
+    #[test]
+    fn v2_refuses_bad_trees_layers_and_piece_lengths() {
+        // Proves: unsafe tree components, wrong-size roots and layers, a layer that does not
+        // hash to its root, non-power-of-two piece lengths and unknown meta versions are
+        // refused with typed errors.
+        let info = |tree: Value, pl: i64| {
+            DictBuilder::new()
+                .insert("name", s("x"))
+                .insert("piece length", Value::Int(pl))
+                .insert("meta version", Value::Int(2))
+                .insert("file tree", tree)
+        };
+        let leaf = |len: i64, root: Vec<u8>| {
+            DictBuilder::new()
+                .insert(
+                    "",
+                    DictBuilder::new()
+                        .insert("length", Value::Int(len))
+                        .insert("pieces root", Value::Bytes(root))
+                        .build(),
+                )
+                .build()
+        };
+        for bad in ["..", ".", "a/b", "a\0b"] {
+            let tree = DictBuilder::new().insert(bad, leaf(5, vec![1; 32])).build();
+            assert!(
+                matches!(
+                    parse(&wrap(info(tree, 16384))),
+                    Err(MetainfoError::UnsafePath { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let tree = DictBuilder::new().insert("f", leaf(5, vec![1; 31])).build();
+        assert!(parse(&wrap(info(tree, 16384))).is_err());
+        let tree = DictBuilder::new().insert("f", leaf(5, vec![1; 32])).build();
+        assert!(parse(&wrap(info(tree.clone(), 16384))).is_ok());
+        assert!(parse(&wrap(info(tree.clone(), 16385))).is_err());
+        assert!(parse(&wrap(info(tree.clone(), 8192))).is_err());
+        assert!(parse(&wrap(info(DictBuilder::new().build(), 16384))).is_err());
+        let v3 = info(tree, 16384).insert("meta version", Value::Int(3));
+        assert!(parse(&wrap(v3)).is_err());
+
+        // A 40000-byte file needs a 3-piece layer that hashes to its root.
+        let big = DictBuilder::new()
+            .insert("f", leaf(40000, vec![1; 32]))
+            .build();
+        let missing = wrap(info(big.clone(), 16384));
+        assert!(parse(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("no layer"));
+        let with_layer = |layer: Vec<u8>| {
+            let mut layers = std::collections::BTreeMap::new();
+            layers.insert(vec![1u8; 32], Value::Bytes(layer));
+            DictBuilder::new()
+                .insert("info", info(big.clone(), 16384).build())
+                .insert("piece layers", Value::Dict(layers))
+                .build()
+                .encode()
+        };
+        assert!(parse(&with_layer(vec![0; 64]))
+            .unwrap_err()
+            .to_string()
+            .contains("need 96"));
+        assert!(parse(&with_layer(vec![0; 96]))
+            .unwrap_err()
+            .to_string()
+            .contains("does not hash"));
+    }
+
+    #[test]
+    fn hybrid_with_mismatched_halves_is_refused() {
+        // Proves: a hybrid whose v1 file list disagrees with its file tree is refused.
+        let tree = DictBuilder::new()
+            .insert(
+                "other",
+                DictBuilder::new()
+                    .insert(
+                        "",
+                        DictBuilder::new()
+                            .insert("length", Value::Int(10))
+                            .insert("pieces root", Value::Bytes(vec![1; 32]))
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build();
+        let hybrid = single(10, 16384, 1)
             .insert("meta version", Value::Int(2))
-            .insert("file tree", DictBuilder::new().build());
-        assert_eq!(parse(&wrap(v2)), Err(MetainfoError::V2NotSupported));
-        let hybrid = single(10, 16, 1)
-            .insert("meta version", Value::Int(2))
-            .insert("file tree", DictBuilder::new().build());
-        assert_eq!(parse(&wrap(hybrid)).unwrap().total_length, 10);
+            .insert("file tree", tree);
+        assert!(parse(&wrap(hybrid))
+            .unwrap_err()
+            .to_string()
+            .contains("hybrid"));
     }
 
     #[test]

@@ -514,7 +514,9 @@ impl Shard {
         };
         peer.phase = Phase::Handshake;
         peer.control_pending.extend_from_slice(
-            &Handshake::new(torrent.info_hash.0, peer_id, true, true).to_bytes(),
+            &Handshake::new(torrent.info_hash.0, peer_id, true, true)
+                .with_v2(torrent.info_hash_v2.is_some())
+                .to_bytes(),
         );
         self.pump(idx);
         self.arm_recv(idx);
@@ -681,7 +683,8 @@ impl Shard {
                 None => return Err(CloseReason::UnknownInfoHash),
             },
         };
-        let count = self.torrent_peers.entry(info_hash).or_insert(0);
+        // Keyed by the torrent's own hash: a hybrid's v2 peers count with its v1 peers.
+        let count = self.torrent_peers.entry(torrent.info_hash).or_insert(0);
         if *count >= self.config.peers_per_torrent_max {
             return Err(CloseReason::PeersPerTorrentLimit);
         }
@@ -706,7 +709,9 @@ impl Shard {
         let mut out = std::mem::take(&mut peer.control_pending);
         if outbound.is_none() {
             // Inbound: the dialer spoke first; answer. (Outbound sent ours at connect.)
-            out.extend_from_slice(&Handshake::new(hs.info_hash, peer_id, true, true).to_bytes());
+            let ours = Handshake::new(hs.info_hash, peer_id, true, true)
+                .with_v2(torrent.info_hash_v2.is_some());
+            out.extend_from_slice(&ours.to_bytes());
         }
         if peer.extended {
             let ext = ExtendedHandshake {
@@ -874,6 +879,24 @@ impl Shard {
                     }
                 }
                 // Other extension ids: we never advertised them; ignore, as BEP 10 asks.
+            }
+            Message::Unknown {
+                id: crate::wire::hashes::HASH_REQUEST,
+                payload,
+            } if torrent.info_hash_v2.is_some() => {
+                // BEP 52: we hold no merkle trees on the shard yet (piece layers would mean
+                // disk reads here), so every hash request gets a hash reject; peers that have
+                // the .torrent never need one. Malformed requests close the peer.
+                let r = crate::wire::hashes::parse_hash_request(
+                    crate::wire::hashes::HASH_REQUEST,
+                    payload,
+                )
+                .map_err(|_| CloseReason::ProtocolViolation)?;
+                crate::wire::hashes::encode_hash_request(
+                    crate::wire::hashes::HASH_REJECT,
+                    &r,
+                    &mut peer.control_pending,
+                );
             }
             Message::Unknown { .. } => {}
         }

@@ -22,6 +22,7 @@ use sha1::{Digest, Sha1};
 
 use super::extents::{map_range, ContentFile, Extent};
 use super::{open_content, StorageError};
+use crate::metainfo::merkle;
 use crate::metainfo::torrent::piece_len;
 
 /// Open files each worker keeps; enough for pieces that span a few small files.
@@ -109,7 +110,7 @@ pub fn hash_pieces(
         progress,
         &stop,
         &|_| false,
-        |reader, index, hash| match hash {
+        |reader, index, len| match reader.hash_range(u64::from(index) * piece_length, len) {
             Ok(h) => Some((index, h)),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -140,8 +141,42 @@ pub fn verify_pieces(
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, StorageError> {
+    let expected = Expected {
+        v1: Some(expected),
+        v2: None,
+    };
+    verify_pieces_with(
+        files,
+        piece_length,
+        total_length,
+        &expected,
+        threads,
+        progress,
+    )
+}
+
+/// What each piece must hash to: v1 SHA-1 hashes, v2 nodes (see `merkle::piece_node`), or
+/// both for a hybrid (a piece is good only when every half present agrees).
+pub struct Expected<'a> {
+    /// 20 x num_pieces bytes.
+    pub v1: Option<&'a [u8]>,
+    /// The v2 node of piece `index`; `None` for a piece with no file data (never in practice).
+    pub v2: Option<&'a (dyn Fn(u32) -> Option<[u8; 32]> + Sync)>,
+}
+
+/// `verify_pieces` for any torrent version. v2 pieces must not span files (as the parser lays
+/// v2 and hybrid torrents out).
+pub fn verify_pieces_with(
+    files: &[ContentFile],
+    piece_length: u64,
+    total_length: u64,
+    expected_hashes: &Expected<'_>,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, StorageError> {
     let num_pieces = check_geometry(files, piece_length, total_length)?;
-    if expected.len() != num_pieces as usize * 20 {
+    let expected = expected_hashes.v1.unwrap_or(&[]);
+    if expected_hashes.v1.is_some() && expected.len() != num_pieces as usize * 20 {
         return Err(StorageError::Invalid(format!(
             "expected {} bytes of piece hashes, got {}",
             num_pieces as usize * 20,
@@ -195,9 +230,9 @@ pub fn verify_pieces(
         progress,
         &stop,
         &|index| doomed[index as usize],
-        |_, index, hash| match hash {
-            Ok(h) if expected[index as usize * 20..index as usize * 20 + 20] == h => None,
-            Ok(_) => Some((index, [0; 20])),
+        |reader, index, len| match reader.check_piece(index, len, piece_length, expected_hashes) {
+            Ok(true) => None,
+            Ok(false) => Some((index, [0; 20])),
             Err(e) => {
                 if let Ok(mut map) = unreadable.lock() {
                     map.entry(e.file_index)
@@ -287,6 +322,42 @@ impl PieceReader<'_> {
 
     /// Reads `len` bytes at `torrent_offset` into the buffer and returns the SHA-1.
     fn hash_range(&mut self, torrent_offset: u64, len: u64) -> Result<[u8; 20], ReadFailure> {
+        let data = self.read_range(torrent_offset, len)?;
+        Ok(Sha1::digest(data).into())
+    }
+
+    /// Reads piece `index` (`len` bytes) and checks it against every expected half.
+    fn check_piece(
+        &mut self,
+        index: u32,
+        len: u64,
+        piece_length: u64,
+        expected: &Expected<'_>,
+    ) -> Result<bool, ReadFailure> {
+        let start = u64::from(index) * piece_length;
+        let files = self.files;
+        let data = self.read_range(start, len)?;
+        if let Some(v1) = expected.v1 {
+            let at = index as usize * 20;
+            let sha1: [u8; 20] = Sha1::digest(data).into();
+            if v1.get(at..at + 20) != Some(&sha1[..]) {
+                return Ok(false);
+            }
+        }
+        if let Some(v2) = expected.v2 {
+            if let (Some(want), Some(node)) =
+                (v2(index), v2_piece_node(files, data, start, piece_length))
+            {
+                if want != node {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads `len` bytes at `torrent_offset` into the buffer (pads as zeros).
+    fn read_range(&mut self, torrent_offset: u64, len: u64) -> Result<&[u8], ReadFailure> {
         let len_usize = len as usize;
         // len <= piece length <= PIECE_LENGTH_MAX_BYTES, so it fits the u32 of map_range.
         map_range(self.files, torrent_offset, len as u32, &mut self.extents);
@@ -308,8 +379,86 @@ impl PieceReader<'_> {
             filled = end;
         }
         debug_assert_eq!(filled, len_usize);
-        Ok(Sha1::digest(&self.buffer[..len_usize]).into())
+        Ok(&self.buffer[..len_usize])
     }
+}
+
+/// The v2 node of the piece starting at `start` whose bytes (pads included) are `data`:
+/// hashes only the bytes of the one file the piece holds. `None` when no file data starts
+/// there (a piece of pads only).
+fn v2_piece_node(
+    files: &[ContentFile],
+    data: &[u8],
+    start: u64,
+    piece_length: u64,
+) -> Option<[u8; 32]> {
+    let pos = files.partition_point(|f| f.offset + f.length <= start);
+    let file = files.get(pos).filter(|f| !f.pad && f.offset <= start)?;
+    let data_len = (file.offset + file.length - start).min(data.len() as u64) as usize;
+    let leaves: Vec<[u8; 32]> = data[..data_len]
+        .chunks(merkle::BLOCK_LEN_BYTES as usize)
+        .map(merkle::leaf_hash)
+        .collect();
+    Some(merkle::piece_node(&leaves, file.length, piece_length))
+}
+
+/// `hash_pieces_v2`'s result: the v2 node of every piece, and the v1 SHA-1s when asked for.
+pub type V2PieceHashes = (Vec<[u8; 32]>, Option<Vec<u8>>);
+
+/// Hashes every piece of a v2 or hybrid layout (files piece-aligned, pads as `pad` files):
+/// returns the v2 node of every piece (zeros for a piece of pads only) and, when `with_v1`,
+/// the v1 SHA-1 hashes too, from the same read. Errors as `hash_pieces`.
+pub fn hash_pieces_v2(
+    files: &[ContentFile],
+    piece_length: u64,
+    total_length: u64,
+    with_v1: bool,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<V2PieceHashes, StorageError> {
+    let num_pieces = check_geometry(files, piece_length, total_length)?;
+    let first_error: std::sync::Mutex<Option<StorageError>> = std::sync::Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    let results = run_workers(
+        files,
+        piece_length,
+        total_length,
+        threads,
+        progress,
+        &stop,
+        &|_| false,
+        |reader, index, len| {
+            let start = u64::from(index) * piece_length;
+            let files = reader.files;
+            match reader.read_range(start, len) {
+                Ok(data) => {
+                    let node = v2_piece_node(files, data, start, piece_length).unwrap_or([0; 32]);
+                    let sha1: Option<[u8; 20]> = with_v1.then(|| Sha1::digest(data).into());
+                    Some((index, node, sha1))
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(reader.error(e));
+                    }
+                    None
+                }
+            }
+        },
+    );
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut nodes = vec![[0u8; 32]; num_pieces as usize];
+    let mut v1 = with_v1.then(|| vec![0u8; num_pieces as usize * 20]);
+    for (index, node, sha1) in results {
+        nodes[index as usize] = node;
+        if let (Some(v1), Some(sha1)) = (v1.as_mut(), sha1) {
+            let at = index as usize * 20;
+            v1[at..at + 20].copy_from_slice(&sha1);
+        }
+    }
+    Ok((nodes, v1))
 }
 
 fn open_cached<'o>(
@@ -329,10 +478,11 @@ fn open_cached<'o>(
     Ok(&open[open.len() - 1].1)
 }
 
-/// Runs `threads` workers over every piece not `skip`ped; `on_piece` turns each piece's hash
-/// (or read failure) into an optional result kept by the worker. Returns all kept results.
+/// Runs `threads` workers over every piece not `skip`ped; `on_piece(reader, index, len)`
+/// reads and hashes the piece and returns an optional result kept by the worker. Returns all
+/// kept results.
 #[allow(clippy::too_many_arguments)]
-fn run_workers<F>(
+fn run_workers<R, F>(
     files: &[ContentFile],
     piece_length: u64,
     total_length: u64,
@@ -341,9 +491,10 @@ fn run_workers<F>(
     stop: &AtomicBool,
     skip: &(dyn Fn(u32) -> bool + Sync),
     on_piece: F,
-) -> Vec<(u32, [u8; 20])>
+) -> Vec<R>
 where
-    F: Fn(&PieceReader<'_>, u32, Result<[u8; 20], ReadFailure>) -> Option<(u32, [u8; 20])> + Sync,
+    R: Send,
+    F: Fn(&mut PieceReader<'_>, u32, u64) -> Option<R> + Sync,
 {
     let num_pieces = total_length.div_ceil(piece_length) as u32;
     let threads = if threads == 0 {
@@ -372,8 +523,7 @@ where
                         }
                         let len = piece_len(total_length, piece_length, index);
                         if !skip(index) {
-                            let hash = reader.hash_range(u64::from(index) * piece_length, len);
-                            if let Some(r) = on_piece(&reader, index, hash) {
+                            if let Some(r) = on_piece(&mut reader, index, len) {
                                 kept.push(r);
                             }
                         }

@@ -7,7 +7,10 @@ pub mod extents;
 pub mod hasher;
 
 pub use extents::{map_range, ContentFile, Extent};
-pub use hasher::{hash_pieces, verify_pieces, FileProblem, FileProblemKind, VerifyReport};
+pub use hasher::{
+    hash_pieces, hash_pieces_v2, verify_pieces, verify_pieces_with, Expected, FileProblem,
+    FileProblemKind, VerifyReport,
+};
 
 use std::fmt;
 use std::fs::File;

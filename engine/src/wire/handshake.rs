@@ -26,6 +26,9 @@ const EXTENDED_BIT: u8 = 0x10;
 /// BEP 6: reserved byte 7, bit 0x04 announces the fast extension.
 const FAST_BYTE_INDEX: usize = 7;
 const FAST_BIT: u8 = 0x04;
+/// BEP 52: reserved byte 7, bit 0x10 announces BitTorrent v2 support.
+const V2_BYTE_INDEX: usize = 7;
+const V2_BIT: u8 = 0x10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handshake {
@@ -58,6 +61,19 @@ impl Handshake {
 
     /// Whether the peer speaks BEP 6 (have all/none, reject, allowed fast). The fast
     /// messages may only be used when *both* sides set this bit; the shard checks both.
+    /// Sets the BEP 52 v2 bit (only for torrents that have a v2 half).
+    pub fn with_v2(mut self, v2: bool) -> Self {
+        if v2 {
+            self.reserved[V2_BYTE_INDEX] |= V2_BIT;
+        }
+        self
+    }
+
+    /// BEP 52: the peer speaks v2 (hash request / hashes / hash reject).
+    pub fn supports_v2(&self) -> bool {
+        self.reserved[V2_BYTE_INDEX] & V2_BIT != 0
+    }
+
     pub fn supports_fast(&self) -> bool {
         self.reserved[FAST_BYTE_INDEX] & FAST_BIT != 0
     }

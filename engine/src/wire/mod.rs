@@ -16,6 +16,7 @@ use crate::metainfo::bencode::BencodeError;
 
 pub mod extended;
 pub mod handshake;
+pub mod hashes;
 pub mod message;
 pub mod metadata;
 
