@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// zerocopy mode: a connection whose sends the kernel reports as copied (loopback, NICs
     /// without the offloads) switches to plain sends.
     pub zerocopy_adaptive: bool,
+    /// Read consecutive blocks of a batch with one vectored read (readv around the piece
+    /// headers) instead of one read per block.
+    pub vectored_reads: bool,
     /// Peers across all shards; connections beyond it are accepted and closed at once.
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             pin_shards: true,
             serve_mode: ServeMode::Copy,
             zerocopy_adaptive: true,
+            vectored_reads: true,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,

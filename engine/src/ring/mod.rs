@@ -26,6 +26,8 @@ pub struct RingFeatures {
     pub send_zc: bool,
     pub splice: bool,
     pub read_fixed: bool,
+    /// IORING_OP_READV_FIXED (Linux 6.15): vectored reads into registered buffers.
+    pub readv_fixed: bool,
     pub multishot_accept: bool,
 }
 
@@ -103,6 +105,7 @@ impl Ring {
             features.send_zc = probe.is_supported(opcode::SendZc::CODE);
             features.splice = probe.is_supported(opcode::Splice::CODE);
             features.read_fixed = probe.is_supported(opcode::ReadFixed::CODE);
+            features.readv_fixed = probe.is_supported(opcode::ReadvFixed::CODE);
             features.multishot_accept = probe.is_supported(opcode::AcceptMulti::CODE);
         }
         for (needed, name) in [

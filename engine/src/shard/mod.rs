@@ -128,6 +128,10 @@ pub struct Shard {
     slot_waiters: VecDeque<PeerKey>,
     /// zerocopy notifications still owed per buffer slot.
     slot_notifs: Vec<u16>,
+    /// Per buffer slot: the iovecs a vectored read of that slot uses. Sized once; a slot's
+    /// array is only rewritten while the slot is Filling and before its ops are submitted,
+    /// and the kernel reads it only while they are in flight.
+    slot_iovecs: Vec<Vec<libc::iovec>>,
     peer_id: [u8; 20],
     now: Instant,
     tick: u64,
@@ -216,6 +220,17 @@ impl Shard {
             metadata_cache: HashMap::new(),
             slot_waiters: VecDeque::new(),
             slot_notifs: vec![0; slot_count],
+            slot_iovecs: (0..slot_count)
+                .map(|_| {
+                    vec![
+                        libc::iovec {
+                            iov_base: std::ptr::null_mut(),
+                            iov_len: 0
+                        };
+                        config.blocks_per_batch_max() * 2
+                    ]
+                })
+                .collect(),
             peer_id: setup.peer_id,
             now,
             tick: 0,
@@ -1067,6 +1082,8 @@ impl Shard {
         let blocks_max = self.config.blocks_per_batch_max();
         let slot_len = self.pool.slot_len_bytes();
         let fixed = self.fixed_buffers;
+        let vectored_reads = self.config.vectored_reads;
+        let readv_fixed = self.ring.features.readv_fixed;
         let now = self.now;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             self.pool.release(slot);
@@ -1261,22 +1278,64 @@ impl Shard {
                     .user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
             );
         } else {
-            for rd in reads.iter() {
+            // Consecutive blocks of one piece are contiguous in the file but separated by
+            // 13-byte headers in the slot: one vectored read fills them all (one op and one
+            // page-cache walk instead of one per block).
+            let iovecs = &mut self.slot_iovecs[slot as usize];
+            let iov_cap = iovecs.len();
+            let mut iov_used = 0usize;
+            let mut i = 0usize;
+            while i < reads.len() {
+                let mut j = i + 1;
+                while j < reads.len()
+                    && vectored_reads
+                    && reads[j].fd == reads[j - 1].fd
+                    && reads[j].file_offset
+                        == reads[j - 1].file_offset + u64::from(reads[j - 1].len)
+                    && iov_used + (j + 1 - i) <= iov_cap
+                {
+                    j += 1;
+                }
+                let run = &reads[i..j];
+                let total: u32 = run.iter().map(|r| r.len).sum();
                 let seq = peer.chain_expect.len() as u16;
-                peer.chain_expect.push(rd.len);
-                let ptr = base.wrapping_add(rd.slot_offset as usize);
-                let sqe = if fixed {
-                    opcode::ReadFixed::new(types::Fd(rd.fd), ptr, rd.len, 0)
-                        .offset(rd.file_offset)
-                        .build()
+                peer.chain_expect.push(total);
+                let first = run[0];
+                let sqe = if run.len() == 1 {
+                    let ptr = base.wrapping_add(first.slot_offset as usize);
+                    if fixed {
+                        opcode::ReadFixed::new(types::Fd(first.fd), ptr, first.len, 0)
+                            .offset(first.file_offset)
+                            .build()
+                    } else {
+                        opcode::Read::new(types::Fd(first.fd), ptr, first.len)
+                            .offset(first.file_offset)
+                            .build()
+                    }
                 } else {
-                    opcode::Read::new(types::Fd(rd.fd), ptr, rd.len)
-                        .offset(rd.file_offset)
-                        .build()
+                    let vecs = &mut iovecs[iov_used..iov_used + run.len()];
+                    for (v, r) in vecs.iter_mut().zip(run) {
+                        *v = libc::iovec {
+                            iov_base: base.wrapping_add(r.slot_offset as usize).cast(),
+                            iov_len: r.len as usize,
+                        };
+                    }
+                    let ptr = vecs.as_ptr();
+                    iov_used += run.len();
+                    if fixed && readv_fixed {
+                        opcode::ReadvFixed::new(types::Fd(first.fd), ptr, run.len() as u32, 0)
+                            .offset(first.file_offset)
+                            .build()
+                    } else {
+                        opcode::Readv::new(types::Fd(first.fd), ptr, run.len() as u32)
+                            .offset(first.file_offset)
+                            .build()
+                    }
                 };
                 chain.push(
                     sqe.user_data(Token::new(OpKind::ReadBlock, seq, idx, generation).encode()),
                 );
+                i = j;
             }
             chain.push(batch_send_sqe(
                 sock,

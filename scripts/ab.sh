@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A/B one engine knob with squall-bench, interleaved, on this machine's two cores.
+#
+# Usage: scripts/ab.sh CONFIG_A CONFIG_B [ROUNDS] [TORRENT_DIR DATA_DIR]
+#   CONFIG_A/B: TOML files that differ in the key under test (e.g. [engine] vectored_reads).
+# Seeder pinned to CPU 0, bench to CPU 1; prints one line per run and the medians.
+# Data defaults to a 256 MiB random file (made once under ${SQUALL_BENCH_DIR:-/tmp/squall-ab}).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${1:?config A}; B=${2:?config B}; ROUNDS=${3:-3}
+WORK=${SQUALL_BENCH_DIR:-/tmp/squall-ab}
+TORRENTS=${4:-$WORK/torrents}; DATA=${5:-$WORK/data}
+cargo build --release -q -p squall -p squall-bench
+SQ=target/release/squall; BENCH=target/release/squall-bench
+if [ ! -d "$TORRENTS" ]; then
+  mkdir -p "$TORRENTS" "$DATA"
+  head -c $((256 << 20)) /dev/urandom > "$DATA/big.bin"
+  "$SQ" make "$DATA/big.bin" -o "$TORRENTS/big.torrent" --piece-length 1M > /dev/null
+fi
+cat "$DATA"/* > /dev/null
+run() { # label config
+  local label=$1 cfg=$2 out=$WORK/out-$1.txt
+  taskset -c 0 "$SQ" seed --config "$cfg" --torrents "$TORRENTS" --data "$DATA" --listen 127.0.0.1:0 \
+    --state "$WORK/state-$label" --shards 1 --summary-secs 0 --admin off > "$out" 2> "$WORK/err-$label.txt" &
+  local sp=$!
+  for _ in $(seq 100); do grep -q '^ready' "$out" 2>/dev/null && break; sleep 0.1; done
+  local port; port=$(grep -o '127.0.0.1:[0-9]*' "$out" | head -1)
+  taskset -c 1 "$BENCH" run --target "$port" --torrents "$TORRENTS" --peers 32 --depth 64 --duration 5 \
+    --warmup 1 --verify sample --target-pid "$sp" --json "$WORK/$label.json" > /dev/null
+  kill -INT "$sp"; wait "$sp" || true
+  python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(sys.argv[2], round(d['gbps'],2), round(d.get('cpu_secs_per_gb',0),3))" \
+    "$WORK/$label.json" "$label" | tee -a "$WORK/results.txt"
+}
+: > "$WORK/results.txt"
+for _ in $(seq "$ROUNDS"); do run A "$A"; run B "$B"; done
+python3 - "$WORK/results.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for label in ("A", "B"):
+    g = [float(r[1]) for r in rows if r[0] == label]
+    c = [float(r[2]) for r in rows if r[0] == label]
+    print(f"{label}: median {statistics.median(g):.2f} Gb/s, {statistics.median(c):.3f} CPU-s/GB over {len(g)} runs")
+PY
