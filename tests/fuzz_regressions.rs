@@ -26,7 +26,9 @@ fn inputs_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs `target` on every input in `dir`, reporting which file panicked.
 fn replay(root: &str, target: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(root).join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(root)
+        .join(target);
     let files = inputs_under(&dir);
     for file in &files {
         let bytes = std::fs::read(file).unwrap();
@@ -58,7 +60,10 @@ fn seed_corpora_pass_every_invariant() {
     // so the fuzz runs start from meaningful inputs.
     for (target, run) in harness::TARGETS {
         let n = replay("fuzz/corpus", target, *run);
-        assert!(n > 0, "fuzz/corpus/{target}/ has no seeds (run scripts/fuzz-corpus.sh)");
+        assert!(
+            n > 0,
+            "fuzz/corpus/{target}/ has no seeds (run scripts/fuzz-corpus.sh)"
+        );
     }
 }
 

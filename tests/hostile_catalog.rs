@@ -236,9 +236,17 @@ fn hostile_torrents_are_skipped_by_name_and_the_good_one_seeds() {
             )),
             "which is also a file",
         ),
+        // A million files: refused while decoding, by the bencode value bound (4 values per
+        // file), before any per-file work, so peak memory is bounded by that bound.
         (
             "million-files",
             million_files_torrent(1_000_000),
+            "more than 2000000 values",
+        ),
+        // Fewer files than that, still over the metainfo limit: refused by the file bound.
+        (
+            "300k-files",
+            million_files_torrent(300_000),
             "files per torrent",
         ),
         ("garbage", pattern_bytes(4096, 99), "bencode"),

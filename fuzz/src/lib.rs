@@ -33,7 +33,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 
 /// Bencode: never panics; whatever decodes spans the whole input, re-encodes canonically to
 /// something that decodes to the same value, and the prefix decoder agrees with the
-/// whole-input decoder. Tight limits (taken from the first byte) must fail cleanly too.
+/// whole-input decoder. Tight limits (taken from the first two bytes) must fail cleanly too.
 pub fn bencode_decode(data: &[u8]) {
     if let Ok(node) = bencode::decode(data) {
         assert_eq!(node.span, 0..data.len(), "root span must cover the input");
@@ -53,6 +53,7 @@ pub fn bencode_decode(data: &[u8]) {
     let tight = DecodeLimits {
         depth_max,
         input_bytes_max: data.len().saturating_sub(depth_max),
+        values_max: usize::from(data.get(1).copied().unwrap_or(0)),
     };
     let _ = bencode::decode_with(data, tight);
 }
@@ -94,9 +95,10 @@ pub fn metainfo_parse(data: &[u8]) {
         let root = std::path::Path::new("/data-root");
         let p = t.file_path_in(root, f);
         assert!(p.starts_with(root), "{p:?} escapes the root");
-        assert!(p
-            .components()
-            .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))));
+        assert!(p.components().all(|c| matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )));
     }
     assert_eq!(offset, t.total_length);
     assert!(bencode::decode(&t.info_bytes).is_ok());
@@ -184,14 +186,23 @@ fn decode_all_at_once(stream: &[u8], max_len: u32) -> (bool, Vec<Step>) {
 
 /// Checks one decoded frame and returns its bytes.
 fn check_frame(buf: &[u8], msg: &squall_engine::wire::Message<'_>, used: usize) -> Vec<u8> {
-    assert!(used >= 4 && used <= buf.len(), "used {used} of {}", buf.len());
+    assert!(
+        used >= 4 && used <= buf.len(),
+        "used {used} of {}",
+        buf.len()
+    );
     let mut out = Vec::new();
     encode(msg, &mut out);
     assert_eq!(out[..], buf[..used], "re-encoding differs from the frame");
     if let squall_engine::wire::Message::Bitfield(bits) = msg {
         // Any piece count near the bitfield's size must be checked without panicking.
         let bits_len = u32::try_from(bits.len()).unwrap_or(u32::MAX);
-        for num_pieces in [0, 1, bits_len.saturating_mul(8), bits_len.saturating_mul(8).saturating_sub(3)] {
+        for num_pieces in [
+            0,
+            1,
+            bits_len.saturating_mul(8),
+            bits_len.saturating_mul(8).saturating_sub(3),
+        ] {
             let _ = validate_bitfield(bits, num_pieces);
         }
     }
@@ -241,10 +252,17 @@ fn decode_in_chunks(stream: &[u8], chunk_sizes: &[u8], max_len: u32) -> (bool, V
             }
         }
         loop {
-            assert!(consumed <= buffered, "consumed {consumed} > buffered {buffered}");
+            assert!(
+                consumed <= buffered,
+                "consumed {consumed} > buffered {buffered}"
+            );
             match decode_frame(&buf[consumed..buffered], max_len) {
                 Ok(Some((msg, used))) => {
-                    steps.push(Step::Frame(check_frame(&buf[consumed..buffered], &msg, used)));
+                    steps.push(Step::Frame(check_frame(
+                        &buf[consumed..buffered],
+                        &msg,
+                        used,
+                    )));
                     consumed += used;
                 }
                 Ok(None) => break,
