@@ -21,8 +21,11 @@ use squall_engine::wire::{
     MetadataMessage, WireError, HANDSHAKE_LEN,
 };
 
+/// One fuzz target's entry point: arbitrary bytes in, a panic if an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name, for the regression test and scripts.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("bencode_decode", bencode_decode),
     ("metainfo_parse", metainfo_parse),
     ("magnet_parse", magnet_parse),
