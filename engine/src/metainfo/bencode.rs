@@ -18,12 +18,19 @@ pub const DEPTH_MAX_DEFAULT: usize = 64;
 /// Default input limit: 64 MiB is larger than any sane .torrent (a 16 TiB torrent with
 /// 16 MiB pieces has 20 MiB of piece hashes).
 pub const INPUT_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+/// Default limit on decoded values (integers, strings, lists, dictionaries; keys are not
+/// counted). Each costs ~50-100 bytes of tree, so without it a 64 MiB input of `i0e`s would
+/// build a tree of over a gigabyte. A torrent at the metainfo file limit (262,144 files, four
+/// values each) needs ~1.05 million; libtorrent's equivalent bound is 3 million tokens.
+pub const VALUES_MAX_DEFAULT: usize = 2_000_000;
 
 /// Limits applied while decoding untrusted input.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     pub depth_max: usize,
     pub input_bytes_max: usize,
+    /// Most values (not counting dictionary keys) one decode may produce.
+    pub values_max: usize,
 }
 
 impl Default for DecodeLimits {
@@ -31,6 +38,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             depth_max: DEPTH_MAX_DEFAULT,
             input_bytes_max: INPUT_BYTES_MAX_DEFAULT,
+            values_max: VALUES_MAX_DEFAULT,
         }
     }
 }
@@ -61,6 +69,10 @@ pub enum BencodeError {
     InputTooLarge {
         len: usize,
         input_bytes_max: usize,
+    },
+    TooManyValues {
+        offset: usize,
+        values_max: usize,
     },
     DictKeyNotString {
         offset: usize,
@@ -93,6 +105,10 @@ impl fmt::Display for BencodeError {
             BencodeError::InputTooLarge { len, input_bytes_max } => {
                 write!(f, "bencode: input of {len} bytes exceeds the limit of {input_bytes_max} bytes")
             }
+            BencodeError::TooManyValues { offset, values_max } => write!(
+                f,
+                "bencode: more than {values_max} values (the limit against hostile input) at byte {offset}"
+            ),
             BencodeError::DictKeyNotString { offset } => {
                 write!(f, "bencode: dictionary key at byte {offset} is not a string")
             }
@@ -210,6 +226,8 @@ pub fn decode_prefix_with(
         input,
         pos: 0,
         depth_max: limits.depth_max,
+        values_max: limits.values_max,
+        values_left: limits.values_max,
     };
     let node = decoder.value(0)?;
     Ok((node, decoder.pos))
@@ -219,6 +237,8 @@ struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
     depth_max: usize,
+    values_max: usize,
+    values_left: usize,
 }
 
 impl<'a> Decoder<'a> {
@@ -231,6 +251,13 @@ impl<'a> Decoder<'a> {
 
     fn value(&mut self, depth: usize) -> Result<Node<'a>, BencodeError> {
         let start = self.pos;
+        self.values_left = self
+            .values_left
+            .checked_sub(1)
+            .ok_or(BencodeError::TooManyValues {
+                offset: start,
+                values_max: self.values_max,
+            })?;
         match self.peek()? {
             b'i' => {
                 self.pos += 1;
@@ -559,11 +586,25 @@ mod tests {
         let limits = DecodeLimits {
             depth_max: 4,
             input_bytes_max: 3,
+            values_max: 10,
         };
         assert!(matches!(
             decode_with(b"i100e", limits),
             Err(BencodeError::InputTooLarge { .. })
         ));
+        // Values are bounded: three fit a limit of three, a fourth is refused at its offset.
+        let limits = DecodeLimits {
+            values_max: 3,
+            ..DecodeLimits::default()
+        };
+        assert!(decode_with(b"li1ei2ee", limits).is_ok());
+        assert_eq!(
+            decode_with(b"li1ei2ei3ee", limits),
+            Err(BencodeError::TooManyValues {
+                offset: 7,
+                values_max: 3
+            })
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Must never: panic on any input, or return a `Torrent` whose file paths could escape a data
 //! root (empty, `.`, `..`, `/`, NUL components, absolute paths are refused).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -707,6 +707,21 @@ fn check_component(component: &str, whole_path: &str) -> Result<(), MetainfoErro
     }
 }
 
+/// Largest accepted number of entries in `info.files` (pad files included). Real torrents
+/// rarely exceed tens of thousands; the bound keeps one hostile .torrent from costing the
+/// catalog hundreds of megabytes of `FileEntry`s and file handles-to-be.
+pub const FILES_PER_TORRENT_MAX: usize = 262_144;
+/// Longest accepted file path below the torrent root, in bytes with `/` separators: Linux's
+/// PATH_MAX. A longer path could never be opened, and the bound caps per-file work.
+pub const PATH_BYTES_MAX: usize = 4096;
+
+/// What a path already seen names: a directory (some file lies below it) or a file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Dir(u32),
+    File,
+}
+
 fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
     let items = list
         .as_list()
@@ -717,10 +732,23 @@ fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
             "is empty (a torrent needs at least one file)",
         ));
     }
+    if items.len() > FILES_PER_TORRENT_MAX {
+        return Err(field(
+            "info.files",
+            &format!(
+                "has {} entries, more than the limit of {FILES_PER_TORRENT_MAX} files per torrent",
+                items.len()
+            ),
+        ));
+    }
     let mut files = Vec::with_capacity(items.len());
     let mut offset: u64 = 0;
-    let mut seen_files: HashSet<String> = HashSet::with_capacity(items.len());
-    let mut seen_dirs: HashSet<String> = HashSet::new();
+    // The directory tree of non-pad files, keyed by (parent directory id, component); root is
+    // 0. Each component is looked up once, so checking duplicates costs time linear in the
+    // input (a set of joined prefixes costs components x path length, which a hostile file
+    // with deep paths turns into gigabytes).
+    let mut tree: HashMap<(u32, &str), Seen> = HashMap::with_capacity(items.len());
+    let mut dirs_next_id: u32 = 1;
     for (index, item) in items.iter().enumerate() {
         let where_ = format!("info.files[{index}]");
         if item.as_dict().is_none() {
@@ -742,7 +770,8 @@ fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
         let raw = path_node
             .as_list()
             .ok_or_else(|| field(&format!("{where_}.path"), "is not a list"))?;
-        let mut path = Vec::with_capacity(raw.len());
+        let mut components: Vec<&str> = Vec::with_capacity(raw.len());
+        let mut path_bytes = 0usize;
         for c in raw {
             let s = c.as_str().ok_or_else(|| {
                 field(
@@ -750,16 +779,23 @@ fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
                     "has a component that is not a UTF-8 string",
                 )
             })?;
-            path.push(s.to_owned());
+            path_bytes = path_bytes.saturating_add(s.len() + 1);
+            if path_bytes > PATH_BYTES_MAX + 1 {
+                return Err(field(
+                    &format!("{where_}.path"),
+                    &format!("is longer than {PATH_BYTES_MAX} bytes (PATH_MAX)"),
+                ));
+            }
+            components.push(s);
         }
-        let joined = path.join("/");
-        if path.is_empty() {
+        let joined = components.join("/");
+        let Some((&last, parents)) = components.split_last() else {
             return Err(MetainfoError::UnsafePath {
                 path: joined,
                 reason: "the path has no components".into(),
             });
-        }
-        for c in &path {
+        };
+        for c in &components {
             check_component(c, &joined)?;
         }
         let pad = item
@@ -769,27 +805,34 @@ fn parse_files(list: &Node<'_>) -> Result<Vec<FileEntry>, MetainfoError> {
         // Two entries with one path, or a file that is also another's directory, would make two
         // files share bytes on disk: refuse rather than serve one file's data for the other.
         if !pad {
-            if seen_dirs.contains(&joined) || !seen_files.insert(joined.clone()) {
-                return Err(MetainfoError::Invalid(format!(
-                    "duplicate file path {joined:?} in info.files"
-                )));
+            let mut parent = 0u32;
+            for (depth, &c) in parents.iter().enumerate() {
+                parent = match tree.get(&(parent, c)) {
+                    Some(Seen::Dir(id)) => *id,
+                    Some(Seen::File) => {
+                        let prefix = components[..=depth].join("/");
+                        return Err(MetainfoError::Invalid(format!(
+                            "file path {joined:?} runs through {prefix:?}, which is also a file"
+                        )));
+                    }
+                    None => {
+                        let id = dirs_next_id;
+                        // At most PATH_BYTES_MAX / 2 directories per file and
+                        // FILES_PER_TORRENT_MAX files: well below u32::MAX.
+                        dirs_next_id += 1;
+                        tree.insert((parent, c), Seen::Dir(id));
+                        id
+                    }
+                };
             }
-            let mut prefix = String::new();
-            for c in &path[..path.len() - 1] {
-                if !prefix.is_empty() {
-                    prefix.push('/');
-                }
-                prefix.push_str(c);
-                if seen_files.contains(&prefix) {
-                    return Err(MetainfoError::Invalid(format!(
-                        "file path {joined:?} runs through {prefix:?}, which is also a file"
-                    )));
-                }
-                seen_dirs.insert(prefix.clone());
+            if tree.insert((parent, last), Seen::File).is_some() {
+                return Err(MetainfoError::Invalid(format!(
+                    "duplicate file path {joined:?} in info.files (or it is also a directory)"
+                )));
             }
         }
         files.push(FileEntry {
-            path,
+            path: components.iter().map(|c| (*c).to_owned()).collect(),
             length,
             offset,
             pad,
@@ -1152,6 +1195,85 @@ mod tests {
             &v2,
             &Default::default(),
         )
+    }
+
+    /// A multi-file torrent of `count` one-byte files named `f<i>`, bencoded by hand (fast
+    /// enough for hundreds of thousands of entries).
+    fn many_files(count: usize) -> Vec<u8> {
+        let mut files = Vec::with_capacity(count * 24);
+        for i in 0..count {
+            let name = format!("f{i}");
+            files.extend_from_slice(
+                format!("d6:lengthi1e4:pathl{}:{name}ee", name.len()).as_bytes(),
+            );
+        }
+        let pieces = count.div_ceil(16);
+        let mut info = Vec::new();
+        info.extend_from_slice(b"d5:filesl");
+        info.extend_from_slice(&files);
+        info.extend_from_slice(b"e4:name4:root12:piece lengthi16e6:pieces");
+        info.extend_from_slice(format!("{}:", pieces * 20).as_bytes());
+        info.extend(std::iter::repeat_n(7u8, pieces * 20));
+        info.push(b'e');
+        let mut out = b"d4:info".to_vec();
+        out.extend_from_slice(&info);
+        out.push(b'e');
+        out
+    }
+
+    #[test]
+    fn file_count_is_bounded_with_a_clear_message() {
+        // Proves: a torrent at the file-count limit parses; one more file is refused, and the
+        // message names the field and the limit.
+        let at_limit = parse(&many_files(FILES_PER_TORRENT_MAX)).unwrap();
+        assert_eq!(at_limit.files.len(), FILES_PER_TORRENT_MAX);
+        let err = parse(&many_files(FILES_PER_TORRENT_MAX + 1)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("info.files") && text.contains(&FILES_PER_TORRENT_MAX.to_string()),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn paths_longer_than_path_max_are_refused() {
+        // Proves: a path that could never be opened (over PATH_MAX) is refused by name, and one
+        // just under the limit is accepted.
+        let long = "x".repeat(200);
+        let ok: Vec<&str> = std::iter::repeat_n(long.as_str(), 20).collect();
+        assert!(parse(&wrap(multi(vec![file(4, &ok)], 16, 1))).is_ok());
+        let too_long: Vec<&str> = std::iter::repeat_n(long.as_str(), 21).collect();
+        let err = parse(&wrap(multi(vec![file(4, &too_long)], 16, 1))).unwrap_err();
+        assert!(err.to_string().contains("PATH_MAX"), "{err}");
+    }
+
+    #[test]
+    fn deep_distinct_directories_cost_linear_memory() {
+        // Proves: many files with deep, distinct directory chains parse (duplicate detection
+        // is a tree walk, not a set of joined prefixes whose size grows with depth squared).
+        let comps: Vec<String> = (0..700).map(|i| format!("d{i}")).collect();
+        let files: Vec<Value> = (0..200)
+            .map(|f| {
+                let mut path: Vec<&str> = vec![];
+                let top = format!("top{f}");
+                path.push(&top);
+                path.extend(comps.iter().map(String::as_str));
+                file(1, &path)
+            })
+            .collect();
+        let t = parse(&wrap(multi(files, 16, 13))).unwrap();
+        assert_eq!(t.files.len(), 200);
+        // Same chain twice: refused as a duplicate; a file where a directory was: refused.
+        let dup = vec![file(1, &["a", "b", "c"]), file(1, &["a", "b", "c"])];
+        assert!(parse(&wrap(multi(dup, 16, 1)))
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+        let through = vec![file(1, &["a", "b"]), file(1, &["a", "b", "c"])];
+        assert!(parse(&wrap(multi(through, 16, 1)))
+            .unwrap_err()
+            .to_string()
+            .contains("runs through"));
     }
 
     #[test]

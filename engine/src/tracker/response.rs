@@ -144,6 +144,8 @@ pub fn parse_http_announce(body: &[u8]) -> Result<Announced, TrackerError> {
     let limits = DecodeLimits {
         depth_max: 8,
         input_bytes_max: bencode::INPUT_BYTES_MAX_DEFAULT,
+        // A non-compact peer list of a few hundred dicts is far below this.
+        values_max: 65_536,
     };
     let root =
         bencode::decode_with(body, limits).map_err(|e| TrackerError::Malformed(e.to_string()))?;

@@ -24,6 +24,8 @@ pub const EXTENDED_HANDSHAKE_DEPTH_MAX: usize = 8;
 const LIMITS: DecodeLimits = DecodeLimits {
     depth_max: EXTENDED_HANDSHAKE_DEPTH_MAX,
     input_bytes_max: EXTENDED_HANDSHAKE_LEN_MAX_BYTES,
+    // Real handshakes hold a few dozen values; this bounds the tree a 64 KiB payload can build.
+    values_max: 4096,
 };
 
 /// The fields of a BEP 10 handshake that a seeder uses. Anything else a peer sends is

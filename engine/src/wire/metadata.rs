@@ -63,6 +63,8 @@ impl MetadataMessage<'_> {
         let limits = DecodeLimits {
             depth_max: DEPTH_MAX,
             input_bytes_max: METADATA_MESSAGE_LEN_MAX_BYTES,
+            // A ut_metadata dictionary holds three or four values.
+            values_max: 64,
         };
         let (dict, dict_end) = decode_prefix_with(payload, limits)?;
         if dict.as_dict().is_none() {

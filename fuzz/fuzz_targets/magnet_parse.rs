@@ -1,0 +1,5 @@
+//! libFuzzer entry for `magnet_parse`: all logic and invariants live in `squall_fuzz::magnet_parse`, which
+//! tests/fuzz_regressions.rs also runs on the stable toolchain.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| squall_fuzz::magnet_parse(data));
