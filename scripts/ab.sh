@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 A=${1:?config A}; B=${2:?config B}; ROUNDS=${3:-3}
 WORK=${SQUALL_BENCH_DIR:-/tmp/squall-ab}
 TORRENTS=${4:-$WORK/torrents}; DATA=${5:-$WORK/data}
+mkdir -p "$WORK"
 cargo build --release -q -p squall -p squall-bench
 SQ=target/release/squall; BENCH=target/release/squall-bench
 if [ ! -d "$TORRENTS" ]; then
