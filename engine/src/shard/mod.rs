@@ -603,6 +603,15 @@ impl Shard {
         if peer.phase == Phase::Closing {
             return;
         }
+        if c.result == 0
+            && peer.phase == Phase::Active
+            && (!peer.queue.is_empty() || peer.send_busy() || !peer.control_pending.is_empty())
+        {
+            // Half-closed (SHUT_WR) with answers still owed: send them, then close in `pump`.
+            peer.read_closed = true;
+            self.pump(idx);
+            return;
+        }
         if c.result <= 0 {
             let reason = if c.result == 0 {
                 CloseReason::PeerClosed
@@ -1009,6 +1018,11 @@ impl Shard {
             .build()
             .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
             self.push(&sqe);
+            return;
+        }
+        if peer.read_closed && (peer.am_choking || peer.queue.is_empty()) {
+            // A half-closed peer got every answer it was owed.
+            self.close_peer(idx, CloseReason::PeerClosed);
             return;
         }
         if peer.am_choking || peer.queue.is_empty() || peer.waiting_for_slot {
