@@ -1549,6 +1549,13 @@ impl Shard {
         };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
+        if reason == CloseReason::DiskError {
+            // A truncated or replaced file: reopen it on next use, so a restored file serves
+            // again without a restart (the batch released its uses before we got here).
+            if let Some(t) = &peer.torrent {
+                self.files.forget_idle(&t.info_hash);
+            }
+        }
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(peer.fd.as_raw_fd(), libc::SHUT_RDWR) };
