@@ -8,7 +8,11 @@ set -euo pipefail
 SECONDS_TOTAL=${1:-60}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=/usr/bin/python3
-if [[ -x "$ROOT/target/release/squall" ]]; then BIN_DIR="$ROOT/target/release"; else BIN_DIR="$ROOT/target/debug"; fi
+# The newer of the release and debug builds (a stale release build may lack newer flags).
+BIN_DIR="$ROOT/target/debug"
+if [[ -x "$ROOT/target/release/squall" && ( ! -x "$BIN_DIR/squall" || "$ROOT/target/release/squall" -nt "$BIN_DIR/squall" ) ]]; then
+  BIN_DIR="$ROOT/target/release"
+fi
 SQUALL="$BIN_DIR/squall"
 BENCH="$BIN_DIR/squall-bench"
 [[ -x "$SQUALL" ]] || { echo "soak: no squall binary; run cargo build --release" >&2; exit 1; }
@@ -30,7 +34,7 @@ handshake_timeout_secs = 3
 idle_timeout_secs = 10
 peers_per_ip_max = 64
 TOML
-"$SQUALL" seed "$WORK/content" --state "$WORK/state" --listen 127.0.0.1:0 --admin 127.0.0.1:0 \
+"$SQUALL" seed "$WORK/content" --state "$WORK/state" --listen 127.0.0.1:0 \
   --config "$WORK/squall.toml" --shards 2 > "$WORK/squall.out" 2> "$WORK/squall.err" &
 SQ_PID=$!
 for _ in $(seq 1 600); do grep -q '^ready:' "$WORK/squall.out" 2>/dev/null && break; sleep 0.1; done
