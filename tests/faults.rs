@@ -119,6 +119,9 @@ fn plain(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Breaks a content file in place.
+type Fault = dyn Fn(&Path);
+
 fn make_fifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -151,13 +154,12 @@ fn content_faults_hit_only_their_torrent_and_recover() {
     let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
     let (a, b) = (hash("a.bin"), hash("b.bin"));
     let a_path = content.join("a.bin");
-    let block = |bytes: &[u8], i: u32| {
-        bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec()
-    };
+    let block =
+        |bytes: &[u8], i: u32| bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
 
     // Each fault hits blocks squall has not opened A for yet on a fresh shard-side fd, or
     // (truncation) a cached fd whose file shrank under it. Block 200 lies past 1 MiB.
-    let faults: [(&str, &dyn Fn(&Path)); 4] = [
+    let faults: [(&str, &Fault); 4] = [
         ("truncated", &|p: &Path| {
             std::fs::OpenOptions::new()
                 .write(true)

@@ -384,9 +384,8 @@ impl Raw {
     fn next(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
             if self.buf.len() >= 4 {
-                let len =
-                    u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                        as usize;
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
                 if self.buf.len() >= 4 + len {
                     let f: Vec<u8> = self.buf.drain(..4 + len).collect();
                     return Some(if len == 0 {
@@ -517,7 +516,10 @@ fn protocol_abuse() {
         r.send(&request(6, i, b, l));
     }
     for _ in 0..4 {
-        assert!(r.until(16).is_some(), "fast peer: reject for an invalid request");
+        assert!(
+            r.until(16).is_some(),
+            "fast peer: reject for an invalid request"
+        );
     }
     // 15. Requests while choked (no `interested` sent): rejected{choked}, reject messages.
     let mut r = Raw::handshaken(src(), &t, false, true);
@@ -659,7 +661,10 @@ fn protocol_abuse() {
         ("protocol_violation", 5.0),
     ] {
         let got = labelled(&page, "squall_peers_closed_total", reason);
-        assert!(got >= want, "closed{{reason={reason}}} = {got}, want >= {want}");
+        assert!(
+            got >= want,
+            "closed{{reason={reason}}} = {got}, want >= {want}"
+        );
     }
     for (reason, want) in [("invalid", 8.0), ("choked", 8.0), ("cancelled", 1.0)] {
         let got = labelled(&page, "squall_requests_rejected_total", reason);
@@ -812,7 +817,10 @@ fn fast_flood_never_reads(h: &Target) {
                 break;
             }
         }
-        assert!(broken, "a never-reading request flood was neither closed nor stalled");
+        assert!(
+            broken,
+            "a never-reading request flood was neither closed nor stalled"
+        );
     }
 }
 

@@ -7,7 +7,10 @@ use std::process::Command;
 /// squall alive with fds and RSS within 10% of their post-warm-up level.
 #[test]
 fn soak_60s() {
-    if std::env::var("SQUALL_SOAK").map(|v| v != "1").unwrap_or(true) {
+    if std::env::var("SQUALL_SOAK")
+        .map(|v| v != "1")
+        .unwrap_or(true)
+    {
         eprintln!("SKIP: soak (set SQUALL_SOAK=1 to run scripts/soak.sh 60)");
         return;
     }
