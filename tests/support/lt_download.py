@@ -53,6 +53,10 @@ def main():
     params.flags &= ~lt.torrent_flags.auto_managed
     params.flags &= ~lt.torrent_flags.paused
     h = ses.add_torrent(params)
+    if args.rate_limit:
+        # libtorrent 2.0 exempts local (loopback) peers from session limits; a per-torrent
+        # limit applies to every peer.
+        h.set_download_limit(args.rate_limit)
     peers = []
     for p in args.peer:
         host, port = p.rsplit(":", 1)

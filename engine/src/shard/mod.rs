@@ -618,6 +618,15 @@ impl Shard {
         if peer.phase == Phase::Closing {
             return;
         }
+        if c.result == 0
+            && peer.phase == Phase::Active
+            && (!peer.queue.is_empty() || peer.send_busy() || !peer.control_pending.is_empty())
+        {
+            // Half-closed (SHUT_WR) with answers still owed: send them, then close in `pump`.
+            peer.read_closed = true;
+            self.pump(idx);
+            return;
+        }
         if c.result <= 0 {
             let reason = if c.result == 0 {
                 CloseReason::PeerClosed
@@ -1024,6 +1033,11 @@ impl Shard {
             .build()
             .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
             self.push(&sqe);
+            return;
+        }
+        if peer.read_closed && (peer.am_choking || peer.queue.is_empty()) {
+            // A half-closed peer got every answer it was owed.
+            self.close_peer(idx, CloseReason::PeerClosed);
             return;
         }
         if peer.am_choking || peer.queue.is_empty() || peer.waiting_for_slot {
@@ -1594,6 +1608,13 @@ impl Shard {
         };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
+        if reason == CloseReason::DiskError {
+            // A truncated or replaced file: reopen it on next use, so a restored file serves
+            // again without a restart (the batch released its uses before we got here).
+            if let Some(t) = &peer.torrent {
+                self.files.forget_idle(&t.info_hash);
+            }
+        }
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(peer.fd.as_raw_fd(), libc::SHUT_RDWR) };

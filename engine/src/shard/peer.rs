@@ -87,6 +87,10 @@ pub struct Peer {
     pub last_recv_at: Instant,
     pub last_send_at: Instant,
     pub uploaded_bytes: u64,
+    /// The peer shut down its write side (recv returned 0) with requests still owed: we
+    /// finish answering them, then close (`pump` closes once nothing is left; the idle
+    /// timeout backs that up). No recv is armed again.
+    pub read_closed: bool,
     /// Outbound connections: the torrent we dialed for (the remote handshake must match), and
     /// the address the connect op reads (boxed: it must not move while the op is in flight).
     pub outbound_torrent: Option<Arc<CatalogTorrent>>,
@@ -132,6 +136,7 @@ impl Peer {
             last_recv_at: now,
             last_send_at: now,
             uploaded_bytes: 0,
+            read_closed: false,
             outbound_torrent: None,
             connect_addr: None,
         }

@@ -54,16 +54,34 @@ impl std::error::Error for StorageError {}
 /// Opens a content file read-only (O_RDONLY | O_CLOEXEC, plus O_NOATIME so seeding does not
 /// dirty inodes; O_NOATIME needs file ownership or CAP_FOWNER, so EPERM retries without it).
 pub fn open_content(path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    // O_NONBLOCK: a content file replaced by a FIFO would otherwise block the shard in
+    // open(2) until a writer appears. It is cleared again once the file is known regular
+    // (io_uring would return EAGAIN for reads of an O_NONBLOCK file not in the page cache).
     let open = |flags: i32| {
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(flags)
+            .custom_flags(flags | libc::O_NONBLOCK)
             .open(path)
     };
-    match open(libc::O_CLOEXEC | libc::O_NOATIME) {
+    let file = match open(libc::O_CLOEXEC | libc::O_NOATIME) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_CLOEXEC),
         other => other,
+    }?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device replaced the content file?)",
+        ));
     }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Writes a state file atomically: temp file in the same directory, fsync, rename, fsync the

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Soak: run `squall seed` for SECONDS under a mix of honest libtorrent downloads, squall-bench
+# load and hostile raw peers (tests/support/hostile.py), sampling squall's fd count and RSS
+# every second. Fails (exit 1) when squall dies, or when fds or RSS grow more than 10% past
+# their post-warm-up level (warm-up: the first quarter of the run, at least 10 s).
+# Loopback only. Usage: scripts/soak.sh [SECONDS]   (default 60)
+set -euo pipefail
+SECONDS_TOTAL=${1:-60}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=/usr/bin/python3
+# The newer of the release and debug builds (a stale release build may lack newer flags).
+BIN_DIR="$ROOT/target/debug"
+if [[ -x "$ROOT/target/release/squall" && ( ! -x "$BIN_DIR/squall" || "$ROOT/target/release/squall" -nt "$BIN_DIR/squall" ) ]]; then
+  BIN_DIR="$ROOT/target/release"
+fi
+SQUALL="$BIN_DIR/squall"
+BENCH="$BIN_DIR/squall-bench"
+[[ -x "$SQUALL" ]] || { echo "soak: no squall binary; run cargo build --release" >&2; exit 1; }
+WORK=$(mktemp -d /tmp/squall-soak.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -n "${SQ_PID:-}" ]] && kill "$SQ_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/content"
+head -c $((32 << 20)) /dev/urandom > "$WORK/content/soak.bin"
+cat > "$WORK/squall.toml" <<TOML
+[engine]
+handshake_timeout_secs = 3
+idle_timeout_secs = 10
+peers_per_ip_max = 64
+TOML
+"$SQUALL" seed "$WORK/content" --state "$WORK/state" --listen 127.0.0.1:0 \
+  --config "$WORK/squall.toml" --shards 2 > "$WORK/squall.out" 2> "$WORK/squall.err" &
+SQ_PID=$!
+for _ in $(seq 1 600); do grep -q '^ready:' "$WORK/squall.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^ready:' "$WORK/squall.out" || { echo "soak: squall did not start" >&2; cat "$WORK/squall.err" >&2; exit 1; }
+PEER=$(sed -n 's/^listening on //p' "$WORK/squall.out" | head -1)
+HASH=$(sed -n 's/^seeding \([0-9a-f]*\) .*/\1/p' "$WORK/squall.out" | head -1)
+TORRENT="$WORK/state/zero-config/soak.bin.torrent"
+echo "soak: squall pid $SQ_PID on $PEER for ${SECONDS_TOTAL}s ($SQUALL)"
+
+END=$((SECONDS + SECONDS_TOTAL))
+# Honest downloads, one after another, rate-limited so they last.
+( i=0; while (( SECONDS < END - 5 && i < 1000 )); do i=$((i+1));
+    rm -rf "$WORK/dl"; $PY "$ROOT/tests/support/lt_download.py" --torrent "$TORRENT" --save "$WORK/dl" \
+      --peer "$PEER" --timeout 60 --rate-limit 8000000 > "$WORK/lt.$i.json" 2>&1 || echo "soak: honest download $i failed" >> "$WORK/failures";
+  done ) &
+PIDS+=($!)
+# Bench load in rounds of 10 s.
+if [[ -x "$BENCH" ]]; then
+  ( i=0; while (( SECONDS < END - 12 && i < 1000 )); do i=$((i+1));
+      "$BENCH" run --target "$PEER" --torrent "$TORRENT" --peers 8 --duration 10 \
+        --source-ips 127.0.5.1-127.0.5.50 > "$WORK/bench.$i.out" 2>&1 || echo "soak: bench round $i failed" >> "$WORK/failures";
+    done ) &
+  PIDS+=($!)
+else
+  echo "soak: no squall-bench binary; skipping bench load"
+fi
+# Hostile peers for the whole run.
+$PY "$ROOT/tests/support/hostile.py" --peer "$PEER" --info-hash "$HASH" --seconds "$SECONDS_TOTAL" \
+  --conns-max 200 > "$WORK/hostile.json" 2>&1 &
+PIDS+=($!)
+
+WARMUP=$(( SECONDS_TOTAL / 4 > 10 ? SECONDS_TOTAL / 4 : 10 ))
+FD_BASE=0; RSS_BASE=0; FD_MAX=0; RSS_MAX=0; T=0
+while (( SECONDS < END )); do
+  sleep 1; T=$((T + 1))
+  if ! kill -0 "$SQ_PID" 2>/dev/null; then
+    echo "soak: FAIL: squall died at ${T}s" >&2; tail -20 "$WORK/squall.err" >&2; exit 1
+  fi
+  FD=$(ls "/proc/$SQ_PID/fd" | wc -l)
+  RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$SQ_PID/status")
+  echo "t=${T}s fds=$FD rss_kib=$RSS"
+  if (( T == WARMUP )); then FD_BASE=$FD; RSS_BASE=$RSS; fi
+  if (( T > WARMUP )); then
+    (( FD > FD_MAX )) && FD_MAX=$FD
+    (( RSS > RSS_MAX )) && RSS_MAX=$RSS
+  fi
+done
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+PIDS=()
+echo "soak: hostile: $(cat "$WORK/hostile.json" 2>/dev/null | tail -1)"
+STATUS=0
+# fds: 10% of the post-warm-up level, with a floor of 32 so a small baseline is not noise.
+FD_LIMIT=$(( FD_BASE + (FD_BASE / 10 > 32 ? FD_BASE / 10 : 32) ))
+RSS_LIMIT=$(( RSS_BASE + RSS_BASE / 10 ))
+echo "soak: fds base $FD_BASE max $FD_MAX (limit $FD_LIMIT); rss base ${RSS_BASE} KiB max ${RSS_MAX} KiB (limit ${RSS_LIMIT})"
+if (( FD_MAX > FD_LIMIT )); then echo "soak: FAIL: fds grew more than 10% after warm-up" >&2; STATUS=1; fi
+if (( RSS_MAX > RSS_LIMIT )); then echo "soak: FAIL: RSS grew more than 10% after warm-up" >&2; STATUS=1; fi
+if [[ -f "$WORK/failures" ]]; then cat "$WORK/failures" >&2; fi
+if ! kill -0 "$SQ_PID" 2>/dev/null; then echo "soak: FAIL: squall died" >&2; STATUS=1; fi
+kill -TERM "$SQ_PID"; wait "$SQ_PID" || { echo "soak: FAIL: squall did not exit cleanly" >&2; STATUS=1; }
+SQ_PID=
+(( STATUS == 0 )) && echo "soak: PASS"
+exit $STATUS
