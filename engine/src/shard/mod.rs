@@ -792,6 +792,15 @@ impl Shard {
         let Some(peer) = self.peer_mut(idx) else {
             return Ok(());
         };
+        // Debug level: one line per request lets an operator see what v2 peers ask for.
+        tracing::debug!(
+            base_layer = r.base_layer,
+            index = r.index,
+            length = r.length,
+            proof_layers = r.proof_layers,
+            answer = ?answer.as_ref().map(Vec::len),
+            "hash request from a v2 peer"
+        );
         match answer {
             Ok(nodes) => hashes::encode_hashes(&r, &nodes, &mut peer.control_pending),
             Err(_) => hashes::encode_hash_request(HASH_REJECT, &r, &mut peer.control_pending),
