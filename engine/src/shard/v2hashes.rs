@@ -136,16 +136,15 @@ impl FileTree {
         let mut out = Vec::with_capacity(nodes.len() + uncles as usize);
         out.extend_from_slice(nodes);
         // The requested subtree's root sits `subtree_levels` above the base, at index/length.
-        let mut level = (r.base_layer - self.piece_level + subtree_levels) as usize;
+        let first_level = (r.base_layer - self.piece_level + subtree_levels) as usize;
         let mut pos = start >> subtree_levels;
-        for _ in 0..uncles {
+        for level in first_level..first_level + uncles as usize {
             let sibling = self
                 .levels
                 .get(level)
                 .and_then(|l| l.get(pos ^ 1))
                 .ok_or(HashRejectReason::OutOfRange)?;
             out.push(*sibling);
-            level += 1;
             pos >>= 1;
         }
         Ok(out)
