@@ -101,6 +101,9 @@ pub struct EngineConfig {
     pub ring_entries: u32,
     /// Info dictionaries cached per shard for BEP 9 metadata serving.
     pub metadata_cache_entries_max: usize,
+    /// v2/hybrid torrents whose merkle trees (built from the piece layers in the .torrent,
+    /// about 64 bytes per piece) are cached per shard to answer BEP 52 hash requests.
+    pub v2_layer_cache_entries_max: usize,
     /// Stats snapshots queued from shards to the control thread.
     pub stats_channel_capacity: usize,
     /// Record the latency histograms (request, disk read, handshake). Off only to measure
@@ -138,6 +141,7 @@ impl Default for EngineConfig {
             choke_rotation_secs: 30,
             ring_entries: 4_096,
             metadata_cache_entries_max: 256,
+            v2_layer_cache_entries_max: 64,
             stats_channel_capacity: 16,
             stats_histograms: true,
             stats_top_torrents: 20,
@@ -236,6 +240,10 @@ impl EngineConfig {
         positive(
             "metadata_cache_entries_max",
             self.metadata_cache_entries_max as u64,
+        )?;
+        positive(
+            "v2_layer_cache_entries_max",
+            self.v2_layer_cache_entries_max as u64,
         )?;
         positive("stats_channel_capacity", self.stats_channel_capacity as u64)?;
         if self.stats_top_torrents > STATS_TOP_TORRENTS_CEILING {

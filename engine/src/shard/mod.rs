@@ -29,6 +29,7 @@ pub mod admission;
 pub mod choker;
 pub mod files;
 pub mod peer;
+pub mod v2hashes;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
@@ -125,6 +126,7 @@ pub struct Shard {
     stats_tx: Sender<ShardStats>,
     torrent_peers: HashMap<InfoHash, usize>,
     metadata_cache: HashMap<InfoHash, Arc<Vec<u8>>>,
+    v2_trees: v2hashes::V2LayerCache,
     slot_waiters: VecDeque<PeerKey>,
     /// zerocopy notifications still owed per buffer slot.
     slot_notifs: Vec<u16>,
@@ -218,6 +220,7 @@ impl Shard {
             stats_tx: setup.stats_tx,
             torrent_peers: HashMap::new(),
             metadata_cache: HashMap::new(),
+            v2_trees: v2hashes::V2LayerCache::new(config.v2_layer_cache_entries_max),
             slot_waiters: VecDeque::new(),
             slot_notifs: vec![0; slot_count],
             slot_iovecs: (0..slot_count)
@@ -317,6 +320,7 @@ impl Shard {
             ShardCommand::SwapCatalog(catalog) => {
                 self.catalog = catalog;
                 self.metadata_cache.clear();
+                self.v2_trees.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
                 // their own Arc); peers of removed torrents are closed.
                 for idx in 0..self.peers.len() as u32 {
@@ -795,6 +799,39 @@ impl Shard {
         }
     }
 
+    /// BEP 52 hash request (id 21): `hashes` (22) from the torrent's merkle trees, or hash
+    /// reject (23) for what we cannot or will not answer (see `v2hashes`). A malformed body
+    /// closes the peer. Trees come from a bounded per-shard cache, loaded from the .torrent
+    /// on first use like `metadata_for`.
+    fn on_hash_request(
+        &mut self,
+        idx: u32,
+        torrent: &CatalogTorrent,
+        payload: &[u8],
+    ) -> Result<(), CloseReason> {
+        use crate::wire::hashes::{self, HASH_REJECT, HASH_REQUEST};
+        let r = hashes::parse_hash_request(HASH_REQUEST, payload)
+            .map_err(|_| CloseReason::ProtocolViolation)?;
+        let answer = self.v2_trees.answer(torrent, &r);
+        let Some(peer) = self.peer_mut(idx) else {
+            return Ok(());
+        };
+        // Debug level: one line per request lets an operator see what v2 peers ask for.
+        tracing::debug!(
+            base_layer = r.base_layer,
+            index = r.index,
+            length = r.length,
+            proof_layers = r.proof_layers,
+            answer = ?answer.as_ref().map(Vec::len),
+            "hash request from a v2 peer"
+        );
+        match answer {
+            Ok(nodes) => hashes::encode_hashes(&r, &nodes, &mut peer.control_pending),
+            Err(_) => hashes::encode_hash_request(HASH_REJECT, &r, &mut peer.control_pending),
+        }
+        Ok(())
+    }
+
     fn on_message(&mut self, idx: u32, msg: Message<'_>) -> Result<(), CloseReason> {
         let now = self.now;
         let block_len_max = self.config.block_len_max_bytes;
@@ -907,21 +944,7 @@ impl Shard {
             Message::Unknown {
                 id: crate::wire::hashes::HASH_REQUEST,
                 payload,
-            } if torrent.info_hash_v2.is_some() => {
-                // BEP 52: we hold no merkle trees on the shard yet (piece layers would mean
-                // disk reads here), so every hash request gets a hash reject; peers that have
-                // the .torrent never need one. Malformed requests close the peer.
-                let r = crate::wire::hashes::parse_hash_request(
-                    crate::wire::hashes::HASH_REQUEST,
-                    payload,
-                )
-                .map_err(|_| CloseReason::ProtocolViolation)?;
-                crate::wire::hashes::encode_hash_request(
-                    crate::wire::hashes::HASH_REJECT,
-                    &r,
-                    &mut peer.control_pending,
-                );
-            }
+            } if torrent.info_hash_v2.is_some() => self.on_hash_request(idx, &torrent, payload)?,
             Message::Unknown { .. } => {}
         }
         let Some(peer) = self.peer_mut(idx) else {
