@@ -279,13 +279,15 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             trackers,
             peers: peer_addr.iter().cloned().collect(),
         };
-        let _ = writeln!(
-            out,
-            "seeding {} {} {}",
-            t.info_hash,
-            t.name,
-            magnet.to_uri()
+        // A v2-only torrent's 20-byte hash is its truncated v2 hash: it has no v1 half.
+        let has_v1 = t.info_hash_v2.is_none_or(|v2| v2[..20] != t.info_hash.0);
+        let uri = squall_engine::metainfo::magnet::with_v2_topic(
+            magnet.to_uri(),
+            &t.info_hash,
+            t.info_hash_v2,
+            has_v1,
         );
+        let _ = writeln!(out, "seeding {} {} {}", t.info_hash, t.name, uri);
     }
     let _ = writeln!(
         out,

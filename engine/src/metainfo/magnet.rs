@@ -82,14 +82,24 @@ pub fn magnet_for(t: &Torrent, peers: &[String]) -> String {
         peers: peers.to_vec(),
     }
     .to_uri();
-    // BEP 52: a v2 info-hash travels as a SHA-256 multihash (0x12, length 0x20). A hybrid
-    // carries both `xt`s; a v2-only torrent only the btmh one.
-    let Some(v2) = t.info_hash_v2 else {
+    with_v2_topic(uri, &t.info_hash, t.info_hash_v2, t.has_v1())
+}
+
+/// BEP 52: a v2 info-hash travels as a SHA-256 multihash (0x12, length 0x20). A hybrid's
+/// magnet carries both `xt`s; a v2-only torrent's only the btmh one (its 20-byte `info_hash`
+/// is the truncated v2 hash, which no client accepts as a btih).
+pub fn with_v2_topic(
+    uri: String,
+    info_hash: &InfoHash,
+    v2: Option<[u8; 32]>,
+    has_v1: bool,
+) -> String {
+    let Some(v2) = v2 else {
         return uri;
     };
     let btmh = format!("xt=urn:btmh:1220{}", hex::encode(v2));
-    let btih = format!("xt=urn:btih:{}", t.info_hash.to_hex());
-    if t.has_v1() {
+    let btih = format!("xt=urn:btih:{}", info_hash.to_hex());
+    if has_v1 {
         uri.replacen(&btih, &format!("{btih}&{btmh}"), 1)
     } else {
         uri.replacen(&btih, &btmh, 1)
