@@ -248,6 +248,10 @@ start_rtorrent() {
     maybe_install tmux tmux || { WHY="tmux not installed (rtorrent needs a tty; apt-get install tmux)"; return 1; }
     local dir="$RUN_DIR/rtorrent"
     rm -rf "$dir"; mkdir -p "$dir/session"
+    # rtorrent with DHT off refuses a torrent without trackers ("Could not find any trackers"):
+    # give it copies with an announce URL that points at nothing on loopback (same info-hash).
+    $PY "$ROOT/bench/scripts/add_announce.py" "$TORRENTS" "$dir/torrents" "http://127.0.0.1:1/announce" >/dev/null \
+        || { WHY="could not add an announce URL to the torrents for rtorrent"; return 1; }
     cat >"$dir/rtorrent.rc" <<RC
 directory.default.set = $DATA
 session.path.set = $dir/session
@@ -263,14 +267,14 @@ trackers.use_udp.set = no
 protocol.encryption.set = allow_incoming,try_outgoing,enable_retry
 throttle.global_up.max_rate.set = 0
 throttle.global_down.max_rate.set = 0
-throttle.max_uploads.set = 100000
-throttle.max_uploads.global.set = 100000
-throttle.max_peers.normal.set = 100000
-throttle.max_peers.seed.set = 100000
+throttle.max_uploads.set = 65000
+throttle.max_uploads.global.set = 65000
+throttle.max_peers.normal.set = 65000
+throttle.max_peers.seed.set = 65000
 pieces.hash.on_completion.set = no
 log.open_file = main, $dir/rtorrent.log
 log.add_output = warn, main
-load.start = $TORRENTS/*.torrent
+load.start = $dir/torrents/*.torrent
 RC
     RT_TMUX="squall-bench-rt-$$"
     tmux -L "$RT_TMUX" -f /dev/null new-session -d -s rt -x 200 -y 50 \
