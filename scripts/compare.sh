@@ -169,7 +169,7 @@ tr_all_seeding() {
 start_transmission() {
     maybe_install transmission-daemon transmission-daemon || { WHY="transmission-daemon not installed (apt-get install transmission-daemon)"; return 1; }
     maybe_install transmission-remote transmission-cli || { WHY="transmission-remote not installed (apt-get install transmission-cli)"; return 1; }
-    local conf="$RUN_DIR/transmission"
+    local conf="$SEEDER_TMP/transmission"
     rm -rf "$conf"; mkdir -p "$conf"
     TR_RPC=$(free_port)
     cat >"$conf/settings.json" <<JSON
@@ -242,11 +242,11 @@ JSON
 # ready when its SCGI socket (bench/scripts/rt_ready.py) says every torrent is complete, none
 # is hashing, and all are started.
 RT_TMUX=""
-rt_ready() { $PY "$ROOT/bench/scripts/rt_ready.py" "$RUN_DIR/rtorrent/scgi.sock" "$SC_TORRENTS" >"$RUN_DIR/ready.txt" 2>&1; }
+rt_ready() { $PY "$ROOT/bench/scripts/rt_ready.py" "$SEEDER_TMP/rtorrent/scgi.sock" "$SC_TORRENTS" >"$RUN_DIR/ready.txt" 2>&1; }
 start_rtorrent() {
     maybe_install rtorrent rtorrent || { WHY="rtorrent not installed (apt-get install rtorrent)"; return 1; }
     maybe_install tmux tmux || { WHY="tmux not installed (rtorrent needs a tty; apt-get install tmux)"; return 1; }
-    local dir="$RUN_DIR/rtorrent"
+    local dir="$SEEDER_TMP/rtorrent"
     rm -rf "$dir"; mkdir -p "$dir/session"
     # rtorrent with DHT off refuses a torrent without trackers ("Could not find any trackers"):
     # give it copies with an announce URL that points at nothing on loopback (same info-hash).
@@ -272,7 +272,7 @@ throttle.max_uploads.global.set = 65000
 throttle.max_peers.normal.set = 65000
 throttle.max_peers.seed.set = 65000
 pieces.hash.on_completion.set = no
-log.open_file = main, $dir/rtorrent.log
+log.open_file = main, $RUN_DIR/seeder.log
 log.add_output = warn, main
 load.start = $dir/torrents/*.torrent
 RC
@@ -281,8 +281,8 @@ RC
         "exec taskset -c 0 rtorrent -n -o import=$dir/rtorrent.rc" >"$RUN_DIR/seeder.out" 2>&1 \
         || { WHY="tmux could not start rtorrent: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
     PID=$(tmux -L "$RT_TMUX" list-panes -t rt -F '#{pane_pid}' 2>/dev/null | head -1 || true)
-    [ -n "$PID" ] || { PID=0; WHY="rtorrent exited at once (see $dir/rtorrent.log)"; return 1; }
-    wait_until 600 rt_ready || { WHY="rtorrent not seeding: $(tail -1 "$RUN_DIR/ready.txt" 2>/dev/null) $(tail -1 "$dir/rtorrent.log" 2>/dev/null)"; return 1; }
+    [ -n "$PID" ] || { PID=0; WHY="rtorrent exited at once: $(tail -1 "$RUN_DIR/seeder.log" 2>/dev/null)"; return 1; }
+    wait_until 600 rt_ready || { WHY="rtorrent not seeding: $(tail -1 "$RUN_DIR/ready.txt" 2>/dev/null) $(tail -1 "$RUN_DIR/seeder.log" 2>/dev/null)"; return 1; }
     wait_port "$PORT" 10 || { WHY="rtorrent peer port $PORT not listening"; return 1; }
 }
 
@@ -300,7 +300,7 @@ sys.exit(0 if len(t) == int(sys.argv[2]) and len(ok) == len(t) else 1)' "$RUN_DI
 start_qbittorrent() {
     maybe_install qbittorrent-nox qbittorrent-nox || { WHY="qbittorrent-nox not installed (apt-get install qbittorrent-nox)"; return 1; }
     maybe_install curl curl || { WHY="curl not installed"; return 1; }
-    local prof="$RUN_DIR/qbittorrent"
+    local prof="$SEEDER_TMP/qbittorrent"
     rm -rf "$prof"; mkdir -p "$prof/qBittorrent/config"
     QB_WEB=$(free_port)
     cat >"$prof/qBittorrent/config/qBittorrent.conf" <<CONF
@@ -341,6 +341,7 @@ WebUI\\LocalHostAuth=false
 WebUI\\UseUPnP=false
 WebUI\\CSRFProtection=false
 WebUI\\HostHeaderValidation=false
+Connection\\ResolvePeerCountries=false
 CONF
     taskset -c 0 qbittorrent-nox --profile="$prof" --webui-port="$QB_WEB" >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
@@ -405,6 +406,8 @@ for round in $(seq 1 "$ROUNDS"); do
     for s in $SEEDERS; do
         RUN_DIR="$OUT/$s/round$round"; mkdir -p "$RUN_DIR"; rm -f "$RUN_DIR/result.json" "$RUN_DIR/why"
         PORT=$(free_port); PID=0; WHY=""; MIN_WARMUP=""
+        # Config/session dirs of the real clients: scratch space under WORK, not in results.
+        SEEDER_TMP="$WORK/seeder-state/$s"; rm -rf "$SEEDER_TMP"; mkdir -p "$SEEDER_TMP"
         ok=0
         case $s in
             iperf3) run_iperf3 && ok=1 ;;
