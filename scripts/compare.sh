@@ -215,22 +215,23 @@ JSON
     taskset -c 0 transmission-daemon -f -g "$conf" --logfile "$RUN_DIR/seeder.log" >"$RUN_DIR/seeder.out" 2>&1 &
     PID=$!
     wait_port "$TR_RPC" 30 || { WHY="transmission-daemon RPC did not listen: $(tail -1 "$RUN_DIR/seeder.out" 2>/dev/null)"; return 1; }
-    # Add in batches of 100 (catalog has 1,000 torrents), download dir = the data dir.
+    # Add in batches of 100 (catalog has 1,000 torrents), download dir = the data dir. Each file
+    # needs its own -a: transmission-remote keeps only the last of several bare file names.
     local batch=() f
     for f in "$TORRENTS"/*.torrent; do
-        batch+=("$f")
-        if [ ${#batch[@]} -ge 100 ]; then
-            tr_remote -w "$DATA" -a "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+        batch+=(-a "$f")
+        if [ ${#batch[@]} -ge 200 ]; then
+            tr_remote -w "$DATA" "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
             batch=()
         fi
     done
     if [ ${#batch[@]} -gt 0 ]; then
-        tr_remote -w "$DATA" -a "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+        tr_remote -w "$DATA" "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
     fi
     # Hash-check the existing data so Transmission knows it is complete, then (re)start.
     tr_remote -t all -v >>"$RUN_DIR/seeder.out" 2>&1 || true
     sleep 1
-    wait_until 600 tr_all_seeding || { WHY="transmission did not reach 100% seeding in 600 s: $(tr_remote -l 2>&1 | sed -n 2p)"; return 1; }
+    wait_until 600 tr_all_seeding || { WHY="transmission not seeding within 600 s: $(tr_remote -l 2>/dev/null | awk 'NR>1 && $1 ~ /^[0-9]+\*?$/ { n++; if ($2 == "100%") d++ } END { printf "%d of '"$SC_TORRENTS"' torrents listed, %d at 100%%", n, d }')"; return 1; }
     tr_remote -t all -s >>"$RUN_DIR/seeder.out" 2>&1 || true
     wait_port "$PORT" 10 || { WHY="transmission-daemon peer port $PORT not listening"; return 1; }
     # Transmission unchokes only on its 10 s rechoke timer: a new peer waits up to 10 s, so the
