@@ -357,13 +357,34 @@ CONF
     wait_port "$PORT" 10 || { WHY="qbittorrent peer port $PORT not listening"; return 1; }
 }
 
+# --- rqbit: `rqbit download` (stateless; keeps seeding after the data checks complete) over
+# every torrent, DHT/LSD/UPnP off, TCP on 127.0.0.1:P only; ready when its HTTP API
+# (127.0.0.1:random) lists every torrent live and finished.
+RQ_API=""
+rq_all_seeding() {
+    curl -fsS "http://127.0.0.1:$RQ_API/torrents?with_stats=true" >"$RUN_DIR/ready.txt" 2>/dev/null || return 1
+    $PY -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["torrents"]
+ok = [x for x in t if (x.get("stats") or {}).get("state") == "live" and x["stats"].get("finished")]
+sys.exit(0 if len(t) == int(sys.argv[2]) and len(ok) == len(t) else 1)' "$RUN_DIR/ready.txt" "$SC_TORRENTS"
+}
 start_rqbit() {
     if ! command -v rqbit >/dev/null && [ "${SQUALL_BENCH_INSTALL:-0}" = 1 ]; then
-        echo "== cargo install rqbit --locked (slow; once)"
-        timeout 2400 cargo install rqbit --locked >"$WORK/rqbit-install.log" 2>&1 || true
+        echo "== cargo install rqbit --locked (slow, ~30 min on 2 busy cores; once)"
+        timeout 3600 cargo install rqbit --locked >"$WORK/rqbit-install.log" 2>&1 || true
     fi
     command -v rqbit >/dev/null || { WHY="rqbit not installed (cargo install rqbit --locked; SQUALL_BENCH_INSTALL=1 tries it)"; return 1; }
-    WHY="rqbit installed but not wired into compare.sh yet"; return 1
+    maybe_install curl curl || { WHY="curl not installed"; return 1; }
+    RQ_API=$(free_port)
+    taskset -c 0 rqbit -v warn --disable-dht --disable-dht-persistence --disable-lsd \
+        --disable-upnp-port-forward --ipv4-only --listen-ip 127.0.0.1 --listen-port "$PORT" \
+        --http-api-listen-addr "127.0.0.1:$RQ_API" --peer-limit 100000 \
+        --concurrent-init-limit 64 \
+        download -o "$DATA" --overwrite "$TORRENTS"/*.torrent >"$RUN_DIR/seeder.log" 2>&1 &
+    PID=$!
+    wait_until 600 rq_all_seeding || { WHY="rqbit not seeding within 600 s: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
+    wait_port "$PORT" 10 || { WHY="rqbit peer port $PORT not listening"; return 1; }
 }
 
 stop_seeder() {
