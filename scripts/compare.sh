@@ -400,7 +400,15 @@ stop_seeder() {
         RT_TMUX=""
     fi
 }
-trap stop_seeder EXIT
+BENCH_PID=0
+cleanup() {
+    if [ "$BENCH_PID" -gt 0 ] 2>/dev/null; then
+        kill "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+    fi
+    stop_seeder
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 run_iperf3() { # -> $RUN_DIR/result.json in the bench's schema (gbps only)
@@ -455,9 +463,13 @@ for round in $(seq 1 "$ROUNDS"); do
                         grep -q '^warmup_secs' "$run_sc" || sed -i "/^\[run\]/a warmup_secs = $MIN_WARMUP" "$run_sc"
                     fi
                     rc=0
+                    # In the background + wait, so an INT/TERM trap runs at once and stops both.
                     taskset -c 1 "$BENCH" scenario "$run_sc" --target "127.0.0.1:$PORT" --torrents "$TORRENTS" \
                         --duration "$DUR" --target-pid "$PID" --source-ips "$SOURCE_IPS" \
-                        --json "$RUN_DIR/result.json" >"$RUN_DIR/bench.txt" 2>"$RUN_DIR/bench.err" || rc=$?
+                        --json "$RUN_DIR/result.json" >"$RUN_DIR/bench.txt" 2>"$RUN_DIR/bench.err" &
+                    BENCH_PID=$!
+                    wait "$BENCH_PID" || rc=$?
+                    BENCH_PID=0
                     [ -f "$RUN_DIR/result.json" ] && ok=1
                     [ $rc -ne 0 ] && WHY="bench exit $rc: $(tail -1 "$RUN_DIR/bench.err")"
                     # RSS of the seeder after the run (many-peers wants it).
