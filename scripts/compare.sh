@@ -10,7 +10,9 @@
 # Env: SQUALL_BENCH_DIR (work dir for data, default /tmp/squall-bench), ROUNDS (3),
 #      DURATION (override the scenario's seconds), SEEDERS (space-separated subset),
 #      SQUALL_BENCH_INSTALL=1 (apt-get install missing Debian clients; cargo install rqbit).
-set -u -o pipefail
+# Smoke-test overrides (never for published numbers): BENCH_SIZE_BYTES (bytes per torrent),
+#      BENCH_NTORRENTS (number of torrents), BENCH_PEERS (the scenario's peer count).
+set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIO=${1:-hot}
@@ -34,9 +36,23 @@ echo "== building release binaries"
 (cd "$ROOT" && cargo build --release -q -p squall -p squall-bench) || die "cargo build failed"
 
 eval "$("$BENCH" scenario-data "$SC_FILE")" || die "cannot read $SC_FILE"
-DATA="$WORK/$SCENARIO/data"
-TORRENTS="$WORK/$SCENARIO/torrents"
+DATA_KEY=$SCENARIO
+if [ -n "${BENCH_SIZE_BYTES:-}${BENCH_NTORRENTS:-}${BENCH_PEERS:-}" ]; then
+    OUT="$OUT-smoke" # overridden scenario: results kept apart from real runs
+    echo "== smoke overrides in force (BENCH_SIZE_BYTES/BENCH_NTORRENTS/BENCH_PEERS): not a published scenario"
+fi
+if [ -n "${BENCH_SIZE_BYTES:-}${BENCH_NTORRENTS:-}" ]; then
+    SC_SIZE_BYTES=${BENCH_SIZE_BYTES:-$SC_SIZE_BYTES}
+    SC_TORRENTS=${BENCH_NTORRENTS:-$SC_TORRENTS}
+    DATA_KEY="$SCENARIO-${SC_TORRENTS}x$SC_SIZE_BYTES"
+fi
+DATA="$WORK/$DATA_KEY/data"
+TORRENTS="$WORK/$DATA_KEY/torrents"
 mkdir -p "$DATA" "$TORRENTS" "$OUT"
+if [ -n "${BENCH_PEERS:-}" ]; then # a copy of the scenario with fewer (or more) peers
+    sed "s/^peers = .*/peers = $BENCH_PEERS/" "$SC_FILE" >"$OUT/scenario.toml"
+    SC_FILE="$OUT/scenario.toml"
+fi
 ulimit -n 65536 2>/dev/null || true
 
 echo "== data: $SC_TORRENTS x $SC_SIZE_BYTES bytes, pieces $SC_PIECE_LENGTH_BYTES (cached in $WORK)"
@@ -125,35 +141,275 @@ start_aria2() {
     sleep 2 # -V: let the hash check finish before measuring
 }
 
+# Wait until a check command succeeds, at most SECS; 1 if it timed out or the seeder died.
+wait_until() { # wait_until SECS CMD [ARGS...]
+    local end=$((SECONDS + $1)); shift
+    while [ $SECONDS -lt $end ]; do
+        "$@" && return 0
+        kill -0 "$PID" 2>/dev/null || return 1
+        sleep 0.3
+    done
+    return 1
+}
+
+# --- Transmission: transmission-daemon -f with a generated settings.json in a temp config dir;
+# torrents added over RPC (transmission-remote -w DATA -a), then verified (-v); ready when every
+# torrent is listed at 100% and nothing is verifying or queued.
+TR_RPC=""
+tr_remote() { transmission-remote "127.0.0.1:$TR_RPC" "$@"; }
+tr_all_seeding() {
+    local l rows
+    l=$(tr_remote -l 2>/dev/null) || return 1
+    rows=$(printf '%s\n' "$l" | awk 'NR>1 && $1 ~ /^[0-9]+\*?$/')
+    [ "$(printf '%s\n' "$rows" | grep -c .)" -eq "$SC_TORRENTS" ] || return 1
+    if printf '%s\n' "$rows" | grep -v ' 100% ' | grep -q .; then return 1; fi
+    if printf '%s\n' "$rows" | grep -qiE 'verif|check|queue|stopped'; then return 1; fi
+    printf '%s\n' "$l" >"$RUN_DIR/ready.txt"
+}
 start_transmission() {
     maybe_install transmission-daemon transmission-daemon || { WHY="transmission-daemon not installed (apt-get install transmission-daemon)"; return 1; }
-    WHY="transmission-daemon installed but not wired into compare.sh yet"; return 1
+    maybe_install transmission-remote transmission-cli || { WHY="transmission-remote not installed (apt-get install transmission-cli)"; return 1; }
+    local conf="$SEEDER_TMP/transmission"
+    rm -rf "$conf"; mkdir -p "$conf"
+    TR_RPC=$(free_port)
+    cat >"$conf/settings.json" <<JSON
+{
+    "bind-address-ipv4": "127.0.0.1",
+    "bind-address-ipv6": "::1",
+    "peer-port": $PORT,
+    "peer-port-random-on-start": false,
+    "port-forwarding-enabled": false,
+    "dht-enabled": false,
+    "lpd-enabled": false,
+    "pex-enabled": false,
+    "utp-enabled": false,
+    "encryption": 0,
+    "peer-limit-global": 100000,
+    "peer-limit-per-torrent": 100000,
+    "upload-slots-per-torrent": 100000,
+    "speed-limit-up-enabled": false,
+    "speed-limit-down-enabled": false,
+    "alt-speed-enabled": false,
+    "ratio-limit-enabled": false,
+    "idle-seeding-limit-enabled": false,
+    "download-queue-enabled": false,
+    "seed-queue-enabled": false,
+    "queue-stalled-enabled": false,
+    "start-added-torrents": true,
+    "trash-original-torrent-files": false,
+    "download-dir": "$DATA",
+    "incomplete-dir-enabled": false,
+    "watch-dir-enabled": false,
+    "rename-partial-files": false,
+    "blocklist-enabled": false,
+    "message-level": 1,
+    "rpc-enabled": true,
+    "rpc-bind-address": "127.0.0.1",
+    "rpc-port": $TR_RPC,
+    "rpc-authentication-required": false,
+    "rpc-whitelist-enabled": true,
+    "rpc-whitelist": "127.0.0.1",
+    "rpc-host-whitelist-enabled": false
 }
+JSON
+    taskset -c 0 transmission-daemon -f -g "$conf" --logfile "$RUN_DIR/seeder.log" >"$RUN_DIR/seeder.out" 2>&1 &
+    PID=$!
+    wait_port "$TR_RPC" 30 || { WHY="transmission-daemon RPC did not listen: $(tail -1 "$RUN_DIR/seeder.out" 2>/dev/null)"; return 1; }
+    # Add in batches of 100 (catalog has 1,000 torrents), download dir = the data dir. Each file
+    # needs its own -a: transmission-remote keeps only the last of several bare file names.
+    local batch=() f
+    for f in "$TORRENTS"/*.torrent; do
+        batch+=(-a "$f")
+        if [ ${#batch[@]} -ge 200 ]; then
+            tr_remote -w "$DATA" "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+            batch=()
+        fi
+    done
+    if [ ${#batch[@]} -gt 0 ]; then
+        tr_remote -w "$DATA" "${batch[@]}" >>"$RUN_DIR/seeder.out" 2>&1 || { WHY="transmission-remote -a failed: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+    fi
+    # Hash-check the existing data so Transmission knows it is complete, then (re)start.
+    tr_remote -t all -v >>"$RUN_DIR/seeder.out" 2>&1 || true
+    sleep 1
+    wait_until 600 tr_all_seeding || { WHY="transmission not seeding within 600 s: $(tr_remote -l 2>/dev/null | awk 'NR>1 && $1 ~ /^[0-9]+\*?$/ { n++; if ($2 == "100%") d++ } END { printf "%d of '"$SC_TORRENTS"' torrents listed, %d at 100%%", n, d }')"; return 1; }
+    tr_remote -t all -s >>"$RUN_DIR/seeder.out" 2>&1 || true
+    wait_port "$PORT" 10 || { WHY="transmission-daemon peer port $PORT not listening"; return 1; }
+    # Transmission unchokes only on its 10 s rechoke timer: a new peer waits up to 10 s, so the
+    # measurement starts after at least TR_WARMUP_SECS (default 11) of warm-up.
+    MIN_WARMUP=${TR_WARMUP_SECS:-11}
+}
+
+# --- rtorrent: a generated rc file, run headless inside a private tmux server (it needs a tty);
+# ready when its SCGI socket (bench/scripts/rt_ready.py) says every torrent is complete, none
+# is hashing, and all are started.
+RT_TMUX=""
+rt_ready() { $PY "$ROOT/bench/scripts/rt_ready.py" "$SEEDER_TMP/rtorrent/scgi.sock" "$SC_TORRENTS" >"$RUN_DIR/ready.txt" 2>&1; }
 start_rtorrent() {
     maybe_install rtorrent rtorrent || { WHY="rtorrent not installed (apt-get install rtorrent)"; return 1; }
-    WHY="rtorrent installed but not wired into compare.sh yet"; return 1
+    maybe_install tmux tmux || { WHY="tmux not installed (rtorrent needs a tty; apt-get install tmux)"; return 1; }
+    local dir="$SEEDER_TMP/rtorrent"
+    rm -rf "$dir"; mkdir -p "$dir/session"
+    # rtorrent with DHT off refuses a torrent without trackers ("Could not find any trackers"):
+    # give it copies with an announce URL that points at nothing on loopback (same info-hash).
+    $PY "$ROOT/bench/scripts/add_announce.py" "$TORRENTS" "$dir/torrents" "http://127.0.0.1:1/announce" >/dev/null \
+        || { WHY="could not add an announce URL to the torrents for rtorrent"; return 1; }
+    cat >"$dir/rtorrent.rc" <<RC
+directory.default.set = $DATA
+session.path.set = $dir/session
+network.bind_address.set = 127.0.0.1
+network.port_range.set = $PORT-$PORT
+network.port_random.set = no
+network.scgi.open_local = $dir/scgi.sock
+network.max_open_sockets.set = 60000
+network.max_open_files.set = 4096
+dht.mode.set = disable
+protocol.pex.set = no
+trackers.use_udp.set = no
+protocol.encryption.set = allow_incoming,try_outgoing,enable_retry
+throttle.global_up.max_rate.set = 0
+throttle.global_down.max_rate.set = 0
+throttle.max_uploads.set = 65000
+throttle.max_uploads.global.set = 65000
+throttle.max_peers.normal.set = 65000
+throttle.max_peers.seed.set = 65000
+pieces.hash.on_completion.set = no
+log.open_file = main, $RUN_DIR/seeder.log
+log.add_output = warn, main
+load.start = $dir/torrents/*.torrent
+RC
+    RT_TMUX="squall-bench-rt-$$"
+    tmux -L "$RT_TMUX" -f /dev/null new-session -d -s rt -x 200 -y 50 \
+        "exec taskset -c 0 rtorrent -n -o import=$dir/rtorrent.rc" >"$RUN_DIR/seeder.out" 2>&1 \
+        || { WHY="tmux could not start rtorrent: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+    PID=$(tmux -L "$RT_TMUX" list-panes -t rt -F '#{pane_pid}' 2>/dev/null | head -1 || true)
+    [ -n "$PID" ] || { PID=0; WHY="rtorrent exited at once: $(tail -1 "$RUN_DIR/seeder.log" 2>/dev/null)"; return 1; }
+    wait_until 600 rt_ready || { WHY="rtorrent not seeding: $(tail -1 "$RUN_DIR/ready.txt" 2>/dev/null) $(tail -1 "$RUN_DIR/seeder.log" 2>/dev/null)"; return 1; }
+    wait_port "$PORT" 10 || { WHY="rtorrent peer port $PORT not listening"; return 1; }
+}
+
+# --- qBittorrent-nox: qBittorrent.conf pre-written in a temp profile; torrents added over its
+# Web API with skip_checking; ready when every torrent is uploading/stalledUP.
+QB_WEB=""
+qb_all_seeding() {
+    curl -fsS "http://127.0.0.1:$QB_WEB/api/v2/torrents/info" >"$RUN_DIR/ready.txt" 2>/dev/null || return 1
+    $PY -c '
+import json, sys
+t = json.load(open(sys.argv[1]))
+ok = [x for x in t if x["state"] in ("uploading", "stalledUP", "forcedUP")]
+sys.exit(0 if len(t) == int(sys.argv[2]) and len(ok) == len(t) else 1)' "$RUN_DIR/ready.txt" "$SC_TORRENTS"
 }
 start_qbittorrent() {
     maybe_install qbittorrent-nox qbittorrent-nox || { WHY="qbittorrent-nox not installed (apt-get install qbittorrent-nox)"; return 1; }
-    WHY="qbittorrent-nox installed but not wired into compare.sh yet"; return 1
+    maybe_install curl curl || { WHY="curl not installed"; return 1; }
+    local prof="$SEEDER_TMP/qbittorrent"
+    rm -rf "$prof"; mkdir -p "$prof/qBittorrent/config"
+    QB_WEB=$(free_port)
+    cat >"$prof/qBittorrent/config/qBittorrent.conf" <<CONF
+[LegalNotice]
+Accepted=true
+
+[BitTorrent]
+Session\\Port=$PORT
+Session\\Interface=lo
+Session\\InterfaceName=lo
+Session\\InterfaceAddress=127.0.0.1
+Session\\DHTEnabled=false
+Session\\LSDEnabled=false
+Session\\PeXEnabled=false
+Session\\BTProtocol=TCP
+Session\\Encryption=0
+Session\\QueueingSystemEnabled=false
+Session\\MaxConnections=-1
+Session\\MaxConnectionsPerTorrent=-1
+Session\\MaxUploads=-1
+Session\\MaxUploadsPerTorrent=-1
+Session\\MultiConnectionsPerIp=true
+Session\\GlobalMaxRatio=-1
+Session\\GlobalUPSpeedLimit=0
+Session\\GlobalDLSpeedLimit=0
+Session\\AddTorrentPaused=false
+Session\\DefaultSavePath=$DATA
+Session\\TempPathEnabled=false
+
+[Network]
+PortForwardingEnabled=false
+
+[Preferences]
+Connection\\UPnP=false
+WebUI\\Address=127.0.0.1
+WebUI\\Port=$QB_WEB
+WebUI\\LocalHostAuth=false
+WebUI\\UseUPnP=false
+WebUI\\CSRFProtection=false
+WebUI\\HostHeaderValidation=false
+Connection\\ResolvePeerCountries=false
+CONF
+    taskset -c 0 qbittorrent-nox --profile="$prof" --webui-port="$QB_WEB" >"$RUN_DIR/seeder.log" 2>&1 &
+    PID=$!
+    wait_port "$QB_WEB" 60 || { WHY="qbittorrent-nox WebUI did not listen: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
+    local f
+    for f in "$TORRENTS"/*.torrent; do
+        curl -fsS -X POST "http://127.0.0.1:$QB_WEB/api/v2/torrents/add" -F "torrents=@$f" \
+            -F "savepath=$DATA" -F skip_checking=true -F paused=false >>"$RUN_DIR/seeder.out" 2>&1 \
+            || { WHY="qBittorrent Web API add failed for $(basename "$f"): $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
+    done
+    wait_until 600 qb_all_seeding || { WHY="qbittorrent not seeding: $(head -c 300 "$RUN_DIR/ready.txt" 2>/dev/null)"; return 1; }
+    wait_port "$PORT" 10 || { WHY="qbittorrent peer port $PORT not listening"; return 1; }
+}
+
+# --- rqbit: `rqbit download` (stateless; keeps seeding after the data checks complete) over
+# every torrent, DHT/LSD/UPnP off, TCP on 127.0.0.1:P only; ready when its HTTP API
+# (127.0.0.1:random) lists every torrent live and finished.
+RQ_API=""
+rq_all_seeding() {
+    curl -fsS "http://127.0.0.1:$RQ_API/torrents?with_stats=true" >"$RUN_DIR/ready.txt" 2>/dev/null || return 1
+    $PY -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["torrents"]
+ok = [x for x in t if (x.get("stats") or {}).get("state") == "live" and x["stats"].get("finished")]
+sys.exit(0 if len(t) == int(sys.argv[2]) and len(ok) == len(t) else 1)' "$RUN_DIR/ready.txt" "$SC_TORRENTS"
 }
 start_rqbit() {
     if ! command -v rqbit >/dev/null && [ "${SQUALL_BENCH_INSTALL:-0}" = 1 ]; then
-        timeout 1200 cargo install rqbit >/dev/null 2>&1 || true
+        echo "== cargo install rqbit --locked (slow, ~30 min on 2 busy cores; once)"
+        timeout 3600 cargo install rqbit --locked >"$WORK/rqbit-install.log" 2>&1 || true
     fi
-    command -v rqbit >/dev/null || { WHY="rqbit not installed (cargo install rqbit; SQUALL_BENCH_INSTALL=1 tries it)"; return 1; }
-    WHY="rqbit installed but not wired into compare.sh yet"; return 1
+    command -v rqbit >/dev/null || { WHY="rqbit not installed (cargo install rqbit --locked; SQUALL_BENCH_INSTALL=1 tries it)"; return 1; }
+    maybe_install curl curl || { WHY="curl not installed"; return 1; }
+    RQ_API=$(free_port)
+    taskset -c 0 rqbit -v warn --disable-dht --disable-dht-persistence --disable-lsd \
+        --disable-upnp-port-forward --ipv4-only --listen-ip 127.0.0.1 --listen-port "$PORT" \
+        --http-api-listen-addr "127.0.0.1:$RQ_API" --peer-limit 100000 \
+        --concurrent-init-limit 64 \
+        download -o "$DATA" --overwrite "$TORRENTS"/*.torrent >"$RUN_DIR/seeder.log" 2>&1 &
+    PID=$!
+    wait_until 600 rq_all_seeding || { WHY="rqbit not seeding within 600 s: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
+    wait_port "$PORT" 10 || { WHY="rqbit peer port $PORT not listening"; return 1; }
 }
 
 stop_seeder() {
-    [ "$PID" -gt 0 ] 2>/dev/null || return 0
-    kill "$PID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$PID" 2>/dev/null
-    wait "$PID" 2>/dev/null
+    if [ "$PID" -gt 0 ] 2>/dev/null; then
+        kill "$PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
     PID=0
+    if [ -n "$RT_TMUX" ]; then # the private tmux server that held rtorrent's tty
+        tmux -L "$RT_TMUX" kill-server 2>/dev/null || true
+        RT_TMUX=""
+    fi
 }
-trap stop_seeder EXIT
+BENCH_PID=0
+cleanup() {
+    if [ "$BENCH_PID" -gt 0 ] 2>/dev/null; then
+        kill "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+    fi
+    stop_seeder
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 run_iperf3() { # -> $RUN_DIR/result.json in the bench's schema (gbps only)
     maybe_install iperf3 iperf3 || { WHY="iperf3 not installed"; return 1; }
@@ -179,7 +435,9 @@ echo "== scenario $SCENARIO, $ROUNDS rounds x ${DUR}s, seeders: $SEEDERS"
 for round in $(seq 1 "$ROUNDS"); do
     for s in $SEEDERS; do
         RUN_DIR="$OUT/$s/round$round"; mkdir -p "$RUN_DIR"; rm -f "$RUN_DIR/result.json" "$RUN_DIR/why"
-        PORT=$(free_port); PID=0; WHY=""
+        PORT=$(free_port); PID=0; WHY=""; MIN_WARMUP=""
+        # Config/session dirs of the real clients: scratch space under WORK, not in results.
+        SEEDER_TMP="$WORK/seeder-state/$s"; rm -rf "$SEEDER_TMP"; mkdir -p "$SEEDER_TMP"
         ok=0
         case $s in
             iperf3) run_iperf3 && ok=1 ;;
@@ -197,10 +455,21 @@ for round in $(seq 1 "$ROUNDS"); do
                     rqbit) start_rqbit ;;
                     *) WHY="unknown seeder"; false ;;
                 esac && {
-                    taskset -c 1 "$BENCH" scenario "$SC_FILE" --target "127.0.0.1:$PORT" --torrents "$TORRENTS" \
+                    run_sc=$SC_FILE
+                    if [ -n "$MIN_WARMUP" ]; then # a seeder that needs longer before it unchokes
+                        run_sc="$RUN_DIR/scenario.toml"
+                        awk -v w="$MIN_WARMUP" '/^warmup_secs *=/ && $3 + 0 < w { $0 = "warmup_secs = " w } { print }' \
+                            "$SC_FILE" >"$run_sc"
+                        grep -q '^warmup_secs' "$run_sc" || sed -i "/^\[run\]/a warmup_secs = $MIN_WARMUP" "$run_sc"
+                    fi
+                    rc=0
+                    # In the background + wait, so an INT/TERM trap runs at once and stops both.
+                    taskset -c 1 "$BENCH" scenario "$run_sc" --target "127.0.0.1:$PORT" --torrents "$TORRENTS" \
                         --duration "$DUR" --target-pid "$PID" --source-ips "$SOURCE_IPS" \
-                        --json "$RUN_DIR/result.json" >"$RUN_DIR/bench.txt" 2>"$RUN_DIR/bench.err"
-                    rc=$?
+                        --json "$RUN_DIR/result.json" >"$RUN_DIR/bench.txt" 2>"$RUN_DIR/bench.err" &
+                    BENCH_PID=$!
+                    wait "$BENCH_PID" || rc=$?
+                    BENCH_PID=0
                     [ -f "$RUN_DIR/result.json" ] && ok=1
                     [ $rc -ne 0 ] && WHY="bench exit $rc: $(tail -1 "$RUN_DIR/bench.err")"
                     # RSS of the seeder after the run (many-peers wants it).
@@ -222,8 +491,8 @@ echo "== summary"
 "$PY" "$ROOT/bench/scripts/summarize.py" "$OUT" "$SCENARIO" "$SEEDERS" | tee "$OUT/summary.md"
 runs=()
 for s in $SEEDERS; do
-    f=$(ls "$OUT/$s"/round*/result.json 2>/dev/null | head -1)
-    [ -n "$f" ] && [ "$s" != iperf3 ] && runs+=("$s=$f")
+    f=$(ls "$OUT/$s"/round*/result.json 2>/dev/null | head -1 || true)
+    if [ -n "$f" ] && [ "$s" != iperf3 ]; then runs+=("$s=$f"); fi
 done
 if [ ${#runs[@]} -gt 0 ]; then
     "$BENCH" report --title "squall-bench $SCENARIO $DATE (round 1 of each)" --out "$OUT/report.html" "${runs[@]}"
