@@ -95,8 +95,10 @@ start_squall() { # MODE
     local state="$RUN_DIR/state"
     rm -rf "$state"
     : >"$RUN_DIR/seeder.log"
-    taskset -c 0 "$SQUALL" seed --torrents "$TORRENTS" --data "$DATA" --listen "127.0.0.1:$PORT" \
-        --state "$state" --shards 1 --serve "$1" --summary-secs 0 >"$RUN_DIR/seeder.log" 2>&1 &
+    # configs/bench.toml: limits sized for synthetic swarms (thousands of peers on one torrent).
+    taskset -c 0 "$SQUALL" seed --config "$ROOT/configs/bench.toml" --torrents "$TORRENTS" --data "$DATA" \
+        --listen "127.0.0.1:$PORT" --state "$state" --shards 1 --serve "$1" --summary-secs 0 \
+        --admin off >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
     local end=$((SECONDS + 120))
     while [ $SECONDS -lt $end ]; do
