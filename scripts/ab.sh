@@ -3,7 +3,7 @@
 #
 # Usage: scripts/ab.sh CONFIG_A CONFIG_B [ROUNDS] [TORRENT_DIR DATA_DIR]
 #   CONFIG_A/B: TOML files that differ in the key under test (e.g. [engine] vectored_reads).
-# Seeder pinned to CPU 0, bench to CPU 1; prints one line per run and the medians.
+# Seeder pinned to CPU 0, bench to CPU 1, ABBA order; prints one line per run and the medians.
 # Data defaults to a 256 MiB random file (made once under ${SQUALL_BENCH_DIR:-/tmp/squall-ab}).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,10 @@ run() { # label config
     "$WORK/$label.json" "$label" | tee -a "$WORK/results.txt"
 }
 : > "$WORK/results.txt"
-for _ in $(seq "$ROUNDS"); do run A "$A"; run B "$B"; done
+# ABBA order: alternate which config goes first, so warm-up/order effects cancel.
+for r in $(seq "$ROUNDS"); do
+  if (( r % 2 )); then run A "$A"; run B "$B"; else run B "$B"; run A "$A"; fi
+done
 python3 - "$WORK/results.txt" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]

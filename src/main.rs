@@ -14,6 +14,20 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `human` (default) or `json` (one object per line, for log
+    /// shippers). Also SQUALL_LOG_FORMAT.
+    #[arg(long, global = true, value_enum, env = "SQUALL_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such
+    /// as `squall_engine::shard=debug`). Default: SQUALL_LOG, else RUST_LOG, else `info`.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,20 +50,25 @@ enum Command {
 }
 
 /// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
-/// comes from SQUALL_LOG or RUST_LOG (e.g. `SQUALL_LOG=debug`), default `info`.
-fn init_logging() {
-    let filter = std::env::var("SQUALL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    let _ = tracing_subscriber::fmt()
+/// comes from --log-level, else SQUALL_LOG or RUST_LOG (e.g. `SQUALL_LOG=debug`), else `info`.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("SQUALL_LOG").ok())
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log_level.as_deref());
     let result = match cli.command {
         Command::Make(args) => cli::make::run(args),
         Command::Info(args) => cli::info::run(args),

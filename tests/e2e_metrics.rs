@@ -139,3 +139,44 @@ fn stats_without_a_seeder_says_what_to_do() {
         "{err}"
     );
 }
+
+/// zerocopy mode: the request-to-notification histogram is recorded, and on loopback (where
+/// the kernel always copies) the adaptive switch to plain sends is counted.
+#[test]
+fn zerocopy_notifications_are_measured_and_the_switch_counted() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    write_file(&content.join("zc.bin"), &pattern_bytes(8 << 20, 65));
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--serve",
+        "zerocopy",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = squall
+        .admin
+        .expect("squall printed no `admin on ADDR` line");
+    let r = lt_download(
+        Source::Torrent(&made_torrent(&state, "zc.bin")),
+        &dir.path().join("dl"),
+        &squall.peer(),
+        &[],
+    );
+    assert!(r.ok, "{}", r.json);
+    let page = metrics_after_upload(admin);
+    assert!(
+        metric_sum(&page, "squall_zc_notification_latency_seconds_count") >= 1.0,
+        "no notification latency recorded"
+    );
+    assert!(
+        metric_sum(&page, "squall_zerocopy_connections_switched_total") >= 1.0,
+        "{page}"
+    );
+}

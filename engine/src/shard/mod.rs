@@ -134,6 +134,8 @@ pub struct Shard {
     /// array is only rewritten while the slot is Filling and before its ops are submitted,
     /// and the kernel reads it only while they are in flight.
     slot_iovecs: Vec<Vec<libc::iovec>>,
+    /// zerocopy mode: request times of the batch a slot carries, until its notification.
+    slot_request_times: Vec<Vec<Instant>>,
     peer_id: [u8; 20],
     now: Instant,
     tick: u64,
@@ -223,6 +225,9 @@ impl Shard {
             v2_trees: v2hashes::V2LayerCache::new(config.v2_layer_cache_entries_max),
             slot_waiters: VecDeque::new(),
             slot_notifs: vec![0; slot_count],
+            slot_request_times: (0..slot_count)
+                .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
+                .collect(),
             slot_iovecs: (0..slot_count)
                 .map(|_| {
                     vec![
@@ -1391,6 +1396,13 @@ impl Shard {
         }
         peer.ops_inflight += chain.len() as u32;
         peer.last_send_at = now;
+        if use_zc {
+            // The notification may come after the peer's next batch reused its own vectors:
+            // keep this batch's request times with the slot.
+            let times = &mut self.slot_request_times[slot as usize];
+            times.clear();
+            times.extend_from_slice(&peer.batch_request_times);
+        }
         peer.batch = Some(Batch {
             slot,
             len_bytes: offset as u32,
@@ -1576,8 +1588,20 @@ impl Shard {
         let pending = &mut self.slot_notifs[slot as usize];
         debug_assert!(*pending > 0);
         *pending = pending.saturating_sub(1);
-        if *pending == 0 && self.pool.state(slot) == SlotState::AwaitingNotif {
-            self.pool.release(slot);
+        if *pending == 0 {
+            // Zerocopy: the kernel is done with the blocks only now. Request latency to the
+            // notification, beside the one to the send completion.
+            if self.config.stats_histograms {
+                let now = self.now;
+                for t in self.slot_request_times[slot as usize].iter() {
+                    let ns = now.duration_since(*t).as_nanos() as u64;
+                    ShardStats::record_latency(&mut self.stats.zc_notification_latency_ns, ns);
+                }
+            }
+            self.slot_request_times[slot as usize].clear();
+            if self.pool.state(slot) == SlotState::AwaitingNotif {
+                self.pool.release(slot);
+            }
         }
     }
 

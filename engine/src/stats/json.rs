@@ -66,6 +66,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "request_latency_us": latency_us(&s.request_latency_ns),
         "disk_read_latency_us": latency_us(&s.disk_read_latency_ns),
         "handshake_latency_us": latency_us(&s.handshake_latency_ns),
+        "zc_notification_latency_us": latency_us(&s.zc_notification_latency_ns),
     })
 }
 

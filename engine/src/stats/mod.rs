@@ -167,6 +167,9 @@ pub struct ShardStats {
     pub disk_read_latency_ns: Histogram<u64>,
     /// connection accepted -> handshake answered, nanoseconds.
     pub handshake_latency_ns: Histogram<u64>,
+    /// zerocopy mode: request parsed -> the send's zero-copy notification (the kernel no
+    /// longer needs the buffer), nanoseconds.
+    pub zc_notification_latency_ns: Histogram<u64>,
     /// Per-torrent deltas since the previous shipped snapshot; filled only in snapshots.
     pub torrents: Vec<TorrentDelta>,
     /// The shard's accumulating per-torrent deltas (never part of a snapshot).
@@ -213,6 +216,7 @@ impl ShardStats {
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
+            zc_notification_latency_ns: new_histogram(),
             torrents: Vec::new(),
             pending_torrents: HashMap::new(),
         }
@@ -307,6 +311,9 @@ impl ShardStats {
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);
+        let _ = self
+            .zc_notification_latency_ns
+            .add(&other.zc_notification_latency_ns);
     }
 }
 

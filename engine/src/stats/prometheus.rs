@@ -286,6 +286,13 @@ pub fn render(view: &StatsView) -> String {
         "Connection accepted to handshake answered.",
         |s| &s.handshake_latency_ns,
     );
+    histogram(
+        o,
+        view,
+        "squall_zc_notification_latency_seconds",
+        "Zerocopy mode: request parsed to the send's zero-copy notification.",
+        |s| &s.zc_notification_latency_ns,
+    );
     let top = view.top_torrents();
     header(
         o,
@@ -416,6 +423,7 @@ mod tests {
             "squall_request_latency_seconds",
             "squall_disk_read_latency_seconds",
             "squall_handshake_latency_seconds",
+            "squall_zc_notification_latency_seconds",
         ] {
             for shard in ["0", "1"] {
                 let has_shard =
