@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 const CONTENT_BYTES: u64 = 64 << 20;
 const BLOCK_BYTES: u64 = 16 << 10;
 
-/// Sum of every sample of `name` (all label sets) in a Prometheus text page.
-fn metric_sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Polls /metrics until the shards' snapshots (sent every second) include the whole download.
 fn metrics_after_upload(admin: SocketAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);

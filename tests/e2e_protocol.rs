@@ -12,7 +12,6 @@ use squall_engine::wire::{
 };
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 
 const BLOCK: u32 = 16384;
 
@@ -156,19 +155,14 @@ fn fixture() -> Fixture {
     let torrents = dir.path().join("torrents");
     std::fs::create_dir_all(&torrents).unwrap();
     let t = torrents.join("f.torrent");
-    let out = std::process::Command::new(squall_bin())
-        .args([
-            "make",
-            content.join("f.bin").to_str().unwrap(),
-            "-o",
-            t.to_str().unwrap(),
-            "--piece-length",
-            "256K",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let info_hash = info_hash_of(&t);
+    let info_hash: [u8; 20] = hex::decode(squall_make(
+        &content.join("f.bin"),
+        &t,
+        &["--piece-length", "256K"],
+    ))
+    .unwrap()
+    .try_into()
+    .unwrap();
     let squall = SquallProcess::start(&[
         "--torrents",
         torrents.to_str().unwrap(),
@@ -185,18 +179,6 @@ fn fixture() -> Fixture {
         info_hash,
         data,
     }
-}
-
-fn info_hash_of(t: &Path) -> [u8; 20] {
-    let out = std::process::Command::new(squall_bin())
-        .args(["info", "--json", t.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    hex::decode(v["info_hash"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap()
 }
 
 /// A fast, extended peer: handshake answered with our reserved bits, an extended handshake

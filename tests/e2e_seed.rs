@@ -227,73 +227,29 @@ fn garbage_peer_is_dropped_while_an_honest_download_continues() {
     );
 }
 
-/// aria2c finds squall through a local opentracker (the test announces squall's address,
-/// since squall's own tracker client is a later issue) and downloads identical bytes.
+/// aria2c finds squall through a local opentracker and downloads identical bytes. The test
+/// announces squall's address itself, so this checks peer discovery through a real tracker
+/// independently of squall's own tracker client (tests/e2e_tracker.rs covers that).
 #[test]
 fn aria2c_downloads_through_opentracker() {
     if !aria2c_available() || !opentracker_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tracker_dir = dir.path().join("tracker");
-    std::fs::create_dir_all(&tracker_dir).unwrap();
-    // opentracker drops root privileges to `nobody` and chroots into -d: it must read there.
-    for p in [dir.path(), tracker_dir.as_path()] {
-        Command::new("chmod").arg("755").arg(p).status().unwrap();
-    }
     let tracker_port = free_port();
     let announce = format!("http://127.0.0.1:{tracker_port}/announce");
     let content = dir.path().join("content");
     standard_content(&content);
     let torrents = dir.path().join("torrents");
     std::fs::create_dir_all(&torrents).unwrap();
-    let mut hashes = Vec::new();
-    for name in ["single.bin", "multi"] {
-        let out_path = torrents.join(format!("{name}.torrent"));
-        let out = Command::new(squall_bin())
-            .args([
-                "make",
-                content.join(name).to_str().unwrap(),
-                "-o",
-                out_path.to_str().unwrap(),
-                "--tracker",
-                &announce,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info = Command::new(squall_bin())
-            .args(["info", "--json", out_path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-        hashes.push(v["info_hash"].as_str().unwrap().to_string());
-    }
-    std::fs::write(tracker_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
-    Command::new("chmod")
-        .arg("644")
-        .arg(tracker_dir.join("whitelist"))
-        .status()
-        .unwrap();
-    let mut tracker = Command::new("opentracker")
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &tracker_port.to_string(),
-            "-P",
-            &tracker_port.to_string(),
-        ])
-        .args(["-d", tracker_dir.to_str().unwrap(), "-w", "whitelist"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(&mut tracker);
+    let hashes: Vec<String> = ["single.bin", "multi"]
+        .iter()
+        .map(|name| {
+            let out = torrents.join(format!("{name}.torrent"));
+            squall_make(&content.join(name), &out, &["--tracker", &announce])
+        })
+        .collect();
+    let _tracker = start_opentracker(dir.path(), tracker_port, &hashes);
     let state = dir.path().join("state");
     let squall = SquallProcess::start(&[
         "--torrents",
@@ -334,19 +290,6 @@ fn aria2c_downloads_through_opentracker() {
         );
         assert_same_tree(&content.join(name), &save.join(name));
     }
-}
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// Announces squall (as a seed, left=0) for `hash_hex` to opentracker over HTTP.

@@ -11,7 +11,7 @@ use squall_engine::tracker::udp::UdpClient;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,82 +27,10 @@ startup_announces_per_sec = 1000\ninterval_secs_min = 1\nbackoff_secs_min = 1\nb
 http_timeout_secs = 3\nudp_timeout_ms = 300\nudp_retries_max = 2\nstop_timeout_secs = 3\n\
 connect_rate_per_sec = 100\n";
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts opentracker on 127.0.0.1:port (HTTP and UDP) with `hashes` whitelisted. It chroots
-/// into its directory and drops root to `nobody`, so the directory is 755 and the list 644.
-fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> KillOnDrop {
-    let tracker_dir = dir.join("tracker");
-    std::fs::create_dir_all(&tracker_dir).unwrap();
-    for p in [dir, tracker_dir.as_path()] {
-        Command::new("chmod").arg("755").arg(p).status().unwrap();
-    }
-    std::fs::write(tracker_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
-    Command::new("chmod")
-        .arg("644")
-        .arg(tracker_dir.join("whitelist"))
-        .status()
-        .unwrap();
-    let child = Command::new("opentracker")
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-P",
-            &port.to_string(),
-        ])
-        .args(["-d", tracker_dir.to_str().unwrap(), "-w", "whitelist"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until its TCP side answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "opentracker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    KillOnDrop(child)
-}
-
 /// `squall make` with one tracker URL; returns (torrent path, info-hash hex).
 fn make_torrent(content: &Path, out: &Path, tracker: &str) -> (PathBuf, String) {
-    let made = Command::new(squall_bin())
-        .args([
-            "make",
-            content.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .args(["--tracker", tracker])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let info = Command::new(squall_bin())
-        .args(["info", "--json", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    (
-        out.to_path_buf(),
-        v["info_hash"].as_str().unwrap().to_string(),
-    )
+    let hash = squall_make(content, out, &["--tracker", tracker]);
+    (out.to_path_buf(), hash)
 }
 
 fn hash_of(hex: &str) -> InfoHash {

@@ -11,26 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn make(content: &Path, out: &Path) -> [u8; 20] {
-    let status = Command::new(squall_bin())
-        .args([
-            "make",
-            content.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let info = Command::new(squall_bin())
-        .args(["info", "--json", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    hex::decode(v["info_hash"].as_str().unwrap())
+    hex::decode(squall_make(content, out, &[]))
         .unwrap()
         .try_into()
         .unwrap()

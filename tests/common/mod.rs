@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -321,4 +322,96 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
     let _ = stream.write_all(bytes);
+}
+
+/// `squall make CONTENT -o OUT EXTRA...`, asserting success; returns the v1 info-hash (hex).
+pub fn squall_make(content: &Path, out: &Path, extra: &[&str]) -> String {
+    let made = Command::new(squall_bin())
+        .arg("make")
+        .arg(content)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    info_hash_hex(out)
+}
+
+/// The `info_hash` that `squall info --json` reports for a .torrent.
+pub fn info_hash_hex(torrent: &Path) -> String {
+    let info = Command::new(squall_bin())
+        .arg("info")
+        .arg("--json")
+        .arg(torrent)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    v["info_hash"].as_str().unwrap().to_string()
+}
+
+/// A free loopback TCP port (bound, read back, released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A child process (a tracker, a client) killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sum of every sample of a Prometheus metric (all label sets) in a /metrics page.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Starts opentracker on 127.0.0.1:port (HTTP and UDP) with `hashes` whitelisted. It chroots
+/// into its directory and drops root to `nobody`, so the directory is 755 and the list 644.
+pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> KillOnDrop {
+    let tracker_dir = dir.join("tracker");
+    std::fs::create_dir_all(&tracker_dir).unwrap();
+    for p in [dir, tracker_dir.as_path()] {
+        Command::new("chmod").arg("755").arg(p).status().unwrap();
+    }
+    std::fs::write(tracker_dir.join("whitelist"), hashes.join("\n") + "\n").unwrap();
+    Command::new("chmod")
+        .arg("644")
+        .arg(tracker_dir.join("whitelist"))
+        .status()
+        .unwrap();
+    let child = Command::new("opentracker")
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-P",
+            &port.to_string(),
+        ])
+        .args(["-d", tracker_dir.to_str().unwrap(), "-w", "whitelist"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until its TCP side answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "opentracker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    KillOnDrop(child)
 }
