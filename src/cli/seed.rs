@@ -323,6 +323,14 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         }
         if reload.swap(false, Ordering::Relaxed) {
             current = reload_catalog(&source, &seeder, current);
+            if let Some(t) = &trackers {
+                let (added, removed) = t.reload(&announces(&current));
+                tracing::info!(
+                    added,
+                    removed,
+                    "tracker announces follow the reloaded catalog"
+                );
+            }
             lock_view(&view).add_names(
                 current
                     .torrents()
@@ -398,6 +406,19 @@ fn reload_catalog(source: &CatalogSource, seeder: &Seeder, current: Arc<Catalog>
     }
 }
 
+/// What the tracker manager needs of each catalog torrent.
+fn announces(catalog: &Catalog) -> Vec<TorrentAnnounce> {
+    catalog
+        .torrents()
+        .iter()
+        .map(|t| TorrentAnnounce {
+            info_hash: t.info_hash,
+            private: t.private,
+            trackers: t.trackers.clone(),
+        })
+        .collect()
+}
+
 /// Starts announcing every torrent (its own trackers, plus `[tracker] extra` for public ones);
 /// peers the trackers return are dialed from the shards through `Seeder::connect`.
 fn start_trackers(
@@ -409,15 +430,7 @@ fn start_trackers(
     if !cfg.enabled {
         return Ok(None);
     }
-    let torrents: Vec<TorrentAnnounce> = catalog
-        .torrents()
-        .iter()
-        .map(|t| TorrentAnnounce {
-            info_hash: t.info_hash,
-            private: t.private,
-            trackers: t.trackers.clone(),
-        })
-        .collect();
+    let torrents = announces(catalog);
     let dial = seeder.clone();
     let manager = TrackerManager::start(TrackerSetup {
         config: cfg.clone(),

@@ -154,6 +154,15 @@ impl TrackerManager {
         }
     }
 
+    /// The catalog changed (SIGHUP): announce new torrents, stop re-announcing removed ones.
+    /// Returns (added, removed) torrents.
+    pub fn reload(&self, torrents: &[TorrentAnnounce]) -> (usize, usize) {
+        match self.shared.scheduler.lock() {
+            Ok(mut s) => s.reload(torrents, Instant::now()),
+            Err(_) => (0, 0),
+        }
+    }
+
     pub fn counters(&self) -> TrackerCounters {
         match self.shared.scheduler.lock() {
             Ok(s) => s.counters,

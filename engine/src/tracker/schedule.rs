@@ -116,6 +116,9 @@ struct Entry {
     /// The tracker that last accepted us (it has had `started`); `stopped` goes there.
     announced_to: Option<TrackerId>,
     interval_secs: Option<u64>,
+    /// The torrent left the catalog (SIGHUP): never scheduled again. Entry ids index the
+    /// heap, so the slot stays; its generation bump makes queued heap items stale.
+    removed: bool,
 }
 
 enum Pick {
@@ -133,6 +136,8 @@ pub struct Scheduler {
     stop_queue: VecDeque<Job>,
     stopping: bool,
     pub counters: TrackerCounters,
+    /// Tracker URL -> id, so torrents added later share a tracker's state and backoff.
+    tracker_index: HashMap<String, TrackerId>,
 }
 
 impl Scheduler {
@@ -147,8 +152,49 @@ impl Scheduler {
             stop_queue: VecDeque::new(),
             stopping: false,
             counters: TrackerCounters::default(),
+            tracker_index: HashMap::new(),
         };
-        let mut index: HashMap<String, TrackerId> = HashMap::new();
+        s.add(torrents, now);
+        s
+    }
+
+    /// Catalog reload: torrents no longer present stop being announced (no `stopped` is
+    /// sent; trackers expire them); new ones are added with the same start-up spread.
+    /// Returns (added, removed) torrents.
+    pub fn reload(&mut self, torrents: &[TorrentAnnounce], now: Instant) -> (usize, usize) {
+        let wanted: std::collections::HashSet<InfoHash> =
+            torrents.iter().map(|t| t.info_hash).collect();
+        let present: std::collections::HashSet<InfoHash> = self
+            .entries
+            .iter()
+            .filter(|e| !e.removed)
+            .map(|e| e.info_hash)
+            .collect();
+        let mut removed = std::collections::HashSet::new();
+        for e in self
+            .entries
+            .iter_mut()
+            .filter(|e| !e.removed && !wanted.contains(&e.info_hash))
+        {
+            e.removed = true;
+            e.generation += 1;
+            e.next_at = None;
+            removed.insert(e.info_hash);
+        }
+        let new: Vec<TorrentAnnounce> = torrents
+            .iter()
+            .filter(|t| !present.contains(&t.info_hash))
+            .cloned()
+            .collect();
+        self.add(&new, now);
+        (new.len(), removed.len())
+    }
+
+    /// Builds entries for `torrents` and spreads their first announces over
+    /// `min(entries / startup_announces_per_sec, startup_spread_secs_max)` seconds.
+    fn add(&mut self, torrents: &[TorrentAnnounce], now: Instant) {
+        let cfg = self.cfg.clone();
+        let first_new = self.entries.len();
         let mut rng = rand::thread_rng();
         for t in torrents {
             let mut lists: Vec<Vec<Vec<String>>> = Vec::new();
@@ -182,27 +228,15 @@ impl Scheduler {
                     .into_iter()
                     .map(|tier| {
                         tier.into_iter()
-                            .map(|url| {
-                                let next = s.trackers.len();
-                                let id = *index.entry(url.clone()).or_insert(next);
-                                if id == next {
-                                    s.trackers.push(TrackerState {
-                                        url,
-                                        in_flight: 0,
-                                        failures: 0,
-                                        backoff_until: None,
-                                    });
-                                }
-                                Slot {
-                                    tracker: id,
-                                    last: LastResult::Never,
-                                    last_at: None,
-                                }
+                            .map(|url| Slot {
+                                tracker: self.tracker_id(url),
+                                last: LastResult::Never,
+                                last_at: None,
                             })
                             .collect()
                     })
                     .collect();
-                s.entries.push(Entry {
+                self.entries.push(Entry {
                     info_hash: t.info_hash,
                     tiers,
                     next_at: None,
@@ -212,20 +246,36 @@ impl Scheduler {
                     tried_this_round: Vec::new(),
                     announced_to: None,
                     interval_secs: None,
+                    removed: false,
                 });
             }
         }
-        let spread_secs = (s.entries.len() as f64 / cfg.startup_announces_per_sec.max(1) as f64)
+        let added = self.entries.len() - first_new;
+        let spread_secs = (added as f64 / cfg.startup_announces_per_sec.max(1) as f64)
             .min(cfg.startup_spread_secs_max as f64);
-        for id in 0..s.entries.len() {
+        for id in first_new..self.entries.len() {
             let delay = if spread_secs > 0.0 {
                 Duration::from_secs_f64(rng.gen_range(0.0..=spread_secs))
             } else {
                 Duration::ZERO
             };
-            s.schedule(id, now + delay);
+            self.schedule(id, now + delay);
         }
-        s
+    }
+
+    fn tracker_id(&mut self, url: String) -> TrackerId {
+        if let Some(id) = self.tracker_index.get(&url) {
+            return *id;
+        }
+        let id = self.trackers.len();
+        self.tracker_index.insert(url.clone(), id);
+        self.trackers.push(TrackerState {
+            url,
+            in_flight: 0,
+            failures: 0,
+            backoff_until: None,
+        });
+        id
     }
 
     pub fn entry_count(&self) -> usize {
@@ -238,6 +288,9 @@ impl Scheduler {
 
     fn schedule(&mut self, id: EntryId, at: Instant) {
         let e = &mut self.entries[id];
+        if e.removed {
+            return;
+        }
         e.generation += 1;
         e.next_at = Some(at);
         self.heap.push(Reverse((at, id, e.generation)));
@@ -504,7 +557,7 @@ impl Scheduler {
 
     pub fn status(&self, now: Instant) -> Vec<TrackerStatus> {
         let mut out = Vec::new();
-        for e in &self.entries {
+        for e in self.entries.iter().filter(|e| !e.removed) {
             for (ti, tier) in e.tiers.iter().enumerate() {
                 for slot in tier {
                     let t = &self.trackers[slot.tracker];
@@ -541,6 +594,55 @@ fn shuffle<T>(v: &mut [T], rng: &mut impl Rng) {
     for i in (1..v.len()).rev() {
         let j = rng.gen_range(0..=i);
         v.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn torrent(b: u8, url: &str) -> TorrentAnnounce {
+        TorrentAnnounce {
+            info_hash: InfoHash([b; 20]),
+            private: false,
+            trackers: vec![vec![url.to_string()]],
+        }
+    }
+
+    #[test]
+    fn reload_adds_new_torrents_and_drops_removed_ones() {
+        // After a reload only the new catalog's torrents are announced; a tracker seen
+        // before keeps its identity (shared state and backoff).
+        let cfg = TrackerConfig {
+            startup_announces_per_sec: 1000,
+            ..TrackerConfig::default()
+        };
+        let now = Instant::now();
+        let mut s = Scheduler::new(
+            &cfg,
+            &[
+                torrent(1, "http://127.0.0.1:1/a"),
+                torrent(2, "http://127.0.0.1:1/a"),
+            ],
+            now,
+        );
+        assert_eq!(s.tracker_count(), 1);
+        let (added, removed) = s.reload(
+            &[
+                torrent(2, "http://127.0.0.1:1/a"),
+                torrent(3, "udp://127.0.0.1:2"),
+            ],
+            now,
+        );
+        assert_eq!((added, removed), (1, 1));
+        assert_eq!(s.tracker_count(), 2);
+        let later = now + Duration::from_secs(5);
+        let mut announced: Vec<u8> = s.poll(later).iter().map(|j| j.info_hash.0[0]).collect();
+        announced.sort();
+        assert_eq!(announced, vec![2, 3]);
+        let listed: std::collections::HashSet<u8> =
+            s.status(later).iter().map(|r| r.info_hash.0[0]).collect();
+        assert!(!listed.contains(&1));
     }
 }
 
