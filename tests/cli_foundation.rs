@@ -4,23 +4,17 @@
 //! Cross-tool tests skip with a note when a tool is missing, and fail instead when
 //! `SQUALL_REQUIRE_TOOLS=1` (CI sets it). Everything happens inside a TempDir; no network.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn squall(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_squall"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run squall")
+    common::run_squall(args, cwd)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 fn info_json(torrent: &Path, cwd: &Path) -> serde_json::Value {

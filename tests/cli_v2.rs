@@ -15,19 +15,11 @@ use common::{libtorrent_available, pattern_bytes, write_file, SYSTEM_PYTHON};
 const LT_RECHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/lt_recheck.py");
 
 fn squall(args: &[&str], cwd: &Path) -> Output {
-    Command::new(common::squall_bin())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run squall")
+    common::run_squall(args, cwd)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    common::output_text(o)
 }
 
 fn info_json(torrent: &str, cwd: &Path) -> serde_json::Value {

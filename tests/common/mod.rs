@@ -415,3 +415,21 @@ pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> KillOnDrop
     }
     KillOnDrop(child)
 }
+
+/// Runs `squall ARGS` in `cwd` and returns its output (the caller asserts on it).
+pub fn run_squall(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(squall_bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run squall")
+}
+
+/// A process's stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
