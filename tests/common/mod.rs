@@ -111,7 +111,20 @@ pub struct SquallProcess {
 impl SquallProcess {
     /// Starts `squall seed ARGS --listen 127.0.0.1:0` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> SquallProcess {
-        let mut cmd = Command::new(squall_bin());
+        SquallProcess::start_under(&[], args)
+    }
+
+    /// Like `start`, run through a wrapper that execs it (e.g. `prlimit --nofile=64:64`), so
+    /// the pid is still squall's.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> SquallProcess {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(squall_bin());
+                c
+            }
+            None => Command::new(squall_bin()),
+        };
         cmd.arg("seed").args(args).args(["--listen", "127.0.0.1:0"]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn squall");
