@@ -104,21 +104,6 @@ fn fetch_eventually(addr: SocketAddr, info_hash: [u8; 20], b: u32) -> Outcome {
     got
 }
 
-fn labelled(page: &str, name: &str, reason: &str) -> f64 {
-    let label = format!("reason=\"{reason}\"");
-    page.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn plain(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Breaks a content file in place.
 type Fault = dyn Fn(&Path);
 
@@ -228,16 +213,19 @@ fn content_faults_hit_only_their_torrent_and_recover() {
     let mut page = String::new();
     while std::time::Instant::now() < deadline {
         page = http_get(admin, "/metrics").1;
-        if labelled(&page, "squall_peers_closed_total", "disk_error") >= expected_disk_closes {
+        if metric_sum_with_reason(&page, "squall_peers_closed_total", "disk_error")
+            >= expected_disk_closes
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(
-        labelled(&page, "squall_peers_closed_total", "disk_error") >= expected_disk_closes,
+        metric_sum_with_reason(&page, "squall_peers_closed_total", "disk_error")
+            >= expected_disk_closes,
         "disk_error closes: {page}"
     );
-    assert!(plain(&page, "squall_disk_errors_total") >= expected_disk_closes);
+    assert!(metric_sum(&page, "squall_disk_errors_total") >= expected_disk_closes);
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }

@@ -169,7 +169,7 @@ impl Harness {
             let page = self.metrics();
             let ok = want
                 .iter()
-                .all(|(reason, n)| labelled(&page, name, reason) >= *n);
+                .all(|(reason, n)| metric_sum_with_reason(&page, name, reason) >= *n);
             if ok || Instant::now() > deadline {
                 return page;
             }
@@ -223,22 +223,6 @@ impl Harness {
         let (code, _) = self.squall.terminate();
         assert_eq!(code, Some(0));
     }
-}
-
-/// Sum over shards of `name{...reason="reason"...}`.
-fn labelled(page: &str, name: &str, reason: &str) -> f64 {
-    let label = format!("reason=\"{reason}\"");
-    page.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn gauge(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 // ------------------------------------------------------------------ raw client
@@ -660,14 +644,14 @@ fn protocol_abuse() {
         ("malformed_message", 6.0),
         ("protocol_violation", 5.0),
     ] {
-        let got = labelled(&page, "squall_peers_closed_total", reason);
+        let got = metric_sum_with_reason(&page, "squall_peers_closed_total", reason);
         assert!(
             got >= want,
             "closed{{reason={reason}}} = {got}, want >= {want}"
         );
     }
     for (reason, want) in [("invalid", 8.0), ("choked", 8.0), ("cancelled", 1.0)] {
-        let got = labelled(&page, "squall_requests_rejected_total", reason);
+        let got = metric_sum_with_reason(&page, "squall_requests_rejected_total", reason);
         assert!(
             got >= want,
             "rejected{{reason={reason}}} = {got}, want >= {want}"
@@ -735,13 +719,13 @@ fn resource_abuse() {
     ];
     let page = h.wait_metrics("squall_peers_closed_total", &want);
     for (reason, n) in want {
-        let got = labelled(&page, "squall_peers_closed_total", reason);
+        let got = metric_sum_with_reason(&page, "squall_peers_closed_total", reason);
         assert!(got >= n, "closed{{reason={reason}}} = {got}, want >= {n}");
     }
-    let resets = labelled(&page, "squall_peers_closed_total", "socket_error")
-        + labelled(&page, "squall_peers_closed_total", "peer_closed");
+    let resets = metric_sum_with_reason(&page, "squall_peers_closed_total", "socket_error")
+        + metric_sum_with_reason(&page, "squall_peers_closed_total", "peer_closed");
     assert!(resets >= 200.0, "resets and churn counted: {resets}");
-    let full = labelled(&page, "squall_requests_rejected_total", "queue_full");
+    let full = metric_sum_with_reason(&page, "squall_requests_rejected_total", "queue_full");
     assert!(full >= 1.0, "rejected{{reason=queue_full}} = {full}");
     h.finish();
 }
@@ -928,7 +912,7 @@ fn thousands_idle(h: &Target) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut connected = 0.0;
     while Instant::now() < deadline {
-        connected = gauge(&h.metrics(), "squall_peers_connected");
+        connected = metric_sum(&h.metrics(), "squall_peers_connected");
         if connected >= 1500.0 {
             break;
         }

@@ -446,3 +446,13 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// Sum of a Prometheus metric's samples carrying `reason="REASON"` (all shards).
+pub fn metric_sum_with_reason(page: &str, name: &str, reason: &str) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    let prefix = format!("{name}{{");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
