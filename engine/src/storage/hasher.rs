@@ -113,17 +113,12 @@ pub fn hash_pieces(
         |reader, index, len| match reader.hash_range(u64::from(index) * piece_length, len) {
             Ok(h) => Some((index, h)),
             Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                if let Ok(mut slot) = first_error.lock() {
-                    slot.get_or_insert(reader.error(e));
-                }
+                fail_fast(&stop, &first_error, reader.error(e));
                 None
             }
         },
     );
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    first_error_of(first_error)?;
     for (index, hash) in results {
         let start = index as usize * 20;
         out[start..start + 20].copy_from_slice(&hash);
@@ -437,18 +432,13 @@ pub fn hash_pieces_v2(
                     Some((index, node, sha1))
                 }
                 Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    if let Ok(mut slot) = first_error.lock() {
-                        slot.get_or_insert(reader.error(e));
-                    }
+                    fail_fast(&stop, &first_error, reader.error(e));
                     None
                 }
             }
         },
     );
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    first_error_of(first_error)?;
     let mut nodes = vec![[0u8; 32]; num_pieces as usize];
     let mut v1 = with_v1.then(|| vec![0u8; num_pieces as usize * 20]);
     for (index, node, sha1) in results {
@@ -541,6 +531,26 @@ where
             })
             .collect()
     })
+}
+
+/// A worker hit a read error: stop every worker and keep the first error to report.
+fn fail_fast(
+    stop: &AtomicBool,
+    first_error: &std::sync::Mutex<Option<StorageError>>,
+    e: StorageError,
+) {
+    stop.store(true, Ordering::Relaxed);
+    if let Ok(mut slot) = first_error.lock() {
+        slot.get_or_insert(e);
+    }
+}
+
+/// The error `fail_fast` kept, if any, once the workers have joined.
+fn first_error_of(first_error: std::sync::Mutex<Option<StorageError>>) -> Result<(), StorageError> {
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
