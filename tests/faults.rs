@@ -174,11 +174,12 @@ fn content_faults_hit_only_their_torrent_and_recover() {
         fault(&a_path);
         // Replaced paths: a shard's cached fd still reads the old (unlinked) inode, so it may
         // keep serving the old, correct bytes until the fd is dropped; a shard that opens
-        // the path anew must fail (and not hang on the FIFO). Truncation must fail.
-        let got = fetch_block(squall.addr, a, 200);
+        // the path anew must fail (and not hang on the FIFO). Truncation must fail. Block 201
+        // was never served, so it is not in the hot-block cache: it must come from the file.
+        let got = fetch_block(squall.addr, a, 201);
         if name != "truncated" {
             assert!(
-                got == Outcome::Closed || got == Outcome::Served(block(&a_bytes, 200)),
+                got == Outcome::Closed || got == Outcome::Served(block(&a_bytes, 201)),
                 "{name}: {got:?}"
             );
             if got == Outcome::Closed {

@@ -6,6 +6,7 @@
 //! chain across two submits (the kernel ends a chain at a submit boundary), or run a handler
 //! while reaping: completions are copied out in a batch first, then dispatched by the shard.
 
+pub mod block_cache;
 pub mod buffers;
 pub mod token;
 
@@ -130,10 +131,11 @@ impl Ring {
     }
 
     /// Registers one region as fixed buffer 0.
-    pub fn register_buffer(&mut self, iov: libc::iovec) -> io::Result<()> {
-        // SAFETY: the iovec describes the shard's buffer pool, which outlives the ring (the
-        // shard drops the ring first) and is never freed while registered.
-        unsafe { self.ring.submitter().register_buffers(&[iov]) }
+    pub fn register_buffers(&mut self, iovs: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: the iovecs describe the shard's buffer pool and block cache, which outlive
+        // the ring (the shard drops the ring first, or leaks them) and are never freed while
+        // registered.
+        unsafe { self.ring.submitter().register_buffers(iovs) }
     }
 
     /// Queues one SQE; a full SQ is submitted first, never dropped.

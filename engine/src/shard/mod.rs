@@ -34,6 +34,7 @@ pub mod v2hashes;
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
+use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::token::{OpKind, Token};
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
@@ -49,7 +50,7 @@ use choker::{Choker, PeerKey};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use files::{AcquireError, FileCache, FileKey};
 use io_uring::{opcode, squeue, types};
-use peer::{Batch, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES};
+use peer::{Batch, GatherSend, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -66,6 +67,9 @@ pub const STATS_INTERVAL_MS: u64 = 1000;
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
 /// After the drain, force-closed peers get this long for their ops to complete.
 pub const SHUTDOWN_FORCE_MS: u64 = 1000;
+/// Registered buffer indices: the send pool, then the hot-block cache.
+const POOL_BUF_INDEX: u16 = 0;
+const CACHE_BUF_INDEX: u16 = 1;
 pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
 /// Messages from the control thread to a shard.
@@ -99,7 +103,12 @@ pub struct ShardSetup {
 struct PlannedRead {
     fd: RawFd,
     file_offset: u64,
+    /// Where the bytes go in the slot's stream (splice mode writes headers around them).
     slot_offset: u32,
+    /// Where the read lands: in the slot, or in a cache entry.
+    dest: *mut u8,
+    /// The registered buffer `dest` lies in.
+    buf_index: u16,
     len: u32,
 }
 
@@ -110,6 +119,9 @@ pub struct Shard {
     // Declared before `pool`: dropped first, so no op outlives the memory it names.
     ring: Ring,
     pool: BufferPool,
+    /// Hot-block cache (None when `block_cache_bytes_per_shard` is 0, or in splice mode).
+    /// Declared after the ring, like the pool.
+    cache: Option<BlockCache>,
     fixed_buffers: bool,
     peers: Vec<Option<Peer>>,
     generations: Vec<u16>,
@@ -136,6 +148,14 @@ pub struct Shard {
     slot_iovecs: Vec<Vec<libc::iovec>>,
     /// zerocopy mode: request times of the batch a slot carries, until its notification.
     slot_request_times: Vec<Vec<Instant>>,
+    /// Per slot: the cache entries its batch names (entry, claimed to be filled by it); the
+    /// references are given back when the slot is released (after the send, or its
+    /// zerocopy notification).
+    slot_cache_refs: Vec<Vec<(u32, bool)>>,
+    /// Per slot: the gather list and message header of a batch sent with SendMsg. Sized
+    /// once; rewritten only while the slot is Filling or between the sends of its batch.
+    slot_send_iovecs: Vec<Vec<libc::iovec>>,
+    slot_msghdrs: Vec<libc::msghdr>,
     peer_id: [u8; 20],
     now: Instant,
     tick: u64,
@@ -180,17 +200,28 @@ impl Shard {
             );
         }
         let pool = BufferPool::new(config.buffer_pool_slots_per_shard, config.slot_len_bytes())?;
+        let cache =
+            if config.block_cache_bytes_per_shard > 0 && config.serve_mode != ServeMode::Splice {
+                Some(BlockCache::new(
+                    config.block_cache_bytes_per_shard,
+                    CACHE_BLOCK_LEN_BYTES,
+                )?)
+            } else {
+                None
+            };
+        let mut regions = vec![pool.iovec()];
+        regions.extend(cache.as_ref().map(|c| c.iovec()));
         let fixed_buffers = ring.features.read_fixed
-            && match ring.register_buffer(pool.iovec()) {
+            && match ring.register_buffers(&regions) {
                 Ok(()) => true,
                 Err(e) => {
                     if setup.index == 0 {
                         tracing::warn!(
-                            "cannot register the {} MiB send buffer pool with io_uring ({e}): RLIMIT_MEMLOCK \
-                             (`ulimit -l`) is probably too small. Falling back to unregistered buffers (slower). \
-                             Fix: raise the limit (`ulimit -l unlimited`, or LimitMEMLOCK= in the systemd unit) \
-                             or lower buffer_pool_slots_per_shard",
-                            pool.iovec().iov_len >> 20
+                            "cannot register the {} MiB send buffer pool and block cache with io_uring ({e}): \
+                             RLIMIT_MEMLOCK (`ulimit -l`) is probably too small. Falling back to unregistered \
+                             buffers (slower). Fix: raise the limit (`ulimit -l unlimited`, or LimitMEMLOCK= in \
+                             the systemd unit) or lower buffer_pool_slots_per_shard / block_cache_bytes_per_shard",
+                            regions.iter().map(|r| r.iov_len).sum::<usize>() >> 20
                         );
                     }
                     false
@@ -206,6 +237,7 @@ impl Shard {
             catalog: setup.catalog,
             ring,
             pool,
+            cache,
             fixed_buffers,
             peers: Vec::new(),
             generations: Vec::new(),
@@ -227,6 +259,24 @@ impl Shard {
             slot_notifs: vec![0; slot_count],
             slot_request_times: (0..slot_count)
                 .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
+                .collect(),
+            slot_cache_refs: (0..slot_count)
+                .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
+                .collect(),
+            slot_send_iovecs: (0..slot_count)
+                .map(|_| {
+                    vec![
+                        libc::iovec {
+                            iov_base: std::ptr::null_mut(),
+                            iov_len: 0
+                        };
+                        config.blocks_per_batch_max() * 2
+                    ]
+                })
+                .collect(),
+            // SAFETY: msghdr is plain data; all-zero is its empty value.
+            slot_msghdrs: (0..slot_count)
+                .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
                 .collect(),
             slot_iovecs: (0..slot_count)
                 .map(|_| {
@@ -302,6 +352,7 @@ impl Shard {
         }
         self.stats.accepting = false;
         self.stats.peers_connected = self.live_peers as u64;
+        self.sync_cache_stats();
         let inflight: u32 = self.peers.iter().flatten().map(|p| p.ops_inflight).sum();
         let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
@@ -312,11 +363,27 @@ impl Shard {
                 inflight,
                 "shard exits with ops in flight"
             );
-            let Shard { ring, pool, .. } = self;
+            let Shard {
+                ring, pool, cache, ..
+            } = self;
             drop(ring);
             std::mem::forget(pool);
+            std::mem::forget(cache);
         }
         stats
+    }
+
+    fn sync_cache_stats(&mut self) {
+        if let Some(cache) = &self.cache {
+            let c = cache.counters;
+            self.stats.block_cache_hits = c.hits;
+            self.stats.block_cache_misses = c.misses;
+            self.stats.block_cache_busy = c.busy;
+            self.stats.block_cache_full = c.full;
+            self.stats.block_cache_evictions = c.evictions;
+            self.stats.block_cache_bytes_used =
+                (cache.used_entries() * cache.entry_len_bytes()) as u64;
+        }
     }
 
     fn on_command(&mut self, cmd: ShardCommand) {
@@ -1110,6 +1177,11 @@ impl Shard {
     }
 
     /// Lays out queued blocks in a buffer slot and submits the read(s) + send chain.
+    ///
+    /// With the hot-block cache, a block found in the cache is not read at all: only its
+    /// 13-byte header goes in the slot and the send gathers header and cached bytes with one
+    /// SendMsg. A missed block is read into a cache entry claimed for it (then sent from
+    /// there), so the next peer asking for it hits.
     fn start_batch(&mut self, idx: u32) {
         let Some(slot) = self.pool.acquire() else {
             self.stats.buffer_pool_exhausted += 1;
@@ -1120,6 +1192,7 @@ impl Shard {
             }
             return;
         };
+        debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
         let mode = self.config.serve_mode;
         let blocks_max = self.config.blocks_per_batch_max();
         let slot_len = self.pool.slot_len_bytes();
@@ -1158,9 +1231,17 @@ impl Shard {
         peer.batch_files.clear();
         peer.batch_request_times.clear();
         let mut offset = 0usize;
+        let mut send_len = 0usize;
         let mut blocks = 0u16;
+        let mut cached_blocks = 0u16;
         let mut payload = 0u64;
         let mut disk_error = false;
+        let base = self.pool.slot_ptr(slot);
+        let send_iovs = &mut self.slot_send_iovecs[slot as usize];
+        let mut send_iov_count = 0usize;
+        let cache_refs = &mut self.slot_cache_refs[slot as usize];
+        // Splice mode moves file bytes through a pipe; the cache has nothing to offer it.
+        let mut cache = self.cache.as_mut().filter(|_| mode != ServeMode::Splice);
         let slot_mem = self.pool.slot_mut(slot);
         // Zero extents and headers are written now, before any op names the slot.
         'blocks: while let Some(q) = peer.queue.front().copied() {
@@ -1171,67 +1252,124 @@ impl Shard {
                 break;
             }
             let torrent_offset = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
-            extents.clear();
-            map_range(&torrent.files, torrent_offset, r.length, &mut extents);
+            // (entry, claimed for this batch to fill) when the block goes through the cache.
+            let mut cached: Option<(u32, bool)> = None;
+            if let Some(cache) = cache.as_deref_mut() {
+                if is_cacheable_block(&torrent, r) {
+                    let key: BlockKey = (torrent.info_hash, r.index, r.begin);
+                    match cache.lookup(&key) {
+                        Lookup::Hit { entry, len } => {
+                            debug_assert_eq!(len, r.length, "a cached block changed length");
+                            cached = Some((entry, false));
+                        }
+                        Lookup::Miss => cached = cache.claim(key, r.length).map(|e| (e, true)),
+                        Lookup::Busy => {}
+                    }
+                }
+            }
             let reads_before = reads.len();
             let files_before = peer.batch_files.len();
             let header_at = offset;
             let mut at = offset + PIECE_HEADER_LEN;
-            for e in extents.iter() {
-                match *e {
-                    Extent::Zero { len } => {
-                        slot_mem[at..at + len as usize].fill(0);
-                        at += len as usize;
-                    }
-                    Extent::File {
-                        file_index,
-                        file_offset,
-                        len,
-                    } => {
-                        let key: FileKey = (torrent.info_hash, file_index);
-                        let path = &torrent.files[file_index as usize].path;
-                        match self.files.acquire(key, path) {
-                            Ok(fd) => {
-                                peer.batch_files.push(key);
-                                reads.push(PlannedRead {
-                                    fd,
-                                    file_offset,
-                                    slot_offset: at as u32,
-                                    len,
-                                });
-                                at += len as usize;
+            if !matches!(cached, Some((_, false))) {
+                // Read the block: into its claimed cache entry, or in place in the slot.
+                let (dest, buf_index) = match (cached, cache.as_deref()) {
+                    (Some((entry, _)), Some(c)) => (c.entry_ptr(entry), CACHE_BUF_INDEX),
+                    _ => (base.wrapping_add(at), POOL_BUF_INDEX),
+                };
+                let mut dest_at = 0usize;
+                extents.clear();
+                map_range(&torrent.files, torrent_offset, r.length, &mut extents);
+                for e in extents.iter() {
+                    match *e {
+                        Extent::Zero { len } => {
+                            match (cached, cache.as_deref_mut()) {
+                                (Some((entry, _)), Some(c)) => {
+                                    c.entry_mut(entry)[dest_at..dest_at + len as usize].fill(0)
+                                }
+                                _ => slot_mem[at + dest_at..at + dest_at + len as usize].fill(0),
                             }
-                            Err(err) => {
-                                for k in peer.batch_files.drain(files_before..) {
-                                    self.files.release(&k);
+                            dest_at += len as usize;
+                        }
+                        Extent::File {
+                            file_index,
+                            file_offset,
+                            len,
+                        } => {
+                            let key: FileKey = (torrent.info_hash, file_index);
+                            let path = &torrent.files[file_index as usize].path;
+                            match self.files.acquire(key, path) {
+                                Ok(fd) => {
+                                    peer.batch_files.push(key);
+                                    reads.push(PlannedRead {
+                                        fd,
+                                        file_offset,
+                                        slot_offset: (at + dest_at) as u32,
+                                        dest: dest.wrapping_add(dest_at),
+                                        buf_index,
+                                        len,
+                                    });
+                                    dest_at += len as usize;
                                 }
-                                reads.truncate(reads_before);
-                                match err {
-                                    AcquireError::Full => self.stats.open_files_limit_hit += 1,
-                                    AcquireError::Open(e) => {
-                                        tracing::warn!("cannot open {}: {e}", path.display());
-                                        self.stats.disk_errors += 1;
-                                        disk_error = true;
+                                Err(err) => {
+                                    for k in peer.batch_files.drain(files_before..) {
+                                        self.files.release(&k);
                                     }
+                                    reads.truncate(reads_before);
+                                    if let (Some((entry, _)), Some(c)) =
+                                        (cached, cache.as_deref_mut())
+                                    {
+                                        // Never filled: unmap it and give it back.
+                                        c.fill_done(entry, false);
+                                        c.release(entry);
+                                    }
+                                    match err {
+                                        AcquireError::Full => self.stats.open_files_limit_hit += 1,
+                                        AcquireError::Open(e) => {
+                                            tracing::warn!("cannot open {}: {e}", path.display());
+                                            self.stats.disk_errors += 1;
+                                            disk_error = true;
+                                        }
+                                    }
+                                    break 'blocks;
                                 }
-                                break 'blocks;
                             }
                         }
                     }
                 }
+                debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
+                if cached.is_none() {
+                    at += dest_at;
+                }
             }
-            debug_assert_eq!(
-                at - header_at - PIECE_HEADER_LEN,
-                r.length as usize,
-                "extents must cover the block"
-            );
             let header: &mut [u8; PIECE_HEADER_LEN] =
                 match (&mut slot_mem[header_at..header_at + PIECE_HEADER_LEN]).try_into() {
                     Ok(h) => h,
                     Err(_) => unreachable!("header slice has the header's length"),
                 };
             message::write_piece_header(header, r.index, r.begin, r.length);
+            if let Some(c) = cache.as_deref() {
+                // The gather list of the send: slot bytes (header, and the block when it is
+                // read in place), then the cache entry when the block lives there.
+                push_iov(
+                    send_iovs,
+                    &mut send_iov_count,
+                    base.wrapping_add(header_at),
+                    at - header_at,
+                );
+                if let Some((entry, filling)) = cached {
+                    push_iov(
+                        send_iovs,
+                        &mut send_iov_count,
+                        c.entry_ptr(entry),
+                        r.length as usize,
+                    );
+                    cache_refs.push((entry, filling));
+                    cached_blocks += 1;
+                }
+            }
             offset = at;
+            send_len += PIECE_HEADER_LEN + r.length as usize;
             blocks += 1;
             payload += u64::from(r.length);
             peer.queue.pop_front();
@@ -1239,6 +1377,7 @@ impl Shard {
         }
         self.scratch_extents = extents;
         if blocks == 0 {
+            debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
             self.pool.release(slot);
             self.scratch_reads = reads;
             let too_big = self
@@ -1259,7 +1398,6 @@ impl Shard {
             }
             return;
         }
-        let base = self.pool.slot_ptr(slot);
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             return;
         };
@@ -1321,8 +1459,8 @@ impl Shard {
             );
         } else {
             // Consecutive blocks of one piece are contiguous in the file but separated by
-            // 13-byte headers in the slot: one vectored read fills them all (one op and one
-            // page-cache walk instead of one per block).
+            // 13-byte headers in the slot (or live in separate cache entries): one vectored
+            // read fills them all (one op and one page-cache walk instead of one per block).
             let iovecs = &mut self.slot_iovecs[slot as usize];
             let iov_cap = iovecs.len();
             let mut iov_used = 0usize;
@@ -1332,6 +1470,7 @@ impl Shard {
                 while j < reads.len()
                     && vectored_reads
                     && reads[j].fd == reads[j - 1].fd
+                    && reads[j].buf_index == reads[j - 1].buf_index
                     && reads[j].file_offset
                         == reads[j - 1].file_offset + u64::from(reads[j - 1].len)
                     && iov_used + (j + 1 - i) <= iov_cap
@@ -1344,13 +1483,17 @@ impl Shard {
                 peer.chain_expect.push(total);
                 let first = run[0];
                 let sqe = if run.len() == 1 {
-                    let ptr = base.wrapping_add(first.slot_offset as usize);
                     if fixed {
-                        opcode::ReadFixed::new(types::Fd(first.fd), ptr, first.len, 0)
-                            .offset(first.file_offset)
-                            .build()
+                        opcode::ReadFixed::new(
+                            types::Fd(first.fd),
+                            first.dest,
+                            first.len,
+                            first.buf_index,
+                        )
+                        .offset(first.file_offset)
+                        .build()
                     } else {
-                        opcode::Read::new(types::Fd(first.fd), ptr, first.len)
+                        opcode::Read::new(types::Fd(first.fd), first.dest, first.len)
                             .offset(first.file_offset)
                             .build()
                     }
@@ -1358,16 +1501,21 @@ impl Shard {
                     let vecs = &mut iovecs[iov_used..iov_used + run.len()];
                     for (v, r) in vecs.iter_mut().zip(run) {
                         *v = libc::iovec {
-                            iov_base: base.wrapping_add(r.slot_offset as usize).cast(),
+                            iov_base: r.dest.cast(),
                             iov_len: r.len as usize,
                         };
                     }
                     let ptr = vecs.as_ptr();
                     iov_used += run.len();
                     if fixed && readv_fixed {
-                        opcode::ReadvFixed::new(types::Fd(first.fd), ptr, run.len() as u32, 0)
-                            .offset(first.file_offset)
-                            .build()
+                        opcode::ReadvFixed::new(
+                            types::Fd(first.fd),
+                            ptr,
+                            run.len() as u32,
+                            first.buf_index,
+                        )
+                        .offset(first.file_offset)
+                        .build()
                     } else {
                         opcode::Readv::new(types::Fd(first.fd), ptr, run.len() as u32)
                             .offset(first.file_offset)
@@ -1379,14 +1527,27 @@ impl Shard {
                 );
                 i = j;
             }
-            chain.push(batch_send_sqe(
-                sock,
-                base,
-                offset as u32,
-                use_zc,
-                fixed,
-                Token::new(OpKind::SendBatch, slot, idx, generation),
-            ));
+            let token = Token::new(OpKind::SendBatch, slot, idx, generation);
+            if cached_blocks > 0 {
+                let msg = &mut self.slot_msghdrs[slot as usize];
+                chain.push(batch_sendmsg_sqe(
+                    sock,
+                    msg,
+                    &mut self.slot_send_iovecs[slot as usize][..send_iov_count],
+                    use_zc,
+                    token,
+                ));
+            } else {
+                debug_assert_eq!(send_len, offset);
+                chain.push(batch_send_sqe(
+                    sock,
+                    base,
+                    offset as u32,
+                    use_zc,
+                    fixed,
+                    token,
+                ));
+            }
         }
         // Link every op to the next; the last (the batch's send) ends the chain. `flags` ORs,
         // so entries are built unlinked and linked here.
@@ -1405,13 +1566,17 @@ impl Shard {
         }
         peer.batch = Some(Batch {
             slot,
-            len_bytes: offset as u32,
+            len_bytes: send_len as u32,
             sent_bytes: 0,
             payload_bytes: payload,
             blocks,
             failed: false,
             submitted_at: now,
             zerocopy: use_zc,
+            gather: (cached_blocks > 0).then_some(GatherSend {
+                iov_first: 0,
+                iov_count: send_iov_count as u16,
+            }),
         });
         if let Err(e) = self.ring.push_chain(&chain) {
             tracing::error!(shard = self.index, "io_uring push failed: {e}");
@@ -1515,6 +1680,28 @@ impl Shard {
             return;
         }
         if batch.sent_bytes < batch.len_bytes {
+            if let Some(gather) = batch.gather.as_mut() {
+                // Short SendMsg: drop what went out from the front of the gather list.
+                let iovs = &mut self.slot_send_iovecs[slot as usize];
+                let end = usize::from(gather.iov_first) + usize::from(gather.iov_count);
+                let first = advance_iovecs(
+                    &mut iovs[usize::from(gather.iov_first)..end],
+                    c.result as usize,
+                );
+                gather.iov_first += first as u16;
+                gather.iov_count -= first as u16;
+                let rest = &mut iovs[usize::from(gather.iov_first)..end];
+                let sqe = batch_sendmsg_sqe(
+                    peer.fd.as_raw_fd(),
+                    &mut self.slot_msghdrs[slot as usize],
+                    rest,
+                    batch.zerocopy,
+                    Token::new(OpKind::SendBatch, slot, idx, peer.generation),
+                );
+                peer.ops_inflight += 1;
+                self.push(&sqe);
+                return;
+            }
             // Short send: send the rest of the slot, then continue.
             let base = self.pool.slot_ptr(slot);
             let rest_ptr = base.wrapping_add(batch.sent_bytes as usize);
@@ -1560,11 +1747,32 @@ impl Shard {
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }
+        if let Some(cache) = self.cache.as_mut() {
+            // Every op of the chain has completed: the entries this batch filled hold the
+            // block now, unless a read failed (then they are unmapped, never served).
+            for &(entry, filled) in self.slot_cache_refs[batch.slot as usize].iter() {
+                if filled {
+                    cache.fill_done(entry, !batch.failed);
+                }
+            }
+        }
         if self.slot_notifs[batch.slot as usize] > 0 {
             self.pool.await_notif(batch.slot);
         } else {
-            self.pool.release(batch.slot);
+            self.release_slot(batch.slot);
         }
+    }
+
+    /// The kernel is done with a slot (and with the cache entries its batch named).
+    fn release_slot(&mut self, slot: u16) {
+        let refs = &mut self.slot_cache_refs[slot as usize];
+        if let Some(cache) = self.cache.as_mut() {
+            for (entry, _) in refs.drain(..) {
+                cache.release(entry);
+            }
+        }
+        debug_assert!(refs.is_empty(), "cache references without a cache");
+        self.pool.release(slot);
     }
 
     fn on_send_notification(&mut self, idx: u32, c: Completion, slot: u16) {
@@ -1600,7 +1808,7 @@ impl Shard {
             }
             self.slot_request_times[slot as usize].clear();
             if self.pool.state(slot) == SlotState::AwaitingNotif {
-                self.pool.release(slot);
+                self.release_slot(slot);
             }
         }
     }
@@ -1660,6 +1868,10 @@ impl Shard {
             // again without a restart (the batch released its uses before we got here).
             if let Some(t) = &peer.torrent {
                 self.files.forget_idle(&t.info_hash);
+                // And never serve its blocks from memory read before the fault.
+                if let Some(cache) = self.cache.as_mut() {
+                    cache.purge(&t.info_hash);
+                }
             }
         }
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
@@ -1745,6 +1957,7 @@ impl Shard {
             self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
             self.stats.peers_connected = self.live_peers as u64;
             self.stats.accepting = self.accepting && self.accept_armed.iter().all(|a| *a);
+            self.sync_cache_stats();
             match self.stats_tx.try_send(self.stats.snapshot()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(snap)) | Err(TrySendError::Disconnected(snap)) => {
@@ -1805,6 +2018,81 @@ fn batch_send_sqe(
             .build()
             .user_data(token.encode())
     }
+}
+
+/// A batch's send over its gather list (slot bytes and cache entries), SendMsg or SendMsgZc.
+/// `msg` and `iovs` belong to the slot and stay put until the op completes.
+fn batch_sendmsg_sqe(
+    sock: RawFd,
+    msg: &mut libc::msghdr,
+    iovs: &mut [libc::iovec],
+    zerocopy: bool,
+    token: Token,
+) -> squeue::Entry {
+    debug_assert!(!iovs.is_empty());
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    *msg = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len() as _;
+    if zerocopy {
+        opcode::SendMsgZc::new(types::Fd(sock), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+            .build()
+            .user_data(token.encode())
+    } else {
+        opcode::SendMsg::new(types::Fd(sock), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token.encode())
+    }
+}
+
+/// Appends `len` bytes at `ptr` to a gather list, growing the last entry when they follow
+/// it in memory (consecutive slot bytes become one iovec).
+fn push_iov(iovs: &mut [libc::iovec], count: &mut usize, ptr: *mut u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    if let Some(last) = count.checked_sub(1).map(|i| &mut iovs[i]) {
+        if (last.iov_base as *mut u8).wrapping_add(last.iov_len) == ptr {
+            last.iov_len += len;
+            return;
+        }
+    }
+    iovs[*count] = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    *count += 1;
+}
+
+/// Drops `sent` bytes from the front of a gather list: returns how many iovecs are now
+/// fully sent (the next one is trimmed in place).
+fn advance_iovecs(iovs: &mut [libc::iovec], mut sent: usize) -> usize {
+    let mut done = 0;
+    for v in iovs.iter_mut() {
+        if sent < v.iov_len {
+            v.iov_base = (v.iov_base as *mut u8).wrapping_add(sent).cast();
+            v.iov_len -= sent;
+            return done;
+        }
+        sent -= v.iov_len;
+        done += 1;
+    }
+    done
+}
+
+/// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
+/// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
+fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
+    let block = CACHE_BLOCK_LEN_BYTES as u64;
+    if u64::from(r.begin) % block != 0 {
+        return false;
+    }
+    let piece_len =
+        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
+    u64::from(r.length) == block.min(piece_len.saturating_sub(u64::from(r.begin)))
 }
 
 /// A pipe for splice mode, sized to hold a whole batch (the kernel may grant less, up to

@@ -48,6 +48,16 @@ pub struct Batch {
     pub submitted_at: Instant,
     /// Zerocopy SendZc used for this batch (else plain Send / splice).
     pub zerocopy: bool,
+    /// Some blocks are sent from the hot-block cache: the batch goes out as one SendMsg over
+    /// the slot's gather list instead of one Send of the slot.
+    pub gather: Option<GatherSend>,
+}
+
+/// Which part of a slot's gather list (`Shard::slot_send_iovecs`) is still to be sent.
+#[derive(Debug, Clone, Copy)]
+pub struct GatherSend {
+    pub iov_first: u16,
+    pub iov_count: u16,
 }
 
 pub struct Peer {

@@ -158,6 +158,17 @@ pub struct ShardStats {
     pub zc_sends_zerocopy: u64,
     pub zc_connections_switched_to_copy: u64,
     pub disk_errors: u64,
+    /// Hot-block cache: blocks sent from the cache with no read.
+    pub block_cache_hits: u64,
+    /// Cacheable blocks not in the cache (read from disk, into the cache when it had room).
+    pub block_cache_misses: u64,
+    /// Blocks served uncached because another batch was reading them into the cache.
+    pub block_cache_busy: u64,
+    /// Blocks served uncached because every cache entry was named by an in-flight send.
+    pub block_cache_full: u64,
+    pub block_cache_evictions: u64,
+    /// Bytes of the cache holding blocks now (gauge).
+    pub block_cache_bytes_used: u64,
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
     pub accepting: bool,
@@ -210,6 +221,12 @@ impl ShardStats {
             zc_sends_zerocopy: 0,
             zc_connections_switched_to_copy: 0,
             disk_errors: 0,
+            block_cache_hits: 0,
+            block_cache_misses: 0,
+            block_cache_busy: 0,
+            block_cache_full: 0,
+            block_cache_evictions: 0,
+            block_cache_bytes_used: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
             accepting: false,
@@ -305,6 +322,12 @@ impl ShardStats {
         self.zc_sends_zerocopy += other.zc_sends_zerocopy;
         self.zc_connections_switched_to_copy += other.zc_connections_switched_to_copy;
         self.disk_errors += other.disk_errors;
+        self.block_cache_hits += other.block_cache_hits;
+        self.block_cache_misses += other.block_cache_misses;
+        self.block_cache_busy += other.block_cache_busy;
+        self.block_cache_full += other.block_cache_full;
+        self.block_cache_evictions += other.block_cache_evictions;
+        self.block_cache_bytes_used += other.block_cache_bytes_used;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.accepting &= other.accepting;

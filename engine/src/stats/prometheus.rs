@@ -202,6 +202,54 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_block_cache_hits_total",
+        "counter",
+        "Blocks sent from the hot-block cache, with no disk read.",
+        |s| s.block_cache_hits,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_block_cache_misses_total",
+        "counter",
+        "Cacheable blocks that were not in the hot-block cache.",
+        |s| s.block_cache_misses,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_block_cache_busy_total",
+        "counter",
+        "Blocks served uncached because another send was filling their cache entry.",
+        |s| s.block_cache_busy,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_block_cache_full_total",
+        "counter",
+        "Blocks served uncached because every cache entry was in use by a send.",
+        |s| s.block_cache_full,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_block_cache_evictions_total",
+        "counter",
+        "Hot-block cache entries evicted (CLOCK).",
+        |s| s.block_cache_evictions,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_block_cache_bytes_used",
+        "gauge",
+        "Bytes of the hot-block cache holding blocks.",
+        |s| s.block_cache_bytes_used,
+    );
+    per_shard(
+        o,
+        view,
         "squall_buffer_pool_exhausted_total",
         "counter",
         "Times a peer waited because every send buffer slot was in use.",
