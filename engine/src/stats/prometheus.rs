@@ -117,6 +117,17 @@ pub fn render(view: &StatsView) -> String {
     let o = &mut out;
     header(o, "squall_shards", "gauge", "Shard threads configured.");
     let _ = writeln!(o, "squall_shards {}", view.shard_count());
+    header(
+        o,
+        "squall_resume_write_errors_total",
+        "counter",
+        "Catalog loads whose resume state could not be written (e.g. the state disk is full).",
+    );
+    let _ = writeln!(
+        o,
+        "squall_resume_write_errors_total {}",
+        crate::catalog::resume::write_failures_total()
+    );
     per_shard(
         o,
         view,
