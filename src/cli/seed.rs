@@ -233,9 +233,6 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
 
     let catalog = Arc::new(catalog);
     let seeder = Arc::new(Seeder::start(config.clone(), catalog.clone())?);
-    if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
-        tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
-    }
     let names = catalog
         .torrents()
         .iter()

@@ -139,6 +139,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_shard_fixed_buffers",
+        "gauge",
+        "1 when the shard's buffer pool is registered with io_uring; 0 after the fallback to plain buffers (RLIMIT_MEMLOCK).",
+        |s| u64::from(s.fixed_buffers),
+    );
+    per_shard(
+        o,
+        view,
         "squall_uploaded_bytes_total",
         "counter",
         "Payload bytes of piece messages handed to the kernel.",
