@@ -343,3 +343,75 @@ fn full_state_disk_keeps_old_resume_state_and_keeps_seeding() {
     assert_eq!(code, Some(0));
     drop(mount);
 }
+
+/// Proves: a content file swapped for a symlink after the catalog loaded (here pointing at a
+/// same-length copy outside the data directory with one byte changed) is never followed:
+/// requests that need it close the peer with disk_error and a warning naming the symlink,
+/// and the outside bytes are never served. The idle fd cached before the swap is dropped
+/// first (a truncation makes one read fail, and a disk_error drops the idle fds).
+#[test]
+fn content_swapped_for_a_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    let a_bytes = pattern_bytes(FILE_BYTES, 41);
+    write_file(&content.join("a.bin"), &a_bytes);
+    let block_at =
+        |bytes: &[u8], i: u32| bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
+    let mut tampered = a_bytes.clone();
+    tampered[(200 * BLOCK) as usize + 5] ^= 0xff;
+    write_file(&outside.path().join("a.bin"), &tampered);
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--shards",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = squall.admin.expect("admin");
+    let a = hex20(&squall.torrents[0].0);
+    let a_path = content.join("a.bin");
+    assert_eq!(
+        fetch_block(squall.addr, a, 200),
+        Outcome::Served(block_at(&a_bytes, 200))
+    );
+    // Drop the shard's cached fd: a short read is a disk_error, which forgets idle fds.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a_path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    assert_eq!(fetch_block(squall.addr, a, 200), Outcome::Closed);
+    std::fs::remove_file(&a_path).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("a.bin"), &a_path).unwrap();
+    for attempt in 0..3 {
+        let got = fetch_block(squall.addr, a, 200);
+        assert_ne!(
+            got,
+            Outcome::Served(block_at(&tampered, 200)),
+            "attempt {attempt}: bytes from outside the data directory were served"
+        );
+        assert_eq!(got, Outcome::Closed, "attempt {attempt}");
+    }
+    let warning = stderr_line_with(&squall, "symlink", 10).expect("a warning naming the symlink");
+    assert!(warning.contains(a_path.to_str().unwrap()), "{warning}");
+    // One for the truncation, three for the symlink; shard stats arrive periodically.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut page = http_get(admin, "/metrics").1;
+    while metric_sum(&page, "squall_disk_errors_total") < 4.0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        page = http_get(admin, "/metrics").1;
+    }
+    assert!(
+        metric_sum(&page, "squall_disk_errors_total") >= 4.0,
+        "{page}"
+    );
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
