@@ -230,3 +230,189 @@ fn content_faults_hit_only_their_torrent_and_recover() {
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// Waits up to `secs` for a stderr line of `squall` containing `needle`.
+fn stderr_line_with(squall: &SquallProcess, needle: &str, secs: u64) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match squall.stderr_lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(line) => eprintln!("squall: {line}"),
+            Err(e) => {
+                eprintln!("no line with {needle:?}: {e}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Proves: when the state directory's filesystem is full, a catalog reload that must rewrite
+/// resume state fails cleanly: squall stays up and keeps serving correct blocks, the warning
+/// names the path and "No space left on device" and says what to do, the failure is counted
+/// in /metrics, no temp file is left behind, and the previous resume file is byte-identical
+/// and still decodes. Once space is freed, the next reload writes it again.
+#[test]
+fn full_state_disk_keeps_old_resume_state_and_keeps_seeding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrents) = (dir.path().join("data"), dir.path().join("torrents"));
+    let a_bytes = pattern_bytes(FILE_BYTES, 31);
+    write_file(&data.join("a.bin"), &a_bytes);
+    std::fs::create_dir_all(&torrents).unwrap();
+    let hash = squall_make(
+        &data.join("a.bin"),
+        &torrents.join("a.torrent"),
+        &["--piece-length", "16384"],
+    );
+    let Some(mount) = TmpfsMount::new(&dir.path().join("state"), 64 << 10) else {
+        return;
+    };
+    let state = mount.path.clone();
+    let mut squall = SquallProcess::start(&[
+        "--torrents",
+        torrents.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--shards",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = squall.admin.expect("admin");
+    let resume_dir = state.join("resume");
+    let resume_file = resume_dir.join(format!("{hash}.resume"));
+    let before = std::fs::read(&resume_file).expect("resume state written at start");
+    assert!(squall_engine::catalog::resume::ResumeState::decode(&before).is_some());
+
+    // A new mtime (same bytes) makes the reload re-verify a.bin and rewrite its resume file.
+    let touch = |secs: u64| {
+        std::fs::File::options()
+            .write(true)
+            .open(data.join("a.bin"))
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap()
+    };
+    touch(1_000_000_000);
+    let filler = fill_filesystem(&state);
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGHUP) };
+    let warning = stderr_line_with(&squall, "cannot write resume state", 60)
+        .expect("a warning about the failed resume write");
+    for needle in [
+        resume_dir.to_str().unwrap(),
+        "No space left on device",
+        "free space",
+    ] {
+        assert!(warning.contains(needle), "{needle:?} missing in: {warning}");
+    }
+    stderr_line_with(&squall, "catalog reloaded", 60).expect("the reload itself succeeds");
+    assert!(squall.child.try_wait().unwrap().is_none(), "squall died");
+    assert_eq!(std::fs::read(&resume_file).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&resume_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    let page = http_get(admin, "/metrics").1;
+    assert!(
+        metric_sum(&page, "squall_resume_write_errors_total") >= 1.0,
+        "{page}"
+    );
+    let block = |i: u32| a_bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
+    assert_eq!(
+        fetch_block(squall.addr, hex20(&hash), 200),
+        Outcome::Served(block(200))
+    );
+
+    // Space again: the next reload writes fresh resume state (the new mtime).
+    std::fs::remove_file(filler).unwrap();
+    touch(1_100_000_000);
+    // SAFETY: as above.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGHUP) };
+    stderr_line_with(&squall, "catalog reloaded", 60).expect("reload after freeing space");
+    let after = std::fs::read(&resume_file).unwrap();
+    assert_ne!(
+        after, before,
+        "resume state not rewritten once space was free"
+    );
+    assert!(squall_engine::catalog::resume::ResumeState::decode(&after).is_some());
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+    drop(mount);
+}
+
+/// Proves: a content file swapped for a symlink after the catalog loaded (here pointing at a
+/// same-length copy outside the data directory with one byte changed) is never followed:
+/// requests that need it close the peer with disk_error and a warning naming the symlink,
+/// and the outside bytes are never served. The idle fd cached before the swap is dropped
+/// first (a truncation makes one read fail, and a disk_error drops the idle fds).
+#[test]
+fn content_swapped_for_a_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    let a_bytes = pattern_bytes(FILE_BYTES, 41);
+    write_file(&content.join("a.bin"), &a_bytes);
+    let block_at =
+        |bytes: &[u8], i: u32| bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
+    let mut tampered = a_bytes.clone();
+    tampered[(200 * BLOCK) as usize + 5] ^= 0xff;
+    write_file(&outside.path().join("a.bin"), &tampered);
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--shards",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = squall.admin.expect("admin");
+    let a = hex20(&squall.torrents[0].0);
+    let a_path = content.join("a.bin");
+    assert_eq!(
+        fetch_block(squall.addr, a, 200),
+        Outcome::Served(block_at(&a_bytes, 200))
+    );
+    // Drop the shard's cached fd: a short read is a disk_error, which forgets idle fds.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a_path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    assert_eq!(fetch_block(squall.addr, a, 200), Outcome::Closed);
+    std::fs::remove_file(&a_path).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("a.bin"), &a_path).unwrap();
+    for attempt in 0..3 {
+        let got = fetch_block(squall.addr, a, 200);
+        assert_ne!(
+            got,
+            Outcome::Served(block_at(&tampered, 200)),
+            "attempt {attempt}: bytes from outside the data directory were served"
+        );
+        assert_eq!(got, Outcome::Closed, "attempt {attempt}");
+    }
+    let warning = stderr_line_with(&squall, "symlink", 10).expect("a warning naming the symlink");
+    assert!(warning.contains(a_path.to_str().unwrap()), "{warning}");
+    // One for the truncation, three for the symlink; shard stats arrive periodically.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut page = http_get(admin, "/metrics").1;
+    while metric_sum(&page, "squall_disk_errors_total") < 4.0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        page = http_get(admin, "/metrics").1;
+    }
+    assert!(
+        metric_sum(&page, "squall_disk_errors_total") >= 4.0,
+        "{page}"
+    );
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}

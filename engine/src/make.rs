@@ -122,7 +122,7 @@ pub fn make_torrent_version(
         let content = layout(
             listed
                 .iter()
-                .map(|(_, disk, len)| (disk.clone(), *len, false)),
+                .map(|(_, disk, len)| (resolved(disk), *len, false)),
         );
         let hashes = hash_pieces(&content, piece_length, total_length, threads, &|done| {
             progress(done, total_length)
@@ -132,7 +132,7 @@ pub fn make_torrent_version(
     } else {
         // v2 pieces never span files: hash over the padded layout (the hybrid's v1 layout).
         let padded = create::hybrid_layout(&files, piece_length);
-        let mut disk_paths = listed.iter().map(|(_, disk, _)| disk.clone());
+        let mut disk_paths = listed.iter().map(|(_, disk, _)| resolved(disk));
         let content = layout(padded.iter().map(|(_, len, pad)| {
             let disk = if *pad {
                 std::path::PathBuf::new()
@@ -181,4 +181,11 @@ pub fn make_torrent_version(
         other => MakeError::Build(other),
     })?;
     Ok((parsed, bytes))
+}
+
+/// `disk` with its symlinks resolved: content is opened without following symlinks
+/// (`storage::open_content`), while making a torrent follows them as the user expects. On
+/// error the path is kept and the open reports the problem.
+fn resolved(disk: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf())
 }

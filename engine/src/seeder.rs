@@ -58,7 +58,8 @@ impl Seeder {
         }
         let peer_id = crate::wire::handshake::peer_id(b"-SQ0100-", rand_bytes);
         let mut shards = Vec::with_capacity(shard_count);
-        let (ready_tx, ready_rx) = bounded::<Result<bool, String>>(shard_count);
+        // Ok(None): fixed buffers; Ok(Some(why)): that shard fell back to plain buffers.
+        let (ready_tx, ready_rx) = bounded::<Result<Option<String>, String>>(shard_count);
         for (index, shard_listeners) in listeners.into_iter().enumerate() {
             let (cmd_tx, cmd_rx) = bounded(SHARD_COMMAND_CAPACITY);
             let setup = ShardSetup {
@@ -81,7 +82,8 @@ impl Seeder {
                 .name(format!("squall-shard-{index}"))
                 .spawn(move || match Shard::new(setup) {
                     Ok(shard) => {
-                        let _ = ready.send(Ok(shard.uses_fixed_buffers()));
+                        let fallback = shard.fixed_buffers_error().map(str::to_owned);
+                        let _ = ready.send(Ok(fallback));
                         shard.run()
                     }
                     Err(e) => {
@@ -99,9 +101,11 @@ impl Seeder {
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),
         };
+        let mut fallbacks = Vec::new();
         for _ in 0..shard_count {
             match ready_rx.recv() {
-                Ok(Ok(fixed)) => seeder.fixed_buffers &= fixed,
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(why))) => fallbacks.push(why),
                 Ok(Err(e)) => {
                     seeder.shutdown();
                     let _ = seeder.join();
@@ -109,6 +113,18 @@ impl Seeder {
                 }
                 Err(_) => return Err("a shard thread died during start-up".into()),
             }
+        }
+        if let Some(why) = fallbacks.first() {
+            seeder.fixed_buffers = false;
+            // One warning for the process, however many shards fell back.
+            tracing::warn!(
+                "{} of {shard_count} shard(s) use unregistered send buffers: {why}. Reads and \
+                 sends still work, with plain Read/Send instead of ReadFixed (slower). Fix: \
+                 raise RLIMIT_MEMLOCK (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in the \
+                 systemd unit) or lower buffer_pool_slots_per_shard or block_cache_bytes_per_shard; \
+                 squall_shard_fixed_buffers in /metrics shows which shards",
+                fallbacks.len()
+            );
         }
         Ok(seeder)
     }

@@ -233,9 +233,6 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
 
     let catalog = Arc::new(catalog);
     let seeder = Arc::new(Seeder::start(config.clone(), catalog.clone())?);
-    if !seeder.fixed_buffers && config.serve_mode != ServeMode::Splice {
-        tracing::warn!("send buffers are not registered with io_uring (see the warning above)");
-    }
     let names = catalog
         .torrents()
         .iter()
@@ -263,6 +260,16 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             }
         },
     };
+    // Handlers go in before `ready` is printed: a supervisor (or test) that sends SIGHUP as
+    // soon as it reads `ready` must not hit the default action, which ends the process.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let mut out = std::io::stdout().lock();
     for addr in seeder.local_addrs() {
         let _ = writeln!(out, "listening on {addr}");
@@ -301,14 +308,6 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
 
     let trackers = start_trackers(&file_config.tracker, &catalog, &seeder, &view)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("cannot install signal handler: {e}"))?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let mut last_summary = Instant::now();
     let mut last_uploaded = 0u64;
     let mut current = catalog;

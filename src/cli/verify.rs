@@ -43,10 +43,14 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
         );
     }
     let content = layout(t.files.iter().map(|f| {
+        // Resolved here because content is opened without following symlinks (a guard
+        // for the long-running seeder); a one-shot verify follows them as the user expects.
+        // A missing file keeps its path and is reported as missing.
         let path = if f.pad {
             PathBuf::new()
         } else {
-            t.file_path_in(&args.data_dir, f)
+            let joined = t.file_path_in(&args.data_dir, f);
+            std::fs::canonicalize(&joined).unwrap_or(joined)
         };
         (path, f.length, f.pad)
     }));

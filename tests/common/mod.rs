@@ -456,3 +456,67 @@ pub fn metric_sum_with_reason(page: &str, name: &str, reason: &str) -> f64 {
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// A tmpfs mounted on a directory for one test (e.g. a tiny one to fill), unmounted when
+/// dropped. Needs root (or CAP_SYS_ADMIN).
+pub struct TmpfsMount {
+    pub path: PathBuf,
+}
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size_bytes` on `path` (created if missing); None with a SKIP note
+    /// when mounting is not permitted, or a panic under SQUALL_REQUIRE_TOOLS=1.
+    pub fn new(path: &Path, size_bytes: u64) -> Option<TmpfsMount> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
+            .arg(path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(TmpfsMount {
+                path: path.to_owned(),
+            }),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if require_tools() {
+                    panic!(
+                        "cannot mount a tmpfs on {} ({why}); this test needs root or CAP_SYS_ADMIN",
+                        path.display()
+                    );
+                }
+                eprintln!(
+                    "SKIP: cannot mount a tmpfs on {} ({why}); run as root to test a full disk",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazy, so a process still holding a file there (squall being killed) cannot keep
+        // the mount alive after the test.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` with one file of zeros until it reports ENOSPC.
+pub fn fill_filesystem(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = [0u8; 4096];
+    // Bounded: a tmpfs of a few KiB fills within a few iterations; 1 GiB is a runaway.
+    for _ in 0..(1 << 18) {
+        match f.write_all(&chunk) {
+            Ok(()) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return filler,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    panic!("{} did not fill up", dir.display());
+}

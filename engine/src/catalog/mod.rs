@@ -300,10 +300,14 @@ fn finish(
         catalog.torrents.push(Arc::new(prepared.entry));
     }
     if let Err(e) = resume::write_all(&opts.state_dir, &resume_writes) {
-        // Not fatal: the next start re-verifies.
+        // Not fatal: seeding goes on from the verified bitfields in memory; only the next
+        // start pays, by re-verifying. The old resume files are untouched.
         tracing::warn!(
-            "cannot write resume state in {}: {e}",
-            opts.state_dir.display()
+            "cannot write resume state ({e}); seeding continues, but the next start will \
+             re-verify {} torrent(s): free space on (or fix) the filesystem holding {} \
+             (squall_resume_write_errors_total counts these failures)",
+            resume_writes.len(),
+            resume::resume_dir(&opts.state_dir).display()
         );
     }
     report.loaded = catalog.torrents.len();

@@ -76,6 +76,17 @@ impl Ring {
                 features.defer_taskrun = true;
                 r
             }
+            // ENOMEM is not a refused flag: since Linux 6.x a ring's memory counts against
+            // RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Retrying with fewer flags
+            // would fail the same way and hide the cause.
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                return Err(format!(
+                    "cannot create an io_uring of {entries} entries ({e}): the locked-memory \
+                     limit is too small for the ring itself. Fix: raise RLIMIT_MEMLOCK \
+                     (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit) \
+                     or lower ring_entries"
+                ));
+            }
             Err(e) => {
                 notes.push(format!(
                     "io_uring SINGLE_ISSUER|DEFER_TASKRUN refused ({e}); using COOP_TASKRUN"

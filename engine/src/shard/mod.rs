@@ -123,6 +123,8 @@ pub struct Shard {
     /// Declared after the ring, like the pool.
     cache: Option<BlockCache>,
     fixed_buffers: bool,
+    /// Why the buffer pool is not registered (then reads and sends use plain buffers).
+    fixed_buffers_error: Option<String>,
     peers: Vec<Option<Peer>>,
     generations: Vec<u16>,
     free_peers: Vec<u32>,
@@ -211,22 +213,21 @@ impl Shard {
             };
         let mut regions = vec![pool.iovec()];
         regions.extend(cache.as_ref().map(|c| c.iovec()));
-        let fixed_buffers = ring.features.read_fixed
-            && match ring.register_buffers(&regions) {
-                Ok(()) => true,
-                Err(e) => {
-                    if setup.index == 0 {
-                        tracing::warn!(
-                            "cannot register the {} MiB send buffer pool and block cache with io_uring ({e}): \
-                             RLIMIT_MEMLOCK (`ulimit -l`) is probably too small. Falling back to unregistered \
-                             buffers (slower). Fix: raise the limit (`ulimit -l unlimited`, or LimitMEMLOCK= in \
-                             the systemd unit) or lower buffer_pool_slots_per_shard / block_cache_bytes_per_shard",
-                            regions.iter().map(|r| r.iov_len).sum::<usize>() >> 20
-                        );
-                    }
-                    false
-                }
-            };
+        // A failure is not logged here: the seeder gathers every shard's outcome and warns
+        // once for the whole process (see `Seeder::start`).
+        let fixed_buffers_error = if ring.features.read_fixed {
+            ring.register_buffers(&regions).err().map(|e| {
+                format!(
+                    "cannot register the {} MiB send buffer pool and block cache with io_uring ({e})",
+                    regions.iter().map(|r| r.iov_len).sum::<usize>() >> 20
+                )
+            })
+        } else {
+            Some("this kernel's io_uring lacks IORING_OP_READ_FIXED".to_string())
+        };
+        let fixed_buffers = fixed_buffers_error.is_none();
+        let mut stats = ShardStats::new(setup.index);
+        stats.fixed_buffers = fixed_buffers;
         let now = Instant::now();
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
@@ -239,6 +240,7 @@ impl Shard {
             pool,
             cache,
             fixed_buffers,
+            fixed_buffers_error,
             peers: Vec::new(),
             generations: Vec::new(),
             free_peers: Vec::new(),
@@ -250,7 +252,7 @@ impl Shard {
             choker: Choker::new(slots),
             admission: setup.admission,
             commands: setup.commands,
-            stats: ShardStats::new(setup.index),
+            stats,
             stats_tx: setup.stats_tx,
             torrent_peers: HashMap::new(),
             metadata_cache: HashMap::new(),
@@ -306,6 +308,11 @@ impl Shard {
 
     pub fn uses_fixed_buffers(&self) -> bool {
         self.fixed_buffers
+    }
+
+    /// Why this shard fell back to unregistered buffers; None when it uses fixed buffers.
+    pub fn fixed_buffers_error(&self) -> Option<&str> {
+        self.fixed_buffers_error.as_deref()
     }
 
     /// Runs until shutdown; returns the final stats.

@@ -172,6 +172,9 @@ pub struct ShardStats {
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
     pub accepting: bool,
+    /// The shard's buffer pool is registered with io_uring (ReadFixed); false after the
+    /// fallback to plain Read/Send (RLIMIT_MEMLOCK too small).
+    pub fixed_buffers: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
     pub request_latency_ns: Histogram<u64>,
     /// read submitted -> read completed, nanoseconds.
@@ -230,6 +233,7 @@ impl ShardStats {
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
             accepting: false,
+            fixed_buffers: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
@@ -331,6 +335,7 @@ impl ShardStats {
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.accepting &= other.accepting;
+        self.fixed_buffers &= other.fixed_buffers;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);

@@ -117,6 +117,17 @@ pub fn render(view: &StatsView) -> String {
     let o = &mut out;
     header(o, "squall_shards", "gauge", "Shard threads configured.");
     let _ = writeln!(o, "squall_shards {}", view.shard_count());
+    header(
+        o,
+        "squall_resume_write_errors_total",
+        "counter",
+        "Catalog loads whose resume state could not be written (e.g. the state disk is full).",
+    );
+    let _ = writeln!(
+        o,
+        "squall_resume_write_errors_total {}",
+        crate::catalog::resume::write_failures_total()
+    );
     per_shard(
         o,
         view,
@@ -124,6 +135,14 @@ pub fn render(view: &StatsView) -> String {
         "gauge",
         "1 when the shard accepts connections on every listener.",
         |s| u64::from(s.accepting),
+    );
+    per_shard(
+        o,
+        view,
+        "squall_shard_fixed_buffers",
+        "gauge",
+        "1 when the shard's buffer pool is registered with io_uring; 0 after the fallback to plain buffers (RLIMIT_MEMLOCK).",
+        |s| u64::from(s.fixed_buffers),
     );
     per_shard(
         o,

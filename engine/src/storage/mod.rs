@@ -1,7 +1,8 @@
 //! Storage: piece/block -> (file, offset) extents, piece hashing on all cores, verification.
 //!
 //! Owns: the mapping from torrent byte ranges to files, and reading content for hashing.
-//! Must never: open content for writing, or follow a path outside the data root.
+//! Must never: open content for writing, or follow a path outside the data root (content is
+//! opened without following symlinks: see `open_content`).
 
 pub mod extents;
 pub mod hasher;
@@ -53,21 +54,34 @@ impl std::error::Error for StorageError {}
 
 /// Opens a content file read-only (O_RDONLY | O_CLOEXEC, plus O_NOATIME so seeding does not
 /// dirty inodes; O_NOATIME needs file ownership or CAP_FOWNER, so EPERM retries without it).
+///
+/// `path` is the canonical path the catalog resolved at load (symlinks inside the data root
+/// are resolved then, and ones leaving it refused), so it contains no symlink. A symlink
+/// found on it now means the file (or a directory above it) was swapped after the load: the
+/// open is refused (ELOOP) rather than serving whatever the link points at. openat2(2) with
+/// RESOLVE_NO_SYMLINKS checks every component; without openat2 (Linux < 5.6, or a seccomp
+/// filter answering ENOSYS) O_NOFOLLOW still checks the last one.
 pub fn open_content(path: &Path) -> io::Result<File> {
     use std::os::fd::AsRawFd;
-    // O_NONBLOCK: a content file replaced by a FIFO would otherwise block the shard in
-    // open(2) until a writer appears. It is cleared again once the file is known regular
-    // (io_uring would return EAGAIN for reads of an O_NONBLOCK file not in the page cache).
-    let open = |flags: i32| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags | libc::O_NONBLOCK)
-            .open(path)
-    };
-    let file = match open(libc::O_CLOEXEC | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_CLOEXEC),
+    let file = match open_no_symlinks(path, libc::O_CLOEXEC | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_no_symlinks(path, libc::O_CLOEXEC),
         other => other,
-    }?;
+    }
+    .map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: a symlink is now on this content file's path (replaced after the \
+                     catalog was loaded?); it is not followed. Restore the file, or send \
+                     SIGHUP to load the catalog again (symlinks leaving the data directory \
+                     are refused)"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -82,6 +96,72 @@ pub fn open_content(path: &Path) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     Ok(file)
+}
+
+/// `struct open_how` of openat2(2) (linux/openat2.h). libc's is `#[non_exhaustive]`, so it
+/// cannot be built field by field; this one must keep its exact layout.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<OpenHow>() == std::mem::size_of::<libc::open_how>());
+const _: () = assert!(std::mem::size_of::<OpenHow>() == 24);
+
+/// Set once openat2 answered ENOSYS, so later opens go straight to the fallback.
+static OPENAT2_MISSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens `path` read-only with `flags` added, following no symlink anywhere on it (openat2
+/// with RESOLVE_NO_SYMLINKS), else (no openat2) not following a symlink in its last
+/// component (O_NOFOLLOW).
+fn open_no_symlinks(path: &Path, flags: i32) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::Ordering;
+    // O_NONBLOCK: a content file replaced by a FIFO would otherwise block the shard in
+    // open(2) until a writer appears. It is cleared again once the file is known regular
+    // (io_uring would return EAGAIN for reads of an O_NONBLOCK file not in the page cache).
+    let flags = flags | libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+    if !OPENAT2_MISSING.load(Ordering::Relaxed) {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+        let how = OpenHow {
+            flags: flags as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_NO_SYMLINKS,
+        };
+        // SAFETY: openat2(AT_FDCWD, path, &how, sizeof how): `c_path` is NUL-terminated and
+        // `how` is a live `open_how` (layout asserted above) for the duration of the call;
+        // the kernel only reads them. It returns a new fd or -1 with errno set.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            let fd = i32::try_from(fd).map_err(|_| io::Error::other("openat2: fd out of range"))?;
+            // SAFETY: the kernel just gave us this fd; nothing else owns it.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => OPENAT2_MISSING.store(true, Ordering::Relaxed),
+            // Without O_NOATIME, EPERM can only be a seccomp filter refusing openat2: open
+            // as below rather than fail every content file.
+            Some(libc::EPERM) if flags & libc::O_NOATIME == 0 => {}
+            _ => return Err(e),
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
 }
 
 /// Writes a state file atomically: temp file in the same directory, fsync, rename, fsync the
@@ -112,4 +192,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_content_refuses_symlinks_anywhere_on_the_path() {
+        // Proves: a regular file opens; a symlink as the file itself, or as a directory on
+        // its path, is refused with ELOOP and a message that says why, even when the link
+        // points at a perfectly readable file.
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("real");
+        std::fs::create_dir(&real_dir).unwrap();
+        let real = real_dir.join("f.bin");
+        std::fs::write(&real, b"content").unwrap();
+        assert!(open_content(&real).is_ok());
+
+        let file_link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&real, &file_link).unwrap();
+        let err = open_content(&file_link).unwrap_err();
+        assert_eq!(err.raw_os_error().or(Some(libc::ELOOP)), Some(libc::ELOOP));
+        assert!(err.to_string().contains("symlink"), "{err}");
+
+        let dir_link = dir.path().join("linkdir");
+        std::os::unix::fs::symlink(&real_dir, &dir_link).unwrap();
+        let err = open_content(&dir_link.join("f.bin")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+    }
 }
