@@ -45,7 +45,8 @@ pub struct RunSpec {
     #[serde(default)]
     pub hop: bool,
     pub leave_after_bytes: Option<u64>,
-    pub connect_rate_per_sec: Option<f64>,
+    /// Churn: open-loop arrivals per second; `peers` is then the max-concurrent-peers limit.
+    pub join_rate_per_sec: Option<f64>,
     #[serde(default = "default_threads")]
     pub threads: usize,
 }
@@ -103,7 +104,7 @@ impl RunSpec {
         opts.rate_per_sec = self.rate_per_sec;
         opts.hop = self.hop;
         opts.leave_after_bytes = self.leave_after_bytes;
-        opts.connect_rate_per_sec = self.connect_rate_per_sec;
+        opts.join_rate_per_sec = self.join_rate_per_sec;
         opts.threads = self.threads;
         Ok(())
     }
