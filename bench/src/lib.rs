@@ -14,6 +14,7 @@ pub mod scenario;
 pub mod stats;
 pub mod sys;
 pub mod timer;
+pub mod verify;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -4,17 +4,16 @@
 //! Owns: the handshake exchange, interested/choke/unchoke, the piece walk (every piece of the
 //! torrent in a shuffled order before repeating), the outstanding-request window (`depth`),
 //! the open-loop schedule (intended send times, so latency is corrected for coordinated
-//! omission as wrk2 does), retries after reject and choke, and piece assembly + SHA-1
-//! verification.
-//! Must never: touch a socket, read a clock, allocate per block on the hot path (block
-//! payloads are hashed straight from the caller's receive buffer when they arrive in order,
-//! and copied only into the piece buffer when they arrive out of order), or panic on bytes a
-//! seeder sends.
+//! omission as wrk2 does), retries after reject and choke, and which pieces to verify
+//! (`verify.rs` hashes them as a stream).
+//! Must never: touch a socket, read a clock, allocate per block on the hot path, hold a piece
+//! buffer (block payloads are hashed straight from the caller's receive buffer when they
+//! arrive in order, and copied only into the small bounded reorder buffer when they do not),
+//! or panic on bytes a seeder sends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use sha1::{Digest, Sha1};
 use squall_engine::metainfo::torrent::Torrent;
 use squall_engine::wire::{
     decode_frame, encode, encode_request, parse_handshake, BlockRequest, ExtendedHandshake,
@@ -22,6 +21,7 @@ use squall_engine::wire::{
 };
 
 use crate::stats::{ErrorKind, Stats};
+use crate::verify::{Outcome, StreamVerifier};
 
 /// Largest frame we accept from a seeder: a block of up to 128 KiB plus headers, or the
 /// bitfield of a torrent with millions of pieces.
@@ -76,20 +76,6 @@ struct Outstanding {
     intended_ns: u64,
 }
 
-/// A piece being assembled for verification.
-struct ActivePiece {
-    index: u32,
-    len_bytes: u32,
-    num_blocks: u32,
-    received: Vec<bool>,
-    received_count: u32,
-    /// Blocks 0..hashed_blocks have been fed to the hasher, in order.
-    hashed_blocks: u32,
-    hasher: Sha1,
-    /// Holds only blocks that arrived ahead of the hash cursor.
-    buf: Vec<u8>,
-}
-
 /// Why a peer must be closed (counted by kind, then reconnected by the event loop).
 #[derive(Debug, PartialEq, Eq)]
 pub struct PeerError(pub ErrorKind, pub String);
@@ -108,8 +94,10 @@ pub struct Peer {
     cursor: Option<(u32, u32)>,
     retry: VecDeque<BlockRequest>,
     outstanding: VecDeque<Outstanding>,
-    active: Vec<ActivePiece>,
-    spare_bufs: Vec<Vec<u8>>,
+    verifier: StreamVerifier,
+    /// Pieces chosen for verification that the verifier could not track (its `pieces_max`
+    /// was reached); added to `verify_skipped_out_of_order` at the next `on_recv`.
+    verify_refused: u64,
     pieces_started: u64,
     rng: u64,
     /// Open loop: when the next request is due, ns.
@@ -128,6 +116,9 @@ impl Peer {
             *b = (xorshift(&mut rng) >> 24) as u8;
         }
         let peer_id = squall_engine::wire::peer_id(b"-SB0001-", random);
+        // Pieces with blocks in flight: one per outstanding request plus the one being
+        // requested (see StreamVerifier::new).
+        let pieces_max = cfg.depth + 1;
         let mut peer = Peer {
             torrent,
             cfg,
@@ -140,8 +131,8 @@ impl Peer {
             cursor: None,
             retry: VecDeque::new(),
             outstanding: VecDeque::new(),
-            active: Vec::new(),
-            spare_bufs: Vec::new(),
+            verifier: StreamVerifier::new(pieces_max),
+            verify_refused: 0,
             pieces_started: 0,
             rng,
             next_due_ns: now_ns,
@@ -188,6 +179,7 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<usize, PeerError> {
         let mut pos = 0usize;
+        stats.verify_skipped_out_of_order += std::mem::take(&mut self.verify_refused);
         if self.phase == Phase::AwaitHandshake {
             let hs = match parse_handshake(buf) {
                 Ok(Some(hs)) => hs,
@@ -327,20 +319,15 @@ impl Peer {
             now_ns,
         );
         self.bytes_received += data.len() as u64;
-        if let Some(ai) = self.active.iter().position(|a| a.index == index) {
-            let block = begin / BLOCK_LEN_BYTES;
-            let done = self.active[ai].add_block(block, begin, data);
-            if done {
-                let piece = self.active.swap_remove(ai);
-                let expected = self.torrent.piece_hash(index);
-                let (digest, buf) = piece.finish();
-                if expected.is_some_and(|h| h[..] == digest[..]) {
-                    stats.pieces_verified += 1;
-                } else {
-                    stats.bad_pieces += 1;
-                }
-                self.spare_bufs.push(buf);
-            }
+        let torrent = &self.torrent;
+        match self
+            .verifier
+            .on_block(index, begin, data, || torrent.piece_hash(index))
+        {
+            Outcome::Pending => {}
+            Outcome::Verified => stats.pieces_verified += 1,
+            Outcome::Bad => stats.bad_pieces += 1,
+            Outcome::SkippedOutOfOrder => stats.verify_skipped_out_of_order += 1,
         }
         if self.outstanding.is_empty()
             && self.retry.is_empty()
@@ -455,60 +442,16 @@ impl Peer {
             Verify::Sample => self.pieces_started % SAMPLE_EVERY_PIECES == 1,
             Verify::Off => false,
         };
-        // A piece requested again while still assembling (zipf) is simply not re-verified.
-        if !verify || self.active.iter().any(|a| a.index == index) {
+        // A piece requested again while still being verified (zipf) is not verified twice.
+        if !verify || self.verifier.is_tracking(index) {
             return;
         }
-        let len_bytes = self.torrent.piece_len(index) as u32;
-        let num_blocks = len_bytes.div_ceil(BLOCK_LEN_BYTES);
-        let mut buf = self.spare_bufs.pop().unwrap_or_default();
-        buf.resize(len_bytes as usize, 0);
-        self.active.push(ActivePiece {
-            index,
-            len_bytes,
-            num_blocks,
-            received: vec![false; num_blocks as usize],
-            received_count: 0,
-            hashed_blocks: 0,
-            hasher: Sha1::new(),
-            buf,
-        });
-    }
-}
-
-impl ActivePiece {
-    /// Records one block; returns true when the piece is complete.
-    fn add_block(&mut self, block: u32, begin: u32, data: &[u8]) -> bool {
-        let b = block as usize;
-        if b >= self.received.len() || self.received[b] {
-            return false;
+        if !self
+            .verifier
+            .start(index, self.torrent.piece_len(index) as u32)
+        {
+            self.verify_refused += 1;
         }
-        let end = begin as usize + data.len();
-        if end > self.len_bytes as usize {
-            return false;
-        }
-        self.received[b] = true;
-        self.received_count += 1;
-        if block == self.hashed_blocks {
-            // In order: hash straight from the receive buffer, no copy.
-            self.hasher.update(data);
-            self.hashed_blocks += 1;
-            while (self.hashed_blocks as usize) < self.received.len()
-                && self.received[self.hashed_blocks as usize]
-            {
-                let start = (self.hashed_blocks * BLOCK_LEN_BYTES) as usize;
-                let stop = (start + BLOCK_LEN_BYTES as usize).min(self.len_bytes as usize);
-                self.hasher.update(&self.buf[start..stop]);
-                self.hashed_blocks += 1;
-            }
-        } else {
-            self.buf[begin as usize..end].copy_from_slice(data);
-        }
-        self.received_count == self.num_blocks
-    }
-
-    fn finish(self) -> ([u8; 20], Vec<u8>) {
-        (self.hasher.finalize().into(), self.buf)
     }
 }
 

@@ -34,6 +34,10 @@ fn bench_against_null_seeder_verifies_every_piece() {
     assert!(r.bytes > 0, "{r:?}");
     assert!(r.pieces_verified > 0, "{r:?}");
     assert_eq!(r.bad_pieces, 0);
+    assert_eq!(
+        r.verify_skipped_out_of_order, 0,
+        "the null seeder answers in order: streaming verification skips nothing"
+    );
     assert_eq!(r.errors["protocol_errors"], 0);
     assert!(r.latency_us.p50 > 0);
     assert_eq!(r.timeline.len(), 1);
