@@ -53,6 +53,8 @@ pub struct ThreadPlan {
     /// Global numbers of this thread's peers (source address and first torrent derive from it).
     /// With churn these are the thread's share of the max-concurrent-peers limit.
     pub peer_numbers: Vec<usize>,
+    /// Peers over all threads: peer k's open-loop phase is k / peers_total of the interval.
+    pub peers_total: usize,
     pub source_ips: Vec<Ipv4Addr>,
     pub peer_cfg: PeerConfig,
     /// After a full walk, move to another torrent (reconnect) instead of repeating.
@@ -300,6 +302,18 @@ fn on_timer(
     }
 }
 
+/// Open loop: slot k's requests are due at k/peers_total of an interval past each grid
+/// point, so the swarm's requests are spread evenly over time, not sent in bursts.
+fn phase_ns(plan: &ThreadPlan, slot: &Slot) -> u64 {
+    match plan.peer_cfg.interval_ns {
+        Some(interval) => {
+            let total = plan.peers_total.max(1) as u128;
+            ((slot.number as u128 % total) * interval as u128 / total) as u64
+        }
+        None => 0,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn dial(
     plan: &ThreadPlan,
@@ -338,7 +352,7 @@ fn dial(
     let seed = xorshift(rng) ^ slot.number as u64;
     slot.conn = Some(Conn {
         fd,
-        peer: Peer::new(torrent, plan.peer_cfg.clone(), seed, now),
+        peer: Peer::new(torrent, plan.peer_cfg.clone(), seed, now).with_phase(phase_ns(plan, slot)),
         connecting: true,
         started_ns,
         rx_pending: Vec::new(),

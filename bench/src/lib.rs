@@ -157,6 +157,7 @@ pub fn run(opts: RunOptions) -> Result<RunReport, String> {
             target,
             torrents: opts.torrents.clone(),
             peer_numbers: (0..opts.peers).filter(|p| p % threads == t).collect(),
+            peers_total: opts.peers,
             source_ips: opts.source_ips.clone(),
             peer_cfg: peer_cfg.clone(),
             hop: opts.hop,

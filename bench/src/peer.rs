@@ -102,6 +102,10 @@ pub struct Peer {
     rng: u64,
     /// Open loop: when the next request is due, ns.
     next_due_ns: u64,
+    /// Open loop: this peer's requests fall on the grid `phase_ns + k x interval` (ns since
+    /// the run's epoch). Peers get evenly spread phases, so N peers at R/N each offer a
+    /// smooth R per second instead of N requests at once every interval.
+    phase_ns: u64,
     bytes_received: u64,
     /// True once the walk (or byte budget) is done and nothing is outstanding.
     pub finished: bool,
@@ -136,12 +140,19 @@ impl Peer {
             pieces_started: 0,
             rng,
             next_due_ns: now_ns,
+            phase_ns: 0,
             bytes_received: 0,
             finished: false,
             walk_done: false,
         };
         peer.new_walk();
         peer
+    }
+
+    /// Open loop: puts this peer's schedule on the grid `phase_ns + k x interval`.
+    pub fn with_phase(mut self, phase_ns: u64) -> Peer {
+        self.phase_ns = phase_ns;
+        self
     }
 
     pub fn outstanding_len(&self) -> usize {
@@ -240,11 +251,15 @@ impl Peer {
             }
             Message::Unchoke => {
                 self.choked = false;
-                if self.cfg.interval_ns.is_some() && self.next_due_ns < now_ns {
-                    // The schedule starts when the seeder lets us in; time spent choked at
-                    // the start is connection setup, measured in the connect histogram.
-                    if self.outstanding.is_empty() && self.retry.is_empty() {
-                        self.next_due_ns = now_ns;
+                if let Some(interval) = self.cfg.interval_ns {
+                    // The schedule starts when the seeder lets us in (time spent choked at
+                    // the start is connection setup, measured in the connect histogram), at
+                    // this peer's next grid point.
+                    if self.next_due_ns < now_ns
+                        && self.outstanding.is_empty()
+                        && self.retry.is_empty()
+                    {
+                        self.next_due_ns = grid_at_or_after(now_ns, self.phase_ns, interval);
                     }
                 }
             }
@@ -453,6 +468,15 @@ impl Peer {
             self.verify_refused += 1;
         }
     }
+}
+
+/// The first time `>= now_ns` of the form `phase_ns + k x interval_ns`.
+fn grid_at_or_after(now_ns: u64, phase_ns: u64, interval_ns: u64) -> u64 {
+    if now_ns <= phase_ns || interval_ns == 0 {
+        return phase_ns.max(now_ns);
+    }
+    let steps = (now_ns - phase_ns).div_ceil(interval_ns);
+    phase_ns + steps * interval_ns
 }
 
 pub fn xorshift(state: &mut u64) -> u64 {
@@ -686,6 +710,31 @@ mod tests {
             5_000_u64.max(stats.latency_us.max())
         );
         assert!(stats.latency_us.max() >= 4_990);
+    }
+
+    #[test]
+    fn open_loop_schedule_starts_on_the_peers_phase() {
+        // Proves: a peer's open-loop requests fall on its own grid (phase + k x interval),
+        // so peers unchoked together do not all fire at once; a peer unchoked at 2.5 ms with
+        // phase 0.3 ms and a 1 ms interval sends its first request at 3.3 ms, not 2.5 ms.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut c = cfg(4, Verify::Off);
+        c.interval_ns = Some(1_000_000);
+        let mut p = Peer::new(t.clone(), c, 1, 0).with_phase(300_000);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 2_500_000, &mut stats, &mut out)
+            .expect("ok");
+        assert!(requests(&out).is_empty(), "nothing is due at 2.5 ms");
+        assert_eq!(p.next_due_ns(), Some(3_300_000));
+        let mut o = Vec::new();
+        p.refill(3_300_000, &mut o);
+        assert_eq!(requests(&o).len(), 1);
+        assert_eq!(p.next_due_ns(), Some(4_300_000));
+        assert_eq!(grid_at_or_after(0, 300, 1_000), 300);
+        assert_eq!(grid_at_or_after(1_300, 300, 1_000), 1_300);
+        assert_eq!(grid_at_or_after(1_301, 300, 1_000), 2_300);
     }
 
     #[test]
