@@ -33,6 +33,11 @@ const RECONNECT_DELAY_NS: u64 = 20_000_000;
 const EVENTS_MAX: usize = 512;
 /// The loop wakes at least this often even with nothing due, to notice the end of the run.
 const WAIT_MAX_NS: u64 = 100_000_000;
+/// At the end of a run, a peer still waiting this long (for its connect + handshake, or for
+/// the answer to its oldest request) is counted in `peers_stalled_at_end`: the bench has no
+/// request timeout, so a seeder that silently stops serving a connection shows up here
+/// rather than only as a lower Gb/s.
+pub const STALLED_AFTER_NS: u64 = 1_000_000_000;
 
 /// Churn: new peers arrive on a fixed schedule (open loop), independent of how long each
 /// one takes; an arrival that finds every slot busy is dropped and counted.
@@ -244,8 +249,17 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
             rearm(&mut timer, &slots[token], token);
         }
     }
+    let now = now_ns(plan.epoch);
     for slot in slots.iter_mut() {
         if let Some(conn) = slot.conn.take() {
+            let waiting_since = if conn.peer.handshake_done {
+                conn.peer.oldest_outstanding_ns()
+            } else {
+                Some(conn.started_ns)
+            };
+            if waiting_since.is_some_and(|t| now.saturating_sub(t) >= STALLED_AFTER_NS) {
+                stats.peers_stalled_at_end += 1;
+            }
             sys::close(conn.fd);
         }
     }

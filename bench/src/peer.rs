@@ -155,6 +155,11 @@ impl Peer {
         self
     }
 
+    /// When the oldest unanswered request was written (or due), ns.
+    pub fn oldest_outstanding_ns(&self) -> Option<u64> {
+        self.outstanding.front().map(|o| o.intended_ns)
+    }
+
     pub fn outstanding_len(&self) -> usize {
         self.outstanding.len()
     }

@@ -75,6 +75,9 @@ pub struct RunReport {
     pub bad_pieces: u64,
     #[serde(default)]
     pub verify_skipped_out_of_order: u64,
+    /// Peers still waiting 1 s or more for the seeder when the run ended.
+    #[serde(default)]
+    pub peers_stalled_at_end: u64,
     pub errors: BTreeMap<String, u64>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
@@ -135,6 +138,7 @@ impl RunReport {
             pieces_verified: s.pieces_verified,
             bad_pieces: s.bad_pieces,
             verify_skipped_out_of_order: s.verify_skipped_out_of_order,
+            peers_stalled_at_end: s.peers_stalled_at_end,
             errors,
             latency_us: Percentiles::of(&s.latency_us),
             connect_us: Percentiles::of(&s.connect_us),
@@ -209,12 +213,18 @@ impl RunReport {
             "pieces       verified {}  bad {}  skipped (out of order) {}",
             self.pieces_verified, self.bad_pieces, self.verify_skipped_out_of_order
         );
-        let errs: Vec<String> = self
+        let mut errs: Vec<String> = self
             .errors
             .iter()
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
+        if self.peers_stalled_at_end > 0 {
+            errs.push(format!(
+                "peers_stalled_at_end {} (waiting >= 1 s for the seeder)",
+                self.peers_stalled_at_end
+            ));
+        }
         let _ = writeln!(
             o,
             "events       {}",

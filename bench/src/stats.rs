@@ -66,6 +66,9 @@ pub struct Stats {
     pub joins_dropped_at_limit: u64,
     /// Churn: peers that fetched their byte budget and left.
     pub sessions_completed: u64,
+    /// Peers that had waited `client::STALLED_AFTER_NS` or more for the seeder when the run
+    /// ended (no handshake yet, or an unanswered request).
+    pub peers_stalled_at_end: u64,
     pub errors: [u64; ERROR_KINDS],
     pub latency_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
@@ -85,6 +88,7 @@ impl Stats {
             joins_started: 0,
             joins_dropped_at_limit: 0,
             sessions_completed: 0,
+            peers_stalled_at_end: 0,
             errors: [0; ERROR_KINDS],
             latency_us: new_histogram(),
             connect_us: new_histogram(),
@@ -124,6 +128,7 @@ impl Stats {
         self.joins_started += other.joins_started;
         self.joins_dropped_at_limit += other.joins_dropped_at_limit;
         self.sessions_completed += other.sessions_completed;
+        self.peers_stalled_at_end += other.peers_stalled_at_end;
         for (a, b) in self.errors.iter_mut().zip(other.errors.iter()) {
             *a += b;
         }

@@ -162,3 +162,23 @@ fn churn_counts_arrivals_dropped_at_the_concurrency_limit() {
     assert_eq!(c.peers_concurrent_max, 2);
     assert_eq!(c.sessions_completed, 0);
 }
+
+#[test]
+fn a_seeder_that_never_answers_is_reported_as_stalled() {
+    // Proves: peers left waiting on a silent seeder (TCP accepted by the kernel, no handshake
+    // ever) are counted in peers_stalled_at_end instead of passing as a quiet 0 Gb/s run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut data = Vec::new();
+    content::write_content(&mut data, 1 << 20).expect("content");
+    let torrent = Arc::new(content::torrent_for_bytes("t", &data, 64 * 1024).expect("torrent"));
+    let mut opts = RunOptions::new(addr, vec![torrent]);
+    opts.peers = 3;
+    opts.depth = 4;
+    opts.duration_secs = 2;
+    let r = squall_bench::run(opts).expect("run");
+    drop(listener);
+    assert_eq!(r.bytes, 0);
+    assert_eq!(r.peers_stalled_at_end, 3, "{r:?}");
+    assert!(r.human().contains("peers_stalled_at_end 3"));
+}
