@@ -33,8 +33,9 @@ const RECONNECT_DELAY_NS: u64 = 20_000_000;
 const EVENTS_MAX: usize = 512;
 /// The loop wakes at least this often even with nothing due, to notice the end of the run.
 const WAIT_MAX_NS: u64 = 100_000_000;
-/// At the end of a run, a peer still waiting this long (for its connect + handshake, or for
-/// the answer to its oldest request) is counted in `peers_stalled_at_end`: the bench has no
+/// At the end of a run, a peer still waiting this long (for its connect + handshake, for an
+/// unchoke, or for the answer to its oldest request) is counted in `stalled_at_end`: the
+/// bench has no
 /// request timeout, so a seeder that silently stops serving a connection shows up here
 /// rather than only as a lower Gb/s.
 pub const STALLED_AFTER_NS: u64 = 1_000_000_000;
@@ -252,13 +253,18 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
     let now = now_ns(plan.epoch);
     for slot in slots.iter_mut() {
         if let Some(conn) = slot.conn.take() {
-            let waiting_since = if conn.peer.handshake_done {
-                conn.peer.oldest_outstanding_ns()
-            } else {
-                Some(conn.started_ns)
-            };
-            if waiting_since.is_some_and(|t| now.saturating_sub(t) >= STALLED_AFTER_NS) {
-                stats.peers_stalled_at_end += 1;
+            let stalled = |since: u64| now.saturating_sub(since) >= STALLED_AFTER_NS;
+            let p = &conn.peer;
+            if !p.handshake_done {
+                if stalled(conn.started_ns) {
+                    stats.stalled_at_end.handshake += 1;
+                }
+            } else if p.choked {
+                if stalled(p.choked_since_ns) {
+                    stats.stalled_at_end.unchoke += 1;
+                }
+            } else if p.oldest_outstanding_ns().is_some_and(stalled) {
+                stats.stalled_at_end.request += 1;
             }
             sys::close(conn.fd);
         }

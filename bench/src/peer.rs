@@ -86,6 +86,9 @@ pub struct Peer {
     peer_id: [u8; 20],
     pub phase: Phase,
     pub choked: bool,
+    /// Since when the peer has been choked (handshake or the last choke), ns; meaningful
+    /// only while `choked`.
+    pub choked_since_ns: u64,
     /// The seeder's handshake arrived at this time (ns), for the connect histogram.
     pub handshake_done: bool,
     order: Vec<u32>,
@@ -129,6 +132,7 @@ impl Peer {
             peer_id,
             phase: Phase::AwaitHandshake,
             choked: true,
+            choked_since_ns: now_ns,
             handshake_done: false,
             order: Vec::new(),
             order_pos: 0,
@@ -211,6 +215,7 @@ impl Peer {
             pos = HANDSHAKE_LEN;
             self.phase = Phase::Connected;
             self.handshake_done = true;
+            self.choked_since_ns = now_ns;
             if hs.supports_fast() {
                 encode(&Message::HaveNone, out);
             }
@@ -249,6 +254,7 @@ impl Peer {
             Message::Choke => {
                 stats.count(ErrorKind::Choke);
                 self.choked = true;
+                self.choked_since_ns = now_ns;
                 // BEP 3: a choke drops every pending request; ask again after unchoke.
                 while let Some(o) = self.outstanding.pop_front() {
                     self.retry.push_back(o.req);

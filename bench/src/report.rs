@@ -2,7 +2,7 @@
 //! hand-written SVG plots (throughput over time, latency percentile curve).
 //!
 //! Owns: the JSON schema (`target`, `peers`, `depth`, `duration_secs`, `bytes`, `gbps`,
-//! `blocks`, `pieces_verified`, `bad_pieces`, `verify_skipped_out_of_order`, `errors`,
+//! `blocks`, `pieces_verified`, `bad_pieces`, `verify_skipped_out_of_order`, `stalled_at_end`, `errors`,
 //! `latency_us`, `connect_us`, `churn` (with a join rate), `target_cpu_secs`,
 //! `cpu_secs_per_gb`, `timeline`) and how it is drawn.
 //! Must never: read the network or the clock; everything comes from merged `Stats`.
@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{ErrorKind, Stats};
+use crate::stats::{ErrorKind, Stalled, Stats};
 use crate::RunOptions;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -75,9 +75,9 @@ pub struct RunReport {
     pub bad_pieces: u64,
     #[serde(default)]
     pub verify_skipped_out_of_order: u64,
-    /// Peers still waiting 1 s or more for the seeder when the run ended.
+    /// Peers still waiting 1 s or more for the seeder when the run ended, by what for.
     #[serde(default)]
-    pub peers_stalled_at_end: u64,
+    pub stalled_at_end: Stalled,
     pub errors: BTreeMap<String, u64>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
@@ -138,7 +138,7 @@ impl RunReport {
             pieces_verified: s.pieces_verified,
             bad_pieces: s.bad_pieces,
             verify_skipped_out_of_order: s.verify_skipped_out_of_order,
-            peers_stalled_at_end: s.peers_stalled_at_end,
+            stalled_at_end: s.stalled_at_end,
             errors,
             latency_us: Percentiles::of(&s.latency_us),
             connect_us: Percentiles::of(&s.connect_us),
@@ -219,10 +219,14 @@ impl RunReport {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
-        if self.peers_stalled_at_end > 0 {
+        let st = &self.stalled_at_end;
+        if st.total() > 0 {
             errs.push(format!(
-                "peers_stalled_at_end {} (waiting >= 1 s for the seeder)",
-                self.peers_stalled_at_end
+                "stalled_at_end {} (waiting >= 1 s for: handshake {} unchoke {} request {})",
+                st.total(),
+                st.handshake,
+                st.unchoke,
+                st.request
             ));
         }
         let _ = writeln!(

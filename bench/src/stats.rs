@@ -47,6 +47,23 @@ impl ErrorKind {
     }
 }
 
+/// Peers still waiting on the seeder when a run ends, by what they wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stalled {
+    /// Connected (or connecting) but no handshake from the seeder.
+    pub handshake: u64,
+    /// Handshake done, choked, never unchoked (or choked again and left so).
+    pub unchoke: u64,
+    /// Unchoked with a request outstanding that the seeder has not answered.
+    pub request: u64,
+}
+
+impl Stalled {
+    pub fn total(&self) -> u64 {
+        self.handshake + self.unchoke + self.request
+    }
+}
+
 /// Latencies above this are clamped (a stalled seeder); 60 s.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -67,8 +84,8 @@ pub struct Stats {
     /// Churn: peers that fetched their byte budget and left.
     pub sessions_completed: u64,
     /// Peers that had waited `client::STALLED_AFTER_NS` or more for the seeder when the run
-    /// ended (no handshake yet, or an unanswered request).
-    pub peers_stalled_at_end: u64,
+    /// ended, by what they waited for.
+    pub stalled_at_end: Stalled,
     pub errors: [u64; ERROR_KINDS],
     pub latency_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
@@ -88,7 +105,7 @@ impl Stats {
             joins_started: 0,
             joins_dropped_at_limit: 0,
             sessions_completed: 0,
-            peers_stalled_at_end: 0,
+            stalled_at_end: Stalled::default(),
             errors: [0; ERROR_KINDS],
             latency_us: new_histogram(),
             connect_us: new_histogram(),
@@ -128,7 +145,9 @@ impl Stats {
         self.joins_started += other.joins_started;
         self.joins_dropped_at_limit += other.joins_dropped_at_limit;
         self.sessions_completed += other.sessions_completed;
-        self.peers_stalled_at_end += other.peers_stalled_at_end;
+        self.stalled_at_end.handshake += other.stalled_at_end.handshake;
+        self.stalled_at_end.unchoke += other.stalled_at_end.unchoke;
+        self.stalled_at_end.request += other.stalled_at_end.request;
         for (a, b) in self.errors.iter_mut().zip(other.errors.iter()) {
             *a += b;
         }

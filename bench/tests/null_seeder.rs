@@ -42,6 +42,11 @@ fn bench_against_null_seeder_verifies_every_piece() {
     assert!(r.latency_us.p50 > 0);
     assert_eq!(r.timeline.len(), 1);
     assert!(served.bytes >= r.bytes);
+    assert_eq!(
+        r.stalled_at_end.total(),
+        0,
+        "a healthy seeder leaves nobody waiting"
+    );
 }
 
 #[test]
@@ -166,7 +171,7 @@ fn churn_counts_arrivals_dropped_at_the_concurrency_limit() {
 #[test]
 fn a_seeder_that_never_answers_is_reported_as_stalled() {
     // Proves: peers left waiting on a silent seeder (TCP accepted by the kernel, no handshake
-    // ever) are counted in peers_stalled_at_end instead of passing as a quiet 0 Gb/s run.
+    // ever) are counted in stalled_at_end instead of passing as a quiet 0 Gb/s run.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut data = Vec::new();
@@ -179,6 +184,7 @@ fn a_seeder_that_never_answers_is_reported_as_stalled() {
     let r = squall_bench::run(opts).expect("run");
     drop(listener);
     assert_eq!(r.bytes, 0);
-    assert_eq!(r.peers_stalled_at_end, 3, "{r:?}");
-    assert!(r.human().contains("peers_stalled_at_end 3"));
+    assert_eq!(r.stalled_at_end.handshake, 3, "{r:?}");
+    assert_eq!(r.stalled_at_end.total(), 3, "{r:?}");
+    assert!(r.human().contains("stalled_at_end 3"));
 }
