@@ -355,13 +355,22 @@ impl Peer {
             Outcome::Bad => stats.bad_pieces += 1,
             Outcome::SkippedOutOfOrder => stats.verify_skipped_out_of_order += 1,
         }
+        self.check_finished();
+        Ok(())
+    }
+
+    /// Done when nothing is owed and the walk (or byte budget) is over. Checked after every
+    /// block and after every refill: the walk's end is discovered only when `refill` asks for
+    /// the next piece, which can be after the last block arrived (a whole window answered in
+    /// one receive), and a peer that missed it would sit idle, connected, for the rest of the
+    /// run.
+    fn check_finished(&mut self) {
         if self.outstanding.is_empty()
             && self.retry.is_empty()
             && (self.walk_done || self.budget_spent())
         {
             self.finished = true;
         }
-        Ok(())
     }
 
     fn budget_spent(&self) -> bool {
@@ -397,6 +406,7 @@ impl Peer {
             encode_request(req, out);
             self.outstanding.push_back(Outstanding { req, intended_ns });
         }
+        self.check_finished();
     }
 
     fn next_request(&mut self) -> Option<BlockRequest> {
@@ -746,6 +756,38 @@ mod tests {
         assert_eq!(grid_at_or_after(0, 300, 1_000), 300);
         assert_eq!(grid_at_or_after(1_300, 300, 1_000), 1_300);
         assert_eq!(grid_at_or_after(1_301, 300, 1_000), 2_300);
+    }
+
+    #[test]
+    fn hop_peer_finishes_when_its_whole_last_window_arrives_at_once() {
+        // Proves: with stop_after_walk (catalog hop), a peer whose final window of blocks is
+        // answered in one receive is marked finished (so the event loop moves it to another
+        // torrent) rather than sitting idle and connected. The walk's end is only discovered
+        // by the refill after those blocks; this once left every catalog peer idle mid-run.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut c = cfg(4, Verify::Full);
+        c.stop_after_walk = true;
+        let mut p = Peer::new(t.clone(), c, 1, 0);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut out)
+            .expect("ok");
+        assert_eq!(
+            requests(&out).len(),
+            4,
+            "the window is full at the walk's last block"
+        );
+        let mut all = Vec::new();
+        for b in 0..4u32 {
+            let off = (b * 16384) as usize;
+            all.extend(piece_msg(0, b * 16384, &data[off..off + 16384]));
+        }
+        let mut o = Vec::new();
+        p.on_recv(&all, 1_000, &mut stats, &mut o).expect("ok");
+        assert!(requests(&o).is_empty());
+        assert!(p.finished, "nothing owed and the walk is over");
+        assert_eq!(stats.pieces_verified, 1);
     }
 
     #[test]
