@@ -47,7 +47,9 @@ if [ -n "${BENCH_SIZE_BYTES:-}${BENCH_NTORRENTS:-}" ]; then
     DATA_KEY="$SCENARIO-${SC_TORRENTS}x$SC_SIZE_BYTES"
 fi
 DATA="$WORK/$DATA_KEY/data"
-TORRENTS="$WORK/$DATA_KEY/torrents"
+# Torrents depend on the piece length as well as the data: a scenario whose piece length
+# changes must not silently reuse torrents made with the old one.
+TORRENTS="$WORK/$DATA_KEY/torrents-$SC_PIECE_LENGTH_BYTES"
 mkdir -p "$DATA" "$TORRENTS" "$OUT"
 if [ -n "${BENCH_PEERS:-}" ]; then # a copy of the scenario with fewer (or more) peers
     sed "s/^peers = .*/peers = $BENCH_PEERS/" "$SC_FILE" >"$OUT/scenario.toml"
