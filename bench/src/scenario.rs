@@ -109,3 +109,42 @@ impl RunSpec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_loads_and_applies() {
+        // Proves: each configs/bench/*.toml parses under deny_unknown_fields and applies to
+        // RunOptions (a renamed key fails here, not in the middle of compare.sh), and the
+        // scenarios keep the properties their comments promise.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/bench");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("configs/bench") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let sc = load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let target = "127.0.0.1:1".parse().expect("addr");
+            let mut opts = RunOptions::new(target, Vec::new());
+            sc.run.apply(&mut opts).expect("apply");
+            match sc.name.as_str() {
+                "churn" => {
+                    assert_eq!(opts.join_rate_per_sec, Some(200.0));
+                    assert_eq!(opts.leave_after_bytes, Some(1 << 20));
+                }
+                "many-peers" => {
+                    assert_eq!(opts.peers, 5000);
+                    assert_eq!(opts.verify, Verify::Full);
+                    assert!(opts.rate_per_sec.is_some());
+                }
+                _ => {}
+            }
+            names.push(sc.name);
+        }
+        names.sort();
+        assert_eq!(names, ["catalog", "churn", "hot", "many-peers"]);
+    }
+}
