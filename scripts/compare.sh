@@ -47,7 +47,9 @@ if [ -n "${BENCH_SIZE_BYTES:-}${BENCH_NTORRENTS:-}" ]; then
     DATA_KEY="$SCENARIO-${SC_TORRENTS}x$SC_SIZE_BYTES"
 fi
 DATA="$WORK/$DATA_KEY/data"
-TORRENTS="$WORK/$DATA_KEY/torrents"
+# Torrents depend on the piece length as well as the data: a scenario whose piece length
+# changes must not silently reuse torrents made with the old one.
+TORRENTS="$WORK/$DATA_KEY/torrents-$SC_PIECE_LENGTH_BYTES"
 mkdir -p "$DATA" "$TORRENTS" "$OUT"
 if [ -n "${BENCH_PEERS:-}" ]; then # a copy of the scenario with fewer (or more) peers
     sed "s/^peers = .*/peers = $BENCH_PEERS/" "$SC_FILE" >"$OUT/scenario.toml"
@@ -92,7 +94,9 @@ wait_port() { # wait_port PORT SECS
 
 # Each start_* sets PID and PORT and returns 0, or sets WHY and returns 1.
 start_squall() { # MODE
-    local state="$RUN_DIR/state"
+    # Scratch state (1,000 resume files for catalog) lives with the other seeders' state,
+    # not in the results directory.
+    local state="$SEEDER_TMP/state"
     rm -rf "$state"
     : >"$RUN_DIR/seeder.log"
     # configs/bench.toml: limits sized for synthetic swarms (thousands of peers on one torrent).
@@ -434,6 +438,9 @@ EOF
 
 DUR=${DURATION:-$("$PY" -c "import tomllib,sys;print(tomllib.load(open(sys.argv[1],'rb'))['run']['duration_secs'])" "$SC_FILE" 2>/dev/null || echo 8)}
 echo "== scenario $SCENARIO, $ROUNDS rounds x ${DUR}s, seeders: $SEEDERS"
+# A rerun on the same day replaces a seeder's rounds: the summary takes the median of every
+# round*/ it finds, so leftover rounds of an earlier run would be mixed in.
+for s in $SEEDERS; do rm -rf "${OUT:?}/$s"; done
 for round in $(seq 1 "$ROUNDS"); do
     for s in $SEEDERS; do
         RUN_DIR="$OUT/$s/round$round"; mkdir -p "$RUN_DIR"; rm -f "$RUN_DIR/result.json" "$RUN_DIR/why"

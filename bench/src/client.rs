@@ -1,12 +1,16 @@
 //! The synthetic swarm's event loop: one epoll loop per thread, each owning a fixed set of
-//! peers (connections) for the whole run.
+//! peer slots (connections) for the whole run.
 //!
 //! Owns: sockets (nonblocking, bound to 127.x source addresses before connect), receiving
 //! (up to 1 MiB per recv into one per-thread buffer, frames parsed in place; only the tail of
 //! a partial frame is carried over per connection), batched request sends (one send per
-//! refill), reconnects after a disconnect, and the open-loop timer.
-//! Must never: share a peer or its counters with another thread, block, or copy a block
-//! payload (the peer hashes it from the receive buffer).
+//! refill), reconnects after a disconnect, the timer heap that wakes a slot when its
+//! open-loop request or its dial is due (`timer.rs`: a wake-up costs O(due slots x log n),
+//! and epoll_wait sleeps exactly until the earliest one), and churn's open-loop arrival
+//! schedule.
+//! Must never: share a peer or its counters with another thread, block, scan every peer on a
+//! wake-up, or copy a block payload on the in-order path (the peer hashes it from the
+//! receive buffer).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
@@ -18,6 +22,7 @@ use squall_engine::metainfo::torrent::Torrent;
 use crate::peer::{xorshift, Peer, PeerConfig, PeerError};
 use crate::stats::{ErrorKind, Stats};
 use crate::sys::{self, Epoll};
+use crate::timer::TimerHeap;
 
 /// One recv takes at most this much: large enough that a fast seeder's socket is drained in
 /// few syscalls.
@@ -26,19 +31,43 @@ pub const RECV_CHUNK_BYTES: usize = 1 << 20;
 /// the bench into a connect storm).
 const RECONNECT_DELAY_NS: u64 = 20_000_000;
 const EVENTS_MAX: usize = 512;
+/// The loop wakes at least this often even with nothing due, to notice the end of the run.
+const WAIT_MAX_NS: u64 = 100_000_000;
+/// At the end of a run, a peer still waiting this long (for its connect + handshake, for an
+/// unchoke, or for the answer to its oldest request) is counted in `stalled_at_end`: the
+/// bench has no
+/// request timeout, so a seeder that silently stops serving a connection shows up here
+/// rather than only as a lower Gb/s.
+pub const STALLED_AFTER_NS: u64 = 1_000_000_000;
+
+/// Churn: new peers arrive on a fixed schedule (open loop), independent of how long each
+/// one takes; an arrival that finds every slot busy is dropped and counted.
+#[derive(Clone, Copy, Debug)]
+pub struct ArrivalPlan {
+    /// Joins per second over the whole run (all threads).
+    pub join_rate_per_sec: f64,
+    /// This thread's place among `threads`: its arrivals are every `threads`-th of the
+    /// global schedule, so the union over threads is exactly `join_rate_per_sec`.
+    pub thread_index: usize,
+    pub threads: usize,
+}
 
 /// What one thread is given.
 pub struct ThreadPlan {
     pub target: SocketAddrV4,
     pub torrents: Vec<Arc<Torrent>>,
     /// Global numbers of this thread's peers (source address and first torrent derive from it).
+    /// With churn these are the thread's share of the max-concurrent-peers limit.
     pub peer_numbers: Vec<usize>,
+    /// Peers over all threads: peer k's open-loop phase is k / peers_total of the interval.
+    pub peers_total: usize,
     pub source_ips: Vec<Ipv4Addr>,
     pub peer_cfg: PeerConfig,
     /// After a full walk, move to another torrent (reconnect) instead of repeating.
     pub hop: bool,
-    /// Churn: peers start at this rate per second (per thread) instead of all at once.
-    pub connect_rate_per_sec: Option<f64>,
+    /// Churn: peers join on this schedule and leave for good (their slot is freed) when
+    /// done; `None`: every slot dials at the start and redials after a disconnect.
+    pub arrivals: Option<ArrivalPlan>,
     pub epoch: Instant,
     pub record_from_ns: u64,
     pub end_ns: u64,
@@ -49,6 +78,8 @@ struct Conn {
     fd: RawFd,
     peer: Peer,
     connecting: bool,
+    /// When the connection was meant to start: the dial time, or with churn the arrival's
+    /// scheduled time, so connect_us is charged for any lateness of the bench itself.
     started_ns: u64,
     rx_pending: Vec<u8>,
     tx: Vec<u8>,
@@ -61,10 +92,38 @@ struct Slot {
     torrent_idx: usize,
     conn: Option<Conn>,
     reconnect_at_ns: Option<u64>,
+    /// Churn: the slot holds an arrival (taken from the free list) until its peer is gone.
+    busy: bool,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
+}
+
+/// Churn's arrival clock: arrival k of this thread is due at
+/// (k x threads + thread_index) / rate seconds, computed from k (no accumulated drift).
+struct Arrivals {
+    plan: ArrivalPlan,
+    next_k: u64,
+    end_ns: u64,
+}
+
+impl Arrivals {
+    fn due_ns(&self, k: u64) -> u64 {
+        let global = k * self.plan.threads as u64 + self.plan.thread_index as u64;
+        (global as f64 * 1e9 / self.plan.join_rate_per_sec) as u64
+    }
+
+    /// The next arrival's time, if it falls inside the run.
+    fn next_ns(&self) -> Option<u64> {
+        let t = self.due_ns(self.next_k);
+        (t < self.end_ns).then_some(t)
+    }
+}
+
+/// Counts one churn event inside the measured window only.
+fn in_window(stats: &Stats, at_ns: u64) -> bool {
+    at_ns >= stats.record_from_ns
 }
 
 pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
@@ -72,55 +131,87 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
     let mut stats = Stats::new(plan.record_from_ns, plan.duration_secs);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ plan.peer_numbers.first().copied().unwrap_or(0) as u64;
     let n_torrents = plan.torrents.len().max(1);
+    let churn = plan.arrivals.is_some();
     let mut slots: Vec<Slot> = plan
         .peer_numbers
         .iter()
-        .enumerate()
-        .map(|(i, &number)| Slot {
+        .map(|&number| Slot {
             number,
             torrent_idx: number % n_torrents,
             conn: None,
-            reconnect_at_ns: Some(match plan.connect_rate_per_sec {
-                Some(rate) if rate > 0.0 => (i as f64 * 1e9 / rate) as u64,
-                _ => 0,
-            }),
+            // Without churn every slot dials at once; with churn slots wait for arrivals.
+            reconnect_at_ns: if churn { None } else { Some(0) },
+            busy: false,
         })
         .collect();
+    let mut timer = TimerHeap::new(slots.len());
+    for (i, slot) in slots.iter().enumerate() {
+        rearm(&mut timer, slot, i);
+    }
+    // Churn: free slots, a stack sized at start-up (the max-concurrent-peers limit).
+    let mut free_slots: Vec<usize> = if churn {
+        (0..slots.len()).rev().collect()
+    } else {
+        Vec::new()
+    };
+    let mut arrivals = plan.arrivals.map(|p| Arrivals {
+        plan: p,
+        next_k: 0,
+        end_ns: plan.end_ns,
+    });
+    let mut fired: Vec<usize> = Vec::with_capacity(slots.len());
     let mut rx = vec![0u8; RECV_CHUNK_BYTES + (4 << 20)];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
-    let open_loop = plan.peer_cfg.interval_ns.is_some();
     loop {
         let now = now_ns(plan.epoch);
+        // Churn arrivals first, so every arrival scheduled before the end is admitted (or
+        // counted as dropped) even when the loop itself runs late.
+        if let Some(arr) = arrivals.as_mut() {
+            while let Some(at) = arr.next_ns().filter(|&t| t <= now) {
+                let global = arr.next_k * arr.plan.threads as u64 + arr.plan.thread_index as u64;
+                arr.next_k += 1;
+                let Some(i) = free_slots.pop() else {
+                    if in_window(&stats, at) {
+                        stats.joins_dropped_at_limit += 1;
+                    }
+                    continue;
+                };
+                if in_window(&stats, at) {
+                    stats.joins_started += 1;
+                }
+                let slot = &mut slots[i];
+                debug_assert!(!slot.busy && slot.conn.is_none());
+                slot.busy = true;
+                slot.torrent_idx = (global % n_torrents as u64) as usize;
+                dial(&plan, &epoll, slot, i, at, now, &mut stats, &mut rng);
+                if slot.conn.is_none() {
+                    // The dial failed (counted); with churn the arrival is over.
+                    leave(&mut timer, slot, i, &mut free_slots);
+                }
+            }
+        }
         if now >= plan.end_ns {
             break;
         }
-        // Dial peers that are due (start-up, reconnect after disconnect, hop, churn).
-        let mut next_wake = plan.end_ns;
-        for (i, slot) in slots.iter_mut().enumerate() {
-            match slot.reconnect_at_ns {
-                Some(at) if at <= now => {
-                    slot.reconnect_at_ns = None;
-                    dial(&plan, &epoll, slot, i, now, &mut stats, &mut rng);
-                }
-                Some(at) => next_wake = next_wake.min(at),
-                None => {}
+        // Slots whose dial or open-loop request is due (and only those).
+        fired.clear();
+        timer.pop_due(now, &mut fired);
+        for &i in &fired {
+            let slot = &mut slots[i];
+            on_timer(&plan, &epoll, slot, i, now, &mut stats, &mut rng);
+            if churn && slot.conn.is_none() {
+                leave(&mut timer, slot, i, &mut free_slots);
             }
-            if open_loop {
-                if let Some(due) = slot.conn.as_ref().and_then(|c| c.peer.next_due_ns()) {
-                    if due <= now {
-                        if let Some(conn) = slot.conn.as_mut() {
-                            conn.peer.refill(now, &mut conn.tx);
-                            if let Err(e) = flush(conn, &epoll, i) {
-                                close_slot(slot, now, ErrorKind::Disconnect, &e, &mut stats);
-                            }
-                        }
-                    } else {
-                        next_wake = next_wake.min(due);
-                    }
-                }
-            }
+            rearm(&mut timer, &slots[i], i);
         }
-        let timeout_ns = next_wake.saturating_sub(now).min(100_000_000);
+        let mut next_wake = plan.end_ns;
+        if let Some(t) = timer.next_due_ns() {
+            next_wake = next_wake.min(t);
+        }
+        if let Some(t) = arrivals.as_ref().and_then(|a| a.next_ns()) {
+            next_wake = next_wake.min(t);
+        }
+        let timeout_ns = next_wake.saturating_sub(now).min(WAIT_MAX_NS);
         let n = epoll
             .wait(&mut events, timeout_ns)
             .map_err(|e| format!("epoll_wait: {e}"))?;
@@ -136,31 +227,120 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
                 close_slot(slot, now, kind, &why, &mut stats);
             }
             if slot.conn.as_ref().is_some_and(|c| c.peer.finished) {
-                // Walk or byte budget done: leave, and (hop/churn) come back as a new peer.
+                // Walk or byte budget done: leave, and (hop / leave-after-bytes without
+                // churn) come back as a new peer.
                 if let Some(conn) = slot.conn.take() {
                     sys::close(conn.fd);
                 }
-                if plan.hop {
-                    stats.count(ErrorKind::Hop);
-                    slot.torrent_idx = (xorshift(&mut rng) % n_torrents as u64) as usize;
+                if churn {
+                    if in_window(&stats, now) {
+                        stats.sessions_completed += 1;
+                    }
+                } else {
+                    if plan.hop {
+                        stats.count(ErrorKind::Hop);
+                        slot.torrent_idx = (xorshift(&mut rng) % n_torrents as u64) as usize;
+                    }
+                    slot.reconnect_at_ns = Some(now);
                 }
-                slot.reconnect_at_ns = Some(now);
             }
+            if churn && slot.conn.is_none() {
+                leave(&mut timer, slot, token, &mut free_slots);
+            }
+            rearm(&mut timer, &slots[token], token);
         }
     }
+    let now = now_ns(plan.epoch);
     for slot in slots.iter_mut() {
         if let Some(conn) = slot.conn.take() {
+            let stalled = |since: u64| now.saturating_sub(since) >= STALLED_AFTER_NS;
+            let p = &conn.peer;
+            if !p.handshake_done {
+                if stalled(conn.started_ns) {
+                    stats.stalled_at_end.handshake += 1;
+                }
+            } else if p.choked {
+                if stalled(p.choked_since_ns) {
+                    stats.stalled_at_end.unchoke += 1;
+                }
+            } else if p.oldest_outstanding_ns().is_some_and(stalled) {
+                stats.stalled_at_end.request += 1;
+            }
             sys::close(conn.fd);
         }
     }
     Ok(stats)
 }
 
+/// Churn: a peer that is gone (done, failed, or never connected) frees its slot for good.
+fn leave(timer: &mut TimerHeap, slot: &mut Slot, i: usize, free_slots: &mut Vec<usize>) {
+    slot.reconnect_at_ns = None;
+    if slot.busy {
+        slot.busy = false;
+        timer.disarm(i);
+        free_slots.push(i);
+    }
+}
+
+/// Arms the slot's next wake-up: its dial when it has no connection, its next open-loop
+/// request when the window has room. A connected closed-loop peer needs no timer.
+fn rearm(timer: &mut TimerHeap, slot: &Slot, i: usize) {
+    let due = match &slot.conn {
+        None => slot.reconnect_at_ns,
+        Some(conn) => conn.peer.next_due_ns(),
+    };
+    if let Some(at) = due {
+        timer.arm(i, at);
+    }
+}
+
+/// A slot's timer fired: dial if its reconnect is due, or write its due open-loop requests.
+fn on_timer(
+    plan: &ThreadPlan,
+    epoll: &Epoll,
+    slot: &mut Slot,
+    i: usize,
+    now: u64,
+    stats: &mut Stats,
+    rng: &mut u64,
+) {
+    if slot.conn.is_none() {
+        if slot.reconnect_at_ns.is_some_and(|at| at <= now) {
+            slot.reconnect_at_ns = None;
+            dial(plan, epoll, slot, i, now, now, stats, rng);
+        }
+        return;
+    }
+    let Some(conn) = slot.conn.as_mut() else {
+        return;
+    };
+    if conn.peer.next_due_ns().is_some_and(|due| due <= now) {
+        conn.peer.refill(now, &mut conn.tx);
+        if let Err(e) = flush(conn, epoll, i) {
+            close_slot(slot, now, ErrorKind::Disconnect, &e, stats);
+        }
+    }
+}
+
+/// Open loop: slot k's requests are due at k/peers_total of an interval past each grid
+/// point, so the swarm's requests are spread evenly over time, not sent in bursts.
+fn phase_ns(plan: &ThreadPlan, slot: &Slot) -> u64 {
+    match plan.peer_cfg.interval_ns {
+        Some(interval) => {
+            let total = plan.peers_total.max(1) as u128;
+            ((slot.number as u128 % total) * interval as u128 / total) as u64
+        }
+        None => 0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn dial(
     plan: &ThreadPlan,
     epoll: &Epoll,
     slot: &mut Slot,
     token: usize,
+    started_ns: u64,
     now: u64,
     stats: &mut Stats,
     rng: &mut u64,
@@ -192,9 +372,9 @@ fn dial(
     let seed = xorshift(rng) ^ slot.number as u64;
     slot.conn = Some(Conn {
         fd,
-        peer: Peer::new(torrent, plan.peer_cfg.clone(), seed, now),
+        peer: Peer::new(torrent, plan.peer_cfg.clone(), seed, now).with_phase(phase_ns(plan, slot)),
         connecting: true,
-        started_ns: now,
+        started_ns,
         rx_pending: Vec::new(),
         tx: Vec::with_capacity(plan.peer_cfg.depth * 17 + 256),
         tx_off: 0,
@@ -265,7 +445,7 @@ fn on_event(
                 .peer
                 .on_recv(&rx[..pre + got], now, stats, &mut conn.tx)?;
             if !had_handshake && conn.peer.handshake_done && now >= stats.record_from_ns {
-                stats.on_connected(now - conn.started_ns);
+                stats.on_connected(now.saturating_sub(conn.started_ns));
             }
             conn.rx_pending.clear();
             conn.rx_pending.extend_from_slice(&rx[used..pre + got]);

@@ -13,6 +13,8 @@ pub mod report;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
+pub mod timer;
+pub mod verify;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -42,10 +44,13 @@ pub struct RunOptions {
     pub target_pid: Option<u32>,
     /// After walking every piece of its torrent once, a peer reconnects to another torrent.
     pub hop: bool,
-    /// Churn: each peer leaves after this many bytes and a new one takes its place.
+    /// A peer leaves after this many payload bytes. Without `join_rate_per_sec` it comes
+    /// back at once as a new connection; with it, it is gone and its slot is freed.
     pub leave_after_bytes: Option<u64>,
-    /// Churn: new peers start at this rate (per second, whole run) instead of all at once.
-    pub connect_rate_per_sec: Option<f64>,
+    /// Churn (open loop): new peers arrive at exactly this rate (per second, whole run),
+    /// whatever the seeder does; `peers` is then the max-concurrent-peers limit, and an
+    /// arrival that finds it reached is dropped and counted (`joins_dropped_at_limit`).
+    pub join_rate_per_sec: Option<f64>,
 }
 
 impl RunOptions {
@@ -66,7 +71,7 @@ impl RunOptions {
             target_pid: None,
             hop: false,
             leave_after_bytes: None,
-            connect_rate_per_sec: None,
+            join_rate_per_sec: None,
         }
     }
 }
@@ -125,6 +130,11 @@ pub fn run(opts: RunOptions) -> Result<RunReport, String> {
     if let Some(pid) = opts.target_pid {
         sys::process_cpu_secs(pid)?;
     }
+    if let Some(rate) = opts.join_rate_per_sec {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err("the join rate must be > 0".into());
+        }
+    }
     let interval_ns = match opts.rate_per_sec {
         Some(rate) if rate > 0.0 => Some(((opts.peers as f64 / rate) * 1e9).max(1.0) as u64),
         Some(_) => return Err("--rate must be > 0".into()),
@@ -147,10 +157,15 @@ pub fn run(opts: RunOptions) -> Result<RunReport, String> {
             target,
             torrents: opts.torrents.clone(),
             peer_numbers: (0..opts.peers).filter(|p| p % threads == t).collect(),
+            peers_total: opts.peers,
             source_ips: opts.source_ips.clone(),
             peer_cfg: peer_cfg.clone(),
             hop: opts.hop,
-            connect_rate_per_sec: opts.connect_rate_per_sec.map(|r| r / threads as f64),
+            arrivals: opts.join_rate_per_sec.map(|rate| client::ArrivalPlan {
+                join_rate_per_sec: rate,
+                thread_index: t,
+                threads,
+            }),
             epoch,
             record_from_ns,
             end_ns,

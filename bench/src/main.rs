@@ -112,9 +112,14 @@ struct RunArgs {
     /// After a full walk of its torrent a peer reconnects to a random other torrent.
     #[arg(long)]
     hop: bool,
-    /// Churn: a peer leaves after this many bytes; a new one replaces it.
+    /// A peer leaves after this many bytes; a new one replaces it at once (or, with
+    /// --join-rate, it is gone and frees its slot).
     #[arg(long)]
     leave_after_bytes: Option<u64>,
+    /// Churn: new peers arrive at exactly this rate per second (open loop); --peers is then
+    /// the max-concurrent-peers limit and arrivals beyond it are dropped and counted.
+    #[arg(long)]
+    join_rate: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +189,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             opts.verify = scenario::parse_verify(&a.verify)?;
             opts.hop = a.hop;
             opts.leave_after_bytes = a.leave_after_bytes;
+            opts.join_rate_per_sec = a.join_rate;
             opts.threads = a.common.threads.unwrap_or(1);
             let label = format!("squall-bench run {}", a.common.target);
             let r = squall_bench::run(opts)?;

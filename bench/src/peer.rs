@@ -4,17 +4,16 @@
 //! Owns: the handshake exchange, interested/choke/unchoke, the piece walk (every piece of the
 //! torrent in a shuffled order before repeating), the outstanding-request window (`depth`),
 //! the open-loop schedule (intended send times, so latency is corrected for coordinated
-//! omission as wrk2 does), retries after reject and choke, and piece assembly + SHA-1
-//! verification.
-//! Must never: touch a socket, read a clock, allocate per block on the hot path (block
-//! payloads are hashed straight from the caller's receive buffer when they arrive in order,
-//! and copied only into the piece buffer when they arrive out of order), or panic on bytes a
-//! seeder sends.
+//! omission as wrk2 does), retries after reject and choke, and which pieces to verify
+//! (`verify.rs` hashes them as a stream).
+//! Must never: touch a socket, read a clock, allocate per block on the hot path, hold a piece
+//! buffer (block payloads are hashed straight from the caller's receive buffer when they
+//! arrive in order, and copied only into the small bounded reorder buffer when they do not),
+//! or panic on bytes a seeder sends.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use sha1::{Digest, Sha1};
 use squall_engine::metainfo::torrent::Torrent;
 use squall_engine::wire::{
     decode_frame, encode, encode_request, parse_handshake, BlockRequest, ExtendedHandshake,
@@ -22,6 +21,7 @@ use squall_engine::wire::{
 };
 
 use crate::stats::{ErrorKind, Stats};
+use crate::verify::{Outcome, StreamVerifier};
 
 /// Largest frame we accept from a seeder: a block of up to 128 KiB plus headers, or the
 /// bitfield of a torrent with millions of pieces.
@@ -76,20 +76,6 @@ struct Outstanding {
     intended_ns: u64,
 }
 
-/// A piece being assembled for verification.
-struct ActivePiece {
-    index: u32,
-    len_bytes: u32,
-    num_blocks: u32,
-    received: Vec<bool>,
-    received_count: u32,
-    /// Blocks 0..hashed_blocks have been fed to the hasher, in order.
-    hashed_blocks: u32,
-    hasher: Sha1,
-    /// Holds only blocks that arrived ahead of the hash cursor.
-    buf: Vec<u8>,
-}
-
 /// Why a peer must be closed (counted by kind, then reconnected by the event loop).
 #[derive(Debug, PartialEq, Eq)]
 pub struct PeerError(pub ErrorKind, pub String);
@@ -100,6 +86,9 @@ pub struct Peer {
     peer_id: [u8; 20],
     pub phase: Phase,
     pub choked: bool,
+    /// Since when the peer has been choked (handshake or the last choke), ns; meaningful
+    /// only while `choked`.
+    pub choked_since_ns: u64,
     /// The seeder's handshake arrived at this time (ns), for the connect histogram.
     pub handshake_done: bool,
     order: Vec<u32>,
@@ -108,12 +97,18 @@ pub struct Peer {
     cursor: Option<(u32, u32)>,
     retry: VecDeque<BlockRequest>,
     outstanding: VecDeque<Outstanding>,
-    active: Vec<ActivePiece>,
-    spare_bufs: Vec<Vec<u8>>,
+    verifier: StreamVerifier,
+    /// Pieces chosen for verification that the verifier could not track (its `pieces_max`
+    /// was reached); added to `verify_skipped_out_of_order` at the next `on_recv`.
+    verify_refused: u64,
     pieces_started: u64,
     rng: u64,
     /// Open loop: when the next request is due, ns.
     next_due_ns: u64,
+    /// Open loop: this peer's requests fall on the grid `phase_ns + k x interval` (ns since
+    /// the run's epoch). Peers get evenly spread phases, so N peers at R/N each offer a
+    /// smooth R per second instead of N requests at once every interval.
+    phase_ns: u64,
     bytes_received: u64,
     /// True once the walk (or byte budget) is done and nothing is outstanding.
     pub finished: bool,
@@ -128,29 +123,45 @@ impl Peer {
             *b = (xorshift(&mut rng) >> 24) as u8;
         }
         let peer_id = squall_engine::wire::peer_id(b"-SB0001-", random);
+        // Pieces with blocks in flight: one per outstanding request plus the one being
+        // requested (see StreamVerifier::new).
+        let pieces_max = cfg.depth + 1;
         let mut peer = Peer {
             torrent,
             cfg,
             peer_id,
             phase: Phase::AwaitHandshake,
             choked: true,
+            choked_since_ns: now_ns,
             handshake_done: false,
             order: Vec::new(),
             order_pos: 0,
             cursor: None,
             retry: VecDeque::new(),
             outstanding: VecDeque::new(),
-            active: Vec::new(),
-            spare_bufs: Vec::new(),
+            verifier: StreamVerifier::new(pieces_max),
+            verify_refused: 0,
             pieces_started: 0,
             rng,
             next_due_ns: now_ns,
+            phase_ns: 0,
             bytes_received: 0,
             finished: false,
             walk_done: false,
         };
         peer.new_walk();
         peer
+    }
+
+    /// Open loop: puts this peer's schedule on the grid `phase_ns + k x interval`.
+    pub fn with_phase(mut self, phase_ns: u64) -> Peer {
+        self.phase_ns = phase_ns;
+        self
+    }
+
+    /// When the oldest unanswered request was written (or due), ns.
+    pub fn oldest_outstanding_ns(&self) -> Option<u64> {
+        self.outstanding.front().map(|o| o.intended_ns)
     }
 
     pub fn outstanding_len(&self) -> usize {
@@ -188,6 +199,7 @@ impl Peer {
         out: &mut Vec<u8>,
     ) -> Result<usize, PeerError> {
         let mut pos = 0usize;
+        stats.verify_skipped_out_of_order += std::mem::take(&mut self.verify_refused);
         if self.phase == Phase::AwaitHandshake {
             let hs = match parse_handshake(buf) {
                 Ok(Some(hs)) => hs,
@@ -203,6 +215,7 @@ impl Peer {
             pos = HANDSHAKE_LEN;
             self.phase = Phase::Connected;
             self.handshake_done = true;
+            self.choked_since_ns = now_ns;
             if hs.supports_fast() {
                 encode(&Message::HaveNone, out);
             }
@@ -241,6 +254,7 @@ impl Peer {
             Message::Choke => {
                 stats.count(ErrorKind::Choke);
                 self.choked = true;
+                self.choked_since_ns = now_ns;
                 // BEP 3: a choke drops every pending request; ask again after unchoke.
                 while let Some(o) = self.outstanding.pop_front() {
                     self.retry.push_back(o.req);
@@ -248,11 +262,15 @@ impl Peer {
             }
             Message::Unchoke => {
                 self.choked = false;
-                if self.cfg.interval_ns.is_some() && self.next_due_ns < now_ns {
-                    // The schedule starts when the seeder lets us in; time spent choked at
-                    // the start is connection setup, measured in the connect histogram.
-                    if self.outstanding.is_empty() && self.retry.is_empty() {
-                        self.next_due_ns = now_ns;
+                if let Some(interval) = self.cfg.interval_ns {
+                    // The schedule starts when the seeder lets us in (time spent choked at
+                    // the start is connection setup, measured in the connect histogram), at
+                    // this peer's next grid point.
+                    if self.next_due_ns < now_ns
+                        && self.outstanding.is_empty()
+                        && self.retry.is_empty()
+                    {
+                        self.next_due_ns = grid_at_or_after(now_ns, self.phase_ns, interval);
                     }
                 }
             }
@@ -327,28 +345,32 @@ impl Peer {
             now_ns,
         );
         self.bytes_received += data.len() as u64;
-        if let Some(ai) = self.active.iter().position(|a| a.index == index) {
-            let block = begin / BLOCK_LEN_BYTES;
-            let done = self.active[ai].add_block(block, begin, data);
-            if done {
-                let piece = self.active.swap_remove(ai);
-                let expected = self.torrent.piece_hash(index);
-                let (digest, buf) = piece.finish();
-                if expected.is_some_and(|h| h[..] == digest[..]) {
-                    stats.pieces_verified += 1;
-                } else {
-                    stats.bad_pieces += 1;
-                }
-                self.spare_bufs.push(buf);
-            }
+        let torrent = &self.torrent;
+        match self
+            .verifier
+            .on_block(index, begin, data, || torrent.piece_hash(index))
+        {
+            Outcome::Pending => {}
+            Outcome::Verified => stats.pieces_verified += 1,
+            Outcome::Bad => stats.bad_pieces += 1,
+            Outcome::SkippedOutOfOrder => stats.verify_skipped_out_of_order += 1,
         }
+        self.check_finished();
+        Ok(())
+    }
+
+    /// Done when nothing is owed and the walk (or byte budget) is over. Checked after every
+    /// block and after every refill: the walk's end is discovered only when `refill` asks for
+    /// the next piece, which can be after the last block arrived (a whole window answered in
+    /// one receive), and a peer that missed it would sit idle, connected, for the rest of the
+    /// run.
+    fn check_finished(&mut self) {
         if self.outstanding.is_empty()
             && self.retry.is_empty()
             && (self.walk_done || self.budget_spent())
         {
             self.finished = true;
         }
-        Ok(())
     }
 
     fn budget_spent(&self) -> bool {
@@ -384,6 +406,7 @@ impl Peer {
             encode_request(req, out);
             self.outstanding.push_back(Outstanding { req, intended_ns });
         }
+        self.check_finished();
     }
 
     fn next_request(&mut self) -> Option<BlockRequest> {
@@ -455,61 +478,26 @@ impl Peer {
             Verify::Sample => self.pieces_started % SAMPLE_EVERY_PIECES == 1,
             Verify::Off => false,
         };
-        // A piece requested again while still assembling (zipf) is simply not re-verified.
-        if !verify || self.active.iter().any(|a| a.index == index) {
+        // A piece requested again while still being verified (zipf) is not verified twice.
+        if !verify || self.verifier.is_tracking(index) {
             return;
         }
-        let len_bytes = self.torrent.piece_len(index) as u32;
-        let num_blocks = len_bytes.div_ceil(BLOCK_LEN_BYTES);
-        let mut buf = self.spare_bufs.pop().unwrap_or_default();
-        buf.resize(len_bytes as usize, 0);
-        self.active.push(ActivePiece {
-            index,
-            len_bytes,
-            num_blocks,
-            received: vec![false; num_blocks as usize],
-            received_count: 0,
-            hashed_blocks: 0,
-            hasher: Sha1::new(),
-            buf,
-        });
+        if !self
+            .verifier
+            .start(index, self.torrent.piece_len(index) as u32)
+        {
+            self.verify_refused += 1;
+        }
     }
 }
 
-impl ActivePiece {
-    /// Records one block; returns true when the piece is complete.
-    fn add_block(&mut self, block: u32, begin: u32, data: &[u8]) -> bool {
-        let b = block as usize;
-        if b >= self.received.len() || self.received[b] {
-            return false;
-        }
-        let end = begin as usize + data.len();
-        if end > self.len_bytes as usize {
-            return false;
-        }
-        self.received[b] = true;
-        self.received_count += 1;
-        if block == self.hashed_blocks {
-            // In order: hash straight from the receive buffer, no copy.
-            self.hasher.update(data);
-            self.hashed_blocks += 1;
-            while (self.hashed_blocks as usize) < self.received.len()
-                && self.received[self.hashed_blocks as usize]
-            {
-                let start = (self.hashed_blocks * BLOCK_LEN_BYTES) as usize;
-                let stop = (start + BLOCK_LEN_BYTES as usize).min(self.len_bytes as usize);
-                self.hasher.update(&self.buf[start..stop]);
-                self.hashed_blocks += 1;
-            }
-        } else {
-            self.buf[begin as usize..end].copy_from_slice(data);
-        }
-        self.received_count == self.num_blocks
+/// The first time `>= now_ns` of the form `phase_ns + k x interval_ns`.
+fn grid_at_or_after(now_ns: u64, phase_ns: u64, interval_ns: u64) -> u64 {
+    if now_ns <= phase_ns || interval_ns == 0 {
+        return phase_ns.max(now_ns);
     }
-
-    fn finish(self) -> ([u8; 20], Vec<u8>) {
-        (self.hasher.finalize().into(), self.buf)
-    }
+    let steps = (now_ns - phase_ns).div_ceil(interval_ns);
+    phase_ns + steps * interval_ns
 }
 
 pub fn xorshift(state: &mut u64) -> u64 {
@@ -743,6 +731,63 @@ mod tests {
             5_000_u64.max(stats.latency_us.max())
         );
         assert!(stats.latency_us.max() >= 4_990);
+    }
+
+    #[test]
+    fn open_loop_schedule_starts_on_the_peers_phase() {
+        // Proves: a peer's open-loop requests fall on its own grid (phase + k x interval),
+        // so peers unchoked together do not all fire at once; a peer unchoked at 2.5 ms with
+        // phase 0.3 ms and a 1 ms interval sends its first request at 3.3 ms, not 2.5 ms.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut c = cfg(4, Verify::Off);
+        c.interval_ns = Some(1_000_000);
+        let mut p = Peer::new(t.clone(), c, 1, 0).with_phase(300_000);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 2_500_000, &mut stats, &mut out)
+            .expect("ok");
+        assert!(requests(&out).is_empty(), "nothing is due at 2.5 ms");
+        assert_eq!(p.next_due_ns(), Some(3_300_000));
+        let mut o = Vec::new();
+        p.refill(3_300_000, &mut o);
+        assert_eq!(requests(&o).len(), 1);
+        assert_eq!(p.next_due_ns(), Some(4_300_000));
+        assert_eq!(grid_at_or_after(0, 300, 1_000), 300);
+        assert_eq!(grid_at_or_after(1_300, 300, 1_000), 1_300);
+        assert_eq!(grid_at_or_after(1_301, 300, 1_000), 2_300);
+    }
+
+    #[test]
+    fn hop_peer_finishes_when_its_whole_last_window_arrives_at_once() {
+        // Proves: with stop_after_walk (catalog hop), a peer whose final window of blocks is
+        // answered in one receive is marked finished (so the event loop moves it to another
+        // torrent) rather than sitting idle and connected. The walk's end is only discovered
+        // by the refill after those blocks; this once left every catalog peer idle mid-run.
+        let data = content(64 * 1024);
+        let t = torrent(&data, 64 * 1024);
+        let mut stats = Stats::new(0, 0);
+        let mut c = cfg(4, Verify::Full);
+        c.stop_after_walk = true;
+        let mut p = Peer::new(t.clone(), c, 1, 0);
+        let mut out = Vec::new();
+        p.on_recv(&seeder_hello(&t), 0, &mut stats, &mut out)
+            .expect("ok");
+        assert_eq!(
+            requests(&out).len(),
+            4,
+            "the window is full at the walk's last block"
+        );
+        let mut all = Vec::new();
+        for b in 0..4u32 {
+            let off = (b * 16384) as usize;
+            all.extend(piece_msg(0, b * 16384, &data[off..off + 16384]));
+        }
+        let mut o = Vec::new();
+        p.on_recv(&all, 1_000, &mut stats, &mut o).expect("ok");
+        assert!(requests(&o).is_empty());
+        assert!(p.finished, "nothing owed and the walk is over");
+        assert_eq!(stats.pieces_verified, 1);
     }
 
     #[test]

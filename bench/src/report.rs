@@ -2,8 +2,9 @@
 //! hand-written SVG plots (throughput over time, latency percentile curve).
 //!
 //! Owns: the JSON schema (`target`, `peers`, `depth`, `duration_secs`, `bytes`, `gbps`,
-//! `blocks`, `pieces_verified`, `bad_pieces`, `errors`, `latency_us`, `connect_us`,
-//! `target_cpu_secs`, `cpu_secs_per_gb`, `timeline`) and how it is drawn.
+//! `blocks`, `pieces_verified`, `bad_pieces`, `verify_skipped_out_of_order`, `stalled_at_end`, `errors`,
+//! `latency_us`, `connect_us`, `churn` (with a join rate), `target_cpu_secs`,
+//! `cpu_secs_per_gb`, `timeline`) and how it is drawn.
 //! Must never: read the network or the clock; everything comes from merged `Stats`.
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{ErrorKind, Stats};
+use crate::stats::{ErrorKind, Stalled, Stats};
 use crate::RunOptions;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -39,6 +40,23 @@ impl Percentiles {
     }
 }
 
+/// Churn's open-loop arrivals: what was asked for and what happened, counted over the
+/// measured window. connect+handshake latency is `RunReport::connect_us`, measured from each
+/// arrival's scheduled time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChurnReport {
+    pub join_rate_target_per_sec: f64,
+    /// Arrivals that got a slot and dialed, per second of the measured window.
+    pub joins_per_sec: f64,
+    pub joins_started: u64,
+    /// Arrivals dropped because `peers_concurrent_max` peers were already in the swarm.
+    pub joins_dropped_at_limit: u64,
+    pub peers_concurrent_max: usize,
+    /// Peers that fetched their byte budget and left.
+    pub sessions_completed: u64,
+    pub session_bytes: Option<u64>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     pub target: String,
@@ -55,9 +73,16 @@ pub struct RunReport {
     pub blocks: u64,
     pub pieces_verified: u64,
     pub bad_pieces: u64,
+    #[serde(default)]
+    pub verify_skipped_out_of_order: u64,
+    /// Peers still waiting 1 s or more for the seeder when the run ended, by what for.
+    #[serde(default)]
+    pub stalled_at_end: Stalled,
     pub errors: BTreeMap<String, u64>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_cpu_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,9 +137,20 @@ impl RunReport {
             blocks: s.blocks,
             pieces_verified: s.pieces_verified,
             bad_pieces: s.bad_pieces,
+            verify_skipped_out_of_order: s.verify_skipped_out_of_order,
+            stalled_at_end: s.stalled_at_end,
             errors,
             latency_us: Percentiles::of(&s.latency_us),
             connect_us: Percentiles::of(&s.connect_us),
+            churn: opts.join_rate_per_sec.map(|rate| ChurnReport {
+                join_rate_target_per_sec: rate,
+                joins_per_sec: s.joins_started as f64 / secs,
+                joins_started: s.joins_started,
+                joins_dropped_at_limit: s.joins_dropped_at_limit,
+                peers_concurrent_max: opts.peers,
+                sessions_completed: s.sessions_completed,
+                session_bytes: opts.leave_after_bytes,
+            }),
             target_cpu_secs,
             cpu_secs_per_gb: target_cpu_secs.filter(|_| gb > 0.0).map(|c| c / gb),
             timeline,
@@ -160,17 +196,39 @@ impl RunReport {
             "connect us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             c.p50, c.p90, c.p99, c.p999, c.max
         );
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                o,
+                "churn        joins {:.1}/s (target {:.1}/s)  started {}  dropped at peers_concurrent_max {} {}  sessions completed {}",
+                c.joins_per_sec,
+                c.join_rate_target_per_sec,
+                c.joins_started,
+                c.peers_concurrent_max,
+                c.joins_dropped_at_limit,
+                c.sessions_completed
+            );
+        }
         let _ = writeln!(
             o,
-            "pieces       verified {}  bad {}",
-            self.pieces_verified, self.bad_pieces
+            "pieces       verified {}  bad {}  skipped (out of order) {}",
+            self.pieces_verified, self.bad_pieces, self.verify_skipped_out_of_order
         );
-        let errs: Vec<String> = self
+        let mut errs: Vec<String> = self
             .errors
             .iter()
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
+        let st = &self.stalled_at_end;
+        if st.total() > 0 {
+            errs.push(format!(
+                "stalled_at_end {} (waiting >= 1 s for: handshake {} unchoke {} request {})",
+                st.total(),
+                st.handshake,
+                st.unchoke,
+                st.request
+            ));
+        }
         let _ = writeln!(
             o,
             "events       {}",

@@ -1,8 +1,8 @@
 //! Counters and histograms one event-loop thread fills, merged once at the end of a run.
 //!
 //! Owns: payload byte and block counts, the per-second byte timeline, request latency and
-//! connect+handshake latency histograms (microseconds), verified/bad piece counts, and error
-//! counts by kind.
+//! connect+handshake latency histograms (microseconds), verified/bad/skipped piece counts,
+//! churn's join and session counts, and error counts by kind.
 //! Must never: be shared between threads while a run is going (each thread owns one; merging
 //! happens after the threads are joined), or record anything before the warm-up ends.
 
@@ -47,6 +47,23 @@ impl ErrorKind {
     }
 }
 
+/// Peers still waiting on the seeder when a run ends, by what they wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stalled {
+    /// Connected (or connecting) but no handshake from the seeder.
+    pub handshake: u64,
+    /// Handshake done, choked, never unchoked (or choked again and left so).
+    pub unchoke: u64,
+    /// Unchoked with a request outstanding that the seeder has not answered.
+    pub request: u64,
+}
+
+impl Stalled {
+    pub fn total(&self) -> u64 {
+        self.handshake + self.unchoke + self.request
+    }
+}
+
 /// Latencies above this are clamped (a stalled seeder); 60 s.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -57,6 +74,18 @@ pub struct Stats {
     pub blocks: u64,
     pub pieces_verified: u64,
     pub bad_pieces: u64,
+    /// Pieces not verified because blocks arrived further out of order than the peer's
+    /// reorder buffer holds (`peer::REORDER_BLOCKS_MAX`).
+    pub verify_skipped_out_of_order: u64,
+    /// Churn: arrivals that got a slot and dialed.
+    pub joins_started: u64,
+    /// Churn: arrivals dropped because every slot was busy (the max-concurrent-peers limit).
+    pub joins_dropped_at_limit: u64,
+    /// Churn: peers that fetched their byte budget and left.
+    pub sessions_completed: u64,
+    /// Peers that had waited `client::STALLED_AFTER_NS` or more for the seeder when the run
+    /// ended, by what they waited for.
+    pub stalled_at_end: Stalled,
     pub errors: [u64; ERROR_KINDS],
     pub latency_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
@@ -72,6 +101,11 @@ impl Stats {
             blocks: 0,
             pieces_verified: 0,
             bad_pieces: 0,
+            verify_skipped_out_of_order: 0,
+            joins_started: 0,
+            joins_dropped_at_limit: 0,
+            sessions_completed: 0,
+            stalled_at_end: Stalled::default(),
             errors: [0; ERROR_KINDS],
             latency_us: new_histogram(),
             connect_us: new_histogram(),
@@ -107,6 +141,13 @@ impl Stats {
         self.blocks += other.blocks;
         self.pieces_verified += other.pieces_verified;
         self.bad_pieces += other.bad_pieces;
+        self.verify_skipped_out_of_order += other.verify_skipped_out_of_order;
+        self.joins_started += other.joins_started;
+        self.joins_dropped_at_limit += other.joins_dropped_at_limit;
+        self.sessions_completed += other.sessions_completed;
+        self.stalled_at_end.handshake += other.stalled_at_end.handshake;
+        self.stalled_at_end.unchoke += other.stalled_at_end.unchoke;
+        self.stalled_at_end.request += other.stalled_at_end.request;
         for (a, b) in self.errors.iter_mut().zip(other.errors.iter()) {
             *a += b;
         }
