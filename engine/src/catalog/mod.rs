@@ -79,6 +79,30 @@ impl CatalogTorrent {
         Ok(t)
     }
 
+    /// Hashes every piece of the content on `threads` threads against the .torrent (re-read
+    /// from disk): v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both. Used at load
+    /// and by the errored-torrent recheck (`health`).
+    pub fn verify_content(&self, threads: usize) -> Result<VerifyReport, String> {
+        let t = self.read_torrent().map_err(|err| err.to_string())?;
+        let v2_hash = |index: u32| t.v2_piece_hash(index);
+        let expected = Expected {
+            v1: t.has_v1().then_some(&t.piece_hashes[..]),
+            v2: t
+                .version
+                .has_v2()
+                .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
+        };
+        verify_pieces_with(
+            &self.files,
+            self.piece_length,
+            self.total_length,
+            &expected,
+            threads,
+            &|_| {},
+        )
+        .map_err(|err| err.to_string())
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.have
             .get(index as usize / 8)
@@ -322,30 +346,7 @@ fn verify_needed(
     results: &[(PathBuf, Result<Prepared, String>)],
     hash_threads: usize,
 ) -> Vec<Option<Result<VerifyReport, String>>> {
-    let verify_one = |e: &CatalogTorrent, threads: usize| {
-        e.read_torrent()
-            .map_err(|err| err.to_string())
-            .and_then(|t| {
-                // v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both.
-                let v2_hash = |index: u32| t.v2_piece_hash(index);
-                let expected = Expected {
-                    v1: t.has_v1().then_some(&t.piece_hashes[..]),
-                    v2: t
-                        .version
-                        .has_v2()
-                        .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
-                };
-                verify_pieces_with(
-                    &e.files,
-                    e.piece_length,
-                    e.total_length,
-                    &expected,
-                    threads,
-                    &|_| {},
-                )
-                .map_err(|err| err.to_string())
-            })
-    };
+    let verify_one = |e: &CatalogTorrent, threads: usize| e.verify_content(threads);
     let needing = |small: bool| -> Vec<usize> {
         results
             .iter()
