@@ -208,6 +208,18 @@ impl Catalog {
         finish(paths.into_iter().zip(results).collect(), opts)
     }
 
+    /// A catalog of entries already checked elsewhere (unit tests of code that takes a
+    /// catalog). A duplicate info-hash keeps the first entry's index.
+    pub fn from_entries(entries: Vec<CatalogTorrent>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for e in entries {
+            let index = catalog.torrents.len() as u32;
+            catalog.index.entry(e.info_hash).or_insert(index);
+            catalog.torrents.push(Arc::new(e));
+        }
+        catalog
+    }
+
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
     /// same checks, resume handling and verification as `load`. Each torrent path must stay
     /// readable: piece hashes are re-read from it when verifying. `opts.torrents_dir` is not
