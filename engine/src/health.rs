@@ -49,6 +49,14 @@ pub struct ErroredSet {
     hashes: HashSet<InfoHash>,
 }
 
+impl FromIterator<InfoHash> for ErroredSet {
+    fn from_iter<I: IntoIterator<Item = InfoHash>>(iter: I) -> Self {
+        ErroredSet {
+            hashes: iter.into_iter().collect(),
+        }
+    }
+}
+
 impl ErroredSet {
     pub fn contains(&self, h: &InfoHash) -> bool {
         self.hashes.contains(h)
@@ -233,11 +241,7 @@ pub fn recheck_verdict(torrent: &CatalogTorrent, report: &VerifyReport) -> Resul
         };
         return Err(file_reason(&p.path, &what));
     }
-    if let Some(bad) = report
-        .bad_pieces
-        .iter()
-        .find(|&&i| torrent.has_piece(i))
-    {
+    if let Some(bad) = report.bad_pieces.iter().find(|&&i| torrent.has_piece(i)) {
         return Err(format!(
             "piece {bad} no longer matches its hash ({} bad pieces in all): the content changed",
             report.bad_pieces.len()
@@ -323,7 +327,9 @@ impl HealthMonitor {
         let now = Instant::now();
         let before = self.table.len();
         while let Ok(r) = self.reports.try_recv() {
-            if self.table.report(&r, catalog, now, SystemTime::now(), self.recheck)
+            if self
+                .table
+                .report(&r, catalog, now, SystemTime::now(), self.recheck)
                 == Transition::Errored
             {
                 tracing::warn!(
@@ -548,9 +554,7 @@ mod tests {
         assert!(check_files(&t).unwrap_err().contains("not a regular file"));
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, b"1234").unwrap();
-        assert!(check_files(&t)
-            .unwrap_err()
-            .contains("4 bytes, expected 8"));
+        assert!(check_files(&t).unwrap_err().contains("4 bytes, expected 8"));
         std::fs::write(&path, b"12345678").unwrap();
         assert_eq!(check_files(&t), Ok(()));
     }

@@ -113,15 +113,18 @@ pub enum RejectReason {
     Invalid,
     Cancelled,
     NotHave,
+    /// The torrent is errored (a content file failed; see `health`).
+    TorrentErrored,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
         RejectReason::Cancelled,
         RejectReason::NotHave,
+        RejectReason::TorrentErrored,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +133,7 @@ impl RejectReason {
             RejectReason::Invalid => "invalid",
             RejectReason::Cancelled => "cancelled",
             RejectReason::NotHave => "not_have",
+            RejectReason::TorrentErrored => "torrent_errored",
         }
     }
     fn index(self) -> usize {
@@ -160,6 +164,8 @@ pub struct ShardStats {
     pub disk_errors: u64,
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
+    /// Content-fault reports to the control plane dropped on a full channel (retried).
+    pub health_reports_dropped: u64,
     pub accepting: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
     pub request_latency_ns: Histogram<u64>,
@@ -212,6 +218,7 @@ impl ShardStats {
             disk_errors: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
+            health_reports_dropped: 0,
             accepting: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
@@ -307,6 +314,7 @@ impl ShardStats {
         self.disk_errors += other.disk_errors;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
+        self.health_reports_dropped += other.health_reports_dropped;
         self.accepting &= other.accepting;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
