@@ -22,7 +22,6 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Health reports queued from all shards to the control loop. Reports are rare (one per
@@ -281,9 +280,8 @@ type RecheckResult = (InfoHash, Result<(), String>);
 pub struct HealthMonitor {
     table: ErroredTable,
     reports: Receiver<HealthReport>,
-    jobs: Option<Sender<Arc<CatalogTorrent>>>,
+    jobs: Sender<Arc<CatalogTorrent>>,
     results: Receiver<RecheckResult>,
-    worker: Option<JoinHandle<()>>,
     recheck: Duration,
     /// The set last handed to the shards, and whether a newer one still has to go out.
     published: Arc<ErroredSet>,
@@ -299,7 +297,9 @@ impl HealthMonitor {
         let (jobs_tx, jobs_rx) = bounded::<Arc<CatalogTorrent>>(RECHECK_JOBS_CAPACITY);
         // Room for every queued job plus the running one: the worker never waits to report.
         let (results_tx, results_rx) = bounded::<RecheckResult>(RECHECK_JOBS_CAPACITY + 1);
-        let worker = std::thread::Builder::new()
+        // Detached, not joined: a recheck of a large torrent must not hold up shutdown, and
+        // the worker only reads. It ends when the job channel closes (the monitor dropped).
+        std::thread::Builder::new()
             .name("squall-recheck".into())
             .spawn(move || {
                 for t in jobs_rx.iter() {
@@ -313,9 +313,8 @@ impl HealthMonitor {
         Ok(HealthMonitor {
             table: ErroredTable::default(),
             reports,
-            jobs: Some(jobs_tx),
+            jobs: jobs_tx,
             results: results_rx,
-            worker: Some(worker),
             recheck,
             published: Arc::new(ErroredSet::default()),
             publish_pending: false,
@@ -362,9 +361,7 @@ impl HealthMonitor {
         if self.table.len() != before {
             self.publish_pending = true;
         }
-        let Some(jobs) = &self.jobs else {
-            return;
-        };
+        let jobs = &self.jobs;
         for h in self.table.take_due(now, RECHECK_JOBS_CAPACITY) {
             let Some(t) = catalog.get(&h) else {
                 self.table.unclaim(&h);
@@ -405,16 +402,6 @@ impl HealthMonitor {
 
     pub fn errored_count(&self) -> usize {
         self.table.len()
-    }
-}
-
-impl Drop for HealthMonitor {
-    fn drop(&mut self) {
-        // Closing the job channel ends the worker after its current recheck.
-        self.jobs = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
