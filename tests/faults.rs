@@ -1,12 +1,13 @@
 //! Faults while seeding: a content file of one torrent is truncated, deleted, replaced by a
-//! directory or replaced by a FIFO under the running `squall seed`. Current behaviour, which
-//! these tests pin down: a request that needs the broken file closes that peer with
-//! `disk_error` (`squall_peers_closed_total{reason="disk_error"}`, `squall_disk_errors_total`,
-//! and a warning in the log naming the file); peers of other torrents are served throughout;
-//! once the file is restored, new peers are served again (no restart, no recheck needed for
-//! identical bytes): a disk_error close drops the shard's idle cached fds of that torrent, so
-//! the next peer reopens the file. Each shard caches its own fds, so each shard fails one
-//! peer before it reopens. The torrent is not marked errored: each new peer retries the file.
+//! directory or replaced by a FIFO under the running `squall seed`. Behaviour these tests pin
+//! down: the request that hits the broken file closes its peer with `disk_error`
+//! (`squall_peers_closed_total{reason="disk_error"}`, `squall_disk_errors_total`, a warning
+//! naming the file) and marks the torrent errored (/stats `errored_torrents` with a reason
+//! naming the file, `squall_torrents_errored`); while errored its requests are rejected
+//! (`requests_rejected{reason="torrent_errored"}`: BEP 6 reject, or a choke without the fast
+//! extension); peers of other torrents are served throughout; once the file is restored the
+//! periodic recheck (`errored_recheck_secs`, 1 s here) clears the state and the torrent is
+//! served again, without a restart.
 //!
 //! chmod 000 does not stop root, so "unreadable" is modelled by a FIFO and a directory in the
 //! file's place (both fail the engine's regular-file check at open).
@@ -42,14 +43,23 @@ fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
 enum Outcome {
     Served(Vec<u8>),
     Closed,
+    /// BEP 6 reject (fast-extension peers).
+    Rejected,
+    /// Choked after the request (peers without the fast extension).
+    Choked,
 }
 
 /// Handshakes for `info_hash`, asks for block `b` (piece length = 16 KiB here), and reports
 /// whether the block came back or squall closed the connection.
 fn fetch_block(addr: SocketAddr, info_hash: [u8; 20], b: u32) -> Outcome {
+    fetch_block_as(addr, info_hash, b, false)
+}
+
+/// `fetch_block`, as a peer with (`fast`) or without the BEP 6 fast extension.
+fn fetch_block_as(addr: SocketAddr, info_hash: [u8; 20], b: u32, fast: bool) -> Outcome {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    let hs = squall_engine::wire::Handshake::new(info_hash, *b"-FT0001-faults-peer1", false, false);
+    let hs = squall_engine::wire::Handshake::new(info_hash, *b"-FT0001-faults-peer1", false, fast);
     let mut out = hs.to_bytes().to_vec();
     out.extend_from_slice(&frame(2, &[]));
     let mut req = Vec::new();
@@ -79,6 +89,8 @@ fn fetch_block(addr: SocketAddr, info_hash: [u8; 20], b: u32) -> Outcome {
                     let _ = s.write_all(&frame(6, &req));
                 }
                 7 => return Outcome::Served(f[13..].to_vec()),
+                16 if requested => return Outcome::Rejected,
+                0 if requested => return Outcome::Choked,
                 _ => {}
             }
         }
@@ -113,10 +125,13 @@ fn make_fifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
+/// A config whose errored torrents are rechecked every second (tests stay short).
+const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\n";
+
 /// Proves: each of four faults on torrent A's file (truncated, deleted, directory, FIFO)
 /// makes A's block requests close the peer with disk_error, counted in /metrics and logged,
 /// while torrent B's peers keep getting correct blocks; a FIFO does not hang the shard; after
-/// the file is restored, A is served again.
+/// the file is restored, A recovers (recheck) and is served again.
 #[test]
 fn content_faults_hit_only_their_torrent_and_recover() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,8 +141,11 @@ fn content_faults_hit_only_their_torrent_and_recover() {
     let b_bytes = pattern_bytes(FILE_BYTES, 12);
     write_file(&content.join("a.bin"), &a_bytes);
     write_file(&content.join("b.bin"), &b_bytes);
+    let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
     let squall = SquallProcess::start(&[
         content.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
         "--state",
         state.to_str().unwrap(),
         "--shards",
@@ -197,6 +215,15 @@ fn content_faults_hit_only_their_torrent_and_recover() {
                 "{name}: B block {i}"
             );
         }
+        if got == Outcome::Closed {
+            // The failure marked A errored, with a reason that names the file.
+            let reason = wait_for(Duration::from_secs(10), "A to be errored", || {
+                errored_torrents(admin)
+                    .first()
+                    .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+            });
+            assert!(reason.contains("a.bin"), "{name}: {reason}");
+        }
         // Restore A (a fresh inode for the replaced cases) and check it is served again.
         if a_path.is_dir() {
             std::fs::remove_dir(&a_path).unwrap();
@@ -204,6 +231,9 @@ fn content_faults_hit_only_their_torrent_and_recover() {
             std::fs::remove_file(&a_path).unwrap();
         }
         write_file(&a_path, &a_bytes);
+        wait_for(Duration::from_secs(15), "A to recover", || {
+            errored_torrents(admin).is_empty().then_some(())
+        });
         assert_eq!(
             fetch_eventually(squall.addr, a, 200),
             Outcome::Served(block(&a_bytes, 200)),
@@ -363,8 +393,11 @@ fn content_swapped_for_a_symlink_is_not_followed() {
     let mut tampered = a_bytes.clone();
     tampered[(200 * BLOCK) as usize + 5] ^= 0xff;
     write_file(&outside.path().join("a.bin"), &tampered);
+    let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
     let squall = SquallProcess::start(&[
         content.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
         "--state",
         state.to_str().unwrap(),
         "--shards",
@@ -379,40 +412,159 @@ fn content_swapped_for_a_symlink_is_not_followed() {
         fetch_block(squall.addr, a, 200),
         Outcome::Served(block_at(&a_bytes, 200))
     );
-    // Drop the shard's cached fd: a short read is a disk_error, which forgets idle fds.
+    // Drop the shard's cached fd: a short read is a disk_error, which forgets idle fds and
+    // marks A errored. (Block 201 was never served, so the hot-block cache cannot answer it.)
     std::fs::OpenOptions::new()
         .write(true)
         .open(&a_path)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    assert_eq!(fetch_block(squall.addr, a, 200), Outcome::Closed);
+    assert_eq!(fetch_block(squall.addr, a, 201), Outcome::Closed);
     std::fs::remove_file(&a_path).unwrap();
     std::os::unix::fs::symlink(outside.path().join("a.bin"), &a_path).unwrap();
+    // The recheck (every second) opens the file anew: it must refuse the symlink, so A stays
+    // errored with a reason that says so, and the outside bytes are never served.
+    let reason = wait_for(
+        Duration::from_secs(10),
+        "a recheck refusing the symlink",
+        || {
+            errored_torrents(admin)
+                .first()
+                .and_then(|e| e["reason"].as_str().map(str::to_string))
+                .filter(|r| r.contains("symlink"))
+        },
+    );
+    assert!(reason.contains("a.bin"), "{reason}");
     for attempt in 0..3 {
-        let got = fetch_block(squall.addr, a, 200);
-        assert_ne!(
-            got,
-            Outcome::Served(block_at(&tampered, 200)),
-            "attempt {attempt}: bytes from outside the data directory were served"
-        );
-        assert_eq!(got, Outcome::Closed, "attempt {attempt}");
+        for b in [200, 201] {
+            let got = fetch_block(squall.addr, a, b);
+            assert_ne!(
+                got,
+                Outcome::Served(block_at(&tampered, b)),
+                "attempt {attempt}: bytes from outside the data directory were served"
+            );
+            assert!(
+                matches!(got, Outcome::Closed | Outcome::Choked),
+                "attempt {attempt} block {b}: {got:?}"
+            );
+        }
     }
-    let warning = stderr_line_with(&squall, "symlink", 10).expect("a warning naming the symlink");
-    assert!(warning.contains(a_path.to_str().unwrap()), "{warning}");
-    // One for the truncation, three for the symlink; shard stats arrive periodically.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut page = http_get(admin, "/metrics").1;
-    while metric_sum(&page, "squall_disk_errors_total") < 4.0
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(250));
-        page = http_get(admin, "/metrics").1;
-    }
+    assert_eq!(errored_torrents(admin).len(), 1, "A must still be errored");
+    let page = http_get(admin, "/metrics").1;
     assert!(
-        metric_sum(&page, "squall_disk_errors_total") >= 4.0,
+        metric_sum(&page, "squall_disk_errors_total") >= 1.0,
         "{page}"
     );
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// Proves issue #7 end to end: truncating A's file while A and B are seeded marks A errored
+/// (/stats names the file, `squall_torrents_errored` = 1), A's requests are then rejected
+/// (BEP 6 reject for a fast peer, choke otherwise; counted as `torrent_errored`) while a
+/// libtorrent download of B completes byte-identical; once the file is restored, the recheck
+/// clears A within its period (gauge 0, /stats empty) and a fresh libtorrent download of A
+/// completes byte-identical.
+#[test]
+fn errored_torrent_is_rejected_then_recovers_after_recheck() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    let state = dir.path().join("state");
+    let a_bytes = pattern_bytes(FILE_BYTES, 21);
+    let b_bytes = pattern_bytes(FILE_BYTES, 22);
+    let a_path = content.join("a.bin");
+    write_file(&a_path, &a_bytes);
+    write_file(&content.join("b.bin"), &b_bytes);
+    let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
+    let squall = SquallProcess::start(&[
+        content.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--shards",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = squall.admin.expect("admin");
+    let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
+    let a = hash("a.bin");
+    let block = |i: u32| a_bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
+    assert_eq!(
+        fetch_block(squall.addr, a, 200),
+        Outcome::Served(block(200))
+    );
+    let metrics = || http_get(admin, "/metrics").1;
+    assert_eq!(metric_sum(&metrics(), "squall_torrents_errored"), 0.0);
+
+    // Truncate A under the running seeder: the next read past 1 MiB fails (block 201 was
+    // never served, so it is not in the hot-block cache).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&a_path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    assert_eq!(fetch_block(squall.addr, a, 201), Outcome::Closed);
+    let errored = wait_for(Duration::from_secs(10), "A in /stats", || {
+        let list = errored_torrents(admin);
+        (!list.is_empty()).then_some(list)
+    });
+    assert_eq!(errored.len(), 1, "{errored:?}");
+    let a_hex = &squall.torrents.iter().find(|t| t.1 == "a.bin").unwrap().0;
+    assert!(errored[0]["info_hash"]
+        .as_str()
+        .unwrap()
+        .eq_ignore_ascii_case(a_hex));
+    assert_eq!(errored[0]["name"], "a.bin");
+    let reason = errored[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("a.bin"), "{reason}");
+    assert!(errored[0]["since"].as_u64().unwrap() > 1_600_000_000);
+
+    // Errored: even a block inside the intact first MiB is not served.
+    assert_eq!(fetch_block_as(squall.addr, a, 0, true), Outcome::Rejected);
+    assert_eq!(fetch_block_as(squall.addr, a, 0, false), Outcome::Choked);
+    let page = metrics();
+    assert_eq!(metric_sum(&page, "squall_torrents_errored"), 1.0, "{page}");
+    // Shard counters arrive with the next stats snapshot (1 s).
+    let page = wait_for(Duration::from_secs(5), "rejects in /metrics", || {
+        let page = metrics();
+        (metric_sum_with_reason(&page, "squall_requests_rejected_total", "torrent_errored") >= 2.0)
+            .then_some(page)
+    });
+    assert!(metric_sum_with_reason(&page, "squall_peers_closed_total", "disk_error") >= 1.0);
+
+    // The other torrent is unaffected: a real client downloads it.
+    let save_b = dir.path().join("dl-b");
+    let got = lt_download(
+        Source::Magnet(&squall.magnet_of("b.bin")),
+        &save_b,
+        &squall.peer(),
+        &[],
+    );
+    assert!(got.ok, "B download: {}", got.json);
+    assert_same_tree(&content.join("b.bin"), &save_b.join("b.bin"));
+
+    // Restore A: within the recheck period (1 s, plus a hash of 4 MiB) it recovers.
+    write_file(&a_path, &a_bytes);
+    wait_for(Duration::from_secs(10), "A to recover", || {
+        errored_torrents(admin).is_empty().then_some(())
+    });
+    assert_eq!(metric_sum(&metrics(), "squall_torrents_errored"), 0.0);
+    let save_a = dir.path().join("dl-a");
+    let got = lt_download(
+        Source::Magnet(&squall.magnet_of("a.bin")),
+        &save_a,
+        &squall.peer(),
+        &[],
+    );
+    assert!(got.ok, "A download after recovery: {}", got.json);
+    assert_same_tree(&a_path, &save_a.join("a.bin"));
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }

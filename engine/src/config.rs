@@ -120,6 +120,9 @@ pub struct EngineConfig {
     /// Torrents exposed with per-torrent series (top N by uploaded bytes): bounds the
     /// cardinality of `squall_torrent_*` metrics. 0 = no per-torrent series.
     pub stats_top_torrents: usize,
+    /// An errored torrent (a content file failed) is rechecked this often: files reopened
+    /// read-only and size-checked, then every piece hashed; a pass serves it again.
+    pub errored_recheck_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -154,6 +157,7 @@ impl Default for EngineConfig {
             stats_channel_capacity: 16,
             stats_histograms: true,
             stats_top_torrents: 20,
+            errored_recheck_secs: 10,
         }
     }
 }
@@ -246,6 +250,7 @@ impl EngineConfig {
         )?;
         positive("upload_slots_max", self.upload_slots_max as u64)?;
         positive("choke_rotation_secs", self.choke_rotation_secs)?;
+        positive("errored_recheck_secs", self.errored_recheck_secs)?;
         positive(
             "metadata_cache_entries_max",
             self.metadata_cache_entries_max as u64,

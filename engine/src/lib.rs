@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod config_file;
+pub mod health;
 pub mod make;
 pub mod metainfo;
 pub mod net;

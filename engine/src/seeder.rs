@@ -7,6 +7,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::EngineConfig;
+use crate::health::{ErroredSet, HealthReport, HEALTH_REPORTS_CAPACITY};
 use crate::net;
 use crate::shard::admission::Admission;
 use crate::shard::{Shard, ShardCommand, ShardSetup};
@@ -22,6 +23,7 @@ pub const SHARD_COMMAND_CAPACITY: usize = 16;
 pub struct Seeder {
     shards: Vec<(Sender<ShardCommand>, JoinHandle<ShardStats>)>,
     stats_rx: Receiver<ShardStats>,
+    health_rx: Receiver<HealthReport>,
     local_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
     next_dial: std::sync::atomic::AtomicUsize,
@@ -52,6 +54,7 @@ impl Seeder {
         let config = Arc::new(config);
         let admission = Arc::new(Admission::new(config.peers_max, config.peers_per_ip_max));
         let (stats_tx, stats_rx) = bounded(config.stats_channel_capacity * shard_count);
+        let (health_tx, health_rx) = bounded(HEALTH_REPORTS_CAPACITY);
         let mut rand_bytes = [0u8; 12];
         for b in rand_bytes.iter_mut() {
             *b = rand::random();
@@ -69,6 +72,7 @@ impl Seeder {
                 listeners: shard_listeners,
                 commands: cmd_rx,
                 stats_tx: stats_tx.clone(),
+                health_tx: health_tx.clone(),
                 admission: admission.clone(),
                 peer_id,
                 cpu: if config.pin_shards {
@@ -97,6 +101,7 @@ impl Seeder {
         let mut seeder = Seeder {
             shards,
             stats_rx,
+            health_rx,
             local_addrs: listen,
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),
@@ -141,6 +146,21 @@ impl Seeder {
     /// Snapshots from the shards (one per shard per second).
     pub fn stats(&self) -> &Receiver<ShardStats> {
         &self.stats_rx
+    }
+
+    /// Content-fault reports from the shards (for `health::HealthMonitor`).
+    pub fn health_reports(&self) -> &Receiver<HealthReport> {
+        &self.health_rx
+    }
+
+    /// Hands every shard the errored set. Never blocks: false when some shard's command
+    /// queue was full (the caller sends the set again later; it is idempotent).
+    pub fn publish_health(&self, set: Arc<ErroredSet>) -> bool {
+        let mut all = true;
+        for (tx, _) in &self.shards {
+            all &= tx.try_send(ShardCommand::Health(set.clone())).is_ok();
+        }
+        all
     }
 
     /// Gives every shard a new catalog snapshot (new handshakes use it).

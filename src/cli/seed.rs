@@ -11,6 +11,7 @@ use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
 use squall_engine::config::{
     EngineConfig, SeedConfig, ServeMode, TrackerConfig, ADMIN_LISTEN_DEFAULT,
 };
+use squall_engine::health::HealthMonitor;
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
@@ -307,6 +308,10 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     drop(out);
 
     let trackers = start_trackers(&file_config.tracker, &catalog, &seeder, &view)?;
+    let mut health = HealthMonitor::start(
+        seeder.health_reports().clone(),
+        Duration::from_secs(config.errored_recheck_secs),
+    )?;
 
     let mut last_summary = Instant::now();
     let mut last_uploaded = 0u64;
@@ -320,8 +325,13 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
                 break;
             }
         }
+        health.poll(&current);
+        health.publish(|set| seeder.publish_health(set));
+        lock_view(&view).set_errored(health.rows());
         if reload.swap(false, Ordering::Relaxed) {
             current = reload_catalog(&source, &seeder, current);
+            // SIGHUP also rechecks every errored torrent now.
+            health.on_reload(&current);
             if let Some(t) = &trackers {
                 let (added, removed) = t.reload(&announces(&current));
                 tracing::info!(

@@ -184,6 +184,28 @@ pub fn render_table(v: &serde_json::Value) -> String {
             );
         }
     }
+    let errored = v["errored_torrents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !errored.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+ERRORED torrents (requests rejected until a recheck passes)
+{:<40}  name: reason",
+            "info-hash"
+        );
+        for t in &errored {
+            let _ = writeln!(
+                out,
+                "{:<40}  {}: {}",
+                t["info_hash"].as_str().unwrap_or(""),
+                t["name"].as_str().unwrap_or("").escape_debug(),
+                t["reason"].as_str().unwrap_or("").escape_debug(),
+            );
+        }
+    }
     out
 }
 
@@ -215,6 +237,18 @@ mod tests {
         assert!(text.contains("\n0 ") && text.contains("\n1 ") && text.contains("\ntotal "));
         assert!(
             text.contains("movie.mkv") && text.contains(&h.to_hex()),
+            "{text}"
+        );
+        assert!(!text.contains("ERRORED"), "{text}");
+        view.set_errored(vec![squall_engine::health::ErroredRow {
+            info_hash: h,
+            name: "movie.mkv".into(),
+            reason: "file /d/movie.mkv: short read (0 of 16384 bytes)".into(),
+            since: std::time::SystemTime::now(),
+        }]);
+        let text = render_table(&json::render(&view));
+        assert!(
+            text.contains("ERRORED") && text.contains("file /d/movie.mkv: short read"),
             "{text}"
         );
     }

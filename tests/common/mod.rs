@@ -520,3 +520,33 @@ pub fn fill_filesystem(dir: &Path) -> PathBuf {
     }
     panic!("{} did not fill up", dir.display());
 }
+
+/// The `errored_torrents` list of an admin endpoint's /stats.
+pub fn errored_torrents(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let (code, body) = http_get(admin, "/stats");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/stats JSON");
+    v["errored_torrents"]
+        .as_array()
+        .cloned()
+        .expect("/stats has errored_torrents")
+}
+
+/// Calls `probe` every 100 ms until it gives a value; panics naming `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes a squall config file (TOML `text`) into `dir`; returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("squall.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

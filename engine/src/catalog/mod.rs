@@ -79,6 +79,30 @@ impl CatalogTorrent {
         Ok(t)
     }
 
+    /// Hashes every piece of the content on `threads` threads against the .torrent (re-read
+    /// from disk): v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both. Used at load
+    /// and by the errored-torrent recheck (`health`).
+    pub fn verify_content(&self, threads: usize) -> Result<VerifyReport, String> {
+        let t = self.read_torrent().map_err(|err| err.to_string())?;
+        let v2_hash = |index: u32| t.v2_piece_hash(index);
+        let expected = Expected {
+            v1: t.has_v1().then_some(&t.piece_hashes[..]),
+            v2: t
+                .version
+                .has_v2()
+                .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
+        };
+        verify_pieces_with(
+            &self.files,
+            self.piece_length,
+            self.total_length,
+            &expected,
+            threads,
+            &|_| {},
+        )
+        .map_err(|err| err.to_string())
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.have
             .get(index as usize / 8)
@@ -182,6 +206,18 @@ impl Catalog {
             r
         });
         finish(paths.into_iter().zip(results).collect(), opts)
+    }
+
+    /// A catalog of entries already checked elsewhere (unit tests of code that takes a
+    /// catalog). A duplicate info-hash keeps the first entry's index.
+    pub fn from_entries(entries: Vec<CatalogTorrent>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for e in entries {
+            let index = catalog.torrents.len() as u32;
+            catalog.index.entry(e.info_hash).or_insert(index);
+            catalog.torrents.push(Arc::new(e));
+        }
+        catalog
     }
 
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
@@ -326,30 +362,7 @@ fn verify_needed(
     results: &[(PathBuf, Result<Prepared, String>)],
     hash_threads: usize,
 ) -> Vec<Option<Result<VerifyReport, String>>> {
-    let verify_one = |e: &CatalogTorrent, threads: usize| {
-        e.read_torrent()
-            .map_err(|err| err.to_string())
-            .and_then(|t| {
-                // v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both.
-                let v2_hash = |index: u32| t.v2_piece_hash(index);
-                let expected = Expected {
-                    v1: t.has_v1().then_some(&t.piece_hashes[..]),
-                    v2: t
-                        .version
-                        .has_v2()
-                        .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
-                };
-                verify_pieces_with(
-                    &e.files,
-                    e.piece_length,
-                    e.total_length,
-                    &expected,
-                    threads,
-                    &|_| {},
-                )
-                .map_err(|err| err.to_string())
-            })
-    };
+    let verify_one = |e: &CatalogTorrent, threads: usize| e.verify_content(threads);
     let needing = |small: bool| -> Vec<usize> {
         results
             .iter()

@@ -28,6 +28,7 @@
 pub mod admission;
 pub mod choker;
 pub mod files;
+pub mod health;
 pub mod peer;
 pub mod v2hashes;
 
@@ -83,6 +84,8 @@ pub enum ShardCommand {
         addr: SocketAddr,
         info_hash: InfoHash,
     },
+    /// The control plane's errored torrents (the whole set; the latest wins).
+    Health(Arc<crate::health::ErroredSet>),
 }
 
 /// Everything a shard is built from (moved into its thread).
@@ -93,6 +96,7 @@ pub struct ShardSetup {
     pub listeners: Vec<OwnedFd>,
     pub commands: Receiver<ShardCommand>,
     pub stats_tx: Sender<ShardStats>,
+    pub health_tx: Sender<crate::health::HealthReport>,
     pub admission: Arc<Admission>,
     pub peer_id: [u8; 20],
     pub cpu: Option<usize>,
@@ -133,6 +137,7 @@ pub struct Shard {
     accept_armed: Vec<bool>,
     accepting: bool,
     files: FileCache,
+    health: health::ShardHealth,
     choker: Choker,
     admission: Arc<Admission>,
     commands: Receiver<ShardCommand>,
@@ -249,6 +254,7 @@ impl Shard {
             accept_armed: vec![false; listeners_len],
             accepting: true,
             files: FileCache::new(config.open_files_per_shard_max),
+            health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
             admission: setup.admission,
             commands: setup.commands,
@@ -413,6 +419,7 @@ impl Shard {
                 }
             }
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
+            ShardCommand::Health(set) => self.on_health(set),
         }
     }
 
@@ -962,6 +969,14 @@ impl Shard {
                         return Err(CloseReason::InvalidRequest);
                     }
                     message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                } else if self.health.is_errored(&torrent.info_hash) {
+                    // No data from an errored torrent; the peer may stay (it recovers).
+                    self.stats.rejected(RejectReason::TorrentErrored);
+                    if peer.fast {
+                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
+                    } else {
+                        self.choke(idx);
+                    }
                 } else if peer.am_choking {
                     self.stats.rejected(RejectReason::Choked);
                     if peer.fast {
@@ -1143,6 +1158,9 @@ impl Shard {
             return;
         }
         if peer.am_choking || peer.queue.is_empty() || peer.waiting_for_slot {
+            return;
+        }
+        if self.reject_if_errored(idx) {
             return;
         }
         self.start_batch(idx);
@@ -1336,6 +1354,13 @@ impl Shard {
                                             tracing::warn!("cannot open {}: {e}", path.display());
                                             self.stats.disk_errors += 1;
                                             disk_error = true;
+                                            if health::is_content_fault(&e) {
+                                                let why = format!("open failed: {e}");
+                                                let stats = &mut self.stats;
+                                                self.health.content_failed(
+                                                    &torrent, file_index, why, now, stats,
+                                                );
+                                            }
                                         }
                                     }
                                     break 'blocks;
@@ -1413,6 +1438,7 @@ impl Shard {
         let mut chain = std::mem::take(&mut self.scratch_chain);
         chain.clear();
         peer.chain_expect.clear();
+        peer.chain_files.clear();
         let link = squeue::Flags::IO_LINK;
         if mode == ServeMode::Splice {
             let (pipe_r, pipe_w) = match &peer.pipe {
@@ -1441,10 +1467,11 @@ impl Shard {
                         );
                     }
                 };
-            for rd in reads.iter() {
+            for (n, rd) in reads.iter().enumerate() {
                 write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
                 let seq = peer.chain_expect.len() as u16;
                 peer.chain_expect.push(rd.len);
+                peer.chain_files.push((seq, peer.batch_files[n].1));
                 chain.push(
                     opcode::Splice::new(
                         types::Fd(rd.fd),
@@ -1488,6 +1515,7 @@ impl Shard {
                 let total: u32 = run.iter().map(|r| r.len).sum();
                 let seq = peer.chain_expect.len() as u16;
                 peer.chain_expect.push(total);
+                peer.chain_files.push((seq, peer.batch_files[i].1));
                 let first = run[0];
                 let sqe = if run.len() == 1 {
                     if fixed {
@@ -1611,6 +1639,12 @@ impl Shard {
                 );
                 if c.result != -libc::ECANCELED && !batch.failed {
                     self.stats.disk_errors += 1;
+                    let file = peer.chain_files.iter().find(|f| f.0 == seq).map(|f| f.1);
+                    if let (Some(t), Some(file)) = (peer.torrent.as_ref(), file) {
+                        let why = health::read_failure_reason(c.result, expected);
+                        let stats = &mut self.stats;
+                        self.health.content_failed(t, file, why, now, stats);
+                    }
                 }
                 batch.failed = true;
             } else if self.config.serve_mode != ServeMode::Splice && self.config.stats_histograms {
@@ -1920,6 +1954,7 @@ impl Shard {
 
     fn on_tick(&mut self) {
         self.tick += 1;
+        self.health.on_tick(self.now, &mut self.stats);
         self.next_tick_at = self.now + Duration::from_millis(TICK_INTERVAL_MS);
         let handshake_timeout = Duration::from_secs(self.config.handshake_timeout_secs);
         let idle_timeout = Duration::from_secs(self.config.idle_timeout_secs);

@@ -88,6 +88,9 @@ pub struct Peer {
     pub batch_request_times: Vec<Instant>,
     /// Expected result of each intermediate op of the current chain, by sequence number.
     pub chain_expect: Vec<u32>,
+    /// (sequence number, file index) of each file read of the current chain, so a failed
+    /// read names its file (`health`).
+    pub chain_files: Vec<(u16, u32)>,
     /// splice mode: this peer's pipe (read end, write end, capacity in bytes).
     pub pipe: Option<(OwnedFd, OwnedFd, usize)>,
     /// zerocopy mode: the kernel reported copying, so this connection uses plain sends.
@@ -139,6 +142,7 @@ impl Peer {
             batch_files: Vec::new(),
             batch_request_times: Vec::new(),
             chain_expect: Vec::new(),
+            chain_files: Vec::new(),
             pipe: None,
             zerocopy_disabled: false,
             waiting_for_slot: false,

@@ -1,6 +1,7 @@
 //! JSON rendering of the merged stats (`GET /stats`, read by `squall stats`).
 //!
-//! Owns: the JSON shape: `{ "total": SHARD, "shards": [SHARD...], "top_torrents": [...] }`,
+//! Owns: the JSON shape: `{ "total": SHARD, "shards": [SHARD...], "top_torrents": [...],
+//! "errored_torrents": [{info_hash, name, reason, since}] }` (`since`: Unix seconds),
 //! latencies as percentiles in microseconds. Must never: run on a shard.
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
@@ -72,6 +73,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         },
         "metadata_pieces_served": s.metadata_pieces_served,
         "stats_snapshots_dropped": s.stats_snapshots_dropped,
+        "health_reports_dropped": s.health_reports_dropped,
         "request_latency_us": latency_us(&s.request_latency_ns),
         "disk_read_latency_us": latency_us(&s.disk_read_latency_ns),
         "handshake_latency_us": latency_us(&s.handshake_latency_ns),
@@ -97,12 +99,25 @@ pub fn render(view: &StatsView) -> Value {
             })
         })
         .collect();
+    let errored: Vec<Value> = view
+        .errored()
+        .iter()
+        .map(|e| {
+            json!({
+                "info_hash": e.info_hash.to_hex(),
+                "name": e.name,
+                "reason": e.reason,
+                "since": e.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            })
+        })
+        .collect();
     json!({
         "shard_count": view.shard_count(),
         "healthy": view.healthy(),
         "total": shard_json(&view.total(), None, view.upload_bytes_per_sec()),
         "shards": shards,
         "top_torrents": top,
+        "errored_torrents": errored,
     })
 }
 

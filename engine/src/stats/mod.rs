@@ -113,15 +113,18 @@ pub enum RejectReason {
     Invalid,
     Cancelled,
     NotHave,
+    /// The torrent is errored (a content file failed; see `health`).
+    TorrentErrored,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
         RejectReason::Cancelled,
         RejectReason::NotHave,
+        RejectReason::TorrentErrored,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +133,7 @@ impl RejectReason {
             RejectReason::Invalid => "invalid",
             RejectReason::Cancelled => "cancelled",
             RejectReason::NotHave => "not_have",
+            RejectReason::TorrentErrored => "torrent_errored",
         }
     }
     fn index(self) -> usize {
@@ -171,6 +175,8 @@ pub struct ShardStats {
     pub block_cache_bytes_used: u64,
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
+    /// Content-fault reports to the control plane dropped on a full channel (retried).
+    pub health_reports_dropped: u64,
     pub accepting: bool,
     /// The shard's buffer pool is registered with io_uring (ReadFixed); false after the
     /// fallback to plain Read/Send (RLIMIT_MEMLOCK too small).
@@ -232,6 +238,7 @@ impl ShardStats {
             block_cache_bytes_used: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
+            health_reports_dropped: 0,
             accepting: false,
             fixed_buffers: false,
             request_latency_ns: new_histogram(),
@@ -334,6 +341,7 @@ impl ShardStats {
         self.block_cache_bytes_used += other.block_cache_bytes_used;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
+        self.health_reports_dropped += other.health_reports_dropped;
         self.accepting &= other.accepting;
         self.fixed_buffers &= other.fixed_buffers;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);

@@ -324,6 +324,21 @@ pub fn render(view: &StatsView) -> String {
         "BEP 9 metadata pieces served.",
         |s| s.metadata_pieces_served,
     );
+    header(
+        o,
+        "squall_torrents_errored",
+        "gauge",
+        "Torrents errored now (a content file failed; their requests are rejected until a recheck passes).",
+    );
+    let _ = writeln!(o, "squall_torrents_errored {}", view.errored().len());
+    per_shard(
+        o,
+        view,
+        "squall_health_reports_dropped_total",
+        "counter",
+        "Content-fault reports dropped because the channel to the control thread was full (retried).",
+        |s| s.health_reports_dropped,
+    );
     per_shard(
         o,
         view,
@@ -576,8 +591,39 @@ mod tests {
             "squall_requests_rejected_total",
             "squall_buffer_pool_exhausted_total",
             "squall_stats_snapshots_dropped_total",
+            "squall_health_reports_dropped_total",
         ] {
             assert!(samples.iter().any(|(n, _, _)| n == required), "{required}");
         }
+    }
+
+    #[test]
+    fn errored_torrents_gauge_counts_the_monitor_rows() {
+        // The gauge is the number of rows the health monitor last handed the view.
+        let mut view = sample_view();
+        let gauge = |v: &StatsView| {
+            parse(&render(v))
+                .into_iter()
+                .find(|(n, _, _)| n == "squall_torrents_errored")
+                .unwrap()
+                .2
+        };
+        assert_eq!(gauge(&view), 0.0);
+        view.set_errored(vec![crate::health::ErroredRow {
+            info_hash: InfoHash([1; 20]),
+            name: "a".into(),
+            reason: "file /d/a: short read".into(),
+            since: std::time::SystemTime::now(),
+        }]);
+        assert_eq!(gauge(&view), 1.0);
+        let json = crate::stats::json::render(&view);
+        assert_eq!(
+            json["errored_torrents"][0]["reason"],
+            "file /d/a: short read"
+        );
+        assert_eq!(
+            json["errored_torrents"][0]["info_hash"],
+            InfoHash([1; 20]).to_hex()
+        );
     }
 }

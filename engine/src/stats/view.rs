@@ -10,6 +10,7 @@
 //! `top_torrents` by uploaded bytes.
 
 use super::{ShardStats, TorrentDelta};
+use crate::health::ErroredRow;
 use crate::metainfo::InfoHash;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -52,6 +53,8 @@ pub struct StatsView {
     names: HashMap<InfoHash, String>,
     shards: BTreeMap<usize, ShardView>,
     torrents: HashMap<InfoHash, TorrentTotals>,
+    /// Errored torrents as the health monitor last saw them (at most the catalog size).
+    errored: Vec<ErroredRow>,
 }
 
 impl StatsView {
@@ -67,6 +70,7 @@ impl StatsView {
             names,
             shards: BTreeMap::new(),
             torrents: HashMap::new(),
+            errored: Vec::new(),
         }
     }
 
@@ -123,6 +127,15 @@ impl StatsView {
             }
             t.peers_by_shard[shard] = p;
         }
+    }
+
+    /// The health monitor's current errored torrents (replaces the previous list).
+    pub fn set_errored(&mut self, rows: Vec<ErroredRow>) {
+        self.errored = rows;
+    }
+
+    pub fn errored(&self) -> &[ErroredRow] {
+        &self.errored
     }
 
     pub fn shard_count(&self) -> usize {
