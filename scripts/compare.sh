@@ -24,7 +24,7 @@ OUT="$ROOT/bench/results/$DATE-$SCENARIO"
 SQUALL="$ROOT/target/release/squall"
 BENCH="$ROOT/target/release/squall-bench"
 PY=/usr/bin/python3
-ALL_SEEDERS="squall-copy squall-zerocopy squall-splice libtorrent aria2 transmission rtorrent qbittorrent rqbit null iperf3"
+ALL_SEEDERS="squall-copy squall-cached squall-zerocopy squall-splice libtorrent aria2 transmission rtorrent qbittorrent rqbit null iperf3"
 SEEDERS=${SEEDERS:-$ALL_SEEDERS}
 SOURCE_IPS=127.0.0.2-127.0.0.250
 
@@ -93,14 +93,15 @@ wait_port() { # wait_port PORT SECS
 }
 
 # Each start_* sets PID and PORT and returns 0, or sets WHY and returns 1.
-start_squall() { # MODE
+start_squall() { # MODE [CONFIG]
     # Scratch state (1,000 resume files for catalog) lives with the other seeders' state,
     # not in the results directory.
     local state="$SEEDER_TMP/state"
     rm -rf "$state"
     : >"$RUN_DIR/seeder.log"
     # configs/bench.toml: limits sized for synthetic swarms (thousands of peers on one torrent).
-    taskset -c 0 "$SQUALL" seed --config "$ROOT/configs/bench.toml" --torrents "$TORRENTS" --data "$DATA" \
+    # configs/bench-cached.toml: the same, plus a hot-block cache larger than the data.
+    taskset -c 0 "$SQUALL" seed --config "${2:-$ROOT/configs/bench.toml}" --torrents "$TORRENTS" --data "$DATA" \
         --listen "127.0.0.1:$PORT" --state "$state" --shards 1 --serve "$1" --summary-secs 0 \
         --admin off >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
@@ -453,6 +454,7 @@ for round in $(seq 1 "$ROUNDS"); do
             *)
                 case $s in
                     squall-copy) start_squall copy ;;
+                    squall-cached) start_squall copy "$ROOT/configs/bench-cached.toml" ;;
                     squall-zerocopy) start_squall zerocopy ;;
                     squall-splice) start_squall splice ;;
                     null) start_null ;;
