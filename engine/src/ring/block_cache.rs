@@ -433,7 +433,7 @@ mod tests {
                     let i = (seed >> 30) as usize % held.len();
                     let (e, filling) = held.swap_remove(i);
                     if filling {
-                        c.fill_done(e, (seed >> 40) % 4 != 0);
+                        c.fill_done(e, !(seed >> 40).is_multiple_of(4));
                     }
                     c.release(e);
                 }
