@@ -128,20 +128,23 @@ fn make_fifo(path: &Path) {
 /// A config whose errored torrents are rechecked every second (tests stay short).
 const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\n";
 
-/// Proves: each of four faults on torrent A's file (truncated, deleted, directory, FIFO)
-/// makes A's block requests close the peer with disk_error, counted in /metrics and logged,
-/// while torrent B's peers keep getting correct blocks; a FIFO does not hang the shard; after
-/// the file is restored, A recovers (recheck) and is served again.
-#[test]
-fn content_faults_hit_only_their_torrent_and_recover() {
-    let dir = tempfile::tempdir().unwrap();
-    let content = dir.path().join("content");
-    let state = dir.path().join("state");
-    let a_bytes = pattern_bytes(FILE_BYTES, 11);
-    let b_bytes = pattern_bytes(FILE_BYTES, 12);
+/// Two 4 MiB torrents, `a.bin` and `b.bin` under `<dir>/content`, seeded by 2 shards with
+/// the 1 s recheck and an admin endpoint.
+struct TwoTorrents {
+    squall: SquallProcess,
+    content: std::path::PathBuf,
+    a_bytes: Vec<u8>,
+    b_bytes: Vec<u8>,
+}
+
+fn seed_two_torrents(dir: &Path, seed_a: u64, seed_b: u64) -> TwoTorrents {
+    let content = dir.join("content");
+    let state = dir.join("state");
+    let a_bytes = pattern_bytes(FILE_BYTES, seed_a);
+    let b_bytes = pattern_bytes(FILE_BYTES, seed_b);
     write_file(&content.join("a.bin"), &a_bytes);
     write_file(&content.join("b.bin"), &b_bytes);
-    let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
+    let config = write_config(dir, FAST_RECHECK_CONFIG);
     let squall = SquallProcess::start(&[
         content.to_str().unwrap(),
         "--config",
@@ -153,6 +156,27 @@ fn content_faults_hit_only_their_torrent_and_recover() {
         "--admin",
         "127.0.0.1:0",
     ]);
+    TwoTorrents {
+        squall,
+        content,
+        a_bytes,
+        b_bytes,
+    }
+}
+
+/// Proves: each of four faults on torrent A's file (truncated, deleted, directory, FIFO)
+/// makes A's block requests close the peer with disk_error, counted in /metrics and logged,
+/// while torrent B's peers keep getting correct blocks; a FIFO does not hang the shard; after
+/// the file is restored, A recovers (recheck) and is served again.
+#[test]
+fn content_faults_hit_only_their_torrent_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let TwoTorrents {
+        squall,
+        content,
+        a_bytes,
+        b_bytes,
+    } = seed_two_torrents(dir.path(), 11, 12);
     let admin = squall.admin.expect("admin");
     let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
     let (a, b) = (hash("a.bin"), hash("b.bin"));
@@ -472,25 +496,13 @@ fn errored_torrent_is_rejected_then_recovers_after_recheck() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let content = dir.path().join("content");
-    let state = dir.path().join("state");
-    let a_bytes = pattern_bytes(FILE_BYTES, 21);
-    let b_bytes = pattern_bytes(FILE_BYTES, 22);
+    let TwoTorrents {
+        squall,
+        content,
+        a_bytes,
+        ..
+    } = seed_two_torrents(dir.path(), 21, 22);
     let a_path = content.join("a.bin");
-    write_file(&a_path, &a_bytes);
-    write_file(&content.join("b.bin"), &b_bytes);
-    let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
     let admin = squall.admin.expect("admin");
     let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
     let a = hash("a.bin");

@@ -272,30 +272,14 @@ impl Shard {
                 .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
                 .collect(),
             slot_send_iovecs: (0..slot_count)
-                .map(|_| {
-                    vec![
-                        libc::iovec {
-                            iov_base: std::ptr::null_mut(),
-                            iov_len: 0
-                        };
-                        config.blocks_per_batch_max() * 2
-                    ]
-                })
+                .map(|_| empty_iovecs(config.blocks_per_batch_max() * 2))
                 .collect(),
             // SAFETY: msghdr is plain data; all-zero is its empty value.
             slot_msghdrs: (0..slot_count)
                 .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
                 .collect(),
             slot_iovecs: (0..slot_count)
-                .map(|_| {
-                    vec![
-                        libc::iovec {
-                            iov_base: std::ptr::null_mut(),
-                            iov_len: 0
-                        };
-                        config.blocks_per_batch_max() * 2
-                    ]
-                })
+                .map(|_| empty_iovecs(config.blocks_per_batch_max() * 2))
                 .collect(),
             peer_id: setup.peer_id,
             now,
@@ -2088,6 +2072,17 @@ fn batch_sendmsg_sqe(
             .build()
             .user_data(token.encode())
     }
+}
+
+/// `len` empty iovecs (a slot's read or gather list, filled per batch).
+fn empty_iovecs(len: usize) -> Vec<libc::iovec> {
+    vec![
+        libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        len
+    ]
 }
 
 /// Appends `len` bytes at `ptr` to a gather list, growing the last entry when they follow
