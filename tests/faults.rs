@@ -126,7 +126,8 @@ fn make_fifo(path: &Path) {
 }
 
 /// A config whose errored torrents are rechecked every second (tests stay short).
-const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\n";
+/// Fixed-file slots are on (not the default) so the faults exercise their empty/refill path.
+const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\nfixed_files = true\n";
 
 /// Proves: each of four faults on torrent A's file (truncated, deleted, directory, FIFO)
 /// makes A's block requests close the peer with disk_error, counted in /metrics and logged,
@@ -257,7 +258,7 @@ fn content_faults_hit_only_their_torrent_and_recover() {
         "disk_error closes: {page}"
     );
     assert!(metric_sum(&page, "squall_disk_errors_total") >= expected_disk_closes);
-    // The faults above went through fixed-file slots (the default), which had to be emptied
+    // The faults above went through fixed-file slots (on in this config), which had to be emptied
     // and refilled as A's file was broken and restored; the kernel refuses the table only
     // when RLIMIT_NOFILE is below it (open_files_per_shard_max, 1,024).
     if nofile_soft_limit().is_some_and(|n| n >= 1024) {

@@ -33,10 +33,14 @@ fn fd_exhaustion_is_counted_and_recovers() {
     let content = dir.path().join("content");
     let state = dir.path().join("state");
     write_file(&content.join("f.bin"), &pattern_bytes(2 << 20, 22));
+    // Fixed files asked for, so the kernel's refusal of the table is exercised too.
+    let config = write_config(dir.path(), "[engine]\nfixed_files = true\n");
     let mut squall = SquallProcess::start_under(
         &["prlimit", "--nofile=64:64"],
         &[
             content.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
             "--state",
             state.to_str().unwrap(),
             "--admin",

@@ -148,7 +148,8 @@ impl Default for EngineConfig {
             zerocopy_adaptive: true,
             vectored_reads: true,
             register_ring_fd: true,
-            fixed_files: true,
+            // Off: its A/B (benchmarks.md, 2026-11-25) showed no gain and a possible loss.
+            fixed_files: false,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,
