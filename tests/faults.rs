@@ -126,7 +126,8 @@ fn make_fifo(path: &Path) {
 }
 
 /// A config whose errored torrents are rechecked every second (tests stay short).
-const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\n";
+/// Fixed-file slots are on (not the default) so the faults exercise their empty/refill path.
+const FAST_RECHECK_CONFIG: &str = "[engine]\nerrored_recheck_secs = 1\nfixed_files = true\n";
 
 /// Two 4 MiB torrents, `a.bin` and `b.bin` under `<dir>/content`, seeded by 2 shards with
 /// the 1 s recheck and an admin endpoint.
@@ -281,8 +282,25 @@ fn content_faults_hit_only_their_torrent_and_recover() {
         "disk_error closes: {page}"
     );
     assert!(metric_sum(&page, "squall_disk_errors_total") >= expected_disk_closes);
+    // The faults above went through fixed-file slots (on in this config), which had to be emptied
+    // and refilled as A's file was broken and restored; the kernel refuses the table only
+    // when RLIMIT_NOFILE is below it (open_files_per_shard_max, 1,024).
+    if nofile_soft_limit().is_some_and(|n| n >= 1024) {
+        assert_eq!(
+            metric_sum(&page, "squall_shard_fixed_files"),
+            2.0,
+            "both shards read by fixed-file slot: {page}"
+        );
+    }
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// This process's soft RLIMIT_NOFILE (inherited by the squall it starts).
+fn nofile_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Waits up to `secs` for a stderr line of `squall` containing `needle`.

@@ -55,6 +55,10 @@ pub const BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT: u64 = 64 << 20;
 /// Largest hot-block cache a shard may pin (registered memory counts against RAM).
 pub const BLOCK_CACHE_BYTES_PER_SHARD_CEILING: u64 = 64 << 30;
 
+/// Most content files a shard may keep open: the kernel's fixed-file table holds at most
+/// 2^20 entries (IORING_MAX_FIXED_FILES), and `fixed_files` gives every cached file a slot.
+pub const OPEN_FILES_PER_SHARD_CEILING: usize = 1 << 20;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -74,6 +78,13 @@ pub struct EngineConfig {
     /// Read consecutive blocks of a batch with one vectored read (readv around the piece
     /// headers) instead of one read per block.
     pub vectored_reads: bool,
+    /// Register the ring's own fd (IORING_REGISTER_RING_FDS) so every io_uring_enter skips
+    /// the kernel's lookup of it. Falls back to the plain fd when the kernel refuses.
+    pub register_ring_fd: bool,
+    /// Install each cached content file in a per-shard fixed-file table (one slot per
+    /// `open_files_per_shard_max`) and read by slot, skipping the kernel's per-op fd lookup.
+    /// Falls back to plain fds when the kernel refuses the table. Not used in splice mode.
+    pub fixed_files: bool,
     /// Peers across all shards; connections beyond it are accepted and closed at once.
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
@@ -136,6 +147,9 @@ impl Default for EngineConfig {
             serve_mode: ServeMode::Copy,
             zerocopy_adaptive: true,
             vectored_reads: true,
+            register_ring_fd: true,
+            // Off: its A/B (benchmarks.md, 2026-11-25) showed no gain and a possible loss.
+            fixed_files: false,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,
@@ -248,6 +262,13 @@ impl EngineConfig {
             "open_files_per_shard_max",
             self.open_files_per_shard_max as u64,
         )?;
+        if self.open_files_per_shard_max > OPEN_FILES_PER_SHARD_CEILING {
+            return Err(format!(
+                "open_files_per_shard_max = {}: at most {OPEN_FILES_PER_SHARD_CEILING} (the \
+                 kernel's fixed-file table size)",
+                self.open_files_per_shard_max
+            ));
+        }
         positive("upload_slots_max", self.upload_slots_max as u64)?;
         positive("choke_rotation_secs", self.choke_rotation_secs)?;
         positive("errored_recheck_secs", self.errored_recheck_secs)?;
@@ -586,6 +607,14 @@ mod tests {
             ..EngineConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("peers_max"));
+        let c = EngineConfig {
+            open_files_per_shard_max: OPEN_FILES_PER_SHARD_CEILING + 1,
+            ..EngineConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("open_files_per_shard_max"));
     }
 
     #[test]

@@ -1,17 +1,24 @@
 //! The io_uring reactor of one shard: ring set-up with feature probing and fallbacks,
 //! submission with flush-on-full, and batched completion reaping.
 //!
-//! Owns: the `IoUring` instance and the decisions about which kernel features to use.
+//! Owns: the `IoUring` instance and the decisions about which kernel features to use,
+//! including the two optional registrations: the ring's own fd (`register_ring_fd`: every
+//! io_uring_enter then skips the kernel's fd lookup of the ring) and the sparse fixed-file
+//! table that `shard::files` installs content files into (`fixed_files`).
 //! Must never: drop a submission (a full SQ is flushed and the push retried), split a linked
 //! chain across two submits (the kernel ends a chain at a submit boundary), or run a handler
-//! while reaping: completions are copied out in a batch first, then dispatched by the shard.
+//! while reaping: completions are copied out in a batch first, then dispatched by the shard;
+//! nor take `&mut` to the `IoUring` (the kept `Submitter` borrows it, see `Ring`).
 
 pub mod block_cache;
 pub mod buffers;
 pub mod token;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe, Submitter};
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 /// Flags for SendZc (from the kernel UAPI; the crate's `sys` module is private).
@@ -30,6 +37,36 @@ pub struct RingFeatures {
     /// IORING_OP_READV_FIXED (Linux 6.15): vectored reads into registered buffers.
     pub readv_fixed: bool,
     pub multishot_accept: bool,
+    /// IORING_REGISTER_RING_FDS took: every enter passes IORING_ENTER_REGISTERED_RING.
+    pub registered_ring_fd: bool,
+    /// Slots of the sparse fixed-file table (0 = none registered).
+    pub fixed_file_slots: u32,
+}
+
+/// The outcome of an optional registration: the knob first, then the kernel's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Optional {
+    /// Asked for and accepted.
+    Used,
+    /// The knob is off: nothing was asked of the kernel.
+    Off,
+    /// The kernel refused; the note says what and why (logged once, then plain fds are used).
+    Refused(String),
+}
+
+/// Runs `register` only when `wanted`; a refusal is a fallback, never an error.
+pub fn try_optional(
+    wanted: bool,
+    what: &str,
+    register: impl FnOnce() -> io::Result<()>,
+) -> Optional {
+    if !wanted {
+        return Optional::Off;
+    }
+    match register() {
+        Ok(()) => Optional::Used,
+        Err(e) => Optional::Refused(format!("{what} refused ({e}); using plain fds")),
+    }
 }
 
 /// A completion copied out of the CQ.
@@ -50,7 +87,13 @@ impl Completion {
 }
 
 pub struct Ring {
-    ring: IoUring,
+    /// The crate keeps a registered ring fd's index in a `Submitter`, which borrows the
+    /// `IoUring`; so the `IoUring` lives on the heap at a fixed address (`uring`, from
+    /// `Box::into_raw`, freed in `Drop`) and one `Submitter` borrowing it is kept for the
+    /// Ring's whole life. Only shared references to the `IoUring` are ever made
+    /// (`submission_shared`/`completion_shared`), so the submitter's borrow stays valid.
+    submitter: ManuallyDrop<Submitter<'static>>,
+    uring: NonNull<IoUring>,
     pub features: RingFeatures,
     /// Fallback notes to log once (e.g. "DEFER_TASKRUN refused: using plain ring").
     pub notes: Vec<String>,
@@ -133,12 +176,66 @@ impl Ring {
                 ));
             }
         }
+        let uring = NonNull::from(Box::leak(Box::new(ring)));
+        // SAFETY: `uring` points at a live IoUring that is freed only in `Drop`, after the
+        // submitter made here is dropped; nothing ever takes `&mut` to it (see the field).
+        let submitter = unsafe { uring.as_ref() }.submitter();
         Ok(Ring {
-            ring,
+            submitter: ManuallyDrop::new(submitter),
+            uring,
             features,
             notes,
             tick: types::Timespec::new(),
         })
+    }
+
+    fn uring(&self) -> &IoUring {
+        // SAFETY: see `new`: valid until `Drop`, and only shared references exist.
+        unsafe { self.uring.as_ref() }
+    }
+
+    /// Registers the ring's own fd (IORING_REGISTER_RING_FDS, Linux 5.18) when `wanted`:
+    /// every later io_uring_enter passes its index instead of the fd, skipping the kernel's
+    /// fdget/fdput of the ring on each call. A refusal leaves the plain fd in use.
+    pub fn register_ring_fd(&mut self, wanted: bool) -> Optional {
+        let submitter = &mut self.submitter;
+        let outcome = try_optional(wanted, "io_uring IORING_REGISTER_RING_FDS", || {
+            submitter.register_ring_fd()
+        });
+        self.features.registered_ring_fd = outcome == Optional::Used;
+        outcome
+    }
+
+    /// Registers an empty (sparse) fixed-file table of `slots` entries when `wanted`. The
+    /// kernel refuses more slots than RLIMIT_NOFILE; then content files go by plain fds.
+    pub fn register_fixed_files(&mut self, wanted: bool, slots: u32) -> Optional {
+        let submitter = &self.submitter;
+        let outcome = try_optional(
+            wanted && slots > 0,
+            "io_uring sparse fixed-file table",
+            || submitter.register_files_sparse(slots),
+        );
+        if outcome == Optional::Used {
+            self.features.fixed_file_slots = slots;
+        }
+        outcome
+    }
+
+    /// Points fixed-file `slot` at `fd` (`-1` empties it). The kernel takes its own
+    /// reference to the file, and an op already issued keeps the file it resolved; but a
+    /// linked op resolves its slot only when issued, so the caller changes a slot only when
+    /// no op (issued or not) names it: `shard::files` guarantees that.
+    pub fn update_fixed_file(&mut self, slot: u32, fd: RawFd) -> io::Result<()> {
+        debug_assert!(
+            slot < self.features.fixed_file_slots,
+            "fixed-file slot out of range"
+        );
+        match self.submitter.register_files_update(slot, &[fd])? {
+            1 => Ok(()),
+            n => Err(io::Error::other(format!(
+                "fixed-file update of slot {slot} changed {n} entries, not 1"
+            ))),
+        }
     }
 
     /// Registers one region as fixed buffer 0.
@@ -146,7 +243,7 @@ impl Ring {
         // SAFETY: the iovecs describe the shard's buffer pool and block cache, which outlive
         // the ring (the shard drops the ring first, or leaks them) and are never freed while
         // registered.
-        unsafe { self.ring.submitter().register_buffers(iovs) }
+        unsafe { self.submitter.register_buffers(iovs) }
     }
 
     /// Queues one SQE; a full SQ is submitted first, never dropped.
@@ -157,37 +254,42 @@ impl Ring {
     /// Queues a linked chain (or any group) in one piece: when the SQ lacks room for all of
     /// it, submit what is queued first so the chain is never split across submits.
     pub fn push_chain(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
-        let capacity = self.ring.submission().capacity();
+        let capacity = self.sq_capacity();
         assert!(
             entries.len() <= capacity,
             "a chain longer than the submission queue"
         );
         loop {
-            let free = {
-                let sq = self.ring.submission();
-                capacity - sq.len()
-            };
+            let free = capacity - self.sq_len();
             if free >= entries.len() {
                 break;
             }
             self.submit()?;
-            let still = { capacity - self.ring.submission().len() };
+            let still = capacity - self.sq_len();
             if still < entries.len() {
                 // The kernel did not take the entries yet (e.g. CQ overflow back-pressure):
                 // reap nothing here, just wait briefly for it to consume them.
-                self.ring.submitter().submit_and_wait(0)?;
+                self.submitter.submit_and_wait(0)?;
             }
         }
-        let mut sq = self.ring.submission();
-        // SAFETY: every entry's buffers and fds are owned by the shard and stay valid until
-        // the matching completion is reaped (see buffers.rs and shard/mod.rs for lifetimes).
+        // SAFETY: the only SubmissionQueue of this ring is this local one (each method
+        // makes its own and drops it before returning; Ring is !Sync).
+        let mut sq = unsafe { self.uring().submission_shared() };
+        // SAFETY: every entry's buffers and fds (and fixed-file slots) are owned by the shard
+        // and stay valid until the matching completion is reaped (see buffers.rs, files.rs
+        // and shard/mod.rs for lifetimes).
         unsafe { sq.push_multiple(entries) }
             .map_err(|_| io::Error::other("submission queue full after flush"))
     }
 
+    fn sq_len(&self) -> usize {
+        // SAFETY: as in `push_chain`: no other SubmissionQueue of this ring exists now.
+        unsafe { self.uring().submission_shared() }.len()
+    }
+
     pub fn submit(&mut self) -> io::Result<usize> {
         loop {
-            match self.ring.submit() {
+            match self.submitter.submit() {
                 Ok(n) => return Ok(n),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(0),
@@ -202,7 +304,7 @@ impl Ring {
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&self.tick);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        match self.submitter.submit_with_args(1, &args) {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
@@ -219,7 +321,9 @@ impl Ring {
     /// Copies every available completion into `out` (cleared first).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         out.clear();
-        let mut cq = self.ring.completion();
+        // SAFETY: the only CompletionQueue of this ring is this local one (Ring is !Sync and
+        // no other method makes one).
+        let mut cq = unsafe { self.uring().completion_shared() };
         cq.sync();
         for cqe in &mut cq {
             out.push(Completion {
@@ -230,7 +334,96 @@ impl Ring {
         }
     }
 
-    pub fn sq_capacity(&mut self) -> usize {
-        self.ring.submission().capacity()
+    pub fn sq_capacity(&self) -> usize {
+        // SAFETY: as in `push_chain`: no other SubmissionQueue of this ring exists now.
+        unsafe { self.uring().submission_shared() }.capacity()
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.features.registered_ring_fd {
+            // The registration holds a reference to the ring in this thread's io_uring
+            // context: without this the ring would live on until the thread exits.
+            if let Err(e) = self.submitter.unregister_ring_fd() {
+                tracing::debug!("io_uring unregister ring fd: {e}");
+            }
+        }
+        // SAFETY: the submitter is not used after this; it only borrows `*uring`, freed next.
+        unsafe { ManuallyDrop::drop(&mut self.submitter) };
+        // SAFETY: `uring` came from `Box::leak` in `new`, is freed only here, and its only
+        // borrower (the submitter) is gone.
+        drop(unsafe { Box::from_raw(self.uring.as_ptr()) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_registration_falls_back_and_never_fails() {
+        // The knob off never asks the kernel; a refusal becomes a note, not an error.
+        let mut asked = false;
+        assert_eq!(
+            try_optional(false, "x", || {
+                asked = true;
+                Ok(())
+            }),
+            Optional::Off
+        );
+        assert!(!asked);
+        assert_eq!(try_optional(true, "x", || Ok(())), Optional::Used);
+        match try_optional(true, "ring fds", || {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }) {
+            Optional::Refused(note) => {
+                assert!(note.starts_with("ring fds refused ("), "{note}");
+                assert!(note.ends_with("using plain fds"), "{note}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registered_ring_fd_and_fixed_files_serve_a_read() {
+        // On a kernel that takes both registrations, a read through a fixed-file slot on a
+        // ring entered by its registered index returns the file's bytes; a slot emptied
+        // with -1 refuses the next read (EBADF) instead of reading another file.
+        let Ok(mut ring) = Ring::new(64) else {
+            return; // io_uring unavailable here (e.g. a sandbox): nothing to test
+        };
+        let ring_fd = ring.register_ring_fd(true);
+        let files = ring.register_fixed_files(true, 4);
+        if ring_fd != Optional::Used || files != Optional::Used {
+            return; // an old kernel: the fallbacks are covered above
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello fixed files").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        ring.update_fixed_file(2, file.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 5];
+        let read = |ring: &mut Ring, buf: &mut [u8; 5]| -> i32 {
+            let sqe = opcode::Read::new(types::Fixed(2), buf.as_mut_ptr(), 5)
+                .offset(6)
+                .build()
+                .user_data(7);
+            ring.push(&sqe).unwrap();
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+                ring.reap(&mut out);
+                if let Some(c) = out.iter().find(|c| c.user_data == 7) {
+                    return c.result;
+                }
+            }
+            panic!("no completion");
+        };
+        assert_eq!(read(&mut ring, &mut buf), 5);
+        assert_eq!(&buf, b"fixed");
+        ring.update_fixed_file(2, -1).unwrap();
+        assert_eq!(read(&mut ring, &mut buf), -libc::EBADF);
     }
 }

@@ -1,31 +1,75 @@
-//! The shard's open-file cache: content files opened read-only, bounded in count.
+//! The shard's open-file cache: content files opened read-only, bounded in count, each
+//! optionally installed in a slot of the ring's fixed-file table.
 //!
-//! Owns: the fds of content files, keyed by (info-hash, file index), and how many in-flight
-//! reads use each. Must never: close an fd that an in-flight (or linked, not yet issued)
-//! io_uring read names: the kernel resolves a linked request's fd only when it is issued, so
-//! closing early could make it read another file. Entries with in-flight reads are never
-//! evicted; when every entry is in use and the cache is full, `acquire` says so and the
-//! caller waits (counted as `open_files_limit_hit`).
+//! Owns: the fds of content files, keyed by (info-hash, file index), how many in-flight
+//! reads use each, and which fixed-file slot each occupies (`fixed_files`: reads then name
+//! `types::Fixed(slot)` and the kernel skips its per-op fd-table lookup). Must never: close an
+//! fd, or empty or reuse a fixed-file slot, that an in-flight (or linked, not yet issued)
+//! io_uring read names: the kernel resolves a linked request's fd or slot only when it is
+//! issued, so changing it early could make it read another file. Entries with in-flight reads
+//! are never evicted or forgotten; when every entry is in use and the cache is full,
+//! `acquire` says so and the caller waits (counted as `open_files_limit_hit`).
+//!
+//! The fixed-file table has exactly `capacity` slots (`open_files_per_shard_max`), so every
+//! cached file can hold one: a slot is taken when a file is opened and given back when it is
+//! evicted or forgotten. A slot the kernel would not fill leaves that file on its plain fd.
 
 use crate::metainfo::InfoHash;
 use crate::storage::open_content;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 pub type FileKey = (InfoHash, u32);
 
+/// How SQEs name a cached content file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFile {
+    /// The plain fd: splice mode, and reads of a file without a fixed slot.
+    pub fd: RawFd,
+    /// The file's slot in the ring's fixed-file table, when it has one.
+    pub fixed_slot: Option<u32>,
+}
+
+/// The ring's fixed-file table as the cache sees it (`Ring` in the shard, a fake in tests).
+pub trait FixedFileTable {
+    /// Points `slot` at `fd`, replacing what it held; `-1` empties it. On failure the kernel
+    /// leaves the slot empty.
+    fn update(&mut self, slot: u32, fd: RawFd) -> io::Result<()>;
+}
+
+impl FixedFileTable for crate::ring::Ring {
+    fn update(&mut self, slot: u32, fd: RawFd) -> io::Result<()> {
+        self.update_fixed_file(slot, fd)
+    }
+}
+
 struct Entry {
     file: File,
     inflight: u32,
     last_used: u64,
+    fixed_slot: Option<u32>,
+}
+
+impl Entry {
+    fn open_file(&self) -> OpenFile {
+        OpenFile {
+            fd: self.file.as_raw_fd(),
+            fixed_slot: self.fixed_slot,
+        }
+    }
 }
 
 pub struct FileCache {
     entries: HashMap<FileKey, Entry>,
     capacity: usize,
     clock: u64,
+    /// Fixed-file slots no entry holds (None: no fixed-file table, plain fds only).
+    free_slots: Option<Vec<u32>>,
+    /// Slots the kernel would not fill (the file was then read by its plain fd).
+    pub fixed_slot_failures: u64,
 }
 
 #[derive(Debug)]
@@ -36,12 +80,19 @@ pub enum AcquireError {
 }
 
 impl FileCache {
-    pub fn new(capacity: usize) -> FileCache {
+    /// `fixed_files`: the ring has a sparse fixed-file table of `capacity` slots.
+    pub fn new(capacity: usize, fixed_files: bool) -> FileCache {
         assert!(capacity > 0);
+        // `validate` bounds open_files_per_shard_max by the kernel's table size (2^20).
+        assert!(capacity <= crate::config::OPEN_FILES_PER_SHARD_CEILING);
+        let slots = capacity as u32;
         FileCache {
             entries: HashMap::with_capacity(capacity),
             capacity,
             clock: 0,
+            // Reversed so slots are handed out from 0 up (tidy in traces).
+            free_slots: fixed_files.then(|| (0..slots).rev().collect()),
+            fixed_slot_failures: 0,
         }
     }
 
@@ -53,15 +104,21 @@ impl FileCache {
         self.entries.is_empty()
     }
 
-    /// Returns the raw fd for a file, opening it if needed, and counts one in-flight use.
-    pub fn acquire(&mut self, key: FileKey, path: &Path) -> Result<RawFd, AcquireError> {
+    /// Returns how to name a file in SQEs, opening it (and installing it in a fixed-file
+    /// slot) if needed, and counts one in-flight use.
+    pub fn acquire(
+        &mut self,
+        key: FileKey,
+        path: &Path,
+        table: &mut impl FixedFileTable,
+    ) -> Result<OpenFile, AcquireError> {
         self.clock += 1;
         if let Some(e) = self.entries.get_mut(&key) {
             e.inflight += 1;
             e.last_used = self.clock;
-            return Ok(e.file.as_raw_fd());
+            return Ok(e.open_file());
         }
-        if self.entries.len() >= self.capacity {
+        let victim = if self.entries.len() >= self.capacity {
             let victim = self
                 .entries
                 .iter()
@@ -69,23 +126,53 @@ impl FileCache {
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(k, _)| *k);
             match victim {
-                Some(k) => {
-                    self.entries.remove(&k);
-                }
+                Some(k) => Some(k),
                 None => return Err(AcquireError::Full),
             }
-        }
+        } else {
+            None
+        };
+        // Open before evicting: a file that cannot be opened costs the cache nothing.
         let file = open_content(path).map_err(AcquireError::Open)?;
-        let fd = file.as_raw_fd();
-        self.entries.insert(
-            key,
-            Entry {
-                file,
-                inflight: 1,
-                last_used: self.clock,
-            },
-        );
-        Ok(fd)
+        // The victim's slot goes straight to the new file: one update replaces it.
+        let mut slot = None;
+        if let Some(k) = victim {
+            if let Some(old) = self.entries.remove(&k) {
+                debug_assert_eq!(old.inflight, 0, "evicted a file with reads in flight");
+                slot = old.fixed_slot;
+            }
+        }
+        let mut fixed_slot = None;
+        if let Some(free) = self.free_slots.as_mut() {
+            if let Some(s) = slot.or_else(|| free.pop()) {
+                match table.update(s, file.as_raw_fd()) {
+                    Ok(()) => fixed_slot = Some(s),
+                    Err(e) => {
+                        // The kernel left the slot empty: it stays free, the file uses its fd.
+                        if self.fixed_slot_failures == 0 {
+                            tracing::warn!(
+                                "cannot install a content file in fixed-file slot {s} ({e}); \
+                                 using its fd"
+                            );
+                        }
+                        self.fixed_slot_failures += 1;
+                        free.push(s);
+                    }
+                }
+            }
+        } else {
+            debug_assert!(slot.is_none(), "a slot without a fixed-file table");
+        }
+        let entry = Entry {
+            file,
+            inflight: 1,
+            last_used: self.clock,
+            fixed_slot,
+        };
+        let open = entry.open_file();
+        self.entries.insert(key, entry);
+        debug_assert!(self.slots_consistent());
+        Ok(open)
     }
 
     /// The read(s) counted by `acquire` completed.
@@ -99,10 +186,45 @@ impl FileCache {
     }
 
     /// Drops every idle fd of a torrent (e.g. after a content error, so a restored file is
-    /// reopened).
-    pub fn forget_idle(&mut self, info_hash: &InfoHash) {
-        self.entries
-            .retain(|k, e| k.0 != *info_hash || e.inflight > 0);
+    /// reopened), emptying their fixed-file slots: a slot left pointing at a truncated or
+    /// replaced file would keep serving the old inode.
+    pub fn forget_idle(&mut self, info_hash: &InfoHash, table: &mut impl FixedFileTable) {
+        let free_slots = &mut self.free_slots;
+        self.entries.retain(|k, e| {
+            if k.0 != *info_hash || e.inflight > 0 {
+                return true;
+            }
+            if let (Some(slot), Some(free)) = (e.fixed_slot, free_slots.as_mut()) {
+                debug_assert_eq!(e.inflight, 0, "emptied a fixed-file slot a read names");
+                if let Err(err) = table.update(slot, -1) {
+                    // The next file installed there replaces it anyway.
+                    tracing::debug!("cannot empty fixed-file slot {slot}: {err}");
+                }
+                free.push(slot);
+            }
+            false
+        });
+        debug_assert!(self.slots_consistent());
+    }
+
+    /// Every slot is either free or held by exactly one entry.
+    fn slots_consistent(&self) -> bool {
+        let Some(free) = &self.free_slots else {
+            return self.entries.values().all(|e| e.fixed_slot.is_none());
+        };
+        let mut seen = vec![false; self.capacity];
+        for s in free
+            .iter()
+            .copied()
+            .chain(self.entries.values().filter_map(|e| e.fixed_slot))
+        {
+            match seen.get_mut(s as usize) {
+                Some(b) if !*b => *b = true,
+                _ => return false,
+            }
+        }
+        // An entry whose install failed holds no slot: its slot went back to the free list.
+        seen.iter().all(|b| *b)
     }
 }
 
@@ -111,38 +233,136 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A fixed-file table that records its slots, with a switch to refuse updates.
+    #[derive(Default)]
+    struct FakeTable {
+        slots: HashMap<u32, RawFd>,
+        refuse: bool,
+    }
+
+    impl FixedFileTable for FakeTable {
+        fn update(&mut self, slot: u32, fd: RawFd) -> io::Result<()> {
+            self.slots.remove(&slot);
+            if self.refuse {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+            if fd >= 0 {
+                self.slots.insert(slot, fd);
+            }
+            Ok(())
+        }
+    }
+
+    fn files(n: usize) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = (0..n)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::File::create(&p)
+                    .unwrap()
+                    .write_all(b"data")
+                    .unwrap();
+                p
+            })
+            .collect();
+        (dir, paths)
+    }
+
     #[test]
     fn never_evicts_files_in_use_and_reports_full() {
         // With capacity 1, a second file cannot displace one with a read in flight.
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        let b = dir.path().join("b");
-        std::fs::File::create(&a)
-            .unwrap()
-            .write_all(b"aaaa")
-            .unwrap();
-        std::fs::File::create(&b)
-            .unwrap()
-            .write_all(b"bbbb")
-            .unwrap();
+        let (dir, p) = files(2);
+        let (a, b) = (&p[0], &p[1]);
         let h = InfoHash([1; 20]);
-        let mut cache = FileCache::new(1);
-        let fd_a = cache.acquire((h, 0), &a).unwrap();
-        assert!(matches!(cache.acquire((h, 1), &b), Err(AcquireError::Full)));
+        let mut t = FakeTable::default();
+        let mut cache = FileCache::new(1, false);
+        let fd_a = cache.acquire((h, 0), a, &mut t).unwrap();
+        assert_eq!(fd_a.fixed_slot, None);
+        assert!(matches!(
+            cache.acquire((h, 1), b, &mut t),
+            Err(AcquireError::Full)
+        ));
         // The same file is shared, not reopened.
-        assert_eq!(cache.acquire((h, 0), &a).unwrap(), fd_a);
+        assert_eq!(cache.acquire((h, 0), a, &mut t).unwrap(), fd_a);
         cache.release(&(h, 0));
         cache.release(&(h, 0));
-        cache.acquire((h, 1), &b).unwrap();
+        cache.acquire((h, 1), b, &mut t).unwrap();
         assert_eq!(cache.len(), 1);
         assert!(matches!(
-            cache.acquire((h, 2), &dir.path().join("missing")),
+            cache.acquire((h, 2), &dir.path().join("missing"), &mut t),
             Err(AcquireError::Full)
         ));
         cache.release(&(h, 1));
         assert!(matches!(
-            cache.acquire((h, 2), &dir.path().join("missing")),
+            cache.acquire((h, 2), &dir.path().join("missing"), &mut t),
             Err(AcquireError::Open(_))
         ));
+        // A failed open evicted nothing.
+        assert_eq!(cache.len(), 1);
+        assert!(t.slots.is_empty(), "no table use without fixed files");
+    }
+
+    #[test]
+    fn fixed_slots_follow_files_and_are_emptied_only_when_idle() {
+        // Each cached file holds one slot naming its fd; eviction hands the slot to the new
+        // file in one update; forgetting empties idle slots only, never one a read names.
+        let (_dir, p) = files(3);
+        let h = InfoHash([2; 20]);
+        let g = InfoHash([3; 20]);
+        let mut t = FakeTable::default();
+        let mut cache = FileCache::new(2, true);
+        let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
+        let b = cache.acquire((g, 0), &p[1], &mut t).unwrap();
+        assert_eq!(a.fixed_slot, Some(0));
+        assert_eq!(b.fixed_slot, Some(1));
+        assert_eq!(t.slots.get(&0), Some(&a.fd));
+        assert_eq!(t.slots.get(&1), Some(&b.fd));
+        // Full, both busy.
+        assert!(matches!(
+            cache.acquire((h, 9), &p[2], &mut t),
+            Err(AcquireError::Full)
+        ));
+        // `a` idles: the third file takes its slot.
+        cache.release(&(h, 0));
+        let c = cache.acquire((h, 1), &p[2], &mut t).unwrap();
+        assert_eq!(c.fixed_slot, Some(0));
+        assert_eq!(t.slots.get(&0), Some(&c.fd));
+        // Forgetting torrent h while `c` is in flight keeps c and its slot.
+        cache.forget_idle(&h, &mut t);
+        assert_eq!(t.slots.get(&0), Some(&c.fd));
+        assert_eq!(cache.len(), 2);
+        // Once idle, it goes and its slot is emptied, then reused.
+        cache.release(&(h, 1));
+        cache.forget_idle(&h, &mut t);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(t.slots.get(&0), None);
+        let again = cache.acquire((h, 1), &p[2], &mut t).unwrap();
+        assert_eq!(again.fixed_slot, Some(0));
+        // Another torrent's busy file was never touched.
+        assert_eq!(t.slots.get(&1), Some(&b.fd));
+        assert!(cache.slots_consistent());
+    }
+
+    #[test]
+    fn a_refused_slot_falls_back_to_the_fd_and_stays_free() {
+        // If the kernel will not fill a slot, the file is still served by its fd, the slot
+        // is not lost, and the next file gets it once the kernel takes updates again.
+        let (_dir, p) = files(2);
+        let h = InfoHash([4; 20]);
+        let mut t = FakeTable {
+            refuse: true,
+            ..FakeTable::default()
+        };
+        let mut cache = FileCache::new(1, true);
+        let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
+        assert_eq!(a.fixed_slot, None);
+        assert_eq!(cache.fixed_slot_failures, 1);
+        assert!(cache.slots_consistent());
+        cache.release(&(h, 0));
+        t.refuse = false;
+        let b = cache.acquire((h, 1), &p[1], &mut t).unwrap();
+        assert_eq!(b.fixed_slot, Some(0));
+        assert_eq!(t.slots.get(&0), Some(&b.fd));
+        assert!(cache.slots_consistent());
     }
 }

@@ -193,7 +193,7 @@ impl Shard {
     /// `ShardCommand::Health`: adopt the control plane's errored set.
     pub(super) fn on_health(&mut self, set: Arc<ErroredSet>) {
         for h in self.health.on_published(set) {
-            self.files.forget_idle(&h);
+            self.files.forget_idle(&h, &mut self.ring);
             // Whatever the fault or the fix, serve this torrent's blocks from disk afresh.
             if let Some(cache) = self.cache.as_mut() {
                 cache.purge(&h);

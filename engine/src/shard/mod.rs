@@ -22,8 +22,8 @@
 //! exit the pool is leaked rather than freed under the kernel.
 //!
 //! Must never: block (the only syscalls outside io_uring are at connection set-up/teardown and
-//! the first open of a content file), allocate per request in steady state, panic on peer
-//! input, or let a peer's error affect another peer.
+//! the first open of a content file, with the update of its fixed-file slot), allocate per
+//! request in steady state, panic on peer input, or let a peer's error affect another peer.
 
 pub mod admission;
 pub mod choker;
@@ -38,6 +38,7 @@ use crate::metainfo::InfoHash;
 use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::token::{OpKind, Token};
+use crate::ring::Optional;
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
 use crate::stats::{CloseReason, RejectReason, ShardStats};
 use crate::storage::extents::{map_range, Extent};
@@ -102,10 +103,30 @@ pub struct ShardSetup {
     pub cpu: Option<usize>,
 }
 
+/// Builds an SQE naming a planned read's file by its fixed-file slot when it has one, else
+/// by its fd (`types::Fixed` and `types::Fd` are distinct types, hence a macro).
+macro_rules! with_file {
+    ($read:expr, |$f:ident| $build:expr) => {
+        match $read.fixed_slot {
+            Some(slot) => {
+                let $f = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $f = types::Fd($read.fd);
+                $build
+            }
+        }
+    };
+}
+
 /// A read or splice planned while laying out a batch, turned into SQEs afterwards.
 #[derive(Clone, Copy)]
 struct PlannedRead {
     fd: RawFd,
+    /// The file's fixed-file slot, when it has one: reads name it instead of `fd` (splice
+    /// never does: no table is registered in splice mode).
+    fixed_slot: Option<u32>,
     file_offset: u64,
     /// Where the bytes go in the slot's stream (splice mode writes headers around them).
     slot_offset: u32,
@@ -192,6 +213,28 @@ impl Shard {
                 tracing::warn!("{note}");
             }
         }
+        // Optional registrations: a refusal (old kernel, seccomp, RLIMIT_NOFILE below the
+        // table size) only costs the saving, so it is logged once (shard 0) and served on.
+        // Splice runs in io-wq workers, where a fixed-file lookup takes the ring's lock:
+        // splice mode keeps plain fds and registers no table.
+        let ring_fd = ring.register_ring_fd(config.register_ring_fd);
+        let fixed_files_wanted = config.fixed_files && config.serve_mode != ServeMode::Splice;
+        let table_slots = config.open_files_per_shard_max as u32;
+        let table = ring.register_fixed_files(fixed_files_wanted, table_slots);
+        if setup.index == 0 {
+            if let Optional::Refused(note) = &ring_fd {
+                tracing::debug!("{note}");
+            }
+            if let Optional::Refused(note) = &table {
+                tracing::info!("{note}");
+            }
+            tracing::debug!(
+                registered_ring_fd = ring.features.registered_ring_fd,
+                fixed_file_slots = ring.features.fixed_file_slots,
+                "io_uring registrations"
+            );
+        }
+        let fixed_files = ring.features.fixed_file_slots > 0;
         if config.serve_mode == ServeMode::Zerocopy && !ring.features.send_zc {
             return Err(
                 "serve mode zerocopy needs IORING_OP_SEND_ZC (Linux >= 6.0); use --serve copy"
@@ -233,6 +276,8 @@ impl Shard {
         let fixed_buffers = fixed_buffers_error.is_none();
         let mut stats = ShardStats::new(setup.index);
         stats.fixed_buffers = fixed_buffers;
+        stats.fixed_files = fixed_files;
+        stats.registered_ring_fd = ring.features.registered_ring_fd;
         let now = Instant::now();
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
@@ -253,7 +298,7 @@ impl Shard {
             listeners: setup.listeners,
             accept_armed: vec![false; listeners_len],
             accepting: true,
-            files: FileCache::new(config.open_files_per_shard_max),
+            files: FileCache::new(config.open_files_per_shard_max, fixed_files),
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
             admission: setup.admission,
@@ -1307,11 +1352,12 @@ impl Shard {
                         } => {
                             let key: FileKey = (torrent.info_hash, file_index);
                             let path = &torrent.files[file_index as usize].path;
-                            match self.files.acquire(key, path) {
-                                Ok(fd) => {
+                            match self.files.acquire(key, path, &mut self.ring) {
+                                Ok(file) => {
                                     peer.batch_files.push(key);
                                     reads.push(PlannedRead {
-                                        fd,
+                                        fd: file.fd,
+                                        fixed_slot: file.fixed_slot,
                                         file_offset,
                                         slot_offset: (at + dest_at) as u32,
                                         dest: dest.wrapping_add(dest_at),
@@ -1487,6 +1533,7 @@ impl Shard {
                 let mut j = i + 1;
                 while j < reads.len()
                     && vectored_reads
+                    // One fd is one cache entry, so one fixed slot too.
                     && reads[j].fd == reads[j - 1].fd
                     && reads[j].buf_index == reads[j - 1].buf_index
                     && reads[j].file_offset
@@ -1501,20 +1548,21 @@ impl Shard {
                 peer.chain_expect.push(total);
                 peer.chain_files.push((seq, peer.batch_files[i].1));
                 let first = run[0];
+                debug_assert!(run.iter().all(|r| r.fixed_slot == first.fixed_slot));
                 let sqe = if run.len() == 1 {
                     if fixed {
-                        opcode::ReadFixed::new(
-                            types::Fd(first.fd),
+                        with_file!(first, |f| opcode::ReadFixed::new(
+                            f,
                             first.dest,
                             first.len,
                             first.buf_index,
                         )
                         .offset(first.file_offset)
-                        .build()
+                        .build())
                     } else {
-                        opcode::Read::new(types::Fd(first.fd), first.dest, first.len)
+                        with_file!(first, |f| opcode::Read::new(f, first.dest, first.len)
                             .offset(first.file_offset)
-                            .build()
+                            .build())
                     }
                 } else {
                     let vecs = &mut iovecs[iov_used..iov_used + run.len()];
@@ -1527,18 +1575,18 @@ impl Shard {
                     let ptr = vecs.as_ptr();
                     iov_used += run.len();
                     if fixed && readv_fixed {
-                        opcode::ReadvFixed::new(
-                            types::Fd(first.fd),
+                        with_file!(first, |f| opcode::ReadvFixed::new(
+                            f,
                             ptr,
                             run.len() as u32,
                             first.buf_index,
                         )
                         .offset(first.file_offset)
-                        .build()
+                        .build())
                     } else {
-                        opcode::Readv::new(types::Fd(first.fd), ptr, run.len() as u32)
+                        with_file!(first, |f| opcode::Readv::new(f, ptr, run.len() as u32)
                             .offset(first.file_offset)
-                            .build()
+                            .build())
                     }
                 };
                 chain.push(
@@ -1892,7 +1940,7 @@ impl Shard {
             // A truncated or replaced file: reopen it on next use, so a restored file serves
             // again without a restart (the batch released its uses before we got here).
             if let Some(t) = &peer.torrent {
-                self.files.forget_idle(&t.info_hash);
+                self.files.forget_idle(&t.info_hash, &mut self.ring);
                 // And never serve its blocks from memory read before the fault.
                 if let Some(cache) = self.cache.as_mut() {
                     cache.purge(&t.info_hash);

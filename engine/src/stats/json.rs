@@ -6,7 +6,7 @@
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
-//! `peers_accepted`, `accepting`, `fixed_buffers`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
+//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`.
@@ -49,6 +49,8 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "shard": shard,
         "accepting": s.accepting,
         "fixed_buffers": s.fixed_buffers,
+        "fixed_files": s.fixed_files,
+        "registered_ring_fd": s.registered_ring_fd,
         "uploaded_bytes": s.uploaded_bytes,
         "upload_bytes_per_sec": upload_bytes_per_sec,
         "blocks_served": s.blocks_served,

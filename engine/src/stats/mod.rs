@@ -181,6 +181,11 @@ pub struct ShardStats {
     /// The shard's buffer pool is registered with io_uring (ReadFixed); false after the
     /// fallback to plain Read/Send (RLIMIT_MEMLOCK too small).
     pub fixed_buffers: bool,
+    /// Content files are read through the ring's fixed-file table (`fixed_files`); false
+    /// when the knob is off, in splice mode, or after the kernel refused the table.
+    pub fixed_files: bool,
+    /// The ring's fd is registered (`register_ring_fd`); false when off or refused.
+    pub registered_ring_fd: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
     pub request_latency_ns: Histogram<u64>,
     /// read submitted -> read completed, nanoseconds.
@@ -241,6 +246,8 @@ impl ShardStats {
             health_reports_dropped: 0,
             accepting: false,
             fixed_buffers: false,
+            fixed_files: false,
+            registered_ring_fd: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
@@ -344,6 +351,8 @@ impl ShardStats {
         self.health_reports_dropped += other.health_reports_dropped;
         self.accepting &= other.accepting;
         self.fixed_buffers &= other.fixed_buffers;
+        self.fixed_files &= other.fixed_files;
+        self.registered_ring_fd &= other.registered_ring_fd;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);

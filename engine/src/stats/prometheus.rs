@@ -147,6 +147,22 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_shard_fixed_files",
+        "gauge",
+        "1 when the shard reads content files through io_uring fixed-file slots (fixed_files); 0 when off, in splice mode, or refused by the kernel.",
+        |s| u64::from(s.fixed_files),
+    );
+    per_shard(
+        o,
+        view,
+        "squall_shard_registered_ring_fd",
+        "gauge",
+        "1 when the shard's io_uring fd is registered (register_ring_fd); 0 when off or refused by the kernel.",
+        |s| u64::from(s.registered_ring_fd),
+    );
+    per_shard(
+        o,
+        view,
         "squall_uploaded_bytes_total",
         "counter",
         "Payload bytes of piece messages handed to the kernel.",

@@ -161,6 +161,11 @@ impl StatsView {
     pub fn total(&self) -> ShardStats {
         let mut total = ShardStats::new(0);
         total.accepting = true;
+        // Feature flags merge with AND: the total says true only when every shard uses it.
+        let any = !self.shards.is_empty();
+        total.fixed_buffers = any;
+        total.fixed_files = any;
+        total.registered_ring_fd = any;
         for s in self.shards.values() {
             total.merge(&s.stats);
         }
