@@ -29,6 +29,11 @@ pub type BlockKey = (InfoHash, u32, u32);
 
 const PAGE_BYTES: usize = 4096;
 
+/// io_uring refuses a registered buffer larger than 1 GiB (EFAULT), so a larger cache is
+/// registered as several buffers of this size.
+pub const REGISTERED_BUFFER_MAX_BYTES: usize = 1 << 30;
+const _: () = assert!(REGISTERED_BUFFER_MAX_BYTES % (16 * 1024) == 0);
+
 /// The block length every mainstream client requests (BEP 3's de-facto 16 KiB): only
 /// blocks of this length (or a piece's shorter last block) at multiples of it are cached.
 pub const CACHE_BLOCK_LEN_BYTES: usize = 16 * 1024;
@@ -134,12 +139,27 @@ impl BlockCache {
         })
     }
 
-    /// The whole region, for `register_buffers`.
-    pub fn iovec(&self) -> libc::iovec {
-        libc::iovec {
-            iov_base: self.base.cast(),
-            iov_len: self.layout.size(),
-        }
+    /// The region for `register_buffers`, cut into pieces of at most
+    /// `REGISTERED_BUFFER_MAX_BYTES` (the kernel refuses larger ones with EFAULT); entry `e`
+    /// lies in piece `entry_region(e)`.
+    pub fn iovecs(&self) -> Vec<libc::iovec> {
+        let total = self.layout.size();
+        (0..total.div_ceil(REGISTERED_BUFFER_MAX_BYTES))
+            .map(|i| {
+                let start = i * REGISTERED_BUFFER_MAX_BYTES;
+                libc::iovec {
+                    // SAFETY: start < total, inside the allocation.
+                    iov_base: unsafe { self.base.add(start) }.cast(),
+                    iov_len: (total - start).min(REGISTERED_BUFFER_MAX_BYTES),
+                }
+            })
+            .collect()
+    }
+
+    /// Which piece of `iovecs()` holds an entry (entries never straddle two: the piece size
+    /// is a multiple of the page-rounded entry length).
+    pub fn entry_region(&self, entry: u32) -> usize {
+        entry as usize * self.entry_len_bytes / REGISTERED_BUFFER_MAX_BYTES
     }
 
     pub fn entry_len_bytes(&self) -> usize {
@@ -363,6 +383,23 @@ mod tests {
         assert_eq!(c.counters.full, 1);
         c.release(a);
         assert!(c.claim(key(1, 1), 16384).is_some());
+    }
+
+    #[test]
+    fn a_large_cache_registers_in_pieces_entries_never_straddle() {
+        let c = BlockCache::new((REGISTERED_BUFFER_MAX_BYTES + 3 * E) as u64, E).unwrap();
+        let v = c.iovecs();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].iov_len, REGISTERED_BUFFER_MAX_BYTES);
+        assert_eq!(v[1].iov_len, 3 * E);
+        let per_piece = (REGISTERED_BUFFER_MAX_BYTES / E) as u32;
+        assert_eq!(c.entry_region(per_piece - 1), 0);
+        assert_eq!(c.entry_region(per_piece), 1);
+        assert_eq!(
+            c.entry_ptr(per_piece) as usize,
+            v[1].iov_base as usize,
+            "entry and region start agree"
+        );
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
 pub const SHUTDOWN_FORCE_MS: u64 = 1000;
 /// Registered buffer indices: the send pool, then the hot-block cache.
 const POOL_BUF_INDEX: u16 = 0;
-const CACHE_BUF_INDEX: u16 = 1;
+/// The cache's first registered buffer; a cache over 1 GiB takes several (see
+/// `BlockCache::iovecs`).
+const CACHE_BUF_INDEX_FIRST: u16 = 1;
 pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
 /// Messages from the control thread to a shard.
@@ -260,7 +262,7 @@ impl Shard {
                 None
             };
         let mut regions = vec![pool.iovec()];
-        regions.extend(cache.as_ref().map(|c| c.iovec()));
+        regions.extend(cache.as_ref().map(|c| c.iovecs()).unwrap_or_default());
         // A failure is not logged here: the seeder gathers every shard's outcome and warns
         // once for the whole process (see `Seeder::start`).
         let fixed_buffers_error = if ring.features.read_fixed {
@@ -1328,7 +1330,10 @@ impl Shard {
             if !matches!(cached, Some((_, false))) {
                 // Read the block: into its claimed cache entry, or in place in the slot.
                 let (dest, buf_index) = match (cached, cache.as_deref()) {
-                    (Some((entry, _)), Some(c)) => (c.entry_ptr(entry), CACHE_BUF_INDEX),
+                    (Some((entry, _)), Some(c)) => (
+                        c.entry_ptr(entry),
+                        CACHE_BUF_INDEX_FIRST + c.entry_region(entry) as u16,
+                    ),
                     _ => (base.wrapping_add(at), POOL_BUF_INDEX),
                 };
                 let mut dest_at = 0usize;
