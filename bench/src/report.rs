@@ -260,11 +260,12 @@ pub fn html(title: &str, runs: &[(String, RunReport)]) -> String {
          th:first-child,td:first-child{{text-align:left}}</style></head><body><h1>{t}</h1>",
         t = esc(title)
     );
-    o.push_str("<table><tr><th>run</th><th>Gb/s</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>max us</th><th>CPU-s/GB</th><th>verified</th><th>bad</th></tr>");
+    o.push_str("<table><tr><th>run</th><th>Gb/s</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>max us</th><th>CPU-s/GB</th><th>verified</th><th>bad</th><th>skipped (out of order)</th><th>stalled at end</th></tr>");
     for (label, r) in runs {
+        let st = &r.stalled_at_end;
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(label),
             r.gbps,
             r.latency_us.p50,
@@ -273,10 +274,32 @@ pub fn html(title: &str, runs: &[(String, RunReport)]) -> String {
             r.latency_us.max,
             r.cpu_secs_per_gb.map(|v| format!("{v:.3}")).unwrap_or("-".into()),
             r.pieces_verified,
-            r.bad_pieces
+            r.bad_pieces,
+            r.verify_skipped_out_of_order,
+            st.handshake + st.unchoke + st.request
         );
     }
-    o.push_str("</table><h2>Throughput over time (Gb/s)</h2>");
+    o.push_str("</table>");
+    if runs.iter().any(|(_, r)| r.churn.is_some()) {
+        o.push_str("<h2>Churn (open-loop arrivals)</h2><table><tr><th>run</th><th>joins/s</th><th>target/s</th><th>started</th><th>dropped at limit</th><th>sessions completed</th><th>connect p50 us</th><th>connect p99 us</th></tr>");
+        for (label, r) in runs {
+            let Some(c) = &r.churn else { continue };
+            let _ = write!(
+                o,
+                "<tr><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(label),
+                c.joins_per_sec,
+                c.join_rate_target_per_sec,
+                c.joins_started,
+                c.joins_dropped_at_limit,
+                c.sessions_completed,
+                r.connect_us.p50,
+                r.connect_us.p99
+            );
+        }
+        o.push_str("</table>");
+    }
+    o.push_str("<h2>Throughput over time (Gb/s)</h2>");
     let series: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .map(|(l, r)| {

@@ -144,6 +144,13 @@ fn churn_arrivals_follow_the_schedule_not_the_seeder() {
     assert!(r.connect_us.p50 > 0, "{r:?}");
     assert_eq!(r.bad_pieces, 0);
     assert!(r.pieces_verified > 0);
+    // The HTML report carries the churn table too, with these counts.
+    let page = squall_bench::report::html("churn", &[("null".to_string(), r.clone())]);
+    assert!(page.contains("Churn (open-loop arrivals)"), "{page}");
+    assert!(
+        page.contains(&format!("<td>{}</td>", c.joins_started)),
+        "{page}"
+    );
 }
 
 #[test]
