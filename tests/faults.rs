@@ -119,6 +119,11 @@ fn fetch_eventually(addr: SocketAddr, info_hash: [u8; 20], b: u32) -> Outcome {
 /// Breaks a content file in place.
 type Fault = dyn Fn(&Path);
 
+/// Block `i` (16 KiB) of `bytes`.
+fn block(bytes: &[u8], i: u32) -> Vec<u8> {
+    bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec()
+}
+
 fn make_fifo(path: &Path) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -182,8 +187,6 @@ fn content_faults_hit_only_their_torrent_and_recover() {
     let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
     let (a, b) = (hash("a.bin"), hash("b.bin"));
     let a_path = content.join("a.bin");
-    let block =
-        |bytes: &[u8], i: u32| bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
 
     // Each fault hits blocks squall has not opened A for yet on a fresh shard-side fd, or
     // (truncation) a cached fd whose file shrank under it. Block 200 lies past 1 MiB.
@@ -394,10 +397,9 @@ fn full_state_disk_keeps_old_resume_state_and_keeps_seeding() {
         metric_sum(&page, "squall_resume_write_errors_total") >= 1.0,
         "{page}"
     );
-    let block = |i: u32| a_bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
     assert_eq!(
         fetch_block(squall.addr, hex20(&hash), 200),
-        Outcome::Served(block(200))
+        Outcome::Served(block(&a_bytes, 200))
     );
 
     // Space again: the next reload writes fresh resume state (the new mtime).
@@ -430,8 +432,6 @@ fn content_swapped_for_a_symlink_is_not_followed() {
     let state = dir.path().join("state");
     let a_bytes = pattern_bytes(FILE_BYTES, 41);
     write_file(&content.join("a.bin"), &a_bytes);
-    let block_at =
-        |bytes: &[u8], i: u32| bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
     let mut tampered = a_bytes.clone();
     tampered[(200 * BLOCK) as usize + 5] ^= 0xff;
     write_file(&outside.path().join("a.bin"), &tampered);
@@ -452,7 +452,7 @@ fn content_swapped_for_a_symlink_is_not_followed() {
     let a_path = content.join("a.bin");
     assert_eq!(
         fetch_block(squall.addr, a, 200),
-        Outcome::Served(block_at(&a_bytes, 200))
+        Outcome::Served(block(&a_bytes, 200))
     );
     // Drop the shard's cached fd: a short read is a disk_error, which forgets idle fds and
     // marks A errored. (Block 201 was never served, so the hot-block cache cannot answer it.)
@@ -483,7 +483,7 @@ fn content_swapped_for_a_symlink_is_not_followed() {
             let got = fetch_block(squall.addr, a, b);
             assert_ne!(
                 got,
-                Outcome::Served(block_at(&tampered, b)),
+                Outcome::Served(block(&tampered, b)),
                 "attempt {attempt}: bytes from outside the data directory were served"
             );
             assert!(
@@ -524,10 +524,9 @@ fn errored_torrent_is_rejected_then_recovers_after_recheck() {
     let admin = squall.admin.expect("admin");
     let hash = |name: &str| hex20(&squall.torrents.iter().find(|t| t.1 == name).unwrap().0);
     let a = hash("a.bin");
-    let block = |i: u32| a_bytes[(i * BLOCK) as usize..((i + 1) * BLOCK) as usize].to_vec();
     assert_eq!(
         fetch_block(squall.addr, a, 200),
-        Outcome::Served(block(200))
+        Outcome::Served(block(&a_bytes, 200))
     );
     let metrics = || http_get(admin, "/metrics").1;
     assert_eq!(metric_sum(&metrics(), "squall_torrents_errored"), 0.0);

@@ -9,19 +9,8 @@ fn bench_against_null_seeder_verifies_every_piece() {
     // Proves: the bench and the null seeder speak the protocol to each other end to end, the
     // null seeder's pattern content matches a torrent made from `gen-content` bytes (every
     // completed piece verifies, none is bad), and a run reports bytes, latency and a timeline.
-    let mut data = Vec::new();
-    content::write_content(&mut data, 4 << 20).expect("content");
-    let torrent = Arc::new(content::torrent_for_bytes("t", &data, 256 * 1024).expect("torrent"));
-    let seeder = NullSeeder::bind(
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-        vec![torrent.clone()],
-    )
-    .expect("bind");
-    let addr = seeder.local_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let server = std::thread::spawn(move || seeder.serve(stop2));
-    let mut opts = RunOptions::new(SocketAddr::V4(addr), vec![torrent]);
+    let seeder = null_seeder(4 << 20, 256 * 1024);
+    let mut opts = RunOptions::new(seeder.addr, vec![seeder.torrent.clone()]);
     opts.peers = 4;
     opts.depth = 16;
     opts.duration_secs = 1;
@@ -29,8 +18,7 @@ fn bench_against_null_seeder_verifies_every_piece() {
     opts.threads = 2;
     opts.source_ips = squall_bench::parse_ip_range("127.0.0.2-127.0.0.5").expect("range");
     let r = squall_bench::run(opts).expect("run");
-    stop.store(true, Ordering::Relaxed);
-    let served = server.join().expect("join").expect("serve");
+    let served = seeder.finish();
     assert!(r.bytes > 0, "{r:?}");
     assert!(r.pieces_verified > 0, "{r:?}");
     assert_eq!(r.bad_pieces, 0);
@@ -53,31 +41,19 @@ fn bench_against_null_seeder_verifies_every_piece() {
 fn open_loop_against_null_seeder_sends_about_the_rate() {
     // Proves: open loop sends on schedule (blocks received ~ rate x duration, not the
     // closed-loop maximum) and still verifies.
-    let mut data = Vec::new();
-    content::write_content(&mut data, 1 << 20).expect("content");
-    let torrent = Arc::new(content::torrent_for_bytes("t", &data, 64 * 1024).expect("torrent"));
-    let seeder = NullSeeder::bind(
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
-        vec![torrent.clone()],
-    )
-    .expect("bind");
-    let addr = seeder.local_addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let server = std::thread::spawn(move || seeder.serve(stop2));
-    let mut opts = RunOptions::new(SocketAddr::V4(addr), vec![torrent]);
+    let seeder = null_seeder(1 << 20, 64 * 1024);
+    let mut opts = RunOptions::new(seeder.addr, vec![seeder.torrent.clone()]);
     opts.peers = 2;
     opts.depth = 8;
     opts.duration_secs = 1;
     opts.rate_per_sec = Some(2000.0);
     let r = squall_bench::run(opts).expect("run");
-    stop.store(true, Ordering::Relaxed);
-    server.join().expect("join").expect("serve");
+    seeder.finish();
     assert!(r.blocks > 1000 && r.blocks <= 2100, "{} blocks", r.blocks);
     assert_eq!(r.bad_pieces, 0);
 }
 
-/// A null seeder on a thread; `stop` ends it and `server` returns its counters.
+/// A null seeder on a thread; `finish` stops it and returns its counters.
 struct Running {
     addr: SocketAddr,
     torrent: Arc<squall_engine::metainfo::torrent::Torrent>,
@@ -86,9 +62,9 @@ struct Running {
 }
 
 impl Running {
-    fn finish(self) {
+    fn finish(self) -> squall_bench::NullSeederStats {
         self.stop.store(true, Ordering::Relaxed);
-        self.server.join().expect("join").expect("serve");
+        self.server.join().expect("join").expect("serve")
     }
 }
 

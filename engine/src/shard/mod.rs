@@ -1296,8 +1296,8 @@ impl Shard {
         let send_iovs = &mut self.slot_send_iovecs[slot as usize];
         let mut send_iov_count = 0usize;
         let cache_refs = &mut self.slot_cache_refs[slot as usize];
-        // Splice mode moves file bytes through a pipe; the cache has nothing to offer it.
-        let mut cache = self.cache.as_mut().filter(|_| mode != ServeMode::Splice);
+        // None in splice mode (never built there: file bytes go through a pipe).
+        let mut cache = self.cache.as_mut();
         let slot_mem = self.pool.slot_mut(slot);
         // Zero extents and headers are written now, before any op names the slot.
         'blocks: while let Some(q) = peer.queue.front().copied() {
