@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use squall_engine::storage::extents::layout;
-use squall_engine::storage::{verify_pieces_with, Expected, FileProblemKind};
+use squall_engine::storage::{verify_torrent_content, FileProblemKind};
 
 /// Hash every piece of a torrent's content and compare with the .torrent.
 ///
@@ -71,22 +71,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, String> {
     };
     // v1: SHA-1 per piece; v2: each piece's merkle subtree against the piece layer or the
     // file's pieces root; hybrid: both halves must agree.
-    let v2_hash = |index: u32| t.v2_piece_hash(index);
-    let expected = Expected {
-        v1: t.has_v1().then_some(&t.piece_hashes[..]),
-        v2: t
-            .version
-            .has_v2()
-            .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
-    };
-    let report = verify_pieces_with(
-        &content,
-        t.piece_length,
-        t.total_length,
-        &expected,
-        args.threads,
-        &progress,
-    );
+    let report = verify_torrent_content(&t, &content, args.threads, &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

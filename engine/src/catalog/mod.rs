@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
-use crate::storage::{verify_pieces_with, ContentFile, Expected, VerifyReport};
+use crate::storage::{verify_torrent_content, ContentFile, VerifyReport};
 use resume::{FileStamp, ResumeState};
 
 /// One torrent as the shards see it.
@@ -84,23 +84,7 @@ impl CatalogTorrent {
     /// and by the errored-torrent recheck (`health`).
     pub fn verify_content(&self, threads: usize) -> Result<VerifyReport, String> {
         let t = self.read_torrent().map_err(|err| err.to_string())?;
-        let v2_hash = |index: u32| t.v2_piece_hash(index);
-        let expected = Expected {
-            v1: t.has_v1().then_some(&t.piece_hashes[..]),
-            v2: t
-                .version
-                .has_v2()
-                .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
-        };
-        verify_pieces_with(
-            &self.files,
-            self.piece_length,
-            self.total_length,
-            &expected,
-            threads,
-            &|_| {},
-        )
-        .map_err(|err| err.to_string())
+        verify_torrent_content(&t, &self.files, threads, &|_| {}).map_err(|err| err.to_string())
     }
 
     pub fn has_piece(&self, index: u32) -> bool {

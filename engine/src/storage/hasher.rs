@@ -159,6 +159,32 @@ pub struct Expected<'a> {
     pub v2: Option<&'a (dyn Fn(u32) -> Option<[u8; 32]> + Sync)>,
 }
 
+/// Verifies `files` against everything `t` records: v1 pieces by SHA-1, v2 pieces by merkle
+/// node (piece layer or the file's pieces root), hybrids by both halves.
+pub fn verify_torrent_content(
+    t: &crate::metainfo::torrent::Torrent,
+    files: &[ContentFile],
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, StorageError> {
+    let v2_hash = |index: u32| t.v2_piece_hash(index);
+    let expected = Expected {
+        v1: t.has_v1().then_some(&t.piece_hashes[..]),
+        v2: t
+            .version
+            .has_v2()
+            .then_some(&v2_hash as &(dyn Fn(u32) -> Option<[u8; 32]> + Sync)),
+    };
+    verify_pieces_with(
+        files,
+        t.piece_length,
+        t.total_length,
+        &expected,
+        threads,
+        progress,
+    )
+}
+
 /// `verify_pieces` for any torrent version. v2 pieces must not span files (as the parser lays
 /// v2 and hybrid torrents out).
 pub fn verify_pieces_with(

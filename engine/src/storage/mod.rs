@@ -9,8 +9,8 @@ pub mod hasher;
 
 pub use extents::{map_range, ContentFile, Extent};
 pub use hasher::{
-    hash_pieces, hash_pieces_v2, verify_pieces, verify_pieces_with, Expected, FileProblem,
-    FileProblemKind, VerifyReport,
+    hash_pieces, hash_pieces_v2, verify_pieces, verify_pieces_with, verify_torrent_content,
+    Expected, FileProblem, FileProblemKind, VerifyReport,
 };
 
 use std::fmt;
