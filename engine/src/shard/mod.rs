@@ -343,10 +343,6 @@ impl Shard {
         })
     }
 
-    pub fn uses_fixed_buffers(&self) -> bool {
-        self.fixed_buffers
-    }
-
     /// Why this shard fell back to unregistered buffers; None when it uses fixed buffers.
     pub fn fixed_buffers_error(&self) -> Option<&str> {
         self.fixed_buffers_error.as_deref()
