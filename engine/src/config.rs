@@ -85,6 +85,18 @@ pub struct EngineConfig {
     /// `open_files_per_shard_max`) and read by slot, skipping the kernel's per-op fd lookup.
     /// Falls back to plain fds when the kernel refuses the table. Not used in splice mode.
     pub fixed_files: bool,
+    /// Read content with O_DIRECT into the hot-block cache, bypassing the page cache, for
+    /// catalogs larger than RAM: the cache is then the only cache, and RAM is not spent
+    /// twice. Aligned reads into cache entries only; file tails, blocks straddling files and
+    /// reads that find the cache full stay buffered (counted). Needs the cache (and not
+    /// splice mode); a filesystem without O_DIRECT falls back to buffered reads (counted).
+    pub direct_io: bool,
+    /// Buffered reads: when a peer asks for the first block of a piece that is not in the
+    /// hot-block cache, ask the kernel to read the rest of the piece ahead
+    /// (IORING_OP_FADVISE, POSIX_FADV_WILLNEED; one in flight per peer). Peers fetch a
+    /// piece's blocks in order, but interleaved peers defeat the kernel's own sequential
+    /// detection on a shared file.
+    pub piece_readahead: bool,
     /// Peers across all shards; connections beyond it are accepted and closed at once.
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
@@ -150,6 +162,9 @@ impl Default for EngineConfig {
             register_ring_fd: true,
             // Off: its A/B (benchmarks.md, 2026-11-25) showed no gain and a possible loss.
             fixed_files: false,
+            // Off: for catalogs larger than RAM (see docs/operations.md and benchmarks.md).
+            direct_io: false,
+            piece_readahead: true,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,
@@ -309,6 +324,20 @@ impl EngineConfig {
                  turn the cache off",
                 self.block_cache_bytes_per_shard, self.block_len_max_bytes
             ));
+        }
+        if self.direct_io && self.block_cache_bytes_per_shard == 0 {
+            return Err(
+                "direct_io = true needs the hot-block cache (block_cache_bytes_per_shard \
+                 > 0): O_DIRECT reads land in it, and it is then the only cache"
+                    .to_string(),
+            );
+        }
+        if self.direct_io && self.serve_mode == ServeMode::Splice {
+            return Err(
+                "direct_io = true does not work with serve_mode = \"splice\" (splice \
+                 reads through the page cache); use copy or zerocopy"
+                    .to_string(),
+            );
         }
         if self.peers_max > (1 << 24) - 1 {
             return Err(format!("peers_max = {}: at most 16777215", self.peers_max));
@@ -615,6 +644,25 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("open_files_per_shard_max"));
+        // direct_io has nowhere to read into without the cache, and splice bypasses it.
+        let c = EngineConfig {
+            direct_io: true,
+            block_cache_bytes_per_shard: 0,
+            ..EngineConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("direct_io") && err.contains("block_cache_bytes_per_shard"));
+        let c = EngineConfig {
+            direct_io: true,
+            serve_mode: ServeMode::Splice,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("splice"));
+        let c = EngineConfig {
+            direct_io: true,
+            ..EngineConfig::default()
+        };
+        c.validate().unwrap();
     }
 
     #[test]

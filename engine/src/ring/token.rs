@@ -26,6 +26,8 @@ pub enum OpKind {
     Ignore = 9,
     /// An outbound connection attempt (dialing a peer a tracker returned).
     Connect = 10,
+    /// A readahead hint (fadvise WILLNEED) for the rest of a piece a peer started on.
+    Readahead = 11,
 }
 
 impl OpKind {
@@ -41,6 +43,7 @@ impl OpKind {
             8 => OpKind::Splice,
             9 => OpKind::Ignore,
             10 => OpKind::Connect,
+            11 => OpKind::Readahead,
             _ => return None,
         })
     }
@@ -99,6 +102,7 @@ mod tests {
             (OpKind::Accept, 0, 0, 0),
             (OpKind::SendBatch, u16::MAX, PEER_INDEX_MAX, u16::MAX),
             (OpKind::Recv, 7, 12345, 3),
+            (OpKind::Readahead, 0, 1, 2),
         ] {
             let t = Token::new(kind, slot, peer, generation);
             assert_eq!(Token::decode(t.encode()), Some(t));

@@ -13,9 +13,14 @@
 //! The fixed-file table has exactly `capacity` slots (`open_files_per_shard_max`), so every
 //! cached file can hold one: a slot is taken when a file is opened and given back when it is
 //! evicted or forgotten. A slot the kernel would not fill leaves that file on its plain fd.
+//!
+//! With `direct_io`, each file also gets a second fd opened with O_DIRECT (and the alignment
+//! its reads need): reads into the hot-block cache that are aligned use it and bypass the
+//! page cache; everything else (file tails, blocks that straddle files) uses the buffered fd.
+//! A file whose filesystem refuses O_DIRECT keeps only its buffered fd (counted).
 
 use crate::metainfo::InfoHash;
-use crate::storage::open_content;
+use crate::storage::{open_content, open_content_direct};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -31,6 +36,8 @@ pub struct OpenFile {
     pub fd: RawFd,
     /// The file's slot in the ring's fixed-file table, when it has one.
     pub fixed_slot: Option<u32>,
+    /// `direct_io`: the O_DIRECT fd and the alignment (bytes) its reads need.
+    pub direct: Option<(RawFd, u32)>,
 }
 
 /// The ring's fixed-file table as the cache sees it (`Ring` in the shard, a fake in tests).
@@ -48,6 +55,8 @@ impl FixedFileTable for crate::ring::Ring {
 
 struct Entry {
     file: File,
+    /// `direct_io`: the same file opened with O_DIRECT, and its read alignment.
+    direct: Option<(File, u32)>,
     inflight: u32,
     last_used: u64,
     fixed_slot: Option<u32>,
@@ -58,6 +67,10 @@ impl Entry {
         OpenFile {
             fd: self.file.as_raw_fd(),
             fixed_slot: self.fixed_slot,
+            direct: self
+                .direct
+                .as_ref()
+                .map(|(f, align)| (f.as_raw_fd(), *align)),
         }
     }
 }
@@ -70,6 +83,10 @@ pub struct FileCache {
     free_slots: Option<Vec<u32>>,
     /// Slots the kernel would not fill (the file was then read by its plain fd).
     pub fixed_slot_failures: u64,
+    /// Open an O_DIRECT fd beside each buffered one (`direct_io`).
+    direct_io: bool,
+    /// `direct_io`: files whose O_DIRECT open failed (they are read buffered).
+    pub direct_open_failures: u64,
 }
 
 #[derive(Debug)]
@@ -81,7 +98,8 @@ pub enum AcquireError {
 
 impl FileCache {
     /// `fixed_files`: the ring has a sparse fixed-file table of `capacity` slots.
-    pub fn new(capacity: usize, fixed_files: bool) -> FileCache {
+    /// `direct_io`: also open every file with O_DIRECT (see the module comment).
+    pub fn new(capacity: usize, fixed_files: bool, direct_io: bool) -> FileCache {
         assert!(capacity > 0);
         // `validate` bounds open_files_per_shard_max by the kernel's table size (2^20).
         assert!(capacity <= crate::config::OPEN_FILES_PER_SHARD_CEILING);
@@ -93,6 +111,8 @@ impl FileCache {
             // Reversed so slots are handed out from 0 up (tidy in traces).
             free_slots: fixed_files.then(|| (0..slots).rev().collect()),
             fixed_slot_failures: 0,
+            direct_io,
+            direct_open_failures: 0,
         }
     }
 
@@ -134,6 +154,25 @@ impl FileCache {
         };
         // Open before evicting: a file that cannot be opened costs the cache nothing.
         let file = open_content(path).map_err(AcquireError::Open)?;
+        let direct = if self.direct_io {
+            match open_content_direct(path) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if self.direct_open_failures == 0 {
+                        tracing::warn!(
+                            "direct_io: cannot open {} with O_DIRECT ({e}); reading it \
+                             through the page cache (squall_direct_open_failures_total \
+                             counts such files)",
+                            path.display()
+                        );
+                    }
+                    self.direct_open_failures += 1;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // The victim's slot goes straight to the new file: one update replaces it.
         let mut slot = None;
         if let Some(k) = victim {
@@ -165,6 +204,7 @@ impl FileCache {
         }
         let entry = Entry {
             file,
+            direct,
             inflight: 1,
             last_used: self.clock,
             fixed_slot,
@@ -275,7 +315,7 @@ mod tests {
         let (a, b) = (&p[0], &p[1]);
         let h = InfoHash([1; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(1, false);
+        let mut cache = FileCache::new(1, false, false);
         let fd_a = cache.acquire((h, 0), a, &mut t).unwrap();
         assert_eq!(fd_a.fixed_slot, None);
         assert!(matches!(
@@ -303,6 +343,37 @@ mod tests {
     }
 
     #[test]
+    fn direct_io_opens_a_second_fd_with_o_direct() {
+        // Proves: with direct_io each file gets a distinct O_DIRECT fd (the buffered fd has
+        // no O_DIRECT), shared by every acquire, and without it there is none.
+        let (_dir, p) = files(1);
+        let h = InfoHash([3; 20]);
+        let mut t = FakeTable::default();
+        let mut plain = FileCache::new(1, false, false);
+        assert_eq!(plain.acquire((h, 0), &p[0], &mut t).unwrap().direct, None);
+        let mut cache = FileCache::new(1, false, true);
+        let f = cache.acquire((h, 0), &p[0], &mut t).unwrap();
+        // SAFETY: fcntl F_GETFL on fds the cache holds open.
+        let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_eq!(
+            flags(f.fd) & libc::O_DIRECT,
+            0,
+            "the buffered fd stays buffered"
+        );
+        match f.direct {
+            Some((dfd, align)) => {
+                assert_ne!(dfd, f.fd);
+                assert_ne!(flags(dfd) & libc::O_DIRECT, 0);
+                assert!(align.is_power_of_two());
+                assert_eq!(cache.direct_open_failures, 0);
+            }
+            // A temp dir on a filesystem without O_DIRECT: counted, and the file still opens.
+            None => assert_eq!(cache.direct_open_failures, 1),
+        }
+        assert_eq!(cache.acquire((h, 0), &p[0], &mut t).unwrap(), f);
+    }
+
+    #[test]
     fn fixed_slots_follow_files_and_are_emptied_only_when_idle() {
         // Each cached file holds one slot naming its fd; eviction hands the slot to the new
         // file in one update; forgetting empties idle slots only, never one a read names.
@@ -310,7 +381,7 @@ mod tests {
         let h = InfoHash([2; 20]);
         let g = InfoHash([3; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(2, true);
+        let mut cache = FileCache::new(2, true, false);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         let b = cache.acquire((g, 0), &p[1], &mut t).unwrap();
         assert_eq!(a.fixed_slot, Some(0));
@@ -353,7 +424,7 @@ mod tests {
             refuse: true,
             ..FakeTable::default()
         };
-        let mut cache = FileCache::new(1, true);
+        let mut cache = FileCache::new(1, true, false);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         assert_eq!(a.fixed_slot, None);
         assert_eq!(cache.fixed_slot_failures, 1);

@@ -276,7 +276,10 @@ impl Shard {
             Some("this kernel's io_uring lacks IORING_OP_READ_FIXED".to_string())
         };
         let fixed_buffers = fixed_buffers_error.is_none();
+        // `validate` refuses direct_io without a cache; the cache is None in splice mode.
+        let direct_io = config.direct_io && cache.is_some();
         let mut stats = ShardStats::new(setup.index);
+        stats.direct_io = direct_io;
         stats.fixed_buffers = fixed_buffers;
         stats.fixed_files = fixed_files;
         stats.registered_ring_fd = ring.features.registered_ring_fd;
@@ -300,7 +303,7 @@ impl Shard {
             listeners: setup.listeners,
             accept_armed: vec![false; listeners_len],
             accepting: true,
-            files: FileCache::new(config.open_files_per_shard_max, fixed_files),
+            files: FileCache::new(config.open_files_per_shard_max, fixed_files, direct_io),
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
             admission: setup.admission,
@@ -414,6 +417,7 @@ impl Shard {
     }
 
     fn sync_cache_stats(&mut self) {
+        self.stats.direct_open_failures = self.files.direct_open_failures;
         if let Some(cache) = &self.cache {
             let c = cache.counters;
             self.stats.block_cache_hits = c.hits;
@@ -678,6 +682,7 @@ impl Shard {
                     OpKind::Connect => self.on_connected(idx, c),
                     OpKind::SendControl => self.on_control_sent(idx, c),
                     OpKind::ReadBlock | OpKind::Splice => self.on_chain_step(idx, c, token.slot),
+                    OpKind::Readahead => self.on_readahead_done(idx),
                     OpKind::SendBatch => {
                         if c.is_notif() {
                             self.on_send_notification(idx, c, token.slot);
@@ -1251,11 +1256,15 @@ impl Shard {
         let fixed = self.fixed_buffers;
         let vectored_reads = self.config.vectored_reads;
         let readv_fixed = self.ring.features.readv_fixed;
+        let direct_io = self.stats.direct_io;
+        let piece_readahead = self.config.piece_readahead && !direct_io;
         let now = self.now;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             self.pool.release(slot);
             return;
         };
+        // (file, fd, file offset, length) of a readahead hint for the rest of a piece.
+        let mut readahead: Option<(FileKey, RawFd, u64, u32)> = None;
         let Some(torrent) = peer.torrent.clone() else {
             self.pool.release(slot);
             return;
@@ -1356,9 +1365,35 @@ impl Shard {
                             match self.files.acquire(key, path, &mut self.ring) {
                                 Ok(file) => {
                                     peer.batch_files.push(key);
+                                    // O_DIRECT only into a cache entry, and only when file
+                                    // offset, length and address are all aligned.
+                                    let direct = match (cached, file.direct) {
+                                        (Some(_), Some((dfd, align)))
+                                            if file_offset.is_multiple_of(u64::from(align))
+                                                && len.is_multiple_of(align)
+                                                && dest_at.is_multiple_of(align as usize) =>
+                                        {
+                                            Some(dfd)
+                                        }
+                                        _ => None,
+                                    };
+                                    if let (Some(_), Some((_, align))) = (direct, file.direct) {
+                                        debug_assert!(
+                                            (dest as usize + dest_at)
+                                                .is_multiple_of(align as usize),
+                                            "cache entries are page aligned"
+                                        );
+                                        self.stats.direct_reads += 1;
+                                    } else if direct_io {
+                                        self.stats.direct_read_fallbacks += 1;
+                                    }
                                     reads.push(PlannedRead {
-                                        fd: file.fd,
-                                        fixed_slot: file.fixed_slot,
+                                        fd: direct.unwrap_or(file.fd),
+                                        fixed_slot: if direct.is_some() {
+                                            None
+                                        } else {
+                                            file.fixed_slot
+                                        },
                                         file_offset,
                                         slot_offset: (at + dest_at) as u32,
                                         dest: dest.wrapping_add(dest_at),
@@ -1403,6 +1438,40 @@ impl Shard {
                 debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
                 if cached.is_none() {
                     at += dest_at;
+                }
+                // The first block of a piece missed the cache: hint the rest of the piece
+                // (its first file's part) to the kernel, once per peer at a time.
+                if piece_readahead
+                    && r.begin == 0
+                    && readahead.is_none()
+                    && peer.readahead_file.is_none()
+                {
+                    let piece_end = (u64::from(r.index) + 1) * torrent.piece_length;
+                    let rest_at = torrent_offset + u64::from(r.length);
+                    let rest_len = piece_end
+                        .min(torrent.total_length)
+                        .saturating_sub(rest_at)
+                        .min(u64::from(u32::MAX));
+                    if rest_len > 0 {
+                        extents.clear();
+                        map_range(&torrent.files, rest_at, rest_len as u32, &mut extents);
+                        let first_file = extents.iter().find_map(|e| match *e {
+                            Extent::File {
+                                file_index,
+                                file_offset,
+                                len,
+                            } => Some((file_index, file_offset, len)),
+                            Extent::Zero { .. } => None,
+                        });
+                        if let Some((file_index, file_offset, len)) = first_file {
+                            let key: FileKey = (torrent.info_hash, file_index);
+                            let path = &torrent.files[file_index as usize].path;
+                            // A file that cannot be opened now is the block read's business.
+                            if let Ok(file) = self.files.acquire(key, path, &mut self.ring) {
+                                readahead = Some((key, file.fd, file_offset, len));
+                            }
+                        }
+                    }
                 }
             }
             let header: &mut [u8; PIECE_HEADER_LEN] =
@@ -1651,6 +1720,33 @@ impl Shard {
         }
         self.scratch_chain = chain;
         self.scratch_reads = reads;
+        if let Some((key, fd, file_offset, len)) = readahead {
+            let sqe =
+                opcode::Fadvise::new(types::Fd(fd), len as libc::off_t, libc::POSIX_FADV_WILLNEED)
+                    .offset(file_offset)
+                    .build()
+                    .user_data(Token::new(OpKind::Readahead, 0, idx, generation).encode());
+            if let Some(peer) = self.peer_mut(idx) {
+                peer.readahead_file = Some(key);
+                peer.ops_inflight += 1;
+            }
+            self.stats.readaheads += 1;
+            self.push(&sqe);
+        }
+    }
+
+    /// A readahead hint completed: give its file back. Its result only matters to the
+    /// kernel's page cache (a failure is a later read's to report).
+    fn on_readahead_done(&mut self, idx: u32) {
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
+        peer.ops_inflight -= 1;
+        if let Some(key) = peer.readahead_file.take() {
+            self.files.release(&key);
+        } else {
+            debug_assert!(false, "a readahead completed with no file held");
+        }
     }
 
     /// A read (copy/zerocopy) or an intermediate splice/send (splice mode) of a chain.

@@ -108,6 +108,9 @@ pub struct Peer {
     /// the address the connect op reads (boxed: it must not move while the op is in flight).
     pub outbound_torrent: Option<Arc<CatalogTorrent>>,
     pub connect_addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
+    /// `piece_readahead`: the file whose readahead hint is in flight (at most one per peer;
+    /// its in-flight count is held until the hint completes).
+    pub readahead_file: Option<FileKey>,
 }
 
 impl Peer {
@@ -153,6 +156,7 @@ impl Peer {
             read_closed: false,
             outbound_torrent: None,
             connect_addr: None,
+            readahead_file: None,
         }
     }
 

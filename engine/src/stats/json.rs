@@ -6,7 +6,7 @@
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
-//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
+//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`.
@@ -51,6 +51,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "fixed_buffers": s.fixed_buffers,
         "fixed_files": s.fixed_files,
         "registered_ring_fd": s.registered_ring_fd,
+        "direct_io": s.direct_io,
         "uploaded_bytes": s.uploaded_bytes,
         "upload_bytes_per_sec": upload_bytes_per_sec,
         "blocks_served": s.blocks_served,
@@ -73,6 +74,10 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
             "evictions": s.block_cache_evictions,
             "bytes_used": s.block_cache_bytes_used,
         },
+        "direct_reads": s.direct_reads,
+        "direct_read_fallbacks": s.direct_read_fallbacks,
+        "direct_open_failures": s.direct_open_failures,
+        "readaheads": s.readaheads,
         "metadata_pieces_served": s.metadata_pieces_served,
         "stats_snapshots_dropped": s.stats_snapshots_dropped,
         "health_reports_dropped": s.health_reports_dropped,

@@ -173,6 +173,15 @@ pub struct ShardStats {
     pub block_cache_evictions: u64,
     /// Bytes of the cache holding blocks now (gauge).
     pub block_cache_bytes_used: u64,
+    /// `direct_io`: block reads (file extents) done with O_DIRECT into the cache.
+    pub direct_reads: u64,
+    /// `direct_io`: block reads done through the page cache instead (unaligned extents, file
+    /// tails, blocks the cache could not take, files without O_DIRECT).
+    pub direct_read_fallbacks: u64,
+    /// `direct_io`: content files whose O_DIRECT open failed (read buffered).
+    pub direct_open_failures: u64,
+    /// `piece_readahead`: readahead hints (fadvise WILLNEED) issued.
+    pub readaheads: u64,
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
     /// Content-fault reports to the control plane dropped on a full channel (retried).
@@ -186,6 +195,8 @@ pub struct ShardStats {
     pub fixed_files: bool,
     /// The ring's fd is registered (`register_ring_fd`); false when off or refused.
     pub registered_ring_fd: bool,
+    /// The shard reads content with O_DIRECT into its cache (`direct_io`).
+    pub direct_io: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
     pub request_latency_ns: Histogram<u64>,
     /// read submitted -> read completed, nanoseconds.
@@ -241,6 +252,10 @@ impl ShardStats {
             block_cache_full: 0,
             block_cache_evictions: 0,
             block_cache_bytes_used: 0,
+            direct_reads: 0,
+            direct_read_fallbacks: 0,
+            direct_open_failures: 0,
+            readaheads: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
             health_reports_dropped: 0,
@@ -248,6 +263,7 @@ impl ShardStats {
             fixed_buffers: false,
             fixed_files: false,
             registered_ring_fd: false,
+            direct_io: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
@@ -346,6 +362,10 @@ impl ShardStats {
         self.block_cache_full += other.block_cache_full;
         self.block_cache_evictions += other.block_cache_evictions;
         self.block_cache_bytes_used += other.block_cache_bytes_used;
+        self.direct_reads += other.direct_reads;
+        self.direct_read_fallbacks += other.direct_read_fallbacks;
+        self.direct_open_failures += other.direct_open_failures;
+        self.readaheads += other.readaheads;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.health_reports_dropped += other.health_reports_dropped;
@@ -353,6 +373,7 @@ impl ShardStats {
         self.fixed_buffers &= other.fixed_buffers;
         self.fixed_files &= other.fixed_files;
         self.registered_ring_fd &= other.registered_ring_fd;
+        self.direct_io &= other.direct_io;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);

@@ -163,6 +163,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_shard_direct_io",
+        "gauge",
+        "1 when the shard reads content with O_DIRECT into its block cache (direct_io); 0 when off.",
+        |s| u64::from(s.direct_io),
+    );
+    per_shard(
+        o,
+        view,
         "squall_uploaded_bytes_total",
         "counter",
         "Payload bytes of piece messages handed to the kernel.",
@@ -273,6 +281,38 @@ pub fn render(view: &StatsView) -> String {
         "counter",
         "Hot-block cache entries evicted (CLOCK).",
         |s| s.block_cache_evictions,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_direct_reads_total",
+        "counter",
+        "Block reads (file extents) done with O_DIRECT into the block cache (direct_io).",
+        |s| s.direct_reads,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_direct_read_fallbacks_total",
+        "counter",
+        "Block reads done through the page cache while direct_io is on: unaligned extents, file tails, blocks the cache could not take, files without O_DIRECT.",
+        |s| s.direct_read_fallbacks,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_direct_open_failures_total",
+        "counter",
+        "Content files whose O_DIRECT open failed (direct_io); they are read through the page cache.",
+        |s| s.direct_open_failures,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_readaheads_total",
+        "counter",
+        "Readahead hints (fadvise WILLNEED for the rest of a piece) issued (piece_readahead).",
+        |s| s.readaheads,
     );
     per_shard(
         o,

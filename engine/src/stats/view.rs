@@ -166,6 +166,7 @@ impl StatsView {
         total.fixed_buffers = any;
         total.fixed_files = any;
         total.registered_ring_fd = any;
+        total.direct_io = any;
         for s in self.shards.values() {
             total.merge(&s.stats);
         }
