@@ -5,6 +5,9 @@
 //! offset and whose files end mid-block, so both paths of direct_io run: aligned block reads
 //! with O_DIRECT, and unaligned extents and file tails through the page cache.
 //!
+//! The buffered run also sets `idle_poll_usecs` (poll the ring before sleeping), so that
+//! loop path serves a real client too.
+//!
 //! What the page cache holds is read with mincore(2) after dropping the files' pages with
 //! fadvise(DONTNEED): a buffered seeder leaves the served file resident, an O_DIRECT one
 //! must not.
@@ -160,8 +163,13 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
         &["--piece-length", "256K"],
     );
 
-    let (buffered, buffered_resident) =
-        seed_and_download(dir.path(), &content, &torrents, "buffered", "[engine]\n");
+    let (buffered, buffered_resident) = seed_and_download(
+        dir.path(),
+        &content,
+        &torrents,
+        "buffered",
+        "[engine]\nidle_poll_usecs = 50\n",
+    );
     assert_eq!(buffered["direct_io"], false);
     assert_eq!(buffered["direct_reads"], 0);
     assert!(

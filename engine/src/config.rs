@@ -59,6 +59,9 @@ pub const BLOCK_CACHE_BYTES_PER_SHARD_CEILING: u64 = 64 << 30;
 /// 2^20 entries (IORING_MAX_FIXED_FILES), and `fixed_files` gives every cached file a slot.
 pub const OPEN_FILES_PER_SHARD_CEILING: usize = 1 << 20;
 
+/// Longest `idle_poll_usecs` accepted: beyond ~10 ms a shard that polls is just a busy core.
+pub const IDLE_POLL_USECS_CEILING: u64 = 10_000;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -97,6 +100,11 @@ pub struct EngineConfig {
     /// piece's blocks in order, but interleaved peers defeat the kernel's own sequential
     /// detection on a shared file.
     pub piece_readahead: bool,
+    /// After a loop turn that had work, poll the ring (non-blocking enters) for up to this
+    /// long before sleeping: at moderate load the next request usually arrives within it,
+    /// and the shard skips a sleep and a wake-up (an IPI, and on a VM an exit) per request.
+    /// Costs up to this much spinning per idle gap. 0 = always sleep at once.
+    pub idle_poll_usecs: u64,
     /// Peers across all shards; connections beyond it are accepted and closed at once.
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
@@ -165,6 +173,8 @@ impl Default for EngineConfig {
             // Off: for catalogs larger than RAM (see docs/operations.md and benchmarks.md).
             direct_io: false,
             piece_readahead: true,
+            // Off: it buys p99 at moderate load with a spinning core (benchmarks.md).
+            idle_poll_usecs: 0,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,
@@ -323,6 +333,13 @@ impl EngineConfig {
                 "block_cache_bytes_per_shard = {}: less than one block ({} bytes); use 0 to \
                  turn the cache off",
                 self.block_cache_bytes_per_shard, self.block_len_max_bytes
+            ));
+        }
+        if self.idle_poll_usecs > IDLE_POLL_USECS_CEILING {
+            return Err(format!(
+                "idle_poll_usecs = {}: at most {IDLE_POLL_USECS_CEILING} (50-100 is the useful \
+                 range; 0 turns polling off)",
+                self.idle_poll_usecs
             ));
         }
         if self.direct_io && self.block_cache_bytes_per_shard == 0 {
@@ -644,6 +661,11 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("open_files_per_shard_max"));
+        let c = EngineConfig {
+            idle_poll_usecs: IDLE_POLL_USECS_CEILING + 1,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("idle_poll_usecs"));
         // direct_io has nowhere to read into without the cache, and splice bypasses it.
         let c = EngineConfig {
             direct_io: true,

@@ -318,6 +318,14 @@ impl Ring {
         }
     }
 
+    /// True when completions are waiting in the queue (no syscall).
+    pub fn completions_ready(&mut self) -> bool {
+        // SAFETY: as in `reap`: the only CompletionQueue of this ring is a local one.
+        let mut cq = unsafe { self.uring().completion_shared() };
+        cq.sync();
+        !cq.is_empty()
+    }
+
     /// Copies every available completion into `out` (cleared first).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         out.clear();

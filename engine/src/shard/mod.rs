@@ -358,6 +358,7 @@ impl Shard {
         }
         self.stats.accepting = true;
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
+        let idle_poll = Duration::from_micros(self.config.idle_poll_usecs);
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.shutdown_deadline {
@@ -373,6 +374,21 @@ impl Shard {
                 .next_tick_at
                 .saturating_duration_since(self.now)
                 .min(Duration::from_millis(TICK_INTERVAL_MS));
+            if idle_poll > Duration::ZERO && !completions.is_empty() {
+                // Poll before sleeping (`idle_poll_usecs`): each enter submits what is queued
+                // and runs deferred task work, without blocking.
+                let poll_until = self.now + idle_poll.min(wait);
+                loop {
+                    if let Err(e) = self.ring.submit_and_wait(Duration::ZERO) {
+                        tracing::error!(shard = self.index, "io_uring submit failed: {e}");
+                        break;
+                    }
+                    if self.ring.completions_ready() || Instant::now() >= poll_until {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
             if let Err(e) = self.ring.submit_and_wait(wait) {
                 tracing::error!(
                     shard = self.index,
