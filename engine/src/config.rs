@@ -105,6 +105,18 @@ pub struct EngineConfig {
     /// and the shard skips a sleep and a wake-up (an IPI, and on a VM an exit) per request.
     /// Costs up to this much spinning per idle gap. 0 = always sleep at once.
     pub idle_poll_usecs: u64,
+    /// Receive with one multishot recv per peer from a shared provided-buffer ring
+    /// (`recv_buffers_per_shard` x `recv_buffer_bytes`) instead of arming a recv into the
+    /// peer's own buffer after every completion. Falls back to single recvs (logged once)
+    /// when the kernel refuses the buffer ring.
+    pub multishot_recv: bool,
+    /// Receive buffers in each shard's provided-buffer ring (power of two, at most 32768).
+    /// A buffer is out of the ring only from a completion to its dispatch in the same loop
+    /// turn; a burst larger than this ends some peers' multishot recvs (counted as
+    /// `recv_buffers_exhausted`, re-armed at once).
+    pub recv_buffers_per_shard: u32,
+    /// Bytes per receive buffer: the most one receive completion carries.
+    pub recv_buffer_bytes: u32,
     /// Peers across all shards; connections beyond it are accepted and closed at once.
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
@@ -175,6 +187,9 @@ impl Default for EngineConfig {
             piece_readahead: true,
             // Off: it buys p99 at moderate load with a spinning core (benchmarks.md).
             idle_poll_usecs: 0,
+            multishot_recv: true,
+            recv_buffers_per_shard: 2048,
+            recv_buffer_bytes: 2048,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
             peers_per_ip_max: 64,
@@ -333,6 +348,21 @@ impl EngineConfig {
                 "block_cache_bytes_per_shard = {}: less than one block ({} bytes); use 0 to \
                  turn the cache off",
                 self.block_cache_bytes_per_shard, self.block_len_max_bytes
+            ));
+        }
+        if !self.recv_buffers_per_shard.is_power_of_two()
+            || self.recv_buffers_per_shard > crate::ring::provided::RECV_BUFFERS_CEILING
+        {
+            return Err(format!(
+                "recv_buffers_per_shard = {}: must be a power of two between 1 and 32768 (the \
+                 kernel's limit for a buffer ring)",
+                self.recv_buffers_per_shard
+            ));
+        }
+        if !(64..=1 << 20).contains(&self.recv_buffer_bytes) {
+            return Err(format!(
+                "recv_buffer_bytes = {}: must be between 64 and 1048576",
+                self.recv_buffer_bytes
             ));
         }
         if self.idle_poll_usecs > IDLE_POLL_USECS_CEILING {
@@ -661,6 +691,16 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("open_files_per_shard_max"));
+        let c = EngineConfig {
+            recv_buffers_per_shard: 1000,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("recv_buffers_per_shard"));
+        let c = EngineConfig {
+            recv_buffer_bytes: 16,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("recv_buffer_bytes"));
         let c = EngineConfig {
             idle_poll_usecs: IDLE_POLL_USECS_CEILING + 1,
             ..EngineConfig::default()

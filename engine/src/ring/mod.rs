@@ -12,6 +12,7 @@
 
 pub mod block_cache;
 pub mod buffers;
+pub mod provided;
 pub mod token;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe, Submitter};
@@ -244,6 +245,18 @@ impl Ring {
         // the ring (the shard drops the ring first, or leaks them) and are never freed while
         // registered.
         unsafe { self.submitter.register_buffers(iovs) }
+    }
+
+    /// Registers a provided-buffer ring (`ring::provided`) of `entries` descriptors at `addr`
+    /// as buffer group `bgid`.
+    pub fn register_buf_ring(&self, addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
+        // SAFETY: `addr` is a page-aligned `RecvBufRing` descriptor array of `entries`
+        // entries, which outlives the registration: the shard drops the ring (releasing it)
+        // before the RecvBufRing, or leaks the RecvBufRing.
+        unsafe {
+            self.submitter
+                .register_buf_ring_with_flags(addr, entries, bgid, 0)
+        }
     }
 
     /// Queues one SQE; a full SQ is submitted first, never dropped.

@@ -37,6 +37,7 @@ use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
 use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
+use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
 use crate::ring::Optional;
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
@@ -51,8 +52,11 @@ use admission::Admission;
 use choker::{Choker, PeerKey};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use files::{AcquireError, FileCache, FileKey};
-use io_uring::{opcode, squeue, types};
-use peer::{Batch, GatherSend, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES};
+use io_uring::{cqueue, opcode, squeue, types};
+use peer::{
+    Batch, GatherSend, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES,
+    RECV_BUF_INITIAL_BYTES,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -74,6 +78,8 @@ const POOL_BUF_INDEX: u16 = 0;
 /// The cache's first registered buffer; a cache over 1 GiB takes several (see
 /// `BlockCache::iovecs`).
 const CACHE_BUF_INDEX_FIRST: u16 = 1;
+/// The buffer group of the shard's receive buffer ring (`multishot_recv`).
+const RECV_BUFFER_GROUP: u16 = 0;
 pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
 /// Messages from the control thread to a shard.
@@ -149,6 +155,9 @@ pub struct Shard {
     /// Hot-block cache (None when `block_cache_bytes_per_shard` is 0, or in splice mode).
     /// Declared after the ring, like the pool.
     cache: Option<BlockCache>,
+    /// Receive buffers of every peer's multishot recv (None: single recvs into each peer's
+    /// own buffer). Declared after the ring, like the pool.
+    recv_ring: Option<RecvBufRing>,
     fixed_buffers: bool,
     /// Why the buffer pool is not registered (then reads and sends use plain buffers).
     fixed_buffers_error: Option<String>,
@@ -276,10 +285,32 @@ impl Shard {
             Some("this kernel's io_uring lacks IORING_OP_READ_FIXED".to_string())
         };
         let fixed_buffers = fixed_buffers_error.is_none();
+        let recv_ring = if config.multishot_recv {
+            match RecvBufRing::new(
+                &ring,
+                RECV_BUFFER_GROUP,
+                config.recv_buffers_per_shard,
+                config.recv_buffer_bytes,
+            ) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    if setup.index == 0 {
+                        tracing::info!(
+                            "io_uring provided-buffer ring refused ({e}); receiving with \
+                             single recvs (multishot_recv off)"
+                        );
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // `validate` refuses direct_io without a cache; the cache is None in splice mode.
         let direct_io = config.direct_io && cache.is_some();
         let mut stats = ShardStats::new(setup.index);
         stats.direct_io = direct_io;
+        stats.multishot_recv = recv_ring.is_some();
         stats.fixed_buffers = fixed_buffers;
         stats.fixed_files = fixed_files;
         stats.registered_ring_fd = ring.features.registered_ring_fd;
@@ -294,6 +325,7 @@ impl Shard {
             ring,
             pool,
             cache,
+            recv_ring,
             fixed_buffers,
             fixed_buffers_error,
             peers: Vec::new(),
@@ -423,11 +455,16 @@ impl Shard {
                 "shard exits with ops in flight"
             );
             let Shard {
-                ring, pool, cache, ..
+                ring,
+                pool,
+                cache,
+                recv_ring,
+                ..
             } = self;
             drop(ring);
             std::mem::forget(pool);
             std::mem::forget(cache);
+            std::mem::forget(recv_ring);
         }
         stats
     }
@@ -582,12 +619,20 @@ impl Shard {
             }
         };
         let generation = self.generations[idx as usize];
+        // multishot: received bytes land in the shared ring, and the peer's buffer holds only
+        // what is left of a partial message, so it starts empty and grows on demand.
+        let recv_buf_bytes = if self.recv_ring.is_some() {
+            0
+        } else {
+            RECV_BUF_INITIAL_BYTES
+        };
         let peer = Peer::new(
             fd,
             addr,
             generation,
             self.now,
             self.config.request_queue_per_peer_max,
+            recv_buf_bytes,
         );
         self.peers[idx as usize] = Some(peer);
         self.live_peers += 1;
@@ -726,11 +771,24 @@ impl Shard {
         if peer.phase == Phase::Closing || peer.recv_armed {
             return;
         }
+        if let Some(bufs) = &self.recv_ring {
+            // One op for the connection's life: every completion names a ring buffer.
+            let sqe = opcode::RecvMulti::new(types::Fd(peer.fd.as_raw_fd()), bufs.bgid())
+                .build()
+                .user_data(Token::new(OpKind::Recv, 0, idx, peer.generation).encode());
+            peer.recv_armed = true;
+            peer.ops_inflight += 1;
+            self.push(&sqe);
+            return;
+        }
         if peer.recv_len == peer.recv_buf.len() {
             // The buffer is full of one incomplete message: grow, bounded by the largest
             // message allowed (checked by the decoder before we get here).
             let limit = self.config.message_len_max_bytes as usize + 4;
-            let new_len = (peer.recv_buf.len() * 2).min(limit).max(peer.recv_len + 1);
+            let new_len = (peer.recv_buf.len() * 2)
+                .max(RECV_BUF_INITIAL_BYTES)
+                .min(limit)
+                .max(peer.recv_len + 1);
             peer.recv_buf.resize(new_len, 0);
         }
         let buf = &mut peer.recv_buf[peer.recv_len..];
@@ -748,14 +806,50 @@ impl Shard {
 
     fn on_recv(&mut self, idx: u32, c: Completion) {
         let now = self.now;
+        let multishot = self.recv_ring.is_some();
+        // multishot: the bytes sit in a ring buffer. Append them to the peer's parse buffer
+        // and give the buffer back at once, whatever state the peer is in.
+        let mut appended = 0usize;
+        if let (Some(bufs), Some(bid)) = (self.recv_ring.as_mut(), cqueue::buffer_select(c.flags)) {
+            bufs.taken(bid);
+            let len = usize::try_from(c.result).unwrap_or(0);
+            if let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
+                if peer.phase != Phase::Closing && len > 0 {
+                    // Bounded: the decoder closes a peer whose message exceeds
+                    // message_len_max_bytes, so this holds at most one partial message
+                    // plus one receive buffer.
+                    let need = peer.recv_len + len;
+                    if peer.recv_buf.len() < need {
+                        peer.recv_buf.resize(need.max(peer.recv_buf.len() * 2), 0);
+                    }
+                    peer.recv_buf[peer.recv_len..need].copy_from_slice(bufs.buffer(bid, len));
+                    peer.recv_len = need;
+                    appended = len;
+                }
+            }
+            bufs.recycle(bid);
+        }
         let Some(peer) = self.peer_mut(idx) else {
             return;
         };
-        peer.recv_armed = false;
-        peer.ops_inflight -= 1;
+        // A multishot recv stays armed while the kernel says MORE.
+        let ended = !multishot || !cqueue::more(c.flags);
+        if ended {
+            peer.recv_armed = false;
+            peer.ops_inflight -= 1;
+        }
         if peer.phase == Phase::Closing {
             return;
         }
+        if multishot && c.result == -libc::ENOBUFS {
+            // A burst took every ring buffer before this turn gave them back: re-arm.
+            self.stats.recv_buffers_exhausted += 1;
+            self.arm_recv(idx);
+            return;
+        }
+        let Some(peer) = self.peer_mut(idx) else {
+            return;
+        };
         if c.result == 0
             && peer.phase == Phase::Active
             && (!peer.queue.is_empty() || peer.send_busy() || !peer.control_pending.is_empty())
@@ -774,7 +868,14 @@ impl Shard {
             self.close_peer(idx, reason);
             return;
         }
-        peer.recv_len += c.result as usize;
+        if multishot {
+            debug_assert_eq!(
+                appended, c.result as usize,
+                "a multishot completion without its buffer"
+            );
+        } else {
+            peer.recv_len += c.result as usize;
+        }
         debug_assert!(peer.recv_len <= peer.recv_buf.len());
         peer.last_recv_at = now;
         if let Err(reason) = self.process_input(idx) {
@@ -782,7 +883,9 @@ impl Shard {
             return;
         }
         self.pump(idx);
-        self.arm_recv(idx);
+        if ended {
+            self.arm_recv(idx);
+        }
     }
 
     /// Decodes every complete message in the peer's buffer and acts on it.

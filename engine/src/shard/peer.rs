@@ -120,6 +120,7 @@ impl Peer {
         generation: u16,
         now: Instant,
         queue_max: usize,
+        recv_buf_bytes: usize,
     ) -> Peer {
         Peer {
             fd,
@@ -127,7 +128,7 @@ impl Peer {
             generation,
             phase: Phase::Handshake,
             ops_inflight: 0,
-            recv_buf: vec![0; RECV_BUF_INITIAL_BYTES],
+            recv_buf: vec![0; recv_buf_bytes],
             recv_len: 0,
             recv_armed: false,
             torrent: None,

@@ -6,7 +6,7 @@
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
-//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
+//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`.
@@ -52,6 +52,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "fixed_files": s.fixed_files,
         "registered_ring_fd": s.registered_ring_fd,
         "direct_io": s.direct_io,
+        "multishot_recv": s.multishot_recv,
         "uploaded_bytes": s.uploaded_bytes,
         "upload_bytes_per_sec": upload_bytes_per_sec,
         "blocks_served": s.blocks_served,
@@ -78,6 +79,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "direct_read_fallbacks": s.direct_read_fallbacks,
         "direct_open_failures": s.direct_open_failures,
         "readaheads": s.readaheads,
+        "recv_buffers_exhausted": s.recv_buffers_exhausted,
         "metadata_pieces_served": s.metadata_pieces_served,
         "stats_snapshots_dropped": s.stats_snapshots_dropped,
         "health_reports_dropped": s.health_reports_dropped,

@@ -182,6 +182,9 @@ pub struct ShardStats {
     pub direct_open_failures: u64,
     /// `piece_readahead`: readahead hints (fadvise WILLNEED) issued.
     pub readaheads: u64,
+    /// `multishot_recv`: multishot recvs the kernel ended because the shard's receive
+    /// buffer ring was empty (re-armed at once).
+    pub recv_buffers_exhausted: u64,
     pub metadata_pieces_served: u64,
     pub stats_snapshots_dropped: u64,
     /// Content-fault reports to the control plane dropped on a full channel (retried).
@@ -197,6 +200,8 @@ pub struct ShardStats {
     pub registered_ring_fd: bool,
     /// The shard reads content with O_DIRECT into its cache (`direct_io`).
     pub direct_io: bool,
+    /// The shard receives with multishot recvs from a provided-buffer ring.
+    pub multishot_recv: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
     pub request_latency_ns: Histogram<u64>,
     /// read submitted -> read completed, nanoseconds.
@@ -256,6 +261,7 @@ impl ShardStats {
             direct_read_fallbacks: 0,
             direct_open_failures: 0,
             readaheads: 0,
+            recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
             health_reports_dropped: 0,
@@ -264,6 +270,7 @@ impl ShardStats {
             fixed_files: false,
             registered_ring_fd: false,
             direct_io: false,
+            multishot_recv: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
@@ -366,6 +373,7 @@ impl ShardStats {
         self.direct_read_fallbacks += other.direct_read_fallbacks;
         self.direct_open_failures += other.direct_open_failures;
         self.readaheads += other.readaheads;
+        self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.health_reports_dropped += other.health_reports_dropped;
@@ -374,6 +382,7 @@ impl ShardStats {
         self.fixed_files &= other.fixed_files;
         self.registered_ring_fd &= other.registered_ring_fd;
         self.direct_io &= other.direct_io;
+        self.multishot_recv &= other.multishot_recv;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);

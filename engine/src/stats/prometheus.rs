@@ -171,6 +171,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_shard_multishot_recv",
+        "gauge",
+        "1 when the shard receives with multishot recvs from a provided-buffer ring (multishot_recv); 0 when off or refused by the kernel.",
+        |s| u64::from(s.multishot_recv),
+    );
+    per_shard(
+        o,
+        view,
         "squall_uploaded_bytes_total",
         "counter",
         "Payload bytes of piece messages handed to the kernel.",
@@ -313,6 +321,14 @@ pub fn render(view: &StatsView) -> String {
         "counter",
         "Readahead hints (fadvise WILLNEED for the rest of a piece) issued (piece_readahead).",
         |s| s.readaheads,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_recv_buffers_exhausted_total",
+        "counter",
+        "Multishot recvs ended because the shard's receive buffer ring was empty (re-armed at once; raise recv_buffers_per_shard if it climbs).",
+        |s| s.recv_buffers_exhausted,
     );
     per_shard(
         o,
