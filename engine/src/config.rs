@@ -140,8 +140,13 @@ pub struct EngineConfig {
     /// Hot-block cache per shard, in bytes of registered memory (0 = off). Recently served
     /// 16 KiB blocks are sent from here without a read; CLOCK eviction.
     pub block_cache_bytes_per_shard: u64,
-    /// Bytes of piece payload coalesced into one send.
+    /// Bytes of piece payload coalesced into one send, for blocks read into the send buffer
+    /// slot (which is sized for this many).
     pub send_batch_bytes_max: u32,
+    /// Bytes of piece payload one send may carry when its blocks come from the hot-block
+    /// cache: only their 13-byte headers take slot space, so a batch of cache hits grows to
+    /// this without larger slots. Fewer, larger sends: fewer wake-ups and per-send costs.
+    pub cached_send_batch_bytes_max: u32,
     /// Open content files cached per shard.
     pub open_files_per_shard_max: usize,
     /// Interested peers unchoked at once, across all shards (split evenly).
@@ -202,6 +207,7 @@ impl Default for EngineConfig {
             buffer_pool_slots_per_shard: 64,
             block_cache_bytes_per_shard: BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT,
             send_batch_bytes_max: 256 * 1024,
+            cached_send_batch_bytes_max: 1024 * 1024,
             open_files_per_shard_max: 1_024,
             upload_slots_max: 4_096,
             choke_rotation_secs: 30,
@@ -233,14 +239,29 @@ impl EngineConfig {
     }
 
     /// Bytes of one send slot: the batch payload plus one piece header per block it can hold.
+    /// A buffer slot: room for `send_batch_bytes_max` of blocks read into it, each with its
+    /// header, plus the headers of the extra blocks a batch may send from the cache.
     pub fn slot_len_bytes(&self) -> usize {
-        let blocks = self.blocks_per_batch_max();
-        blocks * (crate::wire::message::PIECE_HEADER_LEN + self.block_len_max_bytes as usize)
+        let header = crate::wire::message::PIECE_HEADER_LEN;
+        let in_slot = self.slot_blocks_max();
+        in_slot * (header + self.block_len_max_bytes as usize)
+            + (self.blocks_per_batch_max() - in_slot) * header
     }
 
-    /// Most blocks one coalesced send carries.
-    pub fn blocks_per_batch_max(&self) -> usize {
+    /// Most blocks one batch holds in its slot (read there, not from the cache).
+    pub fn slot_blocks_max(&self) -> usize {
         (self.send_batch_bytes_max / self.block_len_max_bytes).max(1) as usize
+    }
+
+    /// Most blocks one coalesced send carries: `cached_send_batch_bytes_max` worth when they
+    /// come from the hot-block cache (only their headers take slot space).
+    pub fn blocks_per_batch_max(&self) -> usize {
+        let cached = if self.block_cache_bytes_per_shard > 0 {
+            (self.cached_send_batch_bytes_max / self.block_len_max_bytes) as usize
+        } else {
+            0
+        };
+        self.slot_blocks_max().max(cached)
     }
 
     /// Refuses values that would break an engine invariant; the message names the key.
@@ -276,6 +297,15 @@ impl EngineConfig {
             return Err(format!(
                 "send_batch_bytes_max = {}: must be between block_len_max_bytes ({}) and 4194304",
                 self.send_batch_bytes_max, self.block_len_max_bytes
+            ));
+        }
+        if self.cached_send_batch_bytes_max < self.block_len_max_bytes
+            || self.cached_send_batch_bytes_max > 4 << 20
+        {
+            return Err(format!(
+                "cached_send_batch_bytes_max = {}: must be between block_len_max_bytes ({}) and \
+                 4194304",
+                self.cached_send_batch_bytes_max, self.block_len_max_bytes
             ));
         }
         if self.message_len_max_bytes < 16 * 1024 + 13 {
@@ -784,9 +814,18 @@ mod tests {
     #[test]
     fn slot_holds_a_full_batch_with_headers() {
         // A slot must fit every block of a batch plus its 13-byte header.
+        // Cached blocks take only their header, so a slot also holds the headers of the
+        // extra blocks a batch of cache hits may carry.
         let c = EngineConfig::default();
-        assert_eq!(c.blocks_per_batch_max(), 16);
-        assert_eq!(c.slot_len_bytes(), 16 * (13 + 16384));
+        assert_eq!(c.slot_blocks_max(), 16);
+        assert_eq!(c.blocks_per_batch_max(), 64);
+        assert_eq!(c.slot_len_bytes(), 16 * (13 + 16384) + 48 * 13);
+        let no_cache = EngineConfig {
+            block_cache_bytes_per_shard: 0,
+            ..EngineConfig::default()
+        };
+        assert_eq!(no_cache.blocks_per_batch_max(), 16);
+        assert_eq!(no_cache.slot_len_bytes(), 16 * (13 + 16384));
     }
 }
 

@@ -9,8 +9,10 @@
 //! handler never re-enters the loop; it only queues SQEs, which go out at the next turn.
 //!
 //! Serving a block (copy mode): requests are validated and queued per peer; when the peer's
-//! send pipeline is idle, up to `blocks_per_batch_max` queued blocks are laid out in one
-//! buffer slot as `[13-byte piece header][block]...`, the block bytes are read with ReadFixed
+//! send pipeline is idle, queued blocks are laid out in one buffer slot as
+//! `[13-byte piece header][block]...` (up to `send_batch_bytes_max` of blocks to read, plus
+//! cache hits up to `cached_send_batch_bytes_max`, whose bytes stay in the cache and are
+//! gathered by the send), the block bytes are read with ReadFixed
 //! straight into place, and one Send of the whole slot is linked after the reads: no trip to
 //! userspace between read and send. zerocopy mode sends the slot with SendZc and frees it at
 //! the notification; splice mode sends the header, then splices file -> pipe -> socket.
@@ -1371,6 +1373,8 @@ impl Shard {
         debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
         let mode = self.config.serve_mode;
         let blocks_max = self.config.blocks_per_batch_max();
+        let read_bytes_max = self.config.send_batch_bytes_max as usize;
+        let mut read_bytes = 0usize;
         let slot_len = self.pool.slot_len_bytes();
         let fixed = self.fixed_buffers;
         let vectored_reads = self.config.vectored_reads;
@@ -1426,8 +1430,15 @@ impl Shard {
         // Zero extents and headers are written now, before any op names the slot.
         'blocks: while let Some(q) = peer.queue.front().copied() {
             let r = q.request;
+            // A block read from disk counts against `send_batch_bytes_max` (and, read into the
+            // slot, needs room there); a cache hit needs room for its header only, so a batch
+            // of hits grows to `cached_send_batch_bytes_max`. Misses keep the old bound: a
+            // longer read chain only delays the send.
+            let fits_in_slot = offset + PIECE_HEADER_LEN + r.length as usize <= slot_len;
+            let read_fits = read_bytes + r.length as usize <= read_bytes_max;
             if blocks as usize >= blocks_max
-                || offset + PIECE_HEADER_LEN + r.length as usize > slot_len
+                || offset + PIECE_HEADER_LEN > slot_len
+                || (!read_fits && cache.is_none())
             {
                 break;
             }
@@ -1446,6 +1457,20 @@ impl Shard {
                         Lookup::Busy => {}
                     }
                 }
+            }
+            let hit = matches!(cached, Some((_, false)));
+            if !hit && (!read_fits || (cached.is_none() && !fits_in_slot)) {
+                // A block to read, and the batch's read budget (or the slot) is full. Give a
+                // claimed entry back unfilled. (The next batch looks this block up again, so
+                // its miss/busy/full counts twice: at most once per batch.)
+                if let (Some((entry, true)), Some(c)) = (cached, cache.as_deref_mut()) {
+                    c.fill_done(entry, false);
+                    c.release(entry);
+                }
+                break;
+            }
+            if !hit {
+                read_bytes += r.length as usize;
             }
             let reads_before = reads.len();
             let files_before = peer.batch_files.len();
