@@ -20,7 +20,8 @@ SC_FILE="$ROOT/configs/bench/$SCENARIO.toml"
 WORK=${SQUALL_BENCH_DIR:-/tmp/squall-bench}
 ROUNDS=${ROUNDS:-3}
 DATE=$(date -u +%Y-%m-%d)
-OUT="$ROOT/bench/results/$DATE-$SCENARIO"
+# SQUALL_BENCH_OUT: another results directory (e.g. a second published run on the same day).
+OUT=${SQUALL_BENCH_OUT:-"$ROOT/bench/results/$DATE-$SCENARIO"}
 SQUALL="$ROOT/target/release/squall"
 BENCH="$ROOT/target/release/squall-bench"
 PY=/usr/bin/python3
