@@ -72,6 +72,38 @@ fn fs_does_direct_io(dir: &Path) -> bool {
     matches!(sfs.f_type as i64, 0xEF53 | 0x5846_5342)
 }
 
+/// Starts `squall seed` on `torrents`/`content` with the TOML `config` (written under `dir`),
+/// one shard, the admin endpoint on a free port.
+fn start_seeder(dir: &Path, torrents: &Path, content: &Path, config: &str) -> SquallProcess {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = write_config(dir, config);
+    SquallProcess::start(&[
+        "--torrents",
+        torrents.to_str().unwrap(),
+        "--data",
+        content.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--state",
+        dir.join("state").to_str().unwrap(),
+        "--shards",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+    ])
+}
+
+/// /stats `total` once the shards' snapshots (sent every second) count `bytes` uploaded.
+fn total_after_upload(admin: std::net::SocketAddr, bytes: u64) -> serde_json::Value {
+    wait_for(Duration::from_secs(10), "the upload in /stats", || {
+        let (status, body) = http_get(admin, "/stats");
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("/stats is JSON");
+        let uploaded = v["total"]["uploaded_bytes"].as_u64().unwrap_or(0);
+        (uploaded >= bytes).then(|| v["total"].clone())
+    })
+}
+
 /// Seeds `content` with `config`, drops the content from the page cache, downloads it with
 /// libtorrent, checks the bytes, and returns (/stats total, resident fraction of big.bin).
 fn seed_and_download(
@@ -81,24 +113,7 @@ fn seed_and_download(
     label: &str,
     config: &str,
 ) -> (serde_json::Value, f64) {
-    let state = dir.join(format!("state-{label}"));
-    let cfg_dir = dir.join(format!("cfg-{label}"));
-    std::fs::create_dir_all(&cfg_dir).unwrap();
-    let cfg = write_config(&cfg_dir, config);
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let squall = start_seeder(&dir.join(format!("run-{label}")), torrents, content, config);
     let admin = squall.admin.expect("no admin line");
     // Loading hashed the content through the page cache: drop it, and check it is gone, so
     // what is resident after the download is what serving put there.
@@ -123,14 +138,7 @@ fn seed_and_download(
     // Measured before the comparison below reads the source through the page cache.
     let resident = resident_fraction(&big);
     assert_same_tree(&multi, &save.join("multi"));
-    // Shard snapshots reach /stats every second: wait for the whole upload.
-    let total = wait_for(Duration::from_secs(10), "the upload in /stats", || {
-        let (status, body) = http_get(admin, "/stats");
-        assert_eq!(status, 200);
-        let v: serde_json::Value = serde_json::from_str(&body).expect("/stats is JSON");
-        let uploaded = v["total"]["uploaded_bytes"].as_u64().unwrap_or(0);
-        (uploaded >= (BIG_BYTES + SMALL_BYTES) as u64).then(|| v["total"].clone())
-    });
+    let total = total_after_upload(admin, (BIG_BYTES + SMALL_BYTES) as u64);
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0), "{label}: squall exit");
     (total, resident)
@@ -239,24 +247,12 @@ fn multishot_recv_survives_an_exhausted_buffer_ring() {
     let torrents = dir.path().join("torrents");
     std::fs::create_dir_all(&torrents).unwrap();
     squall_make(&content.join("one.bin"), &torrents.join("one.torrent"), &[]);
-    let cfg = write_config(
-        dir.path(),
+    let squall = start_seeder(
+        &dir.path().join("run"),
+        &torrents,
+        &content,
         "[engine]\nmultishot_recv = true\nrecv_buffers_per_shard = 1\nrecv_buffer_bytes = 64\n",
     );
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--state",
-        dir.path().join("state").to_str().unwrap(),
-        "--shards",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
     let admin = squall.admin.expect("no admin line");
     let save = dir.path().join("dl");
     let r = lt_download(
@@ -267,11 +263,7 @@ fn multishot_recv_survives_an_exhausted_buffer_ring() {
     );
     assert!(r.ok, "{}", r.json);
     assert_same_tree(&content, &save);
-    let total = wait_for(Duration::from_secs(10), "the upload in /stats", || {
-        let (_, body) = http_get(admin, "/stats");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("/stats is JSON");
-        (v["total"]["uploaded_bytes"].as_u64().unwrap_or(0) >= 8 << 20).then(|| v["total"].clone())
-    });
+    let total = total_after_upload(admin, 8 << 20);
     assert_eq!(total["multishot_recv"], true, "{total}");
     assert!(
         total["recv_buffers_exhausted"].as_u64().unwrap_or(0) > 0,

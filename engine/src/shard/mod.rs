@@ -1453,20 +1453,21 @@ impl Shard {
                             debug_assert_eq!(len, r.length, "a cached block changed length");
                             cached = Some((entry, false));
                         }
-                        Lookup::Miss => cached = cache.claim(key, r.length).map(|e| (e, true)),
+                        // Claim only within the read budget: a claim may evict a block.
+                        Lookup::Miss if read_fits => {
+                            cached = cache.claim(key, r.length).map(|e| (e, true))
+                        }
+                        Lookup::Miss => {}
                         Lookup::Busy => {}
                     }
                 }
             }
             let hit = matches!(cached, Some((_, false)));
             if !hit && (!read_fits || (cached.is_none() && !fits_in_slot)) {
-                // A block to read, and the batch's read budget (or the slot) is full. Give a
-                // claimed entry back unfilled. (The next batch looks this block up again, so
-                // its miss/busy/full counts twice: at most once per batch.)
-                if let (Some((entry, true)), Some(c)) = (cached, cache.as_deref_mut()) {
-                    c.fill_done(entry, false);
-                    c.release(entry);
-                }
+                // A block to read, and the batch's read budget (or the slot) is full. (The
+                // next batch looks this block up again, so its miss/busy counts twice: at
+                // most once per batch.)
+                debug_assert!(cached.is_none(), "claimed beyond the read budget");
                 break;
             }
             if !hit {
