@@ -12,6 +12,8 @@
 #                          e.g. "--peers 256 --depth 16 --hop --duration 8 --warmup 1 --verify sample"
 #   SQUALL_AB_MEMCG_BYTES  run the seeder in a memory cgroup of this many bytes (page cache
 #                          included): a catalog larger than the RAM it may use. Needs root.
+#   SQUALL_AB_BIN_A/B      squall binaries to compare instead of one build with two configs
+#                          (an A/B of a code change: pass the same config twice)
 #   SQUALL_AB_COLD=1       drop the page cache (vm.drop_caches, root) before each run
 #                          instead of warming it: every run starts from disk.
 set -euo pipefail
@@ -45,9 +47,11 @@ drop_caches() { sync; echo 1 > /proc/sys/vm/drop_caches; }
 if [ "$COLD" = 1 ]; then drop_caches; else cat "$DATA"/* > /dev/null; fi
 run() { # label config
   local label=$1 cfg=$2 out=$WORK/out-$1.txt
+  local sq=$SQ
+  if [ "$label" = A ]; then sq=${SQUALL_AB_BIN_A:-$SQ}; else sq=${SQUALL_AB_BIN_B:-$SQ}; fi
   # The seeder joins the cgroup (when there is one) before exec, so its io-wq workers do too.
   taskset -c 0 sh -c '[ -z "$1" ] || echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$MEMCG" \
-    "$SQ" seed --config "$cfg" --torrents "$TORRENTS" --data "$DATA" --listen 127.0.0.1:0 \
+    "$sq" seed --config "$cfg" --torrents "$TORRENTS" --data "$DATA" --listen 127.0.0.1:0 \
     --state "$WORK/state-$label" --shards 1 --summary-secs 0 --admin off > "$out" 2> "$WORK/err-$label.txt" &
   local sp=$!
   for _ in $(seq 600); do grep -q '^ready' "$out" 2>/dev/null && break; sleep 0.1; done

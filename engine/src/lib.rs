@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod config_file;
 pub mod health;
+pub mod keyhash;
 pub mod make;
 pub mod metainfo;
 pub mod net;

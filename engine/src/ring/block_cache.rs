@@ -18,6 +18,7 @@
 //! holds more keys than entries. Must never: hand out an entry whose bytes the kernel may be
 //! writing, free an entry a send still names, or grow.
 
+use crate::keyhash::KeyHashBuilder;
 use crate::metainfo::InfoHash;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashMap;
@@ -87,7 +88,7 @@ pub struct BlockCache {
     layout: Layout,
     entry_len_bytes: usize,
     entries: Vec<Entry>,
-    map: HashMap<BlockKey, u32>,
+    map: HashMap<BlockKey, u32, KeyHashBuilder>,
     free: Vec<u32>,
     hand: usize,
     pub counters: CacheCounters,
@@ -132,7 +133,7 @@ impl BlockCache {
                 };
                 count
             ],
-            map: HashMap::with_capacity(count),
+            map: HashMap::with_capacity_and_hasher(count, KeyHashBuilder::new()),
             free: (0..count as u32).rev().collect(),
             hand: 0,
             counters: CacheCounters::default(),

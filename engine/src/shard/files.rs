@@ -19,6 +19,7 @@
 //! page cache; everything else (file tails, blocks that straddle files) uses the buffered fd.
 //! A file whose filesystem refuses O_DIRECT keeps only its buffered fd (counted).
 
+use crate::keyhash::KeyHashBuilder;
 use crate::metainfo::InfoHash;
 use crate::storage::{open_content, open_content_direct};
 use std::collections::HashMap;
@@ -76,7 +77,7 @@ impl Entry {
 }
 
 pub struct FileCache {
-    entries: HashMap<FileKey, Entry>,
+    entries: HashMap<FileKey, Entry, KeyHashBuilder>,
     capacity: usize,
     clock: u64,
     /// Fixed-file slots no entry holds (None: no fixed-file table, plain fds only).
@@ -105,7 +106,7 @@ impl FileCache {
         assert!(capacity <= crate::config::OPEN_FILES_PER_SHARD_CEILING);
         let slots = capacity as u32;
         FileCache {
-            entries: HashMap::with_capacity(capacity),
+            entries: HashMap::with_capacity_and_hasher(capacity, KeyHashBuilder::new()),
             capacity,
             clock: 0,
             // Reversed so slots are handed out from 0 up (tidy in traces).
