@@ -59,6 +59,9 @@ pub const BLOCK_CACHE_BYTES_PER_SHARD_CEILING: u64 = 64 << 30;
 /// 2^20 entries (IORING_MAX_FIXED_FILES), and `fixed_files` gives every cached file a slot.
 pub const OPEN_FILES_PER_SHARD_CEILING: usize = 1 << 20;
 
+/// Largest receive buffer ring per shard (`recv_buffers_per_shard x recv_buffer_bytes`).
+pub const RECV_RING_BYTES_CEILING: u64 = 256 << 20;
+
 /// Longest `idle_poll_usecs` accepted: beyond ~10 ms a shard that polls is just a busy core.
 pub const IDLE_POLL_USECS_CEILING: u64 = 10_000;
 
@@ -393,6 +396,13 @@ impl EngineConfig {
             return Err(format!(
                 "recv_buffer_bytes = {}: must be between 64 and 1048576",
                 self.recv_buffer_bytes
+            ));
+        }
+        let ring_bytes = u64::from(self.recv_buffers_per_shard) * u64::from(self.recv_buffer_bytes);
+        if self.multishot_recv && ring_bytes > RECV_RING_BYTES_CEILING {
+            return Err(format!(
+                "recv_buffers_per_shard x recv_buffer_bytes = {ring_bytes} bytes per shard: at \
+                 most {RECV_RING_BYTES_CEILING} (256 MiB); the default ring is 4 MiB"
             ));
         }
         if self.idle_poll_usecs > IDLE_POLL_USECS_CEILING {
@@ -731,6 +741,12 @@ mod tests {
             ..EngineConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("recv_buffer_bytes"));
+        let c = EngineConfig {
+            recv_buffers_per_shard: 32768,
+            recv_buffer_bytes: 1 << 20,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("256 MiB"));
         let c = EngineConfig {
             idle_poll_usecs: IDLE_POLL_USECS_CEILING + 1,
             ..EngineConfig::default()
