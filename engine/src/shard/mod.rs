@@ -408,6 +408,7 @@ impl Shard {
                 .next_tick_at
                 .saturating_duration_since(self.now)
                 .min(Duration::from_millis(TICK_INTERVAL_MS));
+            let mut polled_ready = false;
             if idle_poll > Duration::ZERO && !completions.is_empty() {
                 // Poll before sleeping (`idle_poll_usecs`): each enter submits what is queued
                 // and runs deferred task work, without blocking.
@@ -417,13 +418,20 @@ impl Shard {
                         tracing::error!(shard = self.index, "io_uring submit failed: {e}");
                         break;
                     }
-                    if self.ring.completions_ready() || Instant::now() >= poll_until {
+                    polled_ready = self.ring.completions_ready();
+                    if polled_ready || Instant::now() >= poll_until {
                         break;
                     }
                     std::hint::spin_loop();
                 }
             }
-            if let Err(e) = self.ring.submit_and_wait(wait) {
+            // A poll that found completions has submitted everything: reap without entering.
+            let entered = if polled_ready {
+                Ok(())
+            } else {
+                self.ring.submit_and_wait(wait)
+            };
+            if let Err(e) = entered {
                 tracing::error!(
                     shard = self.index,
                     "io_uring submit failed: {e}; shard stops"
