@@ -1599,30 +1599,14 @@ impl Shard {
                     && readahead.is_none()
                     && peer.readahead_file.is_none()
                 {
-                    let piece_end = (u64::from(r.index) + 1) * torrent.piece_length;
-                    let rest_at = torrent_offset + u64::from(r.length);
-                    let rest_len = piece_end
-                        .min(torrent.total_length)
-                        .saturating_sub(rest_at)
-                        .min(u64::from(u32::MAX));
-                    if rest_len > 0 {
-                        extents.clear();
-                        map_range(&torrent.files, rest_at, rest_len as u32, &mut extents);
-                        let first_file = extents.iter().find_map(|e| match *e {
-                            Extent::File {
-                                file_index,
-                                file_offset,
-                                len,
-                            } => Some((file_index, file_offset, len)),
-                            Extent::Zero { .. } => None,
-                        });
-                        if let Some((file_index, file_offset, len)) = first_file {
-                            let key: FileKey = (torrent.info_hash, file_index);
-                            let path = &torrent.files[file_index as usize].path;
-                            // A file that cannot be opened now is the block read's business.
-                            if let Ok(file) = self.files.acquire(key, path, &mut self.ring) {
-                                readahead = Some((key, file.fd, file_offset, len));
-                            }
+                    if let Some((file_index, file_offset, len)) =
+                        piece_rest_first_file(&torrent, r, &mut extents)
+                    {
+                        let key: FileKey = (torrent.info_hash, file_index);
+                        let path = &torrent.files[file_index as usize].path;
+                        // A file that cannot be opened now is the block read's business.
+                        if let Ok(file) = self.files.acquire(key, path, &mut self.ring) {
+                            readahead = Some((key, file.fd, file_offset, len));
                         }
                     }
                 }
@@ -2420,6 +2404,35 @@ fn advance_iovecs(iovs: &mut [libc::iovec], mut sent: usize) -> usize {
 
 /// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
 /// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
+/// The first file extent (file index, offset in the file, length) of the rest of block
+/// `r`'s piece after `r`: what a readahead hint covers. None when the block ends its piece
+/// or the rest is all padding.
+fn piece_rest_first_file(
+    torrent: &CatalogTorrent,
+    r: BlockRequest,
+    extents: &mut Vec<Extent>,
+) -> Option<(u32, u64, u32)> {
+    let piece_len =
+        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
+    let rest_begin = u64::from(r.begin) + u64::from(r.length);
+    let rest_len = piece_len.checked_sub(rest_begin).filter(|n| *n > 0)?;
+    let rest_at = u64::from(r.index) * torrent.piece_length + rest_begin;
+    map_range(
+        &torrent.files,
+        rest_at,
+        rest_len.min(u64::from(u32::MAX)) as u32,
+        extents,
+    );
+    extents.iter().find_map(|e| match *e {
+        Extent::File {
+            file_index,
+            file_offset,
+            len,
+        } => Some((file_index, file_offset, len)),
+        Extent::Zero { .. } => None,
+    })
+}
+
 fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
     let block = CACHE_BLOCK_LEN_BYTES as u64;
     if u64::from(r.begin) % block != 0 {
