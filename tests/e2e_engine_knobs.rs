@@ -1,6 +1,6 @@
 //! End-to-end: engine knobs against real libtorrent downloads from the real `squall`
-//! binary: `direct_io` (O_DIRECT reads into the hot-block cache), `piece_readahead`
-//! (fadvise WILLNEED), `idle_poll_usecs`, and `multishot_recv` with a receive buffer ring so
+//! binary: `direct_io` (O_DIRECT reads into the hot-block cache), `page_cache_sends`
+//! (blocks sent from file mappings), `piece_readahead` (fadvise WILLNEED), `idle_poll_usecs`, and `multishot_recv` with a receive buffer ring so
 //! small that it runs dry all the time.
 //!
 //! direct_io:
@@ -144,6 +144,30 @@ fn seed_and_download(
     (total, resident)
 }
 
+/// One two-file torrent ("multi") under `dir`: big.bin, then small.bin starting at an
+/// unaligned torrent offset, so one block straddles the two files. 256 KiB pieces (the
+/// automatic length would be one block): 16 blocks per piece, so a piece's first block has
+/// a rest to read ahead. Returns (content dir, torrents dir).
+fn make_multi(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let content = dir.join("content");
+    write_file(
+        &content.join("multi/big.bin"),
+        &pattern_bytes(BIG_BYTES, 91),
+    );
+    write_file(
+        &content.join("multi/small.bin"),
+        &pattern_bytes(SMALL_BYTES, 92),
+    );
+    let torrents = dir.join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    squall_make(
+        &content.join("multi"),
+        &torrents.join("multi.torrent"),
+        &["--piece-length", "256K"],
+    );
+    (content, torrents)
+}
+
 /// Proves: with `direct_io = true` a libtorrent download is byte-identical, aligned block
 /// reads go through O_DIRECT and the unaligned ones (the second file's start, both files'
 /// tails) fall back and are counted, and serving leaves big.bin out of the page cache; the
@@ -154,25 +178,7 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let content = dir.path().join("content");
-    // One two-file torrent ("multi"): small.bin starts at an unaligned torrent offset.
-    write_file(
-        &content.join("multi/big.bin"),
-        &pattern_bytes(BIG_BYTES, 91),
-    );
-    write_file(
-        &content.join("multi/small.bin"),
-        &pattern_bytes(SMALL_BYTES, 92),
-    );
-    // 256 KiB pieces (the automatic length would be one block): 16 blocks per piece, so a
-    // piece's first block has a rest to read ahead.
-    let torrents = dir.path().join("torrents");
-    std::fs::create_dir_all(&torrents).unwrap();
-    squall_make(
-        &content.join("multi"),
-        &torrents.join("multi.torrent"),
-        &["--piece-length", "256K"],
-    );
+    let (content, torrents) = make_multi(dir.path());
 
     let (buffered, buffered_resident) = seed_and_download(
         dir.path(),
@@ -187,6 +193,10 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
         "multishot_recv is on by default"
     );
     assert_eq!(buffered["direct_reads"], 0);
+    assert_eq!(
+        buffered["page_cache_sends_on"], true,
+        "page_cache_sends is on by default"
+    );
     assert!(
         buffered["readaheads"].as_u64().unwrap_or(0) > 0,
         "piece_readahead is on by default: {buffered}"
@@ -208,6 +218,11 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
         return;
     }
     assert_eq!(direct["direct_io"], true, "{direct}");
+    assert_eq!(
+        direct["page_cache_sends_on"], false,
+        "direct_io rules out sends from the page cache: {direct}"
+    );
+    assert_eq!(direct["page_cache_sends"], 0, "{direct}");
     assert_eq!(direct["direct_open_failures"], 0, "{direct}");
     assert_eq!(
         direct["readaheads"], 0,
@@ -227,6 +242,61 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
         direct_resident < 0.1,
         "O_DIRECT serving left {direct_resident:.2} of big.bin in the page cache"
     );
+}
+
+/// Proves: with the content in the page cache and no hot-block cache, `page_cache_sends`
+/// serves a libtorrent download byte-identical, sending the blocks that lie in one file
+/// from that file's mapping (counted) and reading the one block that straddles big.bin and
+/// small.bin; with it off, every block is read and none is counted.
+#[test]
+fn page_cache_sends_serve_resident_blocks_from_file_mappings() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (content, torrents) = make_multi(dir.path());
+    let multi = content.join("multi");
+    let blocks = (BIG_BYTES + SMALL_BYTES).div_ceil(16 << 10) as u64;
+    for (label, on) in [("mapped", true), ("read", false)] {
+        let config =
+            format!("[engine]\nblock_cache_bytes_per_shard = 0\npage_cache_sends = {on}\n");
+        let run = dir.path().join(format!("run-{label}"));
+        let squall = start_seeder(&run, &torrents, &content, &config);
+        let admin = squall.admin.expect("no admin line");
+        // Loading hashed the content: it is resident now (a tmp dir may be tmpfs, which
+        // keeps it resident anyway).
+        let save = dir.path().join(format!("dl-{label}"));
+        let r = lt_download(
+            Source::Torrent(&torrents.join("multi.torrent")),
+            &save,
+            &squall.peer(),
+            &[],
+        );
+        assert!(r.ok, "{label}: {}", r.json);
+        assert_same_tree(&multi, &save.join("multi"));
+        let total = total_after_upload(admin, (BIG_BYTES + SMALL_BYTES) as u64);
+        let (code, _) = squall.terminate();
+        assert_eq!(code, Some(0), "{label}: squall exit");
+        assert_eq!(total["page_cache_sends_on"], on, "{total}");
+        assert_eq!(total["map_failures"], 0, "{total}");
+        assert_eq!(total["page_cache_send_faults"], 0, "{total}");
+        assert_eq!(total["disk_errors"], 0, "{total}");
+        let sent = total["page_cache_sends"].as_u64().unwrap_or(0);
+        let served = total["blocks_served"].as_u64().unwrap_or(0);
+        assert!(
+            served >= blocks,
+            "{served} blocks served for {blocks}: {total}"
+        );
+        if on {
+            // All but the straddling block (libtorrent may ask for a block twice).
+            assert!(
+                sent >= blocks - 1 && sent < served,
+                "{sent} page-cache sends of {served} blocks served ({blocks} in the torrent): {total}"
+            );
+        } else {
+            assert_eq!(sent, 0, "{total}");
+        }
+    }
 }
 
 /// Proves: with a receive buffer ring of one 64-byte buffer, libtorrent's request bursts

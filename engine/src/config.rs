@@ -103,6 +103,14 @@ pub struct EngineConfig {
     /// piece's blocks in order, but interleaved peers defeat the kernel's own sequential
     /// detection on a shared file.
     pub piece_readahead: bool,
+    /// Send a block whose pages are already in the page cache straight from a read-only
+    /// mapping of its file (the kernel copies page cache -> socket once) instead of reading
+    /// it into our memory and sending that (two copies). Residency is checked with mincore
+    /// first, so a block on disk is still read asynchronously and never faults the shard.
+    /// Not used with `direct_io` (which keeps content out of the page cache) or in splice
+    /// mode. Each open content file is then also mapped (bounded by
+    /// `open_files_per_shard_max`; mind `vm.max_map_count` with many shards).
+    pub page_cache_sends: bool,
     /// After a loop turn that had work, poll the ring (non-blocking enters) for up to this
     /// long before sleeping: at moderate load the next request usually arrives within it,
     /// and the shard skips a sleep and a wake-up (an IPI, and on a VM an exit) per request.
@@ -193,6 +201,7 @@ impl Default for EngineConfig {
             // Off: for catalogs larger than RAM (see docs/operations.md and benchmarks.md).
             direct_io: false,
             piece_readahead: true,
+            page_cache_sends: true,
             // Off: it buys p99 at moderate load with a spinning core (benchmarks.md).
             idle_poll_usecs: 0,
             multishot_recv: true,
@@ -256,10 +265,17 @@ impl EngineConfig {
         (self.send_batch_bytes_max / self.block_len_max_bytes).max(1) as usize
     }
 
+    /// Sends from file mappings are in effect: asked for, and not ruled out by `direct_io`
+    /// or splice mode.
+    pub fn page_cache_sends_effective(&self) -> bool {
+        self.page_cache_sends && !self.direct_io && self.serve_mode != ServeMode::Splice
+    }
+
     /// Most blocks one coalesced send carries: `cached_send_batch_bytes_max` worth when they
-    /// come from the hot-block cache (only their headers take slot space).
+    /// come from the hot-block cache or the page cache (only their headers take slot space).
     pub fn blocks_per_batch_max(&self) -> usize {
-        let cached = if self.block_cache_bytes_per_shard > 0 {
+        let gathered = self.block_cache_bytes_per_shard > 0 || self.page_cache_sends_effective();
+        let cached = if gathered {
             (self.cached_send_batch_bytes_max / self.block_len_max_bytes) as usize
         } else {
             0
@@ -836,12 +852,31 @@ mod tests {
         assert_eq!(c.slot_blocks_max(), 16);
         assert_eq!(c.blocks_per_batch_max(), 64);
         assert_eq!(c.slot_len_bytes(), 16 * (13 + 16384) + 48 * 13);
+        // Blocks sent from file mappings take only their header too.
         let no_cache = EngineConfig {
             block_cache_bytes_per_shard: 0,
             ..EngineConfig::default()
         };
-        assert_eq!(no_cache.blocks_per_batch_max(), 16);
-        assert_eq!(no_cache.slot_len_bytes(), 16 * (13 + 16384));
+        assert_eq!(no_cache.blocks_per_batch_max(), 64);
+        let neither = EngineConfig {
+            page_cache_sends: false,
+            ..no_cache.clone()
+        };
+        assert_eq!(neither.blocks_per_batch_max(), 16);
+        assert_eq!(neither.slot_len_bytes(), 16 * (13 + 16384));
+        // direct_io and splice rule mappings out.
+        let splice = EngineConfig {
+            serve_mode: ServeMode::Splice,
+            ..no_cache.clone()
+        };
+        assert!(!splice.page_cache_sends_effective());
+        assert_eq!(splice.blocks_per_batch_max(), 16);
+        let direct = EngineConfig {
+            direct_io: true,
+            ..EngineConfig::default()
+        };
+        assert!(!direct.page_cache_sends_effective());
+        assert!(EngineConfig::default().page_cache_sends_effective());
     }
 }
 

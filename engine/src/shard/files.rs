@@ -18,9 +18,16 @@
 //! its reads need): reads into the hot-block cache that are aligned use it and bypass the
 //! page cache; everything else (file tails, blocks that straddle files) uses the buffered fd.
 //! A file whose filesystem refuses O_DIRECT keeps only its buffered fd (counted).
+//!
+//! With `page_cache_sends`, each file is also mapped read-only (`storage::mapping`): blocks
+//! whose pages are resident are sent straight from the mapping. The mapping lives exactly
+//! as long as the entry, so the same in-flight rule keeps it mapped while a send names it.
+//! Mapped files are bounded by the same `open_files_per_shard_max`; a file that cannot be
+//! mapped (e.g. `vm.max_map_count`) is read as before (counted).
 
 use crate::keyhash::KeyHashBuilder;
 use crate::metainfo::InfoHash;
+use crate::storage::mapping::{MapView, Mapping};
 use crate::storage::{open_content, open_content_direct};
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,6 +46,8 @@ pub struct OpenFile {
     pub fixed_slot: Option<u32>,
     /// `direct_io`: the O_DIRECT fd and the alignment (bytes) its reads need.
     pub direct: Option<(RawFd, u32)>,
+    /// `page_cache_sends`: the file's read-only mapping (valid while this use is held).
+    pub map: Option<MapView>,
 }
 
 /// The ring's fixed-file table as the cache sees it (`Ring` in the shard, a fake in tests).
@@ -58,6 +67,8 @@ struct Entry {
     file: File,
     /// `direct_io`: the same file opened with O_DIRECT, and its read alignment.
     direct: Option<(File, u32)>,
+    /// `page_cache_sends`: the whole file, mapped read-only (unmapped with the entry).
+    map: Option<Mapping>,
     inflight: u32,
     last_used: u64,
     fixed_slot: Option<u32>,
@@ -72,6 +83,7 @@ impl Entry {
                 .direct
                 .as_ref()
                 .map(|(f, align)| (f.as_raw_fd(), *align)),
+            map: self.map.as_ref().map(Mapping::view),
         }
     }
 }
@@ -88,6 +100,10 @@ pub struct FileCache {
     direct_io: bool,
     /// `direct_io`: files whose O_DIRECT open failed (they are read buffered).
     pub direct_open_failures: u64,
+    /// Map every file for sends from the page cache (`page_cache_sends`).
+    map_files: bool,
+    /// `page_cache_sends`: files that could not be mapped (they are read as before).
+    pub map_failures: u64,
 }
 
 #[derive(Debug)]
@@ -99,8 +115,9 @@ pub enum AcquireError {
 
 impl FileCache {
     /// `fixed_files`: the ring has a sparse fixed-file table of `capacity` slots.
-    /// `direct_io`: also open every file with O_DIRECT (see the module comment).
-    pub fn new(capacity: usize, fixed_files: bool, direct_io: bool) -> FileCache {
+    /// `direct_io`: also open every file with O_DIRECT; `map_files`: also map it (see the
+    /// module comment).
+    pub fn new(capacity: usize, fixed_files: bool, direct_io: bool, map_files: bool) -> FileCache {
         assert!(capacity > 0);
         // `validate` bounds open_files_per_shard_max by the kernel's table size (2^20).
         assert!(capacity <= crate::config::OPEN_FILES_PER_SHARD_CEILING);
@@ -114,6 +131,8 @@ impl FileCache {
             fixed_slot_failures: 0,
             direct_io,
             direct_open_failures: 0,
+            map_files,
+            map_failures: 0,
         }
     }
 
@@ -174,6 +193,25 @@ impl FileCache {
         } else {
             None
         };
+        let map = if self.map_files {
+            match Mapping::new(&file) {
+                Ok(m) => m,
+                Err(e) => {
+                    if self.map_failures == 0 {
+                        tracing::warn!(
+                            "page_cache_sends: cannot map {} ({e}); reading it instead \
+                             (squall_map_failures_total counts such files; see \
+                             vm.max_map_count)",
+                            path.display()
+                        );
+                    }
+                    self.map_failures += 1;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         // The victim's slot goes straight to the new file: one update replaces it.
         let mut slot = None;
         if let Some(k) = victim {
@@ -206,6 +244,7 @@ impl FileCache {
         let entry = Entry {
             file,
             direct,
+            map,
             inflight: 1,
             last_used: self.clock,
             fixed_slot,
@@ -316,7 +355,7 @@ mod tests {
         let (a, b) = (&p[0], &p[1]);
         let h = InfoHash([1; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(1, false, false);
+        let mut cache = FileCache::new(1, false, false, false);
         let fd_a = cache.acquire((h, 0), a, &mut t).unwrap();
         assert_eq!(fd_a.fixed_slot, None);
         assert!(matches!(
@@ -350,9 +389,9 @@ mod tests {
         let (_dir, p) = files(1);
         let h = InfoHash([3; 20]);
         let mut t = FakeTable::default();
-        let mut plain = FileCache::new(1, false, false);
+        let mut plain = FileCache::new(1, false, false, false);
         assert_eq!(plain.acquire((h, 0), &p[0], &mut t).unwrap().direct, None);
-        let mut cache = FileCache::new(1, false, true);
+        let mut cache = FileCache::new(1, false, true, false);
         let f = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         // SAFETY: fcntl F_GETFL on fds the cache holds open.
         let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -374,6 +413,49 @@ mod tests {
         assert_eq!(cache.acquire((h, 0), &p[0], &mut t).unwrap(), f);
     }
 
+    fn mapped_regions() -> usize {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("squall-map-test"))
+            .count()
+    }
+
+    #[test]
+    fn page_cache_sends_map_each_file_for_exactly_the_entry_s_life() {
+        // Proves: with map_files each file is mapped once (shared by every acquire), over its
+        // whole length; an evicted file's mapping is gone from the process; without
+        // map_files nothing is mapped.
+        let dir = tempfile::Builder::new()
+            .prefix("squall-map-test")
+            .tempdir()
+            .unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![1u8; 20_000]).unwrap();
+        std::fs::write(&b, vec![2u8; 5]).unwrap();
+        let h = InfoHash([4; 20]);
+        let mut t = FakeTable::default();
+        let mut plain = FileCache::new(1, false, false, false);
+        assert_eq!(plain.acquire((h, 0), &a, &mut t).unwrap().map, None);
+        assert_eq!(mapped_regions(), 0);
+        let mut cache = FileCache::new(1, false, false, true);
+        let f = cache.acquire((h, 0), &a, &mut t).unwrap();
+        let view = f.map.expect("mapped");
+        assert_eq!(view.len_bytes(), 20_000);
+        assert!(view.send_ptr(0, 20_000).is_some());
+        assert_eq!(cache.acquire((h, 0), &a, &mut t).unwrap(), f);
+        assert_eq!(mapped_regions(), 1);
+        cache.release(&(h, 0));
+        cache.release(&(h, 0));
+        // Capacity 1: b evicts a, and a's mapping goes with it.
+        let g = cache.acquire((h, 1), &b, &mut t).unwrap();
+        assert_eq!(g.map.map(|m| m.len_bytes()), Some(5));
+        assert_eq!(mapped_regions(), 1);
+        assert_eq!(cache.map_failures, 0);
+        drop(cache);
+        assert_eq!(mapped_regions(), 0);
+    }
+
     #[test]
     fn fixed_slots_follow_files_and_are_emptied_only_when_idle() {
         // Each cached file holds one slot naming its fd; eviction hands the slot to the new
@@ -382,7 +464,7 @@ mod tests {
         let h = InfoHash([2; 20]);
         let g = InfoHash([3; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(2, true, false);
+        let mut cache = FileCache::new(2, true, false, false);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         let b = cache.acquire((g, 0), &p[1], &mut t).unwrap();
         assert_eq!(a.fixed_slot, Some(0));
@@ -425,7 +507,7 @@ mod tests {
             refuse: true,
             ..FakeTable::default()
         };
-        let mut cache = FileCache::new(1, true, false);
+        let mut cache = FileCache::new(1, true, false, false);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         assert_eq!(a.fixed_slot, None);
         assert_eq!(cache.fixed_slot_failures, 1);

@@ -45,6 +45,7 @@ use crate::ring::Optional;
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
 use crate::stats::{CloseReason, RejectReason, ShardStats};
 use crate::storage::extents::{map_range, Extent};
+use crate::storage::mapping::RESIDENCY_CHECK_PAGES_MAX;
 use crate::wire::extended::{self, ExtendedHandshake};
 use crate::wire::handshake::{parse_handshake, Handshake, HANDSHAKE_LEN};
 use crate::wire::message::{self, decode_frame, BlockRequest, Message, PIECE_HEADER_LEN};
@@ -145,6 +146,8 @@ struct PlannedRead {
     /// The registered buffer `dest` lies in.
     buf_index: u16,
     len: u32,
+    /// The torrent's file this reads (a failure is reported against it).
+    file_index: u32,
 }
 
 pub struct Shard {
@@ -205,6 +208,8 @@ pub struct Shard {
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
     scratch_extents: Vec<Extent>,
+    /// `mincore` result vector for page-cache residency checks.
+    scratch_mincore: Vec<u8>,
     scratch_reads: Vec<PlannedRead>,
     scratch_chain: Vec<squeue::Entry>,
     scratch_out: Vec<u8>,
@@ -312,6 +317,8 @@ impl Shard {
         let direct_io = config.direct_io && cache.is_some();
         let mut stats = ShardStats::new(setup.index);
         stats.direct_io = direct_io;
+        let page_cache_sends = config.page_cache_sends_effective();
+        stats.page_cache_sends_on = page_cache_sends;
         stats.multishot_recv = recv_ring.is_some();
         stats.fixed_buffers = fixed_buffers;
         stats.fixed_files = fixed_files;
@@ -337,7 +344,12 @@ impl Shard {
             listeners: setup.listeners,
             accept_armed: vec![false; listeners_len],
             accepting: true,
-            files: FileCache::new(config.open_files_per_shard_max, fixed_files, direct_io),
+            files: FileCache::new(
+                config.open_files_per_shard_max,
+                fixed_files,
+                direct_io,
+                page_cache_sends,
+            ),
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
             admission: setup.admission,
@@ -373,6 +385,7 @@ impl Shard {
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
             scratch_extents: Vec::with_capacity(8),
+            scratch_mincore: Vec::with_capacity(RESIDENCY_CHECK_PAGES_MAX),
             scratch_reads: Vec::with_capacity(64),
             scratch_chain: Vec::with_capacity(128),
             scratch_out: Vec::with_capacity(1024),
@@ -481,6 +494,7 @@ impl Shard {
 
     fn sync_cache_stats(&mut self) {
         self.stats.direct_open_failures = self.files.direct_open_failures;
+        self.stats.map_failures = self.files.map_failures;
         if let Some(cache) = &self.cache {
             let c = cache.counters;
             self.stats.block_cache_hits = c.hits;
@@ -1389,6 +1403,7 @@ impl Shard {
         let readv_fixed = self.ring.features.readv_fixed;
         let direct_io = self.stats.direct_io;
         let piece_readahead = self.config.piece_readahead && !direct_io;
+        let page_cache_sends = self.stats.page_cache_sends_on;
         let now = self.now;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             self.pool.release(slot);
@@ -1426,6 +1441,10 @@ impl Shard {
         let mut send_len = 0usize;
         let mut blocks = 0u16;
         let mut cached_blocks = 0u16;
+        let mut mapped_blocks = 0u16;
+        // The last residency check: (file, file bytes [start, end) found resident).
+        let mut resident: Option<(FileKey, u64, u64)> = None;
+        let mut mincore_scratch = std::mem::take(&mut self.scratch_mincore);
         let mut payload = 0u64;
         let mut disk_error = false;
         let base = self.pool.slot_ptr(slot);
@@ -1434,6 +1453,9 @@ impl Shard {
         let cache_refs = &mut self.slot_cache_refs[slot as usize];
         // None in splice mode (never built there: file bytes go through a pipe).
         let mut cache = self.cache.as_mut();
+        // Blocks may be sent from outside the slot (cache entries, file mappings): the send
+        // is then a SendMsg over a gather list built alongside.
+        let gather = cache.is_some() || page_cache_sends;
         let slot_mem = self.pool.slot_mut(slot);
         // Zero extents and headers are written now, before any op names the slot.
         'blocks: while let Some(q) = peer.queue.front().copied() {
@@ -1446,31 +1468,55 @@ impl Shard {
             let read_fits = read_bytes + r.length as usize <= read_bytes_max;
             if blocks as usize >= blocks_max
                 || offset + PIECE_HEADER_LEN > slot_len
-                || (!read_fits && cache.is_none())
+                || (!read_fits && !gather)
             {
                 break;
             }
             let torrent_offset = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
             // (entry, claimed for this batch to fill) when the block goes through the cache.
             let mut cached: Option<(u32, bool)> = None;
+            let block_key: BlockKey = (torrent.info_hash, r.index, r.begin);
+            let mut claimable = false;
             if let Some(cache) = cache.as_deref_mut() {
                 if is_cacheable_block(&torrent, r) {
-                    let key: BlockKey = (torrent.info_hash, r.index, r.begin);
-                    match cache.lookup(&key) {
+                    match cache.lookup(&block_key) {
                         Lookup::Hit { entry, len } => {
                             debug_assert_eq!(len, r.length, "a cached block changed length");
                             cached = Some((entry, false));
                         }
-                        // Claim only within the read budget: a claim may evict a block.
-                        Lookup::Miss if read_fits => {
-                            cached = cache.claim(key, r.length).map(|e| (e, true))
-                        }
-                        Lookup::Miss => {}
+                        Lookup::Miss => claimable = true,
                         Lookup::Busy => {}
                     }
                 }
             }
-            let hit = matches!(cached, Some((_, false)));
+            // Not in the block cache but in the page cache: sent from the file's mapping,
+            // with no read and no claim (the page cache already holds it).
+            let mut mapped: Option<(*mut u8, u32)> = None;
+            if cached.is_none() && page_cache_sends {
+                mapped = resident_block_ptr(
+                    &mut self.files,
+                    &mut self.ring,
+                    &torrent,
+                    r,
+                    torrent_offset,
+                    &mut extents,
+                    &mut mincore_scratch,
+                    &mut resident,
+                );
+                if let Some((_, file_index)) = mapped {
+                    // `resident_block_ptr` acquired the file: held until the send completes.
+                    peer.batch_files.push((torrent.info_hash, file_index));
+                }
+            }
+            let mapped = mapped.map(|(ptr, _)| ptr);
+            if claimable && mapped.is_none() && read_fits {
+                // Claim only within the read budget: a claim may evict a block.
+                if let Some(cache) = cache.as_deref_mut() {
+                    cached = cache.claim(block_key, r.length).map(|e| (e, true));
+                }
+            }
+            // Nothing to read: the block is in the block cache or the page cache.
+            let hit = matches!(cached, Some((_, false))) || mapped.is_some();
             if !hit && (!read_fits || (cached.is_none() && !fits_in_slot)) {
                 // A block to read, and the batch's read budget (or the slot) is full. (The
                 // next batch looks this block up again, so its miss/busy counts twice: at
@@ -1485,7 +1531,7 @@ impl Shard {
             let files_before = peer.batch_files.len();
             let header_at = offset;
             let mut at = offset + PIECE_HEADER_LEN;
-            if !matches!(cached, Some((_, false))) {
+            if !hit {
                 // Read the block: into its claimed cache entry, or in place in the slot.
                 let (dest, buf_index) = match (cached, cache.as_deref()) {
                     (Some((entry, _)), Some(c)) => (
@@ -1552,6 +1598,7 @@ impl Shard {
                                         dest: dest.wrapping_add(dest_at),
                                         buf_index,
                                         len,
+                                        file_index,
                                     });
                                     dest_at += len as usize;
                                 }
@@ -1617,16 +1664,16 @@ impl Shard {
                     Err(_) => unreachable!("header slice has the header's length"),
                 };
             message::write_piece_header(header, r.index, r.begin, r.length);
-            if let Some(c) = cache.as_deref() {
+            if gather {
                 // The gather list of the send: slot bytes (header, and the block when it is
-                // read in place), then the cache entry when the block lives there.
+                // read in place), then the cache entry or the file mapping it lives in.
                 push_iov(
                     send_iovs,
                     &mut send_iov_count,
                     base.wrapping_add(header_at),
                     at - header_at,
                 );
-                if let Some((entry, filling)) = cached {
+                if let (Some((entry, filling)), Some(c)) = (cached, cache.as_deref()) {
                     push_iov(
                         send_iovs,
                         &mut send_iov_count,
@@ -1635,6 +1682,10 @@ impl Shard {
                     );
                     cache_refs.push((entry, filling));
                     cached_blocks += 1;
+                }
+                if let Some(ptr) = mapped {
+                    push_iov(send_iovs, &mut send_iov_count, ptr, r.length as usize);
+                    mapped_blocks += 1;
                 }
             }
             offset = at;
@@ -1645,6 +1696,9 @@ impl Shard {
             peer.batch_request_times.push(q.received_at);
         }
         self.scratch_extents = extents;
+        self.scratch_mincore = mincore_scratch;
+        self.stats.page_cache_sends += u64::from(mapped_blocks);
+        let gathered_blocks = cached_blocks + mapped_blocks;
         if blocks == 0 {
             debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
             self.pool.release(slot);
@@ -1704,11 +1758,11 @@ impl Shard {
                         );
                     }
                 };
-            for (n, rd) in reads.iter().enumerate() {
+            for rd in reads.iter() {
                 write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
                 let seq = peer.chain_expect.len() as u16;
                 peer.chain_expect.push(rd.len);
-                peer.chain_files.push((seq, peer.batch_files[n].1));
+                peer.chain_files.push((seq, rd.file_index));
                 chain.push(
                     opcode::Splice::new(
                         types::Fd(rd.fd),
@@ -1753,7 +1807,7 @@ impl Shard {
                 let total: u32 = run.iter().map(|r| r.len).sum();
                 let seq = peer.chain_expect.len() as u16;
                 peer.chain_expect.push(total);
-                peer.chain_files.push((seq, peer.batch_files[i].1));
+                peer.chain_files.push((seq, reads[i].file_index));
                 let first = run[0];
                 debug_assert!(run.iter().all(|r| r.fixed_slot == first.fixed_slot));
                 let sqe = if run.len() == 1 {
@@ -1802,7 +1856,7 @@ impl Shard {
                 i = j;
             }
             let token = Token::new(OpKind::SendBatch, slot, idx, generation);
-            if cached_blocks > 0 {
+            if gathered_blocks > 0 {
                 let msg = &mut self.slot_msghdrs[slot as usize];
                 chain.push(batch_sendmsg_sqe(
                     sock,
@@ -1847,10 +1901,11 @@ impl Shard {
             failed: false,
             submitted_at: now,
             zerocopy: use_zc,
-            gather: (cached_blocks > 0).then_some(GatherSend {
+            gather: (gathered_blocks > 0).then_some(GatherSend {
                 iov_first: 0,
                 iov_count: send_iov_count as u16,
             }),
+            page_cache: mapped_blocks > 0,
         });
         if let Err(e) = self.ring.push_chain(&chain) {
             tracing::error!(shard = self.index, "io_uring push failed: {e}");
@@ -1941,7 +1996,13 @@ impl Shard {
         // 0 bytes moved means the socket is gone (a splice from a non-empty pipe, or a send of
         // a non-empty buffer, never legitimately moves nothing).
         if c.result <= 0 || batch.failed || closing {
-            let disk = batch.failed;
+            // -EFAULT from a send that names a file mapping: the file shrank under it.
+            let mapping_fault = c.result == -libc::EFAULT && batch.page_cache;
+            if mapping_fault && !batch.failed {
+                self.stats.page_cache_send_faults += 1;
+                self.stats.disk_errors += 1;
+            }
+            let disk = batch.failed || mapping_fault;
             tracing::debug!(
                 shard = self.index,
                 result = c.result,
@@ -2431,6 +2492,73 @@ fn piece_rest_first_file(
         } => Some((file_index, file_offset, len)),
         Extent::Zero { .. } => None,
     })
+}
+
+/// Bytes of a piece one residency check looks at, from the block asked for on: peers fetch a
+/// piece's blocks in order, so one `mincore` answers for the next requests too.
+const RESIDENCY_WINDOW_BYTES: u64 = 256 * 1024;
+
+/// `page_cache_sends`: where in its file's mapping block `r` can be sent from, when it lies
+/// in one file whose pages for it are all in the page cache now. Returns the address and the
+/// file's index with the file acquired (the caller holds it until the send completes), or
+/// `None` with nothing held: the block is then read as usual.
+///
+/// `resident` remembers the last check (file, resident byte range), so consecutive blocks
+/// of a piece cost one `mincore` per `RESIDENCY_WINDOW_BYTES`.
+#[allow(clippy::too_many_arguments)]
+fn resident_block_ptr(
+    files: &mut FileCache,
+    ring: &mut Ring,
+    torrent: &CatalogTorrent,
+    r: BlockRequest,
+    torrent_offset: u64,
+    extents: &mut Vec<Extent>,
+    mincore_scratch: &mut Vec<u8>,
+    resident: &mut Option<(FileKey, u64, u64)>,
+) -> Option<(*mut u8, u32)> {
+    extents.clear();
+    map_range(&torrent.files, torrent_offset, r.length, extents);
+    let [Extent::File {
+        file_index,
+        file_offset,
+        len,
+    }] = extents[..]
+    else {
+        return None; // pad bytes, or a block across files: read it
+    };
+    debug_assert_eq!(len, r.length);
+    let key: FileKey = (torrent.info_hash, file_index);
+    let path = &torrent.files[file_index as usize].path;
+    let file = files.acquire(key, path, ring).ok()?;
+    let end = file_offset + u64::from(len);
+    let known = matches!(*resident, Some((k, start, stop)) if k == key && start <= file_offset && end <= stop);
+    let ptr = file.map.and_then(|map| {
+        let ptr = map.send_ptr(file_offset, u64::from(len))?;
+        if !known {
+            let piece_len = crate::metainfo::torrent::piece_len(
+                torrent.total_length,
+                torrent.piece_length,
+                r.index,
+            );
+            let window = piece_len
+                .saturating_sub(u64::from(r.begin))
+                .min(RESIDENCY_WINDOW_BYTES)
+                .max(u64::from(len));
+            let n = map.resident_prefix(file_offset, window, mincore_scratch);
+            *resident = Some((key, file_offset, file_offset + n));
+            if n < u64::from(len) {
+                return None;
+            }
+        }
+        Some(ptr)
+    });
+    match ptr {
+        Some(p) => Some((p, file_index)),
+        None => {
+            files.release(&key);
+            None
+        }
+    }
 }
 
 fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {

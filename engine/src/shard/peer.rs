@@ -51,6 +51,9 @@ pub struct Batch {
     /// Some blocks are sent from the hot-block cache: the batch goes out as one SendMsg over
     /// the slot's gather list instead of one Send of the slot.
     pub gather: Option<GatherSend>,
+    /// Some blocks are sent from file mappings (`page_cache_sends`): a send that fails with
+    /// -EFAULT met a file that shrank under its mapping (a content fault, not the peer's).
+    pub page_cache: bool,
 }
 
 /// Which part of a slot's gather list (`Shard::slot_send_iovecs`) is still to be sent.

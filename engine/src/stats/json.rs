@@ -6,7 +6,7 @@
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
-//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
+//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `page_cache_sends_on`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `page_cache_sends`, `map_failures`, `page_cache_send_faults`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`.
@@ -52,6 +52,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "fixed_files": s.fixed_files,
         "registered_ring_fd": s.registered_ring_fd,
         "direct_io": s.direct_io,
+        "page_cache_sends_on": s.page_cache_sends_on,
         "multishot_recv": s.multishot_recv,
         "uploaded_bytes": s.uploaded_bytes,
         "upload_bytes_per_sec": upload_bytes_per_sec,
@@ -79,6 +80,9 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "direct_read_fallbacks": s.direct_read_fallbacks,
         "direct_open_failures": s.direct_open_failures,
         "readaheads": s.readaheads,
+        "page_cache_sends": s.page_cache_sends,
+        "map_failures": s.map_failures,
+        "page_cache_send_faults": s.page_cache_send_faults,
         "recv_buffers_exhausted": s.recv_buffers_exhausted,
         "metadata_pieces_served": s.metadata_pieces_served,
         "stats_snapshots_dropped": s.stats_snapshots_dropped,

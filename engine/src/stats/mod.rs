@@ -182,6 +182,13 @@ pub struct ShardStats {
     pub direct_open_failures: u64,
     /// `piece_readahead`: readahead hints (fadvise WILLNEED) issued.
     pub readaheads: u64,
+    /// `page_cache_sends`: blocks sent straight from a file mapping (resident pages).
+    pub page_cache_sends: u64,
+    /// `page_cache_sends`: content files that could not be mapped (read instead).
+    pub map_failures: u64,
+    /// `page_cache_sends`: sends that faulted on a mapping (-EFAULT: the file shrank under
+    /// it); the peer is closed as on a disk error.
+    pub page_cache_send_faults: u64,
     /// `multishot_recv`: multishot recvs the kernel ended because the shard's receive
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
@@ -200,6 +207,8 @@ pub struct ShardStats {
     pub registered_ring_fd: bool,
     /// The shard reads content with O_DIRECT into its cache (`direct_io`).
     pub direct_io: bool,
+    /// The shard sends resident blocks from file mappings (`page_cache_sends`).
+    pub page_cache_sends_on: bool,
     /// The shard receives with multishot recvs from a provided-buffer ring.
     pub multishot_recv: bool,
     /// request parsed -> its block handed to the kernel (send completion), nanoseconds.
@@ -261,6 +270,9 @@ impl ShardStats {
             direct_read_fallbacks: 0,
             direct_open_failures: 0,
             readaheads: 0,
+            page_cache_sends: 0,
+            map_failures: 0,
+            page_cache_send_faults: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
@@ -270,6 +282,7 @@ impl ShardStats {
             fixed_files: false,
             registered_ring_fd: false,
             direct_io: false,
+            page_cache_sends_on: false,
             multishot_recv: false,
             request_latency_ns: new_histogram(),
             disk_read_latency_ns: new_histogram(),
@@ -373,6 +386,9 @@ impl ShardStats {
         self.direct_read_fallbacks += other.direct_read_fallbacks;
         self.direct_open_failures += other.direct_open_failures;
         self.readaheads += other.readaheads;
+        self.page_cache_sends += other.page_cache_sends;
+        self.map_failures += other.map_failures;
+        self.page_cache_send_faults += other.page_cache_send_faults;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
@@ -382,6 +398,7 @@ impl ShardStats {
         self.fixed_files &= other.fixed_files;
         self.registered_ring_fd &= other.registered_ring_fd;
         self.direct_io &= other.direct_io;
+        self.page_cache_sends_on &= other.page_cache_sends_on;
         self.multishot_recv &= other.multishot_recv;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);

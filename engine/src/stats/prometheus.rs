@@ -171,6 +171,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_shard_page_cache_sends",
+        "gauge",
+        "1 when the shard sends blocks already in the page cache straight from file mappings (page_cache_sends); 0 when off, or ruled out by direct_io or splice mode.",
+        |s| u64::from(s.page_cache_sends_on),
+    );
+    per_shard(
+        o,
+        view,
         "squall_shard_multishot_recv",
         "gauge",
         "1 when the shard receives with multishot recvs from a provided-buffer ring (multishot_recv); 0 when off or refused by the kernel.",
@@ -321,6 +329,30 @@ pub fn render(view: &StatsView) -> String {
         "counter",
         "Readahead hints (fadvise WILLNEED for the rest of a piece) issued (piece_readahead).",
         |s| s.readaheads,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_page_cache_sends_total",
+        "counter",
+        "Blocks sent straight from a file mapping because their pages were in the page cache (page_cache_sends): one copy instead of a read and a send.",
+        |s| s.page_cache_sends,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_map_failures_total",
+        "counter",
+        "Content files that could not be mapped for page_cache_sends (e.g. vm.max_map_count reached); they are read instead.",
+        |s| s.map_failures,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_page_cache_send_faults_total",
+        "counter",
+        "Sends from a file mapping that faulted (-EFAULT: the file shrank under the mapping); the peer is closed as on a disk error.",
+        |s| s.page_cache_send_faults,
     );
     per_shard(
         o,

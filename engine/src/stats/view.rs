@@ -167,6 +167,7 @@ impl StatsView {
         total.fixed_files = any;
         total.registered_ring_fd = any;
         total.direct_io = any;
+        total.page_cache_sends_on = any;
         total.multishot_recv = any;
         for s in self.shards.values() {
             total.merge(&s.stats);

@@ -6,6 +6,7 @@
 
 pub mod extents;
 pub mod hasher;
+pub mod mapping;
 
 pub use extents::{map_range, ContentFile, Extent};
 pub use hasher::{
