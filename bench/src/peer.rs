@@ -26,7 +26,7 @@ use crate::verify::{Outcome, StreamVerifier};
 /// Largest frame we accept from a seeder: a block of up to 128 KiB plus headers, or the
 /// bitfield of a torrent with millions of pieces.
 pub const FRAME_LEN_MAX_BYTES: u32 = 2 << 20;
-/// `--verify sample` hashes one piece in this many.
+/// `--verify sample` hashes one piece in this many (on average: each piece is drawn).
 pub const SAMPLE_EVERY_PIECES: u64 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +101,6 @@ pub struct Peer {
     /// Pieces chosen for verification that the verifier could not track (its `pieces_max`
     /// was reached); added to `verify_skipped_out_of_order` at the next `on_recv`.
     verify_refused: u64,
-    pieces_started: u64,
     rng: u64,
     /// Open loop: when the next request is due, ns.
     next_due_ns: u64,
@@ -141,7 +140,6 @@ impl Peer {
             outstanding: VecDeque::new(),
             verifier: StreamVerifier::new(pieces_max),
             verify_refused: 0,
-            pieces_started: 0,
             rng,
             next_due_ns: now_ns,
             phase_ns: 0,
@@ -472,10 +470,12 @@ impl Peer {
     }
 
     fn start_piece(&mut self, index: u32) {
-        self.pieces_started += 1;
         let verify = match self.cfg.verify {
             Verify::Full => true,
-            Verify::Sample => self.pieces_started % SAMPLE_EVERY_PIECES == 1,
+            // A draw per piece, not "every 16th piece of this connection": a peer that hops
+            // after a short walk (catalog: 4 pieces) would otherwise verify its first piece
+            // every time, a quarter of all bytes, and the bench's SHA-1 would cap the run.
+            Verify::Sample => xorshift(&mut self.rng) % SAMPLE_EVERY_PIECES == 0,
             Verify::Off => false,
         };
         // A piece requested again while still being verified (zipf) is not verified twice.
@@ -801,5 +801,30 @@ mod tests {
         let mut seen: Vec<u32> = (0..16).map(|_| p.next_piece().expect("piece")).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..16).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn sample_verifies_one_piece_in_sixteen_even_over_short_walks() {
+        // Proves: --verify sample picks about 1 piece in SAMPLE_EVERY_PIECES however short
+        // a connection's walk is (the catalog scenario hops after 4 pieces), not the first
+        // piece of every connection.
+        let data = content(4 * 16 * 1024);
+        let t = torrent(&data, 16 * 1024);
+        let (mut started, mut verified) = (0u64, 0u64);
+        for seed in 0..4000u64 {
+            let mut p = Peer::new(t.clone(), cfg(1, Verify::Sample), seed * 7919 + 1, 0);
+            for index in 0..4 {
+                p.start_piece(index);
+                started += 1;
+                if p.verifier.is_tracking(index) {
+                    verified += 1;
+                }
+            }
+        }
+        let expected = started / SAMPLE_EVERY_PIECES;
+        assert!(
+            verified > expected * 8 / 10 && verified < expected * 12 / 10,
+            "{verified} of {started} pieces sampled, expected about {expected}"
+        );
     }
 }
