@@ -62,6 +62,14 @@ pub const OPEN_FILES_PER_SHARD_CEILING: usize = 1 << 20;
 /// Largest receive buffer ring per shard (`recv_buffers_per_shard x recv_buffer_bytes`).
 pub const RECV_RING_BYTES_CEILING: u64 = 256 << 20;
 
+/// Default `page_cache_map_bytes_max` per shard, 16 GiB: page tables at most 32 MiB per
+/// shard even if every mapped byte were sent from.
+pub const PAGE_CACHE_MAP_BYTES_MAX_DEFAULT: u64 = 16 << 30;
+
+/// Bounds of `page_cache_map_bytes_max`: 1 MiB to 1 TiB (2 GiB of page tables per shard at
+/// worst).
+pub const PAGE_CACHE_MAP_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+
 /// Longest `idle_poll_usecs` accepted: beyond ~10 ms a shard that polls is just a busy core.
 pub const IDLE_POLL_USECS_CEILING: u64 = 10_000;
 
@@ -111,6 +119,11 @@ pub struct EngineConfig {
     /// mode. Each open content file is then also mapped (bounded by
     /// `open_files_per_shard_max`; mind `vm.max_map_count` with many shards).
     pub page_cache_sends: bool,
+    /// `page_cache_sends`: most bytes of content files a shard keeps mapped at once. Bounds
+    /// its page tables (at most ~2 MiB per GiB mapped, for the parts sent from). To map a
+    /// file past it, idle files' mappings are dropped first (least recently used); a file
+    /// that still does not fit is read instead (counted as `maps_over_budget`).
+    pub page_cache_map_bytes_max: u64,
     /// After a loop turn that had work, poll the ring (non-blocking enters) for up to this
     /// long before sleeping: at moderate load the next request usually arrives within it,
     /// and the shard skips a sleep and a wake-up (an IPI, and on a VM an exit) per request.
@@ -202,6 +215,7 @@ impl Default for EngineConfig {
             direct_io: false,
             piece_readahead: true,
             page_cache_sends: true,
+            page_cache_map_bytes_max: PAGE_CACHE_MAP_BYTES_MAX_DEFAULT,
             // Off: it buys p99 at moderate load with a spinning core (benchmarks.md).
             idle_poll_usecs: 0,
             multishot_recv: true,
@@ -419,6 +433,14 @@ impl EngineConfig {
             return Err(format!(
                 "recv_buffers_per_shard x recv_buffer_bytes = {ring_bytes} bytes per shard: at \
                  most {RECV_RING_BYTES_CEILING} (256 MiB); the default ring is 4 MiB"
+            ));
+        }
+        if !PAGE_CACHE_MAP_BYTES_RANGE.contains(&self.page_cache_map_bytes_max) {
+            return Err(format!(
+                "page_cache_map_bytes_max = {}: must be between {} (1 MiB) and {} (1 TiB)",
+                self.page_cache_map_bytes_max,
+                PAGE_CACHE_MAP_BYTES_RANGE.start(),
+                PAGE_CACHE_MAP_BYTES_RANGE.end()
             ));
         }
         if self.idle_poll_usecs > IDLE_POLL_USECS_CEILING {
@@ -768,6 +790,16 @@ mod tests {
             ..EngineConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("idle_poll_usecs"));
+        for bad in [0, (1 << 20) - 1, (1 << 40) + 1] {
+            let c = EngineConfig {
+                page_cache_map_bytes_max: bad,
+                ..EngineConfig::default()
+            };
+            assert!(c
+                .validate()
+                .unwrap_err()
+                .contains("page_cache_map_bytes_max"));
+        }
         // direct_io has nowhere to read into without the cache, and splice bypasses it.
         let c = EngineConfig {
             direct_io: true,

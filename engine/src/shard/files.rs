@@ -22,8 +22,10 @@
 //! With `page_cache_sends`, each file is also mapped read-only (`storage::mapping`): blocks
 //! whose pages are resident are sent straight from the mapping. The mapping lives exactly
 //! as long as the entry, so the same in-flight rule keeps it mapped while a send names it.
-//! Mapped files are bounded by the same `open_files_per_shard_max`; a file that cannot be
-//! mapped (e.g. `vm.max_map_count`) is read as before (counted).
+//! Mapped files are bounded by the same `open_files_per_shard_max`, and their total length
+//! by `page_cache_map_bytes_max` (idle files' mappings are dropped, least recently used
+//! first, to make room); a file that cannot be mapped (the budget is held by files in use,
+//! or `vm.max_map_count`) is read as before (counted).
 
 use crate::keyhash::KeyHashBuilder;
 use crate::metainfo::InfoHash;
@@ -100,8 +102,13 @@ pub struct FileCache {
     direct_io: bool,
     /// `direct_io`: files whose O_DIRECT open failed (they are read buffered).
     pub direct_open_failures: u64,
-    /// Map every file for sends from the page cache (`page_cache_sends`).
-    map_files: bool,
+    /// Map every file for sends from the page cache (`page_cache_sends`), keeping at most
+    /// this many bytes mapped (`page_cache_map_bytes_max`); None: map nothing.
+    map_bytes_max: Option<u64>,
+    /// Total length of the mappings held now.
+    pub mapped_bytes: u64,
+    /// Files read instead of mapped because files in use held the mapping budget.
+    pub maps_over_budget: u64,
     /// `page_cache_sends`: files that could not be mapped (they are read as before).
     pub map_failures: u64,
 }
@@ -115,9 +122,14 @@ pub enum AcquireError {
 
 impl FileCache {
     /// `fixed_files`: the ring has a sparse fixed-file table of `capacity` slots.
-    /// `direct_io`: also open every file with O_DIRECT; `map_files`: also map it (see the
-    /// module comment).
-    pub fn new(capacity: usize, fixed_files: bool, direct_io: bool, map_files: bool) -> FileCache {
+    /// `direct_io`: also open every file with O_DIRECT; `map_bytes_max`: also map it, with
+    /// at most this many bytes mapped at once (see the module comment).
+    pub fn new(
+        capacity: usize,
+        fixed_files: bool,
+        direct_io: bool,
+        map_bytes_max: Option<u64>,
+    ) -> FileCache {
         assert!(capacity > 0);
         // `validate` bounds open_files_per_shard_max by the kernel's table size (2^20).
         assert!(capacity <= crate::config::OPEN_FILES_PER_SHARD_CEILING);
@@ -131,7 +143,9 @@ impl FileCache {
             fixed_slot_failures: 0,
             direct_io,
             direct_open_failures: 0,
-            map_files,
+            map_bytes_max,
+            mapped_bytes: 0,
+            maps_over_budget: 0,
             map_failures: 0,
         }
     }
@@ -193,8 +207,8 @@ impl FileCache {
         } else {
             None
         };
-        let map = if self.map_files {
-            match Mapping::new(&file) {
+        let map = if let Some(len) = self.map_budget_for(&file, victim.as_ref()) {
+            match Mapping::new(&file, len) {
                 Ok(m) => m,
                 Err(e) => {
                     if self.map_failures == 0 {
@@ -218,8 +232,11 @@ impl FileCache {
             if let Some(old) = self.entries.remove(&k) {
                 debug_assert_eq!(old.inflight, 0, "evicted a file with reads in flight");
                 slot = old.fixed_slot;
+                self.mapped_bytes -= old.map.as_ref().map_or(0, |m| m.len_bytes());
             }
         }
+        self.mapped_bytes += map.as_ref().map_or(0, |m| m.len_bytes());
+        debug_assert!(self.mapped_bytes <= self.map_bytes_max.unwrap_or(0));
         let mut fixed_slot = None;
         if let Some(free) = self.free_slots.as_mut() {
             if let Some(s) = slot.or_else(|| free.pop()) {
@@ -253,6 +270,44 @@ impl FileCache {
         self.entries.insert(key, entry);
         debug_assert!(self.slots_consistent());
         Ok(open)
+    }
+
+    /// Whether `file` may be mapped (with `page_cache_sends`): its length fits the mapping
+    /// budget once `victim` (about to be evicted) is gone, after dropping idle files'
+    /// mappings, least recently used first, as needed. Counts a file that does not fit.
+    /// Returns the length to map.
+    fn map_budget_for(&mut self, file: &File, victim: Option<&FileKey>) -> Option<u64> {
+        let max = self.map_bytes_max?;
+        // An unreadable length maps nothing (an empty mapping is none).
+        let len = file.metadata().map_or(0, |m| m.len());
+        let victim_len = victim
+            .and_then(|k| self.entries.get(k))
+            .and_then(|e| e.map.as_ref())
+            .map_or(0, |m| m.len_bytes());
+        let mut mapped = self.mapped_bytes - victim_len;
+        if mapped + len > max && len <= max {
+            let mut idle: Vec<(u64, FileKey)> = self
+                .entries
+                .iter()
+                .filter(|(k, e)| e.inflight == 0 && e.map.is_some() && Some(*k) != victim)
+                .map(|(k, e)| (e.last_used, *k))
+                .collect();
+            idle.sort_unstable();
+            for (_, k) in idle {
+                if mapped + len <= max {
+                    break;
+                }
+                if let Some(m) = self.entries.get_mut(&k).and_then(|e| e.map.take()) {
+                    mapped -= m.len_bytes();
+                    self.mapped_bytes -= m.len_bytes();
+                }
+            }
+        }
+        if mapped + len > max {
+            self.maps_over_budget += 1;
+            return None;
+        }
+        Some(len)
     }
 
     /// The read(s) counted by `acquire` completed.
@@ -355,7 +410,7 @@ mod tests {
         let (a, b) = (&p[0], &p[1]);
         let h = InfoHash([1; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(1, false, false, false);
+        let mut cache = FileCache::new(1, false, false, None);
         let fd_a = cache.acquire((h, 0), a, &mut t).unwrap();
         assert_eq!(fd_a.fixed_slot, None);
         assert!(matches!(
@@ -389,9 +444,9 @@ mod tests {
         let (_dir, p) = files(1);
         let h = InfoHash([3; 20]);
         let mut t = FakeTable::default();
-        let mut plain = FileCache::new(1, false, false, false);
+        let mut plain = FileCache::new(1, false, false, None);
         assert_eq!(plain.acquire((h, 0), &p[0], &mut t).unwrap().direct, None);
-        let mut cache = FileCache::new(1, false, true, false);
+        let mut cache = FileCache::new(1, false, true, None);
         let f = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         // SAFETY: fcntl F_GETFL on fds the cache holds open.
         let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -435,10 +490,10 @@ mod tests {
         std::fs::write(&b, vec![2u8; 5]).unwrap();
         let h = InfoHash([4; 20]);
         let mut t = FakeTable::default();
-        let mut plain = FileCache::new(1, false, false, false);
+        let mut plain = FileCache::new(1, false, false, None);
         assert_eq!(plain.acquire((h, 0), &a, &mut t).unwrap().map, None);
         assert_eq!(mapped_regions(), 0);
-        let mut cache = FileCache::new(1, false, false, true);
+        let mut cache = FileCache::new(1, false, false, Some(1 << 30));
         let f = cache.acquire((h, 0), &a, &mut t).unwrap();
         let view = f.map.expect("mapped");
         assert_eq!(view.len_bytes(), 20_000);
@@ -457,6 +512,48 @@ mod tests {
     }
 
     #[test]
+    fn the_mapping_budget_drops_idle_mappings_first_and_never_one_in_use() {
+        // Proves: mapped bytes never exceed page_cache_map_bytes_max; to map a new file the
+        // least recently used idle mapping is dropped (its file stays open, read instead);
+        // a file that does not fit beside files in use is opened unmapped and counted.
+        let dir = tempfile::tempdir().unwrap();
+        let p: Vec<_> = (0..4)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, vec![i as u8; 40_000]).unwrap();
+                p
+            })
+            .collect();
+        let h = InfoHash([5; 20]);
+        let mut t = FakeTable::default();
+        // Room for two 40,000-byte files.
+        let mut cache = FileCache::new(8, false, false, Some(100_000));
+        assert!(cache.acquire((h, 0), &p[0], &mut t).unwrap().map.is_some());
+        assert!(cache.acquire((h, 1), &p[1], &mut t).unwrap().map.is_some());
+        assert_eq!(cache.mapped_bytes, 80_000);
+        // Both in use: the third opens unmapped.
+        assert!(cache.acquire((h, 2), &p[2], &mut t).unwrap().map.is_none());
+        assert_eq!(cache.maps_over_budget, 1);
+        assert_eq!(cache.mapped_bytes, 80_000);
+        // f0 idle (least recently used), f1 idle: f3 takes f0's mapping, f1 keeps its own.
+        cache.release(&(h, 0));
+        cache.release(&(h, 1));
+        cache.release(&(h, 2));
+        assert!(cache.acquire((h, 1), &p[1], &mut t).unwrap().map.is_some());
+        cache.release(&(h, 1));
+        assert!(cache.acquire((h, 3), &p[3], &mut t).unwrap().map.is_some());
+        assert_eq!(cache.mapped_bytes, 80_000);
+        assert!(cache.acquire((h, 0), &p[0], &mut t).unwrap().map.is_none());
+        assert!(cache.acquire((h, 1), &p[1], &mut t).unwrap().map.is_some());
+        assert_eq!(cache.len(), 4, "dropping a mapping closes no file");
+        // A file larger than the whole budget is never mapped.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![9u8; 200_000]).unwrap();
+        assert!(cache.acquire((h, 9), &big, &mut t).unwrap().map.is_none());
+        assert_eq!(cache.maps_over_budget, 2);
+    }
+
+    #[test]
     fn fixed_slots_follow_files_and_are_emptied_only_when_idle() {
         // Each cached file holds one slot naming its fd; eviction hands the slot to the new
         // file in one update; forgetting empties idle slots only, never one a read names.
@@ -464,7 +561,7 @@ mod tests {
         let h = InfoHash([2; 20]);
         let g = InfoHash([3; 20]);
         let mut t = FakeTable::default();
-        let mut cache = FileCache::new(2, true, false, false);
+        let mut cache = FileCache::new(2, true, false, None);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         let b = cache.acquire((g, 0), &p[1], &mut t).unwrap();
         assert_eq!(a.fixed_slot, Some(0));
@@ -507,7 +604,7 @@ mod tests {
             refuse: true,
             ..FakeTable::default()
         };
-        let mut cache = FileCache::new(1, true, false, false);
+        let mut cache = FileCache::new(1, true, false, None);
         let a = cache.acquire((h, 0), &p[0], &mut t).unwrap();
         assert_eq!(a.fixed_slot, None);
         assert_eq!(cache.fixed_slot_failures, 1);

@@ -348,7 +348,7 @@ impl Shard {
                 config.open_files_per_shard_max,
                 fixed_files,
                 direct_io,
-                page_cache_sends,
+                page_cache_sends.then_some(config.page_cache_map_bytes_max),
             ),
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
@@ -495,6 +495,8 @@ impl Shard {
     fn sync_cache_stats(&mut self) {
         self.stats.direct_open_failures = self.files.direct_open_failures;
         self.stats.map_failures = self.files.map_failures;
+        self.stats.maps_over_budget = self.files.maps_over_budget;
+        self.stats.mapped_bytes = self.files.mapped_bytes;
         if let Some(cache) = &self.cache {
             let c = cache.counters;
             self.stats.block_cache_hits = c.hits;

@@ -189,6 +189,11 @@ pub struct ShardStats {
     /// `page_cache_sends`: sends that faulted on a mapping (-EFAULT: the file shrank under
     /// it); the peer is closed as on a disk error.
     pub page_cache_send_faults: u64,
+    /// `page_cache_sends`: files read instead of mapped because files in use held
+    /// `page_cache_map_bytes_max`.
+    pub maps_over_budget: u64,
+    /// `page_cache_sends`: total length of the content files mapped now (gauge).
+    pub mapped_bytes: u64,
     /// `multishot_recv`: multishot recvs the kernel ended because the shard's receive
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
@@ -273,6 +278,8 @@ impl ShardStats {
             page_cache_sends: 0,
             map_failures: 0,
             page_cache_send_faults: 0,
+            maps_over_budget: 0,
+            mapped_bytes: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
             stats_snapshots_dropped: 0,
@@ -389,6 +396,8 @@ impl ShardStats {
         self.page_cache_sends += other.page_cache_sends;
         self.map_failures += other.map_failures;
         self.page_cache_send_faults += other.page_cache_send_faults;
+        self.maps_over_budget += other.maps_over_budget;
+        self.mapped_bytes += other.mapped_bytes;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;

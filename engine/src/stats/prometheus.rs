@@ -357,6 +357,22 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_maps_over_budget_total",
+        "counter",
+        "Content files read instead of mapped because files in use held page_cache_map_bytes_max (page_cache_sends).",
+        |s| s.maps_over_budget,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_mapped_bytes",
+        "gauge",
+        "Total length of the content files the shard keeps mapped for page_cache_sends (at most page_cache_map_bytes_max).",
+        |s| s.mapped_bytes,
+    );
+    per_shard(
+        o,
+        view,
         "squall_recv_buffers_exhausted_total",
         "counter",
         "Multishot recvs ended because the shard's receive buffer ring was empty (re-armed at once; raise recv_buffers_per_shard if it climbs).",

@@ -45,10 +45,11 @@ pub struct MapView {
 }
 
 impl Mapping {
-    /// Maps all of `file` read-only and shared. `Ok(None)` for an empty file (nothing to
-    /// map) or a system whose page size is not 4 KiB (the residency arithmetic assumes it).
-    pub fn new(file: &File) -> io::Result<Option<Mapping>> {
-        let len_bytes = file.metadata()?.len();
+    /// Maps the first `len_bytes` of `file` (its length, as the caller read it) read-only
+    /// and shared. `Ok(None)` for an empty file (nothing to map) or a system whose page size
+    /// is not 4 KiB (the residency arithmetic assumes it). A file that shrinks later leaves
+    /// pages past its end that are never resident, so never sent from.
+    pub fn new(file: &File, len_bytes: u64) -> io::Result<Option<Mapping>> {
         // SAFETY: sysconf only reads a system constant.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         if len_bytes == 0 || page != PAGE_BYTES as libc::c_long {
@@ -81,6 +82,10 @@ impl Mapping {
 
     pub fn view(&self) -> MapView {
         self.view
+    }
+
+    pub fn len_bytes(&self) -> u64 {
+        self.view.len_bytes
     }
 }
 
@@ -170,7 +175,9 @@ mod tests {
         f.write_all(&vec![7u8; 64 * 1024]).unwrap();
         drop(f);
         let file = File::open(&path).unwrap();
-        let owner = Mapping::new(&file).unwrap().unwrap();
+        let owner = Mapping::new(&file, file.metadata().unwrap().len())
+            .unwrap()
+            .unwrap();
         let map = owner.view();
         assert_eq!(map.len_bytes(), 64 * 1024);
         let mut scratch = Vec::new();
@@ -198,7 +205,9 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![1u8; 10_000]).unwrap();
         let file = File::open(&path).unwrap();
-        let owner = Mapping::new(&file).unwrap().unwrap();
+        let owner = Mapping::new(&file, file.metadata().unwrap().len())
+            .unwrap()
+            .unwrap();
         let map = owner.view();
         assert!(map.send_ptr(0, 10_000).is_some());
         assert!(map.send_ptr(9_999, 1).is_some());
@@ -206,7 +215,7 @@ mod tests {
         assert!(map.send_ptr(u64::MAX, 2).is_none());
         let empty = dir.path().join("e");
         std::fs::write(&empty, b"").unwrap();
-        assert!(Mapping::new(&File::open(&empty).unwrap())
+        assert!(Mapping::new(&File::open(&empty).unwrap(), 0)
             .unwrap()
             .is_none());
     }
