@@ -475,7 +475,7 @@ impl Peer {
             // A draw per piece, not "every 16th piece of this connection": a peer that hops
             // after a short walk (catalog: 4 pieces) would otherwise verify its first piece
             // every time, a quarter of all bytes, and the bench's SHA-1 would cap the run.
-            Verify::Sample => xorshift(&mut self.rng) % SAMPLE_EVERY_PIECES == 0,
+            Verify::Sample => xorshift(&mut self.rng).is_multiple_of(SAMPLE_EVERY_PIECES),
             Verify::Off => false,
         };
         // A piece requested again while still being verified (zipf) is not verified twice.
