@@ -57,7 +57,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use files::{AcquireError, FileCache, FileKey};
 use io_uring::{cqueue, opcode, squeue, types};
 use peer::{
-    Batch, GatherSend, Peer, Phase, QueuedRequest, CONTROL_BACKLOG_MAX_BYTES,
+    Batch, GatherSend, Peer, Phase, QueuedRequest, Residency, CONTROL_BACKLOG_MAX_BYTES,
     RECV_BUF_INITIAL_BYTES,
 };
 use std::collections::{HashMap, VecDeque};
@@ -1444,8 +1444,6 @@ impl Shard {
         let mut blocks = 0u16;
         let mut cached_blocks = 0u16;
         let mut mapped_blocks = 0u16;
-        // The last residency check: (file, file bytes [start, end) found resident).
-        let mut resident: Option<(FileKey, u64, u64)> = None;
         let mut mincore_scratch = std::mem::take(&mut self.scratch_mincore);
         let mut payload = 0u64;
         let mut disk_error = false;
@@ -1503,7 +1501,8 @@ impl Shard {
                     torrent_offset,
                     &mut extents,
                     &mut mincore_scratch,
-                    &mut resident,
+                    &mut peer.residency,
+                    now,
                 );
                 if let Some((_, file_index)) = mapped {
                     // `resident_block_ptr` acquired the file: held until the send completes.
@@ -2500,13 +2499,20 @@ fn piece_rest_first_file(
 /// piece's blocks in order, so one `mincore` answers for the next requests too.
 const RESIDENCY_WINDOW_BYTES: u64 = 256 * 1024;
 
+/// How long a peer reuses a residency answer. Pages leave the page cache only under memory
+/// pressure; an answer gone stale costs a synchronous fault in one send (latency, never
+/// bytes), while re-asking costs a syscall per batch, which in open loop (one block per
+/// batch) is one per request.
+const RESIDENCY_FRESH_MICROS: u64 = 10_000;
+
 /// `page_cache_sends`: where in its file's mapping block `r` can be sent from, when it lies
 /// in one file whose pages for it are all in the page cache now. Returns the address and the
 /// file's index with the file acquired (the caller holds it until the send completes), or
 /// `None` with nothing held: the block is then read as usual.
 ///
-/// `resident` remembers the last check (file, resident byte range), so consecutive blocks
-/// of a piece cost one `mincore` per `RESIDENCY_WINDOW_BYTES`.
+/// `residency` is the peer's last check (file, resident byte range, when), reused while
+/// younger than `RESIDENCY_FRESH_MICROS`: consecutive blocks of a piece cost one `mincore`
+/// per `RESIDENCY_WINDOW_BYTES`, across batches too.
 #[allow(clippy::too_many_arguments)]
 fn resident_block_ptr(
     files: &mut FileCache,
@@ -2516,7 +2522,8 @@ fn resident_block_ptr(
     torrent_offset: u64,
     extents: &mut Vec<Extent>,
     mincore_scratch: &mut Vec<u8>,
-    resident: &mut Option<(FileKey, u64, u64)>,
+    residency: &mut Option<Residency>,
+    now: Instant,
 ) -> Option<(*mut u8, u32)> {
     extents.clear();
     map_range(&torrent.files, torrent_offset, r.length, extents);
@@ -2533,7 +2540,12 @@ fn resident_block_ptr(
     let path = &torrent.files[file_index as usize].path;
     let file = files.acquire(key, path, ring).ok()?;
     let end = file_offset + u64::from(len);
-    let known = matches!(*resident, Some((k, start, stop)) if k == key && start <= file_offset && end <= stop);
+    let known = residency.is_some_and(|r| {
+        r.file == key
+            && r.start <= file_offset
+            && end <= r.end
+            && now.duration_since(r.checked_at) < Duration::from_micros(RESIDENCY_FRESH_MICROS)
+    });
     let ptr = file.map.and_then(|map| {
         let ptr = map.send_ptr(file_offset, u64::from(len))?;
         if !known {
@@ -2547,7 +2559,12 @@ fn resident_block_ptr(
                 .min(RESIDENCY_WINDOW_BYTES)
                 .max(u64::from(len));
             let n = map.resident_prefix(file_offset, window, mincore_scratch);
-            *resident = Some((key, file_offset, file_offset + n));
+            *residency = Some(Residency {
+                file: key,
+                start: file_offset,
+                end: file_offset + n,
+                checked_at: now,
+            });
             if n < u64::from(len) {
                 return None;
             }

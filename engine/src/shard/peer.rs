@@ -114,6 +114,18 @@ pub struct Peer {
     /// `piece_readahead`: the file whose readahead hint is in flight (at most one per peer;
     /// its in-flight count is held until the hint completes).
     pub readahead_file: Option<FileKey>,
+    /// `page_cache_sends`: this peer's last residency check, reused for its next blocks
+    /// while fresh (see `shard::Residency`).
+    pub residency: Option<Residency>,
+}
+
+/// A `mincore` answer: `file`'s bytes [start, end) were in the page cache at `checked_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct Residency {
+    pub file: FileKey,
+    pub start: u64,
+    pub end: u64,
+    pub checked_at: Instant,
 }
 
 impl Peer {
@@ -161,6 +173,7 @@ impl Peer {
             outbound_torrent: None,
             connect_addr: None,
             readahead_file: None,
+            residency: None,
         }
     }
 
