@@ -484,8 +484,12 @@ for round in $(seq 1 "$ROUNDS"); do
                     BENCH_PID=0
                     [ -f "$RUN_DIR/result.json" ] && ok=1
                     [ $rc -ne 0 ] && WHY="bench exit $rc: $(tail -1 "$RUN_DIR/bench.err")"
-                    # RSS of the seeder after the run (many-peers wants it).
+                    # RSS of the seeder after the run (many-peers wants it): the peak (VmHWM,
+                    # which counts file pages mapped, e.g. squall's page_cache_sends), and
+                    # the seeder's own memory now (RssAnon + RssShmem).
                     grep VmHWM "/proc/$PID/status" 2>/dev/null | awk '{print $2}' >"$RUN_DIR/rss_kib" || true
+                    awk '/^RssAnon:|^RssShmem:/ {own += $2} END {print own}' "/proc/$PID/status" \
+                        >"$RUN_DIR/own_rss_kib" 2>/dev/null || true
                 }
                 ;;
         esac

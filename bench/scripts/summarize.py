@@ -2,7 +2,9 @@
 """Medians over rounds -> the Markdown table of scripts/compare.sh.
 
 Usage: summarize.py RESULTS_DIR SCENARIO "SEEDER ..."; reads RESULTS_DIR/SEEDER/round*/result.json
-(and round*/why for seeders that could not run)."""
+(and round*/why for seeders that could not run). "peak RSS" is VmHWM, which counts file pages
+a seeder maps (squall's page_cache_sends, rtorrent's mmap); "own RSS" is RssAnon + RssShmem at
+the end of the run: the seeder's own memory."""
 import glob
 import json
 import os
@@ -31,19 +33,21 @@ for s in seeders:
         "verified": sum(r.get("pieces_verified", 0) for r in res),
         "why": whys[0] if whys else "",
         "rss_kib": med([int(open(f).read() or 0) or None for f in glob.glob(os.path.join(out, s, "round*", "rss_kib"))]),
+        "own_rss_kib": med([int(open(f).read().strip() or 0) or None for f in glob.glob(os.path.join(out, s, "round*", "own_rss_kib"))]),
     }
 base = rows.get("squall-copy", {}).get("gbps")
 ceil = rows.get("iperf3", {}).get("gbps")
 fmt = lambda v, f: "-" if v is None else f % v
-print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x iperf3 | rounds | verified / bad | peak RSS MiB |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x iperf3 | rounds | verified / bad | peak RSS MiB | own RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for s in seeders:
     r = rows[s]
     if r["gbps"] is None:
-        print("| %s | not available: %s | | | | | | 0 | | |" % (s, r["why"] or "no result"))
+        print("| %s | not available: %s | | | | | | 0 | | | |" % (s, r["why"] or "no result"))
         continue
-    print("| %s | %.2f | %s | %s | %s | %s | %s | %d | %d / %d | %s |" % (
+    print("| %s | %.2f | %s | %s | %s | %s | %s | %d | %d / %d | %s | %s |" % (
         s, r["gbps"], fmt(r["p50"], "%d"), fmt(r["p99"], "%d"), fmt(r["cpu"], "%.3f"),
         fmt(r["gbps"] / base if base else None, "%.2f"), fmt(r["gbps"] / ceil if ceil else None, "%.2f"),
-        r["rounds"], r["verified"], r["bad"], fmt(r["rss_kib"] / 1024 if r["rss_kib"] else None, "%.0f")))
+        r["rounds"], r["verified"], r["bad"], fmt(r["rss_kib"] / 1024 if r["rss_kib"] else None, "%.0f"),
+        fmt(r["own_rss_kib"] / 1024 if r["own_rss_kib"] else None, "%.0f")))
 json.dump(rows, open(os.path.join(out, "summary.json"), "w"), indent=1)
