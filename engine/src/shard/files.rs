@@ -325,10 +325,13 @@ impl FileCache {
     /// replaced file would keep serving the old inode.
     pub fn forget_idle(&mut self, info_hash: &InfoHash, table: &mut impl FixedFileTable) {
         let free_slots = &mut self.free_slots;
+        let mapped_bytes = &mut self.mapped_bytes;
         self.entries.retain(|k, e| {
             if k.0 != *info_hash || e.inflight > 0 {
                 return true;
             }
+            // Its mapping goes with it (a replaced file is mapped afresh when reopened).
+            *mapped_bytes -= e.map.as_ref().map_or(0, |m| m.len_bytes());
             if let (Some(slot), Some(free)) = (e.fixed_slot, free_slots.as_mut()) {
                 debug_assert_eq!(e.inflight, 0, "emptied a fixed-file slot a read names");
                 if let Err(err) = table.update(slot, -1) {
@@ -551,6 +554,17 @@ mod tests {
         std::fs::write(&big, vec![9u8; 200_000]).unwrap();
         assert!(cache.acquire((h, 9), &big, &mut t).unwrap().map.is_none());
         assert_eq!(cache.maps_over_budget, 2);
+        // Forgetting a torrent's idle files gives their mappings' bytes back; a file in use
+        // keeps its own.
+        for i in [0, 3, 9] {
+            cache.release(&(h, i));
+        }
+        cache.forget_idle(&h, &mut t);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.mapped_bytes, 40_000, "f1 is still in use");
+        cache.release(&(h, 1));
+        cache.forget_idle(&h, &mut t);
+        assert_eq!((cache.len(), cache.mapped_bytes), (0, 0));
     }
 
     #[test]
