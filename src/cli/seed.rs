@@ -64,9 +64,10 @@ pub struct SeedArgs {
     /// ~/.local/state/squall.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
-    /// How blocks go from disk to socket: copy (default; fastest on loopback and most NICs
-    /// here), zerocopy (SendZc; adaptive: falls back per connection when the kernel copies),
-    /// splice (file -> pipe -> socket).
+    /// How blocks go from disk to socket: copy (default; fastest here: blocks already in the
+    /// page cache go from it to the socket in one copy, others are read first), zerocopy
+    /// (SendZc; adaptive: falls back per connection when the kernel copies), splice (file ->
+    /// pipe -> socket).
     #[arg(long, value_name = "MODE")]
     pub serve: Option<ServeMode>,
     /// TOML config file (see `configs/default.toml`); flags override it.
