@@ -77,20 +77,12 @@ fn fs_does_direct_io(dir: &Path) -> bool {
 fn start_seeder(dir: &Path, torrents: &Path, content: &Path, config: &str) -> SquallProcess {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = write_config(dir, config);
-    SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--state",
-        dir.join("state").to_str().unwrap(),
-        "--shards",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ])
+    SeedArgs::catalog(torrents, content)
+        .config(&cfg)
+        .state(&dir.join("state"))
+        .shards(1)
+        .admin()
+        .start()
 }
 
 /// /stats `total` once the shards' snapshots (sent every second) count `bytes` uploaded.

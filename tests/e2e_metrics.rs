@@ -40,15 +40,11 @@ fn metrics_report_a_64_mib_download() {
         &content.join("big.bin"),
         &pattern_bytes(CONTENT_BYTES as usize, 64),
     );
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let squall = SeedArgs::content(&content)
+        .state(&state)
+        .shards(2)
+        .admin()
+        .start();
     let admin = squall
         .admin
         .expect("squall printed no `admin on ADDR` line");
@@ -142,15 +138,11 @@ fn zerocopy_notifications_are_measured_and_the_switch_counted() {
     let content = dir.path().join("content");
     let state = dir.path().join("state");
     write_file(&content.join("zc.bin"), &pattern_bytes(8 << 20, 65));
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--serve",
-        "zerocopy",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let squall = SeedArgs::content(&content)
+        .state(&state)
+        .args(&["--serve", "zerocopy"])
+        .admin()
+        .start();
     let admin = squall
         .admin
         .expect("squall printed no `admin on ADDR` line");

@@ -163,16 +163,10 @@ fn fixture() -> Fixture {
     .unwrap()
     .try_into()
     .unwrap();
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--state",
-        dir.path().join("state").to_str().unwrap(),
-        "--shards",
-        "1",
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .start();
     Fixture {
         _dir: dir,
         squall,

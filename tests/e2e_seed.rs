@@ -19,16 +19,12 @@ fn libtorrent_downloads_in_every_mode_and_shard_count() {
     let state = dir.path().join("state");
     standard_content(&content);
     for mode in ["copy", "zerocopy", "splice"] {
-        for shards in ["1", "2"] {
-            let squall = SquallProcess::start(&[
-                content.to_str().unwrap(),
-                "--state",
-                state.to_str().unwrap(),
-                "--serve",
-                mode,
-                "--shards",
-                shards,
-            ]);
+        for shards in [1, 2] {
+            let squall = SeedArgs::content(&content)
+                .state(&state)
+                .args(&["--serve", mode])
+                .shards(shards)
+                .start();
             for name in ["single.bin", "multi"] {
                 let save = dir.path().join(format!("dl-{mode}-{shards}"));
                 let r = lt_download(
@@ -58,11 +54,7 @@ fn libtorrent_downloads_from_a_bare_magnet() {
     let content = dir.path().join("content");
     let state = dir.path().join("state");
     standard_content(&content);
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::content(&content).state(&state).start();
     for name in ["single.bin", "multi"] {
         let hash = &squall.torrents.iter().find(|t| t.1 == name).unwrap().0;
         let magnet = format!("magnet:?xt=urn:btih:{hash}");
@@ -86,13 +78,7 @@ fn twenty_concurrent_downloads_are_identical() {
         &content.join("shared.bin"),
         &pattern_bytes(4 * 1024 * 1024 + 333, 9),
     );
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "2",
-    ]);
+    let squall = SeedArgs::content(&content).state(&state).shards(2).start();
     let torrent = made_torrent(&state, "shared.bin");
     let children: Vec<_> = (0..20)
         .map(|i| {
@@ -129,11 +115,7 @@ fn a_client_leaving_mid_transfer_disturbs_no_one() {
         &content.join("big.bin"),
         &pattern_bytes(16 * 1024 * 1024, 5),
     );
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::content(&content).state(&state).start();
     let torrent = made_torrent(&state, "big.bin");
     let quitter = lt_command(
         Source::Torrent(&torrent),
@@ -190,11 +172,7 @@ fn garbage_peer_is_dropped_while_an_honest_download_continues() {
         &content.join("file.bin"),
         &pattern_bytes(8 * 1024 * 1024, 6),
     );
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::content(&content).state(&state).start();
     let torrent = made_torrent(&state, "file.bin");
     let honest = lt_command(
         Source::Torrent(&torrent),
@@ -251,14 +229,7 @@ fn aria2c_downloads_through_opentracker() {
         .collect();
     let _tracker = start_opentracker(dir.path(), tracker_port, &hashes);
     let state = dir.path().join("state");
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &content).state(&state).start();
     for hash in &hashes {
         announce_to(tracker_port, hash, squall.addr.port());
     }

@@ -131,16 +131,10 @@ fn aria2c_through_tracker(scheme: &str) {
     let _tracker = start_opentracker(dir.path(), port, &hashes);
     let config = write_config(dir.path(), "");
     let state = dir.path().join("state");
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&state)
+        .config(&config)
+        .start();
     // Nobody announces for squall: it must have done so itself.
     wait_until_seeded(port, &hashes, Duration::from_secs(30));
     for name in ["single.bin", "multi"] {
@@ -220,16 +214,10 @@ fn libtorrent_leecher_from_the_tracker_is_dialed() {
     let leech = KillOnDrop(leech);
     let config = write_config(dir.path(), "");
     let state = dir.path().join("state");
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&state)
+        .config(&config)
+        .start();
     let result = lines.next().and_then(|l| l.ok()).unwrap_or_default();
     drop(leech);
     let stderr = terminate_and_collect_stderr(squall);
@@ -266,13 +254,10 @@ fn thousand_torrents_announced_within_the_concurrency_bound() {
     let state = dir.path().join("state");
     // First run without trackers only to learn the info-hashes (torrents are cached).
     let quiet = write_config(dir.path(), "enabled = false\n");
-    let first = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--config",
-        quiet.to_str().unwrap(),
-    ]);
+    let first = SeedArgs::content(&content)
+        .state(&state)
+        .config(&quiet)
+        .start();
     let hashes: Vec<String> = first.torrents.iter().map(|t| t.0.clone()).collect();
     assert_eq!(hashes.len(), 1000);
     drop(first);
@@ -282,13 +267,10 @@ fn thousand_torrents_announced_within_the_concurrency_bound() {
         dir.path(),
         &format!("extra = [\"udp://127.0.0.1:{port}/announce\"]\n"),
     );
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::content(&content)
+        .state(&state)
+        .config(&config)
+        .start();
     wait_until_seeded(port, &hashes, Duration::from_secs(60));
     let stderr = terminate_and_collect_stderr(squall);
     let max = stderr
@@ -352,16 +334,10 @@ fn dead_garbage_and_refusing_trackers_back_off() {
     }
     let config = write_config(dir.path(), "");
     let state = dir.path().join("state");
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        content.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&state)
+        .config(&config)
+        .start();
     std::thread::sleep(Duration::from_secs(6));
     let stderr = terminate_and_collect_stderr(squall);
     for (what, hits) in [("garbage", &garbage_hits), ("refuse", &refuse_hits)] {

@@ -39,17 +39,11 @@ fn libtorrent_downloads_v2_only_and_hybrid_torrents_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     standard_content(&dir.path().join("content"));
     make_torrents(dir.path());
-    for shards in ["1", "2"] {
-        let squall = SquallProcess::start(&[
-            "--torrents",
-            dir.path().join("torrents").to_str().unwrap(),
-            "--data",
-            dir.path().join("content").to_str().unwrap(),
-            "--state",
-            dir.path().join("state").to_str().unwrap(),
-            "--shards",
-            shards,
-        ]);
+    for shards in [1, 2] {
+        let squall = SeedArgs::catalog(&dir.path().join("torrents"), &dir.path().join("content"))
+            .state(&dir.path().join("state"))
+            .shards(shards)
+            .start();
         assert_eq!(squall.torrents.len(), 4, "{:?}", squall.torrents);
         for name in ["single.bin", "multi"] {
             for flavor in ["v2", "hybrid"] {
@@ -69,16 +63,10 @@ fn libtorrent_downloads_v2_only_and_hybrid_torrents_byte_identical() {
 fn start_v2_seeder(dir: &std::path::Path) -> SquallProcess {
     standard_content(&dir.join("content"));
     make_torrents(dir);
-    SquallProcess::start(&[
-        "--torrents",
-        dir.join("torrents").to_str().unwrap(),
-        "--data",
-        dir.join("content").to_str().unwrap(),
-        "--state",
-        dir.join("state").to_str().unwrap(),
-        "--shards",
-        "1",
-    ])
+    SeedArgs::catalog(&dir.join("torrents"), &dir.join("content"))
+        .state(&dir.join("state"))
+        .shards(1)
+        .start()
 }
 
 /// A raw v2 peer: handshakes, sends hash requests, reads the hash answers (ids 22, 23).

@@ -151,17 +151,12 @@ fn seed_two_torrents(dir: &Path, seed_a: u64, seed_b: u64) -> TwoTorrents {
     write_file(&content.join("a.bin"), &a_bytes);
     write_file(&content.join("b.bin"), &b_bytes);
     let config = write_config(dir, FAST_RECHECK_CONFIG);
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "2",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let squall = SeedArgs::content(&content)
+        .config(&config)
+        .state(&state)
+        .shards(2)
+        .admin()
+        .start();
     TwoTorrents {
         squall,
         content,
@@ -343,18 +338,11 @@ fn full_state_disk_keeps_old_resume_state_and_keeps_seeding() {
         return;
     };
     let state = mount.path.clone();
-    let mut squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let mut squall = SeedArgs::catalog(&torrents, &data)
+        .state(&state)
+        .shards(1)
+        .admin()
+        .start();
     let admin = squall.admin.expect("admin");
     let resume_dir = state.join("resume");
     let resume_file = resume_dir.join(format!("{hash}.resume"));
@@ -436,17 +424,12 @@ fn content_swapped_for_a_symlink_is_not_followed() {
     tampered[(200 * BLOCK) as usize + 5] ^= 0xff;
     write_file(&outside.path().join("a.bin"), &tampered);
     let config = write_config(dir.path(), FAST_RECHECK_CONFIG);
-    let squall = SquallProcess::start(&[
-        content.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--shards",
-        "1",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let squall = SeedArgs::content(&content)
+        .config(&config)
+        .state(&state)
+        .shards(1)
+        .admin()
+        .start();
     let admin = squall.admin.expect("admin");
     let a = hex20(&squall.torrents[0].0);
     let a_path = content.join("a.bin");

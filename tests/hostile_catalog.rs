@@ -267,14 +267,7 @@ fn hostile_torrents_are_skipped_by_name_and_the_good_one_seeds() {
     }
 
     let started = Instant::now();
-    let squall = SquallProcess::start(&[
-        "--torrents",
-        torrents.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let squall = SeedArgs::catalog(&torrents, &data).state(&state).start();
     let load_time = started.elapsed();
     assert!(
         load_time < Duration::from_secs(30),

@@ -110,17 +110,12 @@ impl Harness {
         );
         let config = dir.path().join("squall.toml");
         std::fs::write(&config, CONFIG).unwrap();
-        let squall = SquallProcess::start(&[
-            content.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-            "--shards",
-            "2",
-            "--config",
-            config.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-        ]);
+        let squall = SeedArgs::content(&content)
+            .state(&state)
+            .shards(2)
+            .config(&config)
+            .admin()
+            .start();
         let admin = squall.admin.expect("admin address");
         let info_hash = hex20(&squall.torrents[0].0);
         let fds_baseline = fd_count(squall.child.id());

@@ -35,20 +35,12 @@ fn fd_exhaustion_is_counted_and_recovers() {
     write_file(&content.join("f.bin"), &pattern_bytes(2 << 20, 22));
     // Fixed files asked for, so the kernel's refusal of the table is exercised too.
     let config = write_config(dir.path(), "[engine]\nfixed_files = true\n");
-    let mut squall = SquallProcess::start_under(
-        &["prlimit", "--nofile=64:64"],
-        &[
-            content.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-        ],
-    );
+    let mut squall = SeedArgs::content(&content)
+        .config(&config)
+        .state(&state)
+        .admin()
+        .shards(1)
+        .start_under(&["prlimit", "--nofile=64:64"]);
     let admin = squall.admin.expect("admin address");
     let burst: Vec<_> = (0..120)
         .filter_map(|_| std::net::TcpStream::connect(squall.addr).ok())
@@ -140,18 +132,11 @@ fn memlock_too_small_falls_back_to_plain_buffers_with_one_warning() {
     let state = dir.path().join("state");
     write_file(&content.join("m.bin"), &pattern_bytes(3 << 20, 23));
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let squall = SquallProcess::start_under(
-        &wrapper,
-        &[
-            content.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ],
-    );
+    let squall = SeedArgs::content(&content)
+        .state(&state)
+        .admin()
+        .shards(2)
+        .start_under(&wrapper);
     let admin = squall.admin.expect("admin address");
     let save = dir.path().join("dl");
     let r = lt_download(

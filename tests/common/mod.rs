@@ -227,6 +227,76 @@ impl Drop for SquallProcess {
     }
 }
 
+/// The `squall seed` arguments, built flag by flag: the same paths and flags were spelled out
+/// by hand at every start, where a dropped flag or value was easy to miss. Arguments go in
+/// the order the methods are called; `SquallProcess::start_under` adds `--listen 127.0.0.1:0`.
+pub struct SeedArgs {
+    args: Vec<String>,
+}
+
+impl SeedArgs {
+    /// `squall seed CONTENT`: seeds each file and folder in `content` (torrents made in state).
+    pub fn content(content: &Path) -> SeedArgs {
+        SeedArgs { args: Vec::new() }.path(content)
+    }
+
+    /// `--torrents TORRENTS --data DATA`: seeds the `.torrent` files in `torrents` from `data`.
+    pub fn catalog(torrents: &Path, data: &Path) -> SeedArgs {
+        SeedArgs { args: Vec::new() }
+            .arg("--torrents")
+            .path(torrents)
+            .arg("--data")
+            .path(data)
+    }
+
+    /// `--state DIR`.
+    pub fn state(self, dir: &Path) -> SeedArgs {
+        self.arg("--state").path(dir)
+    }
+
+    /// `--shards N`.
+    pub fn shards(self, n: usize) -> SeedArgs {
+        self.arg("--shards").arg(&n.to_string())
+    }
+
+    /// `--admin 127.0.0.1:0`: an admin endpoint on a free port, read as `SquallProcess::admin`.
+    pub fn admin(self) -> SeedArgs {
+        self.args(&["--admin", "127.0.0.1:0"])
+    }
+
+    /// `--config FILE`.
+    pub fn config(self, file: &Path) -> SeedArgs {
+        self.arg("--config").path(file)
+    }
+
+    /// One more argument, as given.
+    pub fn arg(mut self, arg: &str) -> SeedArgs {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    /// More arguments, as given.
+    pub fn args(self, args: &[&str]) -> SeedArgs {
+        args.iter().fold(self, |s, a| s.arg(a))
+    }
+
+    /// A path argument; squall's arguments are UTF-8, as the hand-written lists assumed.
+    fn path(self, path: &Path) -> SeedArgs {
+        self.arg(path.to_str().expect("UTF-8 path"))
+    }
+
+    /// `SquallProcess::start` with these arguments.
+    pub fn start(self) -> SquallProcess {
+        self.start_under(&[])
+    }
+
+    /// `SquallProcess::start_under` (e.g. under `prlimit`) with these arguments.
+    pub fn start_under(self, wrapper: &[&str]) -> SquallProcess {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        SquallProcess::start_under(wrapper, &args)
+    }
+}
+
 /// What `lt_download.py` printed.
 #[derive(Debug)]
 pub struct LtResult {
