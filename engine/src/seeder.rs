@@ -6,7 +6,7 @@
 //! `ShardCommand` channels, stats come back as snapshots.
 
 use crate::catalog::Catalog;
-use crate::config::{EngineConfig, BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT};
+use crate::config::EngineConfig;
 use crate::health::{ErroredSet, HealthReport, HEALTH_REPORTS_CAPACITY};
 use crate::net;
 use crate::shard::admission::Admission;
@@ -32,25 +32,9 @@ pub struct Seeder {
 impl Seeder {
     /// Binds every listen address on every shard and starts the shards. Returns only when
     /// every shard is accepting, or with the first start-up error (and nothing left running).
-    pub fn start(mut config: EngineConfig, catalog: Arc<Catalog>) -> Result<Seeder, String> {
+    pub fn start(config: EngineConfig, catalog: Arc<Catalog>) -> Result<Seeder, String> {
         config.validate()?;
         let shard_count = config.shard_count();
-        if let Some(scaled) = default_cache_for_ram(
-            config.block_cache_bytes_per_shard,
-            shard_count,
-            physical_ram_bytes(),
-        ) {
-            tracing::info!(
-                "hot-block cache: {} MiB per shard instead of the default {} MiB, so the {} \
-                 shards' caches stay within 1/{} of RAM (set block_cache_bytes_per_shard to \
-                 choose)",
-                scaled >> 20,
-                BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT >> 20,
-                shard_count,
-                DEFAULT_CACHE_RAM_FRACTION
-            );
-            config.block_cache_bytes_per_shard = scaled;
-        }
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -222,56 +206,5 @@ impl Seeder {
             }
         }
         total
-    }
-}
-
-/// The default hot-block cache takes at most this fraction (1/N) of physical RAM in all.
-pub const DEFAULT_CACHE_RAM_FRACTION: u64 = 16;
-
-/// When the cache size is the default and `shards` default caches would take more than
-/// 1/`DEFAULT_CACHE_RAM_FRACTION` of RAM (many cores, little memory), the per-shard size
-/// that fits (whole 16 KiB blocks; 0 = off when not even one block fits). An explicit size
-/// is the operator's choice and is kept.
-pub fn default_cache_for_ram(per_shard_bytes: u64, shards: usize, ram_bytes: u64) -> Option<u64> {
-    let shards = shards.max(1) as u64;
-    if per_shard_bytes != BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT || ram_bytes == 0 {
-        return None;
-    }
-    let budget = ram_bytes / DEFAULT_CACHE_RAM_FRACTION;
-    if per_shard_bytes.saturating_mul(shards) <= budget {
-        return None;
-    }
-    let block = crate::ring::block_cache::CACHE_BLOCK_LEN_BYTES as u64;
-    Some(budget / shards / block * block)
-}
-
-/// Total physical memory, or 0 when it cannot be read.
-fn physical_ram_bytes() -> u64 {
-    // SAFETY: sysinfo fills the struct it is given; all-zero is a valid starting value.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a sysinfo struct we own.
-    if unsafe { libc::sysinfo(&mut info) } != 0 {
-        return 0;
-    }
-    (info.totalram as u64).saturating_mul(u64::from(info.mem_unit))
-}
-
-#[cfg(test)]
-mod cache_size_tests {
-    use super::*;
-
-    #[test]
-    fn the_default_cache_shrinks_to_fit_small_machines_only() {
-        let d = BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT;
-        // 2 shards, 24 GiB: 128 MiB fits in 1.5 GiB.
-        assert_eq!(default_cache_for_ram(d, 2, 24 << 30), None);
-        // 16 shards, 8 GiB: 1 GiB would exceed 512 MiB, so 32 MiB each.
-        assert_eq!(default_cache_for_ram(d, 16, 8 << 30), Some(32 << 20));
-        // An explicit size is kept, however large.
-        assert_eq!(default_cache_for_ram(d + 16384, 16, 8 << 30), None);
-        // Unknown RAM: keep the default.
-        assert_eq!(default_cache_for_ram(d, 16, 0), None);
-        // Tiny machine: rounds down to whole blocks, possibly 0 (off).
-        assert_eq!(default_cache_for_ram(d, 64, 1 << 20), Some(0));
     }
 }
