@@ -69,8 +69,10 @@ if [[ -x "$BENCH" ]]; then
 else
   echo "soak: no squall-bench binary; skipping bench load"
 fi
-# Hostile peers for the whole run.
-$PY "$ROOT/tests/support/hostile.py" --peer "$PEER" --info-hash "$HASH" --seconds "$SECONDS_TOTAL" \
+# Hostile peers for the whole run, ending 2 s early so their summary is printed before the
+# clean-up below kills what is still running (it raced the kill and was sometimes lost).
+$PY "$ROOT/tests/support/hostile.py" --peer "$PEER" --info-hash "$HASH" \
+  --seconds "$(( SECONDS_TOTAL > 4 ? SECONDS_TOTAL - 2 : SECONDS_TOTAL ))" \
   --conns-max 200 > "$WORK/hostile.json" 2>&1 &
 PIDS+=($!)
 

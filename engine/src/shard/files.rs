@@ -310,6 +310,16 @@ impl FileCache {
         Some(len)
     }
 
+    /// `page_cache_sends`: when `key`'s file is now shorter than its mapping (it shrank
+    /// under it, so sends from the lost pages fail with -EFAULT), its (current, mapped)
+    /// lengths. None for a file that is not cached, not mapped, or not shorter.
+    pub fn shrunk_under_mapping(&self, key: &FileKey) -> Option<(u64, u64)> {
+        let e = self.entries.get(key)?;
+        let mapped = e.map.as_ref()?.len_bytes();
+        let now = e.file.metadata().ok()?.len();
+        (now < mapped).then_some((now, mapped))
+    }
+
     /// The read(s) counted by `acquire` completed.
     pub fn release(&mut self, key: &FileKey) {
         if let Some(e) = self.entries.get_mut(key) {
@@ -565,6 +575,35 @@ mod tests {
         cache.release(&(h, 1));
         cache.forget_idle(&h, &mut t);
         assert_eq!((cache.len(), cache.mapped_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_its_mapping_is_found() {
+        // Proves: after another writer truncates a mapped file, the cache reports it with
+        // its new and mapped lengths; an unchanged file, an unmapped one and an unknown key
+        // are not reported.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![1u8; 50_000]).unwrap();
+        std::fs::write(&b, vec![2u8; 50_000]).unwrap();
+        let h = InfoHash([6; 20]);
+        let mut t = FakeTable::default();
+        let mut cache = FileCache::new(4, false, false, Some(1 << 30));
+        cache.acquire((h, 0), &a, &mut t).unwrap();
+        cache.acquire((h, 1), &b, &mut t).unwrap();
+        assert_eq!(cache.shrunk_under_mapping(&(h, 0)), None);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_len(1_000)
+            .unwrap();
+        assert_eq!(cache.shrunk_under_mapping(&(h, 0)), Some((1_000, 50_000)));
+        assert_eq!(cache.shrunk_under_mapping(&(h, 1)), None);
+        assert_eq!(cache.shrunk_under_mapping(&(h, 7)), None);
+        let mut plain = FileCache::new(4, false, false, None);
+        plain.acquire((h, 0), &a, &mut t).unwrap();
+        assert_eq!(plain.shrunk_under_mapping(&(h, 0)), None, "not mapped");
     }
 
     #[test]

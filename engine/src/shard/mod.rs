@@ -1997,11 +1997,26 @@ impl Shard {
         // 0 bytes moved means the socket is gone (a splice from a non-empty pipe, or a send of
         // a non-empty buffer, never legitimately moves nothing).
         if c.result <= 0 || batch.failed || closing {
-            // -EFAULT from a send that names a file mapping: the file shrank under it.
+            // -EFAULT from a send that names a file mapping: the file shrank under it. Report
+            // the file(s) now shorter than their mappings to the health checker, as a short
+            // read would be: mincore may keep calling the lost pages resident (a large folio
+            // the kernel could not split), so the read path might never see the fault.
             let mapping_fault = c.result == -libc::EFAULT && batch.page_cache;
             if mapping_fault && !batch.failed {
                 self.stats.page_cache_send_faults += 1;
                 self.stats.disk_errors += 1;
+                if let Some(t) = peer.torrent.as_ref() {
+                    for key in peer.batch_files.iter() {
+                        if let Some((now_len, mapped_len)) = self.files.shrunk_under_mapping(key) {
+                            let why = format!(
+                                "file shrank to {now_len} bytes under its mapping of \
+                                 {mapped_len} (a send from it faulted)"
+                            );
+                            let stats = &mut self.stats;
+                            self.health.content_failed(t, key.1, why, now, stats);
+                        }
+                    }
+                }
             }
             let disk = batch.failed || mapping_fault;
             tracing::debug!(

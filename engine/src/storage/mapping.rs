@@ -200,6 +200,47 @@ mod tests {
     }
 
     #[test]
+    fn a_send_from_a_truncated_mapping_fails_with_efault_not_sigbus() {
+        // Proves the safety claim of the module comment: once the file shrinks under the
+        // mapping, a kernel copy from the vanished pages (here a send on a socket, as the
+        // shard's SendMsg does) returns -EFAULT to the caller; the process gets no SIGBUS
+        // (which would kill this test) because it never touches the mapping itself.
+        use std::os::unix::net::UnixStream;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![3u8; 64 * 1024]).unwrap();
+        let file = File::open(&path).unwrap();
+        let owner = Mapping::new(&file, 64 * 1024).unwrap().unwrap();
+        let view = owner.view();
+        let (tx, mut rx) = UnixStream::pair().unwrap();
+        let send = |offset: u64| {
+            let ptr = view.send_ptr(offset, 4096).unwrap();
+            // SAFETY: send(2) reads 4 KiB at `ptr` inside our live mapping, in the kernel;
+            // we never dereference it.
+            let n = unsafe { libc::send(tx.as_raw_fd(), ptr.cast(), 4096, libc::MSG_NOSIGNAL) };
+            (n, io::Error::last_os_error().raw_os_error())
+        };
+        assert_eq!(send(32 * 1024).0, 4096, "resident pages send");
+        let mut got = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut rx, &mut got).unwrap();
+        assert!(got.iter().all(|b| *b == 3));
+        // Another writer truncates the file to 8 KiB.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8 * 1024)
+            .unwrap();
+        let (n, errno) = send(32 * 1024);
+        assert_eq!((n, errno), (-1, Some(libc::EFAULT)));
+        // (mincore may still call the lost pages resident: the kernel may keep a large folio
+        // it could not split. So the shard does not rely on residency here; it reports the
+        // shrunk file when a send faults.)
+        // What is left of the file still sends.
+        assert_eq!(send(4096).0, 4096);
+    }
+
+    #[test]
     fn send_ptr_refuses_ranges_past_the_mapped_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
