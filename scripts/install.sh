@@ -61,4 +61,6 @@ if ! getent passwd squall >/dev/null; then
 fi
 echo
 echo "Installed. Next: put .torrent files in /srv/squall/torrents and content in /srv/squall/data,"
-echo "then: systemctl daemon-reload && systemctl enable --now squall"
+echo "owned by squall (chown -R squall:squall /srv/squall/data; the unit keeps it read-only):"
+echo "Linux shows page-cache residency only to a file's owner, and page_cache_sends needs it."
+echo "Then: systemctl daemon-reload && systemctl enable --now squall"

@@ -20,6 +20,7 @@ mod common;
 use common::*;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const BIG_BYTES: usize = (24 << 20) + 12_345;
@@ -289,6 +290,96 @@ fn page_cache_sends_serve_resident_blocks_from_file_mappings() {
             assert_eq!(sent, 0, "{total}");
         }
     }
+}
+
+/// Proves: run as a user that neither owns nor may write the content (uid 65534 on
+/// root-owned files), squall does not send from mappings, because Linux's mincore then
+/// calls every page resident and a send could fault pages in from disk on the shard's
+/// thread: each such file is counted in `map_failures`, none is sent from the page cache,
+/// and a libtorrent download is still byte-identical (read path).
+#[test]
+fn page_cache_sends_skip_files_whose_residency_is_hidden() {
+    if !libtorrent_available()
+        || !tool_available(
+            "setpriv to uid 65534 (needs root)",
+            Command::new("setpriv").args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "true",
+            ]),
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (content, torrents) = make_multi(dir.path());
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // uid 65534 may traverse and read everything, and write only its state directory.
+    for p in [dir.path(), &content, &content.join("multi"), &torrents] {
+        Command::new("chmod").arg("755").arg(p).status().unwrap();
+    }
+    for f in ["multi/big.bin", "multi/small.bin"] {
+        Command::new("chmod")
+            .arg("644")
+            .arg(content.join(f))
+            .status()
+            .unwrap();
+    }
+    Command::new("chmod")
+        .arg("-R")
+        .arg("a+r")
+        .arg(&torrents)
+        .status()
+        .unwrap();
+    Command::new("chown")
+        .arg("65534:65534")
+        .arg(&state)
+        .status()
+        .unwrap();
+    let config = write_config(dir.path(), "[engine]\npage_cache_sends = true\n");
+    Command::new("chmod")
+        .arg("644")
+        .arg(&config)
+        .status()
+        .unwrap();
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .config(&config)
+        .state(&state)
+        .shards(1)
+        .admin()
+        .start_under(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]);
+    let admin = squall.admin.expect("no admin line");
+    let save = dir.path().join("dl");
+    let r = lt_download(
+        Source::Torrent(&torrents.join("multi.torrent")),
+        &save,
+        &squall.peer(),
+        &[],
+    );
+    assert!(r.ok, "{}", r.json);
+    assert_same_tree(&content.join("multi"), &save.join("multi"));
+    let total = total_after_upload(admin, (BIG_BYTES + SMALL_BYTES) as u64);
+    let stderr: Vec<String> = squall.stderr_lines.try_iter().collect();
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(total["page_cache_sends_on"], true, "{total}");
+    assert_eq!(total["page_cache_sends"], 0, "{total}");
+    assert!(
+        total["map_failures"].as_u64().unwrap_or(0) >= 2,
+        "both files counted: {total}"
+    );
+    assert_eq!(total["mapped_bytes"], 0, "{total}");
+    assert!(
+        stderr.iter().any(|l| l.contains("cannot see which pages")),
+        "the warning says why: {stderr:?}"
+    );
 }
 
 /// Proves: with a receive buffer ring of one 64-byte buffer, libtorrent's request bursts

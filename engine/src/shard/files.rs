@@ -29,7 +29,7 @@
 
 use crate::keyhash::KeyHashBuilder;
 use crate::metainfo::InfoHash;
-use crate::storage::mapping::{MapView, Mapping};
+use crate::storage::mapping::{residency_visible, MapView, Mapping};
 use crate::storage::{open_content, open_content_direct};
 use std::collections::HashMap;
 use std::fs::File;
@@ -109,8 +109,11 @@ pub struct FileCache {
     pub mapped_bytes: u64,
     /// Files read instead of mapped because files in use held the mapping budget.
     pub maps_over_budget: u64,
-    /// `page_cache_sends`: files that could not be mapped (they are read as before).
+    /// `page_cache_sends`: files that could not be mapped, or whose page-cache residency
+    /// this user cannot see (`residency_visible`); they are read as before.
     pub map_failures: u64,
+    /// The "residency not visible" warning was logged (once per shard).
+    warned_residency_hidden: bool,
 }
 
 #[derive(Debug)]
@@ -147,6 +150,7 @@ impl FileCache {
             mapped_bytes: 0,
             maps_over_budget: 0,
             map_failures: 0,
+            warned_residency_hidden: false,
         }
     }
 
@@ -207,7 +211,26 @@ impl FileCache {
         } else {
             None
         };
-        let map = if let Some(len) = self.map_budget_for(&file, victim.as_ref()) {
+        let visible = self.map_bytes_max.is_some() && residency_visible(&file);
+        if self.map_bytes_max.is_some() && !visible {
+            if !self.warned_residency_hidden {
+                self.warned_residency_hidden = true;
+                tracing::warn!(
+                    "page_cache_sends: this user cannot see which pages of {} are cached \
+                     (Linux reports page-cache residency only for files it owns or may \
+                     write); reading it instead (squall_map_failures_total counts such files; \
+                     run squall as the content's owner to send from the page cache)",
+                    path.display()
+                );
+            }
+            self.map_failures += 1;
+        }
+        let len = if visible {
+            self.map_budget_for(&file, victim.as_ref())
+        } else {
+            None
+        };
+        let map = if let Some(len) = len {
             match Mapping::new(&file, len) {
                 Ok(m) => m,
                 Err(e) => {

@@ -28,6 +28,34 @@ const PAGE_BYTES: u64 = 4096;
 /// Most pages one residency check asks about (so its scratch vector stays small).
 pub const RESIDENCY_CHECK_PAGES_MAX: usize = 64;
 
+/// Whether `mincore` tells the truth about `file`'s pages for this process. Linux reveals
+/// page-cache residency only for files the caller owns, could open for writing, or holds
+/// CAP_FOWNER over; for any other file it reports every page resident (a side-channel guard:
+/// `can_do_mincore` in mm/mincore.c; measured here: uid 65534 sees a cold root-owned file
+/// as fully resident). Sending from such a file's mapping could then fault pages in from
+/// disk on the shard's thread, so it is not mapped. Root is taken as holding CAP_FOWNER.
+pub fn residency_visible(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid only reads the process's credentials.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 || file.metadata().is_ok_and(|m| m.uid() == euid) {
+        return true;
+    }
+    // SAFETY: faccessat2(fd, "", W_OK, AT_EACCESS | AT_EMPTY_PATH) checks write permission
+    // on the inode of an fd we own (the same test the kernel's check makes); the path is a
+    // NUL-terminated "". A kernel without faccessat2 (< 5.8) answers -1: not visible.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::W_OK,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
+        )
+    };
+    rc == 0
+}
+
 /// Owns the mapping: unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
