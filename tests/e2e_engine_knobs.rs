@@ -97,6 +97,23 @@ fn total_after_upload(admin: std::net::SocketAddr, bytes: u64) -> serde_json::Va
     })
 }
 
+/// Downloads `torrent` from `squall` with libtorrent into `save`, checks that `saved` (the
+/// download's copy) is byte-identical to `source`, and returns /stats `total` once it counts
+/// `bytes` uploaded.
+fn download_checked(
+    squall: &SquallProcess,
+    torrent: &Path,
+    save: &Path,
+    (source, saved): (&Path, &Path),
+    bytes: u64,
+) -> serde_json::Value {
+    let admin = squall.admin.expect("no admin line");
+    let r = lt_download(Source::Torrent(torrent), save, &squall.peer(), &[]);
+    assert!(r.ok, "{}", r.json);
+    assert_same_tree(source, saved);
+    total_after_upload(admin, bytes)
+}
+
 /// Seeds `content` with `config`, drops the content from the page cache, downloads it with
 /// libtorrent, checks the bytes, and returns (/stats total, resident fraction of big.bin).
 fn seed_and_download(
@@ -255,19 +272,16 @@ fn page_cache_sends_serve_resident_blocks_from_file_mappings() {
             format!("[engine]\nblock_cache_bytes_per_shard = 0\npage_cache_sends = {on}\n");
         let run = dir.path().join(format!("run-{label}"));
         let squall = start_seeder(&run, &torrents, &content, &config);
-        let admin = squall.admin.expect("no admin line");
         // Loading hashed the content: it is resident now (a tmp dir may be tmpfs, which
         // keeps it resident anyway).
         let save = dir.path().join(format!("dl-{label}"));
-        let r = lt_download(
-            Source::Torrent(&torrents.join("multi.torrent")),
+        let total = download_checked(
+            &squall,
+            &torrents.join("multi.torrent"),
             &save,
-            &squall.peer(),
-            &[],
+            (&multi, &save.join("multi")),
+            (BIG_BYTES + SMALL_BYTES) as u64,
         );
-        assert!(r.ok, "{label}: {}", r.json);
-        assert_same_tree(&multi, &save.join("multi"));
-        let total = total_after_upload(admin, (BIG_BYTES + SMALL_BYTES) as u64);
         let (code, _) = squall.terminate();
         assert_eq!(code, Some(0), "{label}: squall exit");
         assert_eq!(total["page_cache_sends_on"], on, "{total}");
@@ -355,17 +369,14 @@ fn page_cache_sends_skip_files_whose_residency_is_hidden() {
             "--regid=65534",
             "--clear-groups",
         ]);
-    let admin = squall.admin.expect("no admin line");
     let save = dir.path().join("dl");
-    let r = lt_download(
-        Source::Torrent(&torrents.join("multi.torrent")),
+    let total = download_checked(
+        &squall,
+        &torrents.join("multi.torrent"),
         &save,
-        &squall.peer(),
-        &[],
+        (&content.join("multi"), &save.join("multi")),
+        (BIG_BYTES + SMALL_BYTES) as u64,
     );
-    assert!(r.ok, "{}", r.json);
-    assert_same_tree(&content.join("multi"), &save.join("multi"));
-    let total = total_after_upload(admin, (BIG_BYTES + SMALL_BYTES) as u64);
     let stderr: Vec<String> = squall.stderr_lines.try_iter().collect();
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
@@ -406,17 +417,14 @@ fn multishot_recv_survives_an_exhausted_buffer_ring() {
         &content,
         "[engine]\nmultishot_recv = true\nrecv_buffers_per_shard = 1\nrecv_buffer_bytes = 64\n",
     );
-    let admin = squall.admin.expect("no admin line");
     let save = dir.path().join("dl");
-    let r = lt_download(
-        Source::Torrent(&torrents.join("one.torrent")),
+    let total = download_checked(
+        &squall,
+        &torrents.join("one.torrent"),
         &save,
-        &squall.peer(),
-        &[],
+        (&content, &save),
+        8 << 20,
     );
-    assert!(r.ok, "{}", r.json);
-    assert_same_tree(&content, &save);
-    let total = total_after_upload(admin, 8 << 20);
     assert_eq!(total["multishot_recv"], true, "{total}");
     assert!(
         total["recv_buffers_exhausted"].as_u64().unwrap_or(0) > 0,
