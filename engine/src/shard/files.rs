@@ -112,8 +112,10 @@ pub struct FileCache {
     /// `page_cache_sends`: files that could not be mapped, or whose page-cache residency
     /// this user cannot see (`residency_visible`); they are read as before.
     pub map_failures: u64,
-    /// The "residency not visible" warning was logged (once per shard).
+    /// The "residency not visible" and "mmap refused" warnings were logged (once each per
+    /// shard).
     warned_residency_hidden: bool,
+    warned_map_failed: bool,
 }
 
 #[derive(Debug)]
@@ -151,6 +153,7 @@ impl FileCache {
             maps_over_budget: 0,
             map_failures: 0,
             warned_residency_hidden: false,
+            warned_map_failed: false,
         }
     }
 
@@ -211,44 +214,7 @@ impl FileCache {
         } else {
             None
         };
-        let visible = self.map_bytes_max.is_some() && residency_visible(&file);
-        if self.map_bytes_max.is_some() && !visible {
-            if !self.warned_residency_hidden {
-                self.warned_residency_hidden = true;
-                tracing::warn!(
-                    "page_cache_sends: this user cannot see which pages of {} are cached \
-                     (Linux reports page-cache residency only for files it owns or may \
-                     write); reading it instead (squall_map_failures_total counts such files; \
-                     run squall as the content's owner to send from the page cache)",
-                    path.display()
-                );
-            }
-            self.map_failures += 1;
-        }
-        let len = if visible {
-            self.map_budget_for(&file, victim.as_ref())
-        } else {
-            None
-        };
-        let map = if let Some(len) = len {
-            match Mapping::new(&file, len) {
-                Ok(m) => m,
-                Err(e) => {
-                    if self.map_failures == 0 {
-                        tracing::warn!(
-                            "page_cache_sends: cannot map {} ({e}); reading it instead \
-                             (squall_map_failures_total counts such files; see \
-                             vm.max_map_count)",
-                            path.display()
-                        );
-                    }
-                    self.map_failures += 1;
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let map = self.map_file(&file, path, victim.as_ref());
         // The victim's slot goes straight to the new file: one update replaces it.
         let mut slot = None;
         if let Some(k) = victim {
@@ -295,14 +261,50 @@ impl FileCache {
         Ok(open)
     }
 
-    /// Whether `file` may be mapped (with `page_cache_sends`): its length fits the mapping
-    /// budget once `victim` (about to be evicted) is gone, after dropping idle files'
-    /// mappings, least recently used first, as needed. Counts a file that does not fit.
-    /// Returns the length to map.
-    fn map_budget_for(&mut self, file: &File, victim: Option<&FileKey>) -> Option<u64> {
+    /// `page_cache_sends`: the mapping of a file just opened, or None when it is read
+    /// instead: sends from mappings are off, this user cannot see its page-cache residency,
+    /// it does not fit the budget, or mmap refused it (each counted; the first residency and
+    /// mmap refusals warned about).
+    fn map_file(&mut self, file: &File, path: &Path, victim: Option<&FileKey>) -> Option<Mapping> {
         let max = self.map_bytes_max?;
         // An unreadable length maps nothing (an empty mapping is none).
-        let len = file.metadata().map_or(0, |m| m.len());
+        let meta = file.metadata().ok()?;
+        if !residency_visible(file, &meta) {
+            if !self.warned_residency_hidden {
+                self.warned_residency_hidden = true;
+                tracing::warn!(
+                    "page_cache_sends: this user cannot see which pages of {} are cached \
+                     (Linux reports page-cache residency only for files it owns or may \
+                     write); reading it instead (squall_map_failures_total counts such files; \
+                     run squall as the content's owner to send from the page cache)",
+                    path.display()
+                );
+            }
+            self.map_failures += 1;
+            return None;
+        }
+        let len = self.map_budget_for(max, meta.len(), victim)?;
+        match Mapping::new(file, len) {
+            Ok(m) => m,
+            Err(e) => {
+                if !self.warned_map_failed {
+                    self.warned_map_failed = true;
+                    tracing::warn!(
+                        "page_cache_sends: cannot map {} ({e}); reading it instead \
+                         (squall_map_failures_total counts such files; see vm.max_map_count)",
+                        path.display()
+                    );
+                }
+                self.map_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether a file of `len` bytes may be mapped within `max`: it fits once `victim`
+    /// (about to be evicted) is gone, after dropping idle files' mappings, least recently
+    /// used first, as needed. Counts a file that does not fit. Returns the length to map.
+    fn map_budget_for(&mut self, max: u64, len: u64, victim: Option<&FileKey>) -> Option<u64> {
         let victim_len = victim
             .and_then(|k| self.entries.get(k))
             .and_then(|e| e.map.as_ref())

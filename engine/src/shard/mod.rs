@@ -2479,8 +2479,6 @@ fn advance_iovecs(iovs: &mut [libc::iovec], mut sent: usize) -> usize {
     done
 }
 
-/// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
-/// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
 /// The first file extent (file index, offset in the file, length) of the rest of block
 /// `r`'s piece after `r`: what a readahead hint covers. None when the block ends its piece
 /// or the rest is all padding.
@@ -2595,6 +2593,8 @@ fn resident_block_ptr(
     }
 }
 
+/// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
+/// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
 fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
     let block = CACHE_BLOCK_LEN_BYTES as u64;
     if u64::from(r.begin) % block != 0 {

@@ -34,11 +34,12 @@ pub const RESIDENCY_CHECK_PAGES_MAX: usize = 64;
 /// `can_do_mincore` in mm/mincore.c; measured here: uid 65534 sees a cold root-owned file
 /// as fully resident). Sending from such a file's mapping could then fault pages in from
 /// disk on the shard's thread, so it is not mapped. Root is taken as holding CAP_FOWNER.
-pub fn residency_visible(file: &File) -> bool {
+/// `meta` is the file's metadata (its owner is compared).
+pub fn residency_visible(file: &File, meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid only reads the process's credentials.
     let euid = unsafe { libc::geteuid() };
-    if euid == 0 || file.metadata().is_ok_and(|m| m.uid() == euid) {
+    if euid == 0 || meta.uid() == euid {
         return true;
     }
     // SAFETY: faccessat2(fd, "", W_OK, AT_EACCESS | AT_EMPTY_PATH) checks write permission
