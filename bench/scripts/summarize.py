@@ -29,6 +29,8 @@ for s in seeders:
         "p50": med([r.get("latency_us", {}).get("p50") for r in res]),
         "p99": med([r.get("latency_us", {}).get("p99") for r in res]),
         "cpu": med([r.get("cpu_secs_per_gb") for r in res]),
+        # The bench's own threads' busy share: near 100% the bench sets the pace, not the seeder.
+        "bench_busy": med([r.get("bench_busy") for r in res]),
         "bad": sum(r.get("bad_pieces", 0) for r in res),
         "verified": sum(r.get("pieces_verified", 0) for r in res),
         "why": whys[0] if whys else "",
@@ -38,16 +40,17 @@ for s in seeders:
 base = rows.get("squall-copy", {}).get("gbps")
 ceil = rows.get("iperf3", {}).get("gbps")
 fmt = lambda v, f: "-" if v is None else f % v
-print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x iperf3 | rounds | verified / bad | peak RSS MiB | own RSS MiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x iperf3 | rounds | verified / bad | peak RSS MiB | own RSS MiB | bench busy |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for s in seeders:
     r = rows[s]
     if r["gbps"] is None:
-        print("| %s | not available: %s | | | | | | 0 | | | |" % (s, r["why"] or "no result"))
+        print("| %s | not available: %s | | | | | | 0 | | | | |" % (s, r["why"] or "no result"))
         continue
-    print("| %s | %.2f | %s | %s | %s | %s | %s | %d | %d / %d | %s | %s |" % (
+    print("| %s | %.2f | %s | %s | %s | %s | %s | %d | %d / %d | %s | %s | %s |" % (
         s, r["gbps"], fmt(r["p50"], "%d"), fmt(r["p99"], "%d"), fmt(r["cpu"], "%.3f"),
         fmt(r["gbps"] / base if base else None, "%.2f"), fmt(r["gbps"] / ceil if ceil else None, "%.2f"),
         r["rounds"], r["verified"], r["bad"], fmt(r["rss_kib"] / 1024 if r["rss_kib"] else None, "%.0f"),
-        fmt(r["own_rss_kib"] / 1024 if r["own_rss_kib"] else None, "%.0f")))
+        fmt(r["own_rss_kib"] / 1024 if r["own_rss_kib"] else None, "%.0f"),
+        fmt(r["bench_busy"] * 100 if r["bench_busy"] is not None else None, "%.0f%%")))
 json.dump(rows, open(os.path.join(out, "summary.json"), "w"), indent=1)

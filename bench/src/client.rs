@@ -33,6 +33,9 @@ const RECONNECT_DELAY_NS: u64 = 20_000_000;
 const EVENTS_MAX: usize = 512;
 /// The loop wakes at least this often even with nothing due, to notice the end of the run.
 const WAIT_MAX_NS: u64 = 100_000_000;
+/// Timer slack of the bench's threads: an open-loop request is written when due, not up to
+/// the default 50 us later (see `sys::set_timer_slack_ns`).
+const TIMER_SLACK_NS: u64 = 1;
 /// At the end of a run, a peer still waiting this long (for its connect + handshake, for an
 /// unchoke, or for the answer to its oldest request) is counted in `stalled_at_end`: the
 /// bench has no
@@ -69,6 +72,8 @@ pub struct ThreadPlan {
     /// done; `None`: every slot dials at the start and redials after a disconnect.
     pub arrivals: Option<ArrivalPlan>,
     pub epoch: Instant,
+    /// Poll (zero-timeout waits) instead of sleeping when the next timer is this close.
+    pub spin_ns: u64,
     pub record_from_ns: u64,
     pub end_ns: u64,
     pub duration_secs: u64,
@@ -127,6 +132,8 @@ fn in_window(stats: &Stats, at_ns: u64) -> bool {
 }
 
 pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
+    // Best effort: a kernel that refuses leaves the default slack, which only adds lateness.
+    let _ = sys::set_timer_slack_ns(TIMER_SLACK_NS);
     let epoll = Epoll::new().map_err(|e| format!("epoll_create1: {e}"))?;
     let mut stats = Stats::new(plan.record_from_ns, plan.duration_secs);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ plan.peer_numbers.first().copied().unwrap_or(0) as u64;
@@ -162,8 +169,15 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
     let mut fired: Vec<usize> = Vec::with_capacity(slots.len());
     let mut rx = vec![0u8; RECV_CHUNK_BYTES + (4 << 20)];
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
+    // This thread's CPU time when the measured window opened (at its first wake in it).
+    let mut cpu_secs_at_window: Option<f64> = None;
+    // Time in the window spent in zero-timeout polls that found nothing (spinning, not work).
+    let mut spin_idle_ns = 0u64;
     loop {
         let now = now_ns(plan.epoch);
+        if cpu_secs_at_window.is_none() && in_window(&stats, now) {
+            cpu_secs_at_window = Some(sys::thread_cpu_secs());
+        }
         // Churn arrivals first, so every arrival scheduled before the end is admitted (or
         // counted as dropped) even when the loop itself runs late.
         if let Some(arr) = arrivals.as_mut() {
@@ -191,6 +205,10 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
             }
         }
         if now >= plan.end_ns {
+            if let Some(at_window) = cpu_secs_at_window {
+                stats.bench_cpu_secs = (sys::thread_cpu_secs() - at_window).max(0.0);
+            }
+            stats.bench_spin_secs = spin_idle_ns as f64 / 1e9;
             break;
         }
         // Slots whose dial or open-loop request is due (and only those).
@@ -211,10 +229,21 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
         if let Some(t) = arrivals.as_ref().and_then(|a| a.next_ns()) {
             next_wake = next_wake.min(t);
         }
-        let timeout_ns = next_wake.saturating_sub(now).min(WAIT_MAX_NS);
+        let mut timeout_ns = next_wake.saturating_sub(now).min(WAIT_MAX_NS);
+        let spinning = plan.spin_ns > 0 && timeout_ns <= plan.spin_ns;
+        if spinning {
+            timeout_ns = 0;
+        }
+        let poll_from = if spinning { now_ns(plan.epoch) } else { 0 };
         let n = epoll
             .wait(&mut events, timeout_ns)
             .map_err(|e| format!("epoll_wait: {e}"))?;
+        if spinning && n == 0 {
+            if in_window(&stats, poll_from) {
+                spin_idle_ns += now_ns(plan.epoch).saturating_sub(poll_from);
+            }
+            std::hint::spin_loop();
+        }
         for ev in events.iter().take(n) {
             let token = ev.u64 as usize;
             let flags = ev.events;

@@ -51,6 +51,11 @@ pub struct RunOptions {
     /// whatever the seeder does; `peers` is then the max-concurrent-peers limit, and an
     /// arrival that finds it reached is dropped and counted (`joins_dropped_at_limit`).
     pub join_rate_per_sec: Option<f64>,
+    /// Poll instead of sleeping when the next timer is due within this many us (0: always
+    /// sleep). A timed sleep this short costs a timer reprogram and a wake-up per request,
+    /// and the wake-up's delay lands in the measured latency; polling keeps both out, at
+    /// the price of a core that stays busy (needs one of its own).
+    pub spin_us: u64,
 }
 
 impl RunOptions {
@@ -72,6 +77,7 @@ impl RunOptions {
             hop: false,
             leave_after_bytes: None,
             join_rate_per_sec: None,
+            spin_us: 0,
         }
     }
 }
@@ -167,6 +173,7 @@ pub fn run(opts: RunOptions) -> Result<RunReport, String> {
                 threads,
             }),
             epoch,
+            spin_ns: opts.spin_us.saturating_mul(1_000),
             record_from_ns,
             end_ns,
             duration_secs: opts.duration_secs,

@@ -88,6 +88,12 @@ struct Common {
     /// Event-loop threads (default: the scenario's, or 1).
     #[arg(long)]
     threads: Option<usize>,
+    /// Poll instead of sleeping when the next request (or dial) is due within this many
+    /// microseconds. Keeps the bench's own timer and wake-up costs out of open-loop
+    /// latency; each thread then keeps a core busy, so give it cores of its own (default:
+    /// the scenario's, or 0 = always sleep).
+    #[arg(long)]
+    spin_us: Option<u64>,
 }
 
 #[derive(Args)]
@@ -191,6 +197,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             opts.leave_after_bytes = a.leave_after_bytes;
             opts.join_rate_per_sec = a.join_rate;
             opts.threads = a.common.threads.unwrap_or(1);
+            opts.spin_us = a.common.spin_us.unwrap_or(0);
             let label = format!("squall-bench run {}", a.common.target);
             let r = squall_bench::run(opts)?;
             finish(&a.common, &label, r)
@@ -208,6 +215,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             }
             if let Some(t) = common.threads {
                 opts.threads = t;
+            }
+            if let Some(s) = common.spin_us {
+                opts.spin_us = s;
             }
             let label = format!("scenario {} -> {}", sc.name, common.target);
             let r = squall_bench::run(opts)?;

@@ -57,6 +57,9 @@ pub struct ChurnReport {
     pub session_bytes: Option<u64>,
 }
 
+/// Above this share of its threads' time busy, the bench says its latencies are its own.
+pub const BENCH_BUSY_WARN: f64 = 0.8;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     pub target: String,
@@ -87,6 +90,19 @@ pub struct RunReport {
     pub target_cpu_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_secs_per_gb: Option<f64>,
+    /// CPU seconds of the bench's own threads in the measured window, and that as a share
+    /// of the time its threads had (duration x threads). Near 1.0 the bench, not the
+    /// target, sets the pace: its latencies then include its own queueing.
+    #[serde(default)]
+    pub bench_cpu_secs: f64,
+    #[serde(default)]
+    pub bench_busy: f64,
+    /// `--spin-us`: polls instead of sleeps within this many us of a timer; the time spent
+    /// polling with nothing to do (`bench_spin_secs`) is idle and not counted in bench_busy.
+    #[serde(default)]
+    pub spin_us: u64,
+    #[serde(default)]
+    pub bench_spin_secs: f64,
     /// Gb/s in each second of the measured window.
     pub timeline: Vec<f64>,
     /// (percentile, latency us) points for the percentile curve.
@@ -153,6 +169,11 @@ impl RunReport {
             }),
             target_cpu_secs,
             cpu_secs_per_gb: target_cpu_secs.filter(|_| gb > 0.0).map(|c| c / gb),
+            bench_cpu_secs: s.bench_cpu_secs,
+            bench_busy: (s.bench_cpu_secs - s.bench_spin_secs).max(0.0)
+                / (secs * threads.max(1) as f64),
+            spin_us: opts.spin_us,
+            bench_spin_secs: s.bench_spin_secs,
             timeline,
             latency_curve,
         }
@@ -245,6 +266,29 @@ impl RunReport {
                 per_gb.map(|v| format!("{v:.3}")).unwrap_or("-".into())
             );
         }
+        let _ = writeln!(
+            o,
+            "bench cpu    {:.2} s  {:.0}% of {} thread(s) busy{}",
+            self.bench_cpu_secs,
+            self.bench_busy * 100.0,
+            self.threads,
+            if self.spin_us > 0 {
+                format!(
+                    " (not counting {:.2} s spent polling idle, --spin-us {})",
+                    self.bench_spin_secs, self.spin_us
+                )
+            } else {
+                String::new()
+            }
+        );
+        if self.bench_busy >= BENCH_BUSY_WARN {
+            let _ = writeln!(
+                o,
+                "warning      the bench's threads were {:.0}% busy: its latency figures include \
+                 its own queueing (give it more cores and --threads)",
+                self.bench_busy * 100.0
+            );
+        }
         o
     }
 }
@@ -260,12 +304,12 @@ pub fn html(title: &str, runs: &[(String, RunReport)]) -> String {
          th:first-child,td:first-child{{text-align:left}}</style></head><body><h1>{t}</h1>",
         t = esc(title)
     );
-    o.push_str("<table><tr><th>run</th><th>Gb/s</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>max us</th><th>CPU-s/GB</th><th>verified</th><th>bad</th><th>skipped (out of order)</th><th>stalled at end</th></tr>");
+    o.push_str("<table><tr><th>run</th><th>Gb/s</th><th>p50 us</th><th>p99 us</th><th>p99.9 us</th><th>max us</th><th>CPU-s/GB</th><th>bench busy</th><th>verified</th><th>bad</th><th>skipped (out of order)</th><th>stalled at end</th></tr>");
     for (label, r) in runs {
         let st = &r.stalled_at_end;
         let _ = write!(
             o,
-            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(label),
             r.gbps,
             r.latency_us.p50,
@@ -273,6 +317,7 @@ pub fn html(title: &str, runs: &[(String, RunReport)]) -> String {
             r.latency_us.p999,
             r.latency_us.max,
             r.cpu_secs_per_gb.map(|v| format!("{v:.3}")).unwrap_or("-".into()),
+            r.bench_busy * 100.0,
             r.pieces_verified,
             r.bad_pieces,
             r.verify_skipped_out_of_order,

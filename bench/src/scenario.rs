@@ -49,6 +49,9 @@ pub struct RunSpec {
     pub join_rate_per_sec: Option<f64>,
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Poll instead of sleeping within this many us of a due timer (see `--spin-us`).
+    #[serde(default)]
+    pub spin_us: u64,
 }
 
 fn default_pattern() -> String {
@@ -106,6 +109,7 @@ impl RunSpec {
         opts.leave_after_bytes = self.leave_after_bytes;
         opts.join_rate_per_sec = self.join_rate_per_sec;
         opts.threads = self.threads;
+        opts.spin_us = self.spin_us;
         Ok(())
     }
 }

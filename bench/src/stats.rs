@@ -91,6 +91,11 @@ pub struct Stats {
     pub connect_us: Histogram<u64>,
     /// Payload bytes per whole second since `record_from_ns`.
     pub timeline_bytes: Vec<u64>,
+    /// CPU seconds the bench's own threads spent inside the measured window (summed over
+    /// threads): a bench whose threads are nearly always busy measures its own queueing.
+    pub bench_cpu_secs: f64,
+    /// Of that, seconds spent polling with nothing to do (`--spin-us`): idle, though on CPU.
+    pub bench_spin_secs: f64,
 }
 
 impl Stats {
@@ -107,6 +112,8 @@ impl Stats {
             sessions_completed: 0,
             stalled_at_end: Stalled::default(),
             errors: [0; ERROR_KINDS],
+            bench_cpu_secs: 0.0,
+            bench_spin_secs: 0.0,
             latency_us: new_histogram(),
             connect_us: new_histogram(),
             timeline_bytes: vec![0; duration_secs as usize + 1],
@@ -145,6 +152,8 @@ impl Stats {
         self.joins_started += other.joins_started;
         self.joins_dropped_at_limit += other.joins_dropped_at_limit;
         self.sessions_completed += other.sessions_completed;
+        self.bench_cpu_secs += other.bench_cpu_secs;
+        self.bench_spin_secs += other.bench_spin_secs;
         self.stalled_at_end.handshake += other.stalled_at_end.handshake;
         self.stalled_at_end.unchoke += other.stalled_at_end.unchoke;
         self.stalled_at_end.request += other.stalled_at_end.request;

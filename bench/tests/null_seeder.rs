@@ -30,6 +30,15 @@ fn bench_against_null_seeder_verifies_every_piece() {
     assert!(r.latency_us.p50 > 0);
     assert_eq!(r.timeline.len(), 1);
     assert!(served.bytes >= r.bytes);
+    // The bench's own CPU is measured per thread over the window: busy, but never more than
+    // the time its two threads had (plus the slop of where each thread's window opens).
+    assert!(r.bench_cpu_secs > 0.0, "{r:?}");
+    assert!(
+        r.bench_busy > 0.0 && r.bench_busy <= 1.05,
+        "{}",
+        r.bench_busy
+    );
+    assert!(r.human().contains("bench cpu"), "{}", r.human());
     assert_eq!(
         r.stalled_at_end.total(),
         0,
@@ -51,6 +60,32 @@ fn open_loop_against_null_seeder_sends_about_the_rate() {
     seeder.finish();
     assert!(r.blocks > 1000 && r.blocks <= 2100, "{} blocks", r.blocks);
     assert_eq!(r.bad_pieces, 0);
+    // 2,000 small requests a second leave the bench's thread mostly asleep: CPU time, not
+    // wall time, is what bench_busy counts.
+    assert!(r.bench_busy < 0.5, "bench busy {}", r.bench_busy);
+    assert!(!r.human().contains("warning"), "{}", r.human());
+}
+
+#[test]
+fn open_loop_with_spin_keeps_the_schedule_and_counts_polling_as_idle() {
+    // Proves: --spin-us (poll instead of sleep near a due request) sends the same schedule
+    // as sleeping, and the polling is accounted as idle: the thread is on CPU nearly the
+    // whole second, yet bench_busy counts only the work.
+    let seeder = null_seeder(1 << 20, 64 * 1024);
+    let mut opts = RunOptions::new(seeder.addr, vec![seeder.torrent.clone()]);
+    opts.peers = 2;
+    opts.depth = 8;
+    opts.duration_secs = 1;
+    opts.rate_per_sec = Some(2000.0);
+    opts.spin_us = 1000;
+    let r = squall_bench::run(opts).expect("run");
+    seeder.finish();
+    assert!(r.blocks > 1000 && r.blocks <= 2100, "{} blocks", r.blocks);
+    assert_eq!(r.bad_pieces, 0);
+    assert_eq!(r.spin_us, 1000);
+    assert!(r.bench_spin_secs > 0.0, "{r:?}");
+    assert!(r.bench_busy < 0.5, "bench busy {}", r.bench_busy);
+    assert!(r.human().contains("polling idle"), "{}", r.human());
 }
 
 /// A null seeder on a thread; `finish` stops it and returns its counters.
