@@ -30,7 +30,7 @@ SEEDERS=${SEEDERS:-$ALL_SEEDERS}
 SOURCE_IPS=127.0.0.2-127.0.0.250
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
-[ -f "$SC_FILE" ] || die "no scenario $SC_FILE (try hot, catalog, many-peers, churn)"
+[ -f "$SC_FILE" ] || die "no scenario $SC_FILE (try hot, catalog, many-peers, churn, open-loop)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (seeder on CPU 0, bench on CPU 1)"
 
 echo "== building release binaries"

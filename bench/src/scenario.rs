@@ -139,6 +139,12 @@ mod tests {
                     assert_eq!(opts.join_rate_per_sec, Some(200.0));
                     assert_eq!(opts.leave_after_bytes, Some(1 << 20));
                 }
+                "open-loop" => {
+                    // Same swarm as hot, at a fixed offered load, with the bench polling.
+                    assert_eq!((opts.peers, opts.depth), (32, 64));
+                    assert_eq!(opts.rate_per_sec, Some(54_000.0));
+                    assert_eq!(opts.spin_us, 1000);
+                }
                 "many-peers" => {
                     assert_eq!(opts.peers, 5000);
                     assert_eq!(opts.verify, Verify::Full);
@@ -149,6 +155,6 @@ mod tests {
             names.push(sc.name);
         }
         names.sort();
-        assert_eq!(names, ["catalog", "churn", "hot", "many-peers"]);
+        assert_eq!(names, ["catalog", "churn", "hot", "many-peers", "open-loop"]);
     }
 }
