@@ -52,7 +52,10 @@ fn latency_script_measures_squall_and_the_null_seeder() {
         &std::fs::read_to_string(smoke.join("summary.json")).expect("summary.json"),
     )
     .expect("summary.json parses");
-    assert!(summary["rate_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{summary}");
+    assert!(
+        summary["rate_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+        "{summary}"
+    );
     for seeder in ["squall", "null"] {
         let row = &summary["seeders"][seeder];
         assert_eq!(row["rounds"], 1, "{seeder}: {summary}\n{stdout}");
@@ -60,7 +63,9 @@ fn latency_script_measures_squall_and_the_null_seeder() {
         assert!(row["gbps"].as_f64().unwrap_or(0.0) > 0.0, "{summary}");
     }
     assert!(
-        summary["seeders"]["squall"]["own_p99_us"].as_f64().is_some(),
+        summary["seeders"]["squall"]["own_p99_us"]
+            .as_f64()
+            .is_some(),
         "Squall's /stats latency was not read: {summary}"
     );
     let report = std::fs::read_to_string(smoke.join("report.html")).expect("report.html");

@@ -24,6 +24,10 @@ use crate::sys::{self, Epoll};
 /// Requests answered per sendmsg: bounded by IOV_MAX (1024) at two iovecs per block.
 const BLOCKS_PER_SEND_MAX: usize = 512;
 const LISTENER_TOKEN: u64 = u64::MAX;
+/// Bytes read per recv. The connection's receive buffer is zero-filled once to this size
+/// (and again only if a partial message makes it grow), not before every recv: zeroing
+/// 64 KiB per 17-byte request was 7% of the null seeder's core in open loop.
+const RECV_CHUNK_BYTES: usize = 64 * 1024;
 
 pub struct NullSeeder {
     listener: RawFd,
@@ -42,7 +46,9 @@ pub struct NullSeederStats {
 struct Conn {
     fd: RawFd,
     torrent: Option<usize>,
+    /// Received bytes are `rx[..rx_len]`; the rest is room for the next recv.
     rx: Vec<u8>,
+    rx_len: usize,
     /// Unsent bytes (copied only when a send came up short).
     backlog: Vec<u8>,
     backlog_off: usize,
@@ -99,7 +105,8 @@ impl NullSeeder {
                         conns[idx] = Some(Conn {
                             fd,
                             torrent: None,
-                            rx: Vec::with_capacity(64 * 1024),
+                            rx: vec![0; RECV_CHUNK_BYTES],
+                            rx_len: 0,
                             backlog: Vec::new(),
                             backlog_off: 0,
                             want_write: false,
@@ -147,16 +154,21 @@ impl NullSeeder {
     ) -> Result<(), String> {
         let mut out = Vec::new();
         if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-            let start = conn.rx.len();
-            conn.rx.resize(start + 64 * 1024, 0);
-            let got = sys::recv(conn.fd, &mut conn.rx[start..]).map_err(|e| e.to_string())?;
-            conn.rx.truncate(start + got.unwrap_or(0));
+            let start = conn.rx_len;
+            if conn.rx.len() < start + RECV_CHUNK_BYTES {
+                conn.rx.resize(start + RECV_CHUNK_BYTES, 0);
+            }
+            let got = sys::recv(conn.fd, &mut conn.rx[start..start + RECV_CHUNK_BYTES])
+                .map_err(|e| e.to_string())?;
+            conn.rx_len = start + got.unwrap_or(0);
             if got == Some(0) {
                 return Err("closed".into());
             }
             let mut pos = 0;
             if conn.torrent.is_none() {
-                let Some(hs) = parse_handshake(&conn.rx).map_err(|e| e.to_string())? else {
+                let Some(hs) =
+                    parse_handshake(&conn.rx[..conn.rx_len]).map_err(|e| e.to_string())?
+                else {
                     return Ok(());
                 };
                 let t = self
@@ -183,7 +195,7 @@ impl NullSeeder {
             }
             reqs.clear();
             loop {
-                let (msg, used) = match decode_frame(&conn.rx[pos..], 1 << 20) {
+                let (msg, used) = match decode_frame(&conn.rx[pos..conn.rx_len], 1 << 20) {
                     Ok(Some(x)) => x,
                     Ok(None) => break,
                     Err(e) => return Err(e.to_string()),
@@ -200,7 +212,8 @@ impl NullSeeder {
                 }
                 pos += used;
             }
-            conn.rx.drain(..pos);
+            conn.rx.copy_within(pos..conn.rx_len, 0);
+            conn.rx_len -= pos;
         }
         let Some(t) = conn.torrent else { return Ok(()) };
         let piece_length = self.torrents[t].piece_length;

@@ -155,6 +155,9 @@ mod tests {
             names.push(sc.name);
         }
         names.sort();
-        assert_eq!(names, ["catalog", "churn", "hot", "many-peers", "open-loop"]);
+        assert_eq!(
+            names,
+            ["catalog", "churn", "hot", "many-peers", "open-loop"]
+        );
     }
 }
