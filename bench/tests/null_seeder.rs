@@ -50,16 +50,7 @@ fn bench_against_null_seeder_verifies_every_piece() {
 fn open_loop_against_null_seeder_sends_about_the_rate() {
     // Proves: open loop sends on schedule (blocks received ~ rate x duration, not the
     // closed-loop maximum) and still verifies.
-    let seeder = null_seeder(1 << 20, 64 * 1024);
-    let mut opts = RunOptions::new(seeder.addr, vec![seeder.torrent.clone()]);
-    opts.peers = 2;
-    opts.depth = 8;
-    opts.duration_secs = 1;
-    opts.rate_per_sec = Some(2000.0);
-    let r = squall_bench::run(opts).expect("run");
-    seeder.finish();
-    assert!(r.blocks > 1000 && r.blocks <= 2100, "{} blocks", r.blocks);
-    assert_eq!(r.bad_pieces, 0);
+    let r = open_loop_2000_per_sec(0);
     // 2,000 small requests a second leave the bench's thread mostly asleep: CPU time, not
     // wall time, is what bench_busy counts.
     assert!(r.bench_busy < 0.5, "bench busy {}", r.bench_busy);
@@ -71,21 +62,28 @@ fn open_loop_with_spin_keeps_the_schedule_and_counts_polling_as_idle() {
     // Proves: --spin-us (poll instead of sleep near a due request) sends the same schedule
     // as sleeping, and the polling is accounted as idle: the thread is on CPU nearly the
     // whole second, yet bench_busy counts only the work.
+    let r = open_loop_2000_per_sec(1000);
+    assert_eq!(r.spin_us, 1000);
+    assert!(r.bench_spin_secs > 0.0, "{r:?}");
+    assert!(r.bench_busy < 0.5, "bench busy {}", r.bench_busy);
+    assert!(r.human().contains("polling idle"), "{}", r.human());
+}
+
+/// One second of 2 peers asking 2,000 blocks/s in all from a fresh null seeder; checks that
+/// the schedule was kept (not the closed-loop maximum) and every piece verified.
+fn open_loop_2000_per_sec(spin_us: u64) -> squall_bench::RunReport {
     let seeder = null_seeder(1 << 20, 64 * 1024);
     let mut opts = RunOptions::new(seeder.addr, vec![seeder.torrent.clone()]);
     opts.peers = 2;
     opts.depth = 8;
     opts.duration_secs = 1;
     opts.rate_per_sec = Some(2000.0);
-    opts.spin_us = 1000;
+    opts.spin_us = spin_us;
     let r = squall_bench::run(opts).expect("run");
     seeder.finish();
     assert!(r.blocks > 1000 && r.blocks <= 2100, "{} blocks", r.blocks);
     assert_eq!(r.bad_pieces, 0);
-    assert_eq!(r.spin_us, 1000);
-    assert!(r.bench_spin_secs > 0.0, "{r:?}");
-    assert!(r.bench_busy < 0.5, "bench busy {}", r.bench_busy);
-    assert!(r.human().contains("polling idle"), "{}", r.human());
+    r
 }
 
 /// A null seeder on a thread; `finish` stops it and returns its counters.
