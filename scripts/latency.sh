@@ -11,7 +11,8 @@
 #      timer and wake-up costs stay out of the latency (they were ~50 us of every p50 here).
 #   3. Prints a Markdown table of medians and writes, under OUT (default
 #      bench/results/<date>-latency/): {squall,null}/roundN/result.json, max/roundN/result.json,
-#      summary.md, summary.json and report.html (latency curves of every run).
+#      summary.md, summary.json and report.html (latency curves of every run). A rerun on
+#      the same day replaces that directory (set SQUALL_BENCH_OUT to keep both).
 #
 # Columns: the bench's p50/p99/p99.9; Squall's own p99 (request parsed -> its send completed,
 # from /stats; includes the 1 s warm-up); the seeder's CPU-s per GB; "bench busy", the share
