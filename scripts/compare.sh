@@ -30,6 +30,8 @@ SEEDERS=${SEEDERS:-$ALL_SEEDERS}
 SOURCE_IPS=127.0.0.2-127.0.0.250
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
+# free_port, wait_port, wait_until, gen_bench_data (shared with latency.sh).
+. "$ROOT/scripts/bench-lib.sh"
 [ -f "$SC_FILE" ] || die "no scenario $SC_FILE (try hot, catalog, many-peers, churn, open-loop)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (seeder on CPU 0, bench on CPU 1)"
 
@@ -59,17 +61,7 @@ fi
 ulimit -n 65536 2>/dev/null || true
 
 echo "== data: $SC_TORRENTS x $SC_SIZE_BYTES bytes, pieces $SC_PIECE_LENGTH_BYTES (cached in $WORK)"
-for i in $(seq 0 $((SC_TORRENTS - 1))); do
-    name=$(printf 't%04d.bin' "$i")
-    if [ ! -f "$DATA/$name" ] || [ "$(stat -c %s "$DATA/$name")" != "$SC_SIZE_BYTES" ]; then
-        "$BENCH" gen-content --size-bytes "$SC_SIZE_BYTES" --out "$DATA/$name" || die "gen-content"
-        rm -f "$TORRENTS/$name.torrent"
-    fi
-    if [ ! -f "$TORRENTS/$name.torrent" ]; then
-        "$SQUALL" make "$DATA/$name" -o "$TORRENTS/$name.torrent" \
-            --piece-length "$SC_PIECE_LENGTH_BYTES" >/dev/null || die "squall make"
-    fi
-done
+gen_bench_data "$DATA" "$TORRENTS" "$SC_TORRENTS" "$SC_SIZE_BYTES" "$SC_PIECE_LENGTH_BYTES"
 echo "== warming the page cache"
 cat "$DATA"/* >/dev/null
 
@@ -82,16 +74,6 @@ maybe_install() { # maybe_install BINARY PACKAGE
 }
 
 PORT=0; PID=0; WHY=""; RUN_DIR=""
-free_port() { $PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() { # wait_port PORT SECS
-    local end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ]; do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-        kill -0 "$PID" 2>/dev/null || return 1
-        sleep 0.2
-    done
-    return 1
-}
 
 # Each start_* sets PID and PORT and returns 0, or sets WHY and returns 1.
 start_squall() { # MODE [CONFIG]
@@ -106,12 +88,7 @@ start_squall() { # MODE [CONFIG]
         --listen "127.0.0.1:$PORT" --state "$state" --shards 1 --serve "$1" --summary-secs 0 \
         --admin off >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
-    local end=$((SECONDS + 120))
-    while [ $SECONDS -lt $end ]; do
-        grep -q '^ready' "$RUN_DIR/seeder.log" && return 0
-        kill -0 $PID 2>/dev/null || break
-        sleep 0.2
-    done
+    wait_until 120 grep -q '^ready' "$RUN_DIR/seeder.log" && return 0
     WHY="squall did not become ready: $(tail -1 "$RUN_DIR/seeder.log")"; return 1
 }
 
@@ -128,12 +105,7 @@ start_libtorrent() {
     : >"$RUN_DIR/seeder.log"
     taskset -c 0 $PY "$ROOT/bench/scripts/lt_seed.py" "$PORT" "$TORRENTS" "$DATA" >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
-    local end=$((SECONDS + 300))
-    while [ $SECONDS -lt $end ]; do
-        grep -q '^ready' "$RUN_DIR/seeder.log" && return 0
-        kill -0 $PID 2>/dev/null || break
-        sleep 0.3
-    done
+    wait_until 300 grep -q '^ready' "$RUN_DIR/seeder.log" && return 0
     WHY="libtorrent did not become ready: $(tail -1 "$RUN_DIR/seeder.log")"; return 1
 }
 
@@ -149,16 +121,6 @@ start_aria2() {
     sleep 2 # -V: let the hash check finish before measuring
 }
 
-# Wait until a check command succeeds, at most SECS; 1 if it timed out or the seeder died.
-wait_until() { # wait_until SECS CMD [ARGS...]
-    local end=$((SECONDS + $1)); shift
-    while [ $SECONDS -lt $end ]; do
-        "$@" && return 0
-        kill -0 "$PID" 2>/dev/null || return 1
-        sleep 0.3
-    done
-    return 1
-}
 
 # --- Transmission: transmission-daemon -f with a generated settings.json in a temp config dir;
 # torrents added over RPC (transmission-remote -w DATA -a), then verified (-v); ready when every

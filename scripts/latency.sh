@@ -80,15 +80,9 @@ BENCH=$BIN/squall-bench
 # compare.sh's `hot` layout, so both scripts share the generated data and torrent.
 DATA="$WORK/$DATA_KEY/data"
 TORRENTS="$WORK/$DATA_KEY/torrents-$PIECE_BYTES"
-mkdir -p "$DATA" "$TORRENTS"
-if [ ! -f "$DATA/t0000.bin" ] || [ "$(stat -c %s "$DATA/t0000.bin")" != "$SIZE_BYTES" ]; then
-    "$BENCH" gen-content --size-bytes "$SIZE_BYTES" --out "$DATA/t0000.bin" || die "gen-content"
-    rm -f "$TORRENTS/t0000.bin.torrent"
-fi
-if [ ! -f "$TORRENTS/t0000.bin.torrent" ]; then
-    "$SQUALL" make "$DATA/t0000.bin" -o "$TORRENTS/t0000.bin.torrent" \
-        --piece-length "$PIECE_BYTES" >/dev/null || die "squall make"
-fi
+# free_port, wait_port, wait_until, gen_bench_data (shared with compare.sh).
+. "$ROOT/scripts/bench-lib.sh"
+gen_bench_data "$DATA" "$TORRENTS" 1 "$SIZE_BYTES" "$PIECE_BYTES"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 STATE=$(mktemp -d /tmp/squall-latency.XXXXXX)
@@ -98,8 +92,6 @@ cleanup() {
     rm -rf "$STATE"
 }
 trap cleanup EXIT
-free_port() { $PY -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-
 # start SEEDER RUN_DIR: sets PID, PORT and ADMIN (squall only); returns 1 if it did not start.
 start() {
     PORT=$(free_port)
@@ -110,20 +102,12 @@ start() {
             --data "$DATA" --listen "127.0.0.1:$PORT" --state "$STATE/state" --summary-secs 0 \
             --admin "127.0.0.1:$ADMIN" >"$2/seeder.log" 2>&1 &
         PID=$!
-        for _ in $(seq 1200); do
-            grep -q '^ready' "$2/seeder.log" && return 0
-            kill -0 "$PID" 2>/dev/null || break
-            sleep 0.1
-        done
+        wait_until 120 grep -q '^ready' "$2/seeder.log" && return 0
     else
         taskset -c "$SEEDER_CPUS" "$BENCH" null-seeder --listen "127.0.0.1:$PORT" \
             --torrents "$TORRENTS" >"$2/seeder.log" 2>&1 &
         PID=$!
-        for _ in $(seq 200); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-            kill -0 "$PID" 2>/dev/null || break
-            sleep 0.1
-        done
+        wait_port "$PORT" 20 && return 0
     fi
     echo "latency.sh: $1 did not start: $(tail -1 "$2/seeder.log")" >&2
     return 1
