@@ -17,67 +17,18 @@
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::metainfo::InfoHash;
+pub use crate::plane::{ErroredRow, ErroredSet, HealthReport, HEALTH_REPORTS_CAPACITY};
 use crate::storage::{open_content, FileProblemKind, VerifyReport};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Health reports queued from all shards to the control loop. Reports are rare (one per
-/// torrent per shard per fault), so a small queue suffices; a full one is counted by the
-/// shard (`health_reports_dropped`) and the report is retried at its next tick.
-pub const HEALTH_REPORTS_CAPACITY: usize = 64;
 /// Rechecks queued for the worker. One runs at a time; the rest wait their turn in the table.
 pub const RECHECK_JOBS_CAPACITY: usize = 4;
 /// Threads one recheck hashes on: one, so a recheck never takes cores from the shards.
 pub const RECHECK_HASH_THREADS: usize = 1;
-
-/// A shard's word that a content file of a torrent failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthReport {
-    pub info_hash: InfoHash,
-    pub file: PathBuf,
-    /// What failed, e.g. "read failed: Input/output error (os error 5)".
-    pub reason: String,
-}
-
-/// The torrents every shard must not serve, as published by the control plane.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ErroredSet {
-    hashes: HashSet<InfoHash>,
-}
-
-impl FromIterator<InfoHash> for ErroredSet {
-    fn from_iter<I: IntoIterator<Item = InfoHash>>(iter: I) -> Self {
-        ErroredSet {
-            hashes: iter.into_iter().collect(),
-        }
-    }
-}
-
-impl ErroredSet {
-    pub fn contains(&self, h: &InfoHash) -> bool {
-        self.hashes.contains(h)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = &InfoHash> {
-        self.hashes.iter()
-    }
-}
-
-/// One errored torrent, as /stats shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErroredRow {
-    pub info_hash: InfoHash,
-    pub name: String,
-    /// "file PATH: what failed".
-    pub reason: String,
-    /// When it became errored (wall clock, for humans and dashboards).
-    pub since: SystemTime,
-}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -213,9 +164,7 @@ impl ErroredTable {
     }
 
     pub fn set(&self) -> ErroredSet {
-        ErroredSet {
-            hashes: self.entries.keys().copied().collect(),
-        }
+        self.entries.keys().copied().collect()
     }
 
     /// Rows for /stats, by name then info-hash.
@@ -409,6 +358,7 @@ impl HealthMonitor {
 mod tests {
     use super::*;
     use crate::storage::FileProblem;
+    use std::path::PathBuf;
 
     fn torrent(name: &str, h: u8, have: Vec<u8>) -> CatalogTorrent {
         CatalogTorrent {
@@ -424,6 +374,7 @@ mod tests {
             torrent_path: PathBuf::new(),
             have,
             complete: true,
+            info_len_bytes: 0,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod keyhash;
 pub mod make;
 pub mod metainfo;
 pub mod net;
+pub mod plane;
 pub mod ring;
 pub mod seeder;
 pub mod shard;

@@ -7,10 +7,10 @@
 
 use crate::catalog::Catalog;
 use crate::config::EngineConfig;
-use crate::health::{ErroredSet, HealthReport, HEALTH_REPORTS_CAPACITY};
 use crate::net;
+use crate::plane::{ErroredSet, HealthReport, ShardCommand, HEALTH_REPORTS_CAPACITY};
 use crate::shard::admission::Admission;
-use crate::shard::{Shard, ShardCommand, ShardSetup};
+use crate::shard::{Shard, ShardSetup};
 use crate::stats::ShardStats;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::net::SocketAddr;

@@ -48,6 +48,9 @@ pub struct CatalogTorrent {
     /// BEP 3 bitfield of verified pieces, high bit first.
     pub have: Vec<u8>,
     pub complete: bool,
+    /// Length of the raw info dictionary (BEP 9 `metadata_size`), known from the load so
+    /// a shard can advertise it without reading the .torrent.
+    pub info_len_bytes: u64,
 }
 
 impl CatalogTorrent {
@@ -479,6 +482,7 @@ fn prepare(
             torrent_path,
             have,
             complete,
+            info_len_bytes: t.info_bytes.len() as u64,
         },
         stamps,
         needs_verify,

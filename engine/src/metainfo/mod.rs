@@ -6,6 +6,7 @@
 
 pub mod bencode;
 pub mod create;
+pub mod hash_tree;
 pub mod magnet;
 pub mod merkle;
 pub mod torrent;

@@ -9,8 +9,8 @@
 
 use super::Shard;
 use crate::catalog::CatalogTorrent;
-use crate::health::{ErroredSet, HealthReport};
 use crate::metainfo::InfoHash;
+use crate::plane::{ErroredSet, HealthReport};
 use crate::stats::{RejectReason, ShardStats};
 use crate::wire::message::{self, Message};
 use crossbeam_channel::Sender;
@@ -238,6 +238,7 @@ mod tests {
             torrent_path: PathBuf::new(),
             have: vec![0x80],
             complete: true,
+            info_len_bytes: 0,
         }
     }
 

@@ -32,11 +32,11 @@ pub mod choker;
 pub mod files;
 pub mod health;
 pub mod peer;
-pub mod v2hashes;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
+use crate::plane::{HealthReport, ShardCommand};
 use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::provided::RecvBufRing;
@@ -85,21 +85,6 @@ const CACHE_BUF_INDEX_FIRST: u16 = 1;
 const RECV_BUFFER_GROUP: u16 = 0;
 pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
-/// Messages from the control thread to a shard.
-pub enum ShardCommand {
-    /// Stop accepting, close every peer, drain, exit.
-    Shutdown,
-    /// Use this catalog for new handshakes; existing peers keep their torrent.
-    SwapCatalog(Arc<Catalog>),
-    /// Dial a peer (from a tracker) and serve it like an inbound one.
-    Connect {
-        addr: SocketAddr,
-        info_hash: InfoHash,
-    },
-    /// The control plane's errored torrents (the whole set; the latest wins).
-    Health(Arc<crate::health::ErroredSet>),
-}
-
 /// Everything a shard is built from (moved into its thread).
 pub struct ShardSetup {
     pub index: usize,
@@ -108,7 +93,7 @@ pub struct ShardSetup {
     pub listeners: Vec<OwnedFd>,
     pub commands: Receiver<ShardCommand>,
     pub stats_tx: Sender<ShardStats>,
-    pub health_tx: Sender<crate::health::HealthReport>,
+    pub health_tx: Sender<HealthReport>,
     pub admission: Arc<Admission>,
     pub peer_id: [u8; 20],
     pub cpu: Option<usize>,
@@ -182,7 +167,7 @@ pub struct Shard {
     stats_tx: Sender<ShardStats>,
     torrent_peers: HashMap<InfoHash, usize>,
     metadata_cache: HashMap<InfoHash, Arc<Vec<u8>>>,
-    v2_trees: v2hashes::V2LayerCache,
+    v2_trees: HashMap<InfoHash, crate::metainfo::hash_tree::TorrentTrees>,
     slot_waiters: VecDeque<PeerKey>,
     /// zerocopy notifications still owed per buffer slot.
     slot_notifs: Vec<u16>,
@@ -358,7 +343,7 @@ impl Shard {
             stats_tx: setup.stats_tx,
             torrent_peers: HashMap::new(),
             metadata_cache: HashMap::new(),
-            v2_trees: v2hashes::V2LayerCache::new(config.v2_layer_cache_entries_max),
+            v2_trees: HashMap::new(),
             slot_waiters: VecDeque::new(),
             slot_notifs: vec![0; slot_count],
             slot_request_times: (0..slot_count)
@@ -530,6 +515,7 @@ impl Shard {
             }
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
+            ShardCommand::Extras(_) => {}
         }
     }
 
@@ -1075,7 +1061,19 @@ impl Shard {
         use crate::wire::hashes::{self, HASH_REJECT, HASH_REQUEST};
         let r = hashes::parse_hash_request(HASH_REQUEST, payload)
             .map_err(|_| CloseReason::ProtocolViolation)?;
-        let answer = self.v2_trees.answer(torrent, &r);
+        if !self.v2_trees.contains_key(&torrent.info_hash) {
+            if self.v2_trees.len() >= self.config.v2_layer_cache_entries_max {
+                if let Some(k) = self.v2_trees.keys().next().copied() {
+                    self.v2_trees.remove(&k);
+                }
+            }
+            let trees = torrent
+                .read_torrent()
+                .map(|t| crate::metainfo::hash_tree::TorrentTrees::from_torrent(&t))
+                .unwrap_or_default();
+            self.v2_trees.insert(torrent.info_hash, trees);
+        }
+        let answer = self.v2_trees[&torrent.info_hash].answer(&r);
         let Some(peer) = self.peer_mut(idx) else {
             return Ok(());
         };

@@ -10,8 +10,8 @@
 //! `top_torrents` by uploaded bytes.
 
 use super::{ShardStats, TorrentDelta};
-use crate::health::ErroredRow;
 use crate::metainfo::InfoHash;
+use crate::plane::ErroredRow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 

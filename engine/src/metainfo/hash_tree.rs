@@ -2,21 +2,20 @@
 //!
 //! Owns: `FileTree` (one file's tree from its piece layer up to its pieces root), the
 //! validation of a hash request against it and the `hashes` answer (requested nodes, then
-//! uncle hashes bottom up), and `V2LayerCache`, the bounded per-shard cache of trees, keyed
-//! by torrent and loaded from the .torrent on first use (like BEP 9 metadata).
+//! uncle hashes bottom up), and `TorrentTrees`, every tree of one torrent keyed by pieces
+//! root, built from a parsed .torrent by the control plane (`control::extras`) and handed to
+//! shards, which answer from memory. Pure: no I/O.
 //! Must never: answer below the piece layer (that needs 16 KiB leaf hashes from file data,
 //! which would mean reading and hashing content on the shard loop: such requests get a hash
-//! reject), hold more than `v2_layer_cache_entries_max` torrents, re-read a .torrent for every
-//! request of a peer that keeps asking for unknown roots, or panic on any request.
+//! reject), or panic on any request.
 //!
 //! Proof convention (libtorrent 2.0, the reference peer): with `length` = 2^k hashes asked
 //! at `base_layer`, the first k proof layers are implied by the hashes themselves; the answer
 //! carries `max(0, proof_layers + 1 - k)` uncles, starting with the sibling of the requested
 //! subtree's root. libtorrent refuses an answer with any other count.
 
-use crate::catalog::CatalogTorrent;
 use crate::metainfo::merkle::{self, Hash32};
-use crate::metainfo::InfoHash;
+use crate::metainfo::torrent::Torrent;
 use crate::wire::hashes::HashRequest;
 use std::collections::HashMap;
 
@@ -152,95 +151,53 @@ impl FileTree {
 }
 
 /// The trees of one torrent's files, keyed by pieces root. Empty when the .torrent could not
-/// be read: that is cached too, so a peer cannot make the shard re-read it per request.
+/// be read: that is cached too, so a peer cannot make the control plane re-read it per request.
 #[derive(Debug, Default)]
-struct TorrentTrees {
+pub struct TorrentTrees {
     files: HashMap<Hash32, FileTree>,
 }
 
-/// Per-shard cache of v2 file trees, at most `entries_max` torrents.
-#[derive(Debug)]
-pub struct V2LayerCache {
-    entries: HashMap<InfoHash, TorrentTrees>,
-    entries_max: usize,
-}
-
-impl V2LayerCache {
-    pub fn new(entries_max: usize) -> V2LayerCache {
-        V2LayerCache {
-            entries: HashMap::new(),
-            entries_max: entries_max.max(1),
-        }
-    }
-
-    /// Drops every entry (the catalog changed: a .torrent may have been replaced).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-
-    /// Cached torrents (for tests).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Answers `r` for `torrent`, loading its trees from the .torrent on first use (one
-    /// small read and parse, off the block-serving path; later requests hit memory).
-    pub fn answer(
-        &mut self,
-        torrent: &CatalogTorrent,
-        r: &HashRequest,
-    ) -> Result<Vec<Hash32>, HashRejectReason> {
-        if !self.entries.contains_key(&torrent.info_hash) {
-            if self.entries.len() >= self.entries_max {
-                // Evict an arbitrary entry: hash requests come from peers that joined by
-                // magnet, a few per torrent; any bounded policy serves.
-                if let Some(k) = self.entries.keys().next().copied() {
-                    self.entries.remove(&k);
-                }
+impl TorrentTrees {
+    /// A tree for every file of `t` that has a piece layer.
+    pub fn from_torrent(t: &Torrent) -> TorrentTrees {
+        let mut files = HashMap::new();
+        for f in t.files.iter().filter(|f| !f.pad) {
+            let Some(root) = f.pieces_root else {
+                continue;
+            };
+            if files.contains_key(&root) {
+                continue;
             }
-            self.entries.insert(torrent.info_hash, load_trees(torrent));
+            let Some(layer) = t
+                .piece_layers
+                .get(&root)
+                .and_then(|l| merkle::split_hashes(l))
+            else {
+                continue;
+            };
+            if let Some(tree) = FileTree::from_piece_layer(&layer, f.length, t.piece_length) {
+                files.insert(root, tree);
+            }
         }
-        self.entries
-            .get(&torrent.info_hash)
-            .and_then(|t| t.files.get(&r.pieces_root))
+        TorrentTrees { files }
+    }
+
+    /// The answer to `r`, or why it gets a hash reject.
+    pub fn answer(&self, r: &HashRequest) -> Result<Vec<Hash32>, HashRejectReason> {
+        self.files
+            .get(&r.pieces_root)
             .ok_or(HashRejectReason::UnknownRoot)?
             .answer(r)
     }
-}
 
-/// Reads the .torrent and builds a tree for every file that has a piece layer.
-fn load_trees(torrent: &CatalogTorrent) -> TorrentTrees {
-    let t = match torrent.read_torrent() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("cannot read the piece layers of {}: {e}", torrent.name);
-            return TorrentTrees::default();
-        }
-    };
-    let mut files = HashMap::new();
-    for f in t.files.iter().filter(|f| !f.pad) {
-        let Some(root) = f.pieces_root else {
-            continue;
-        };
-        if files.contains_key(&root) {
-            continue;
-        }
-        let Some(layer) = t
-            .piece_layers
-            .get(&root)
-            .and_then(|l| merkle::split_hashes(l))
-        else {
-            continue;
-        };
-        if let Some(tree) = FileTree::from_piece_layer(&layer, f.length, t.piece_length) {
-            files.insert(root, tree);
-        }
+    /// Files with a tree.
+    pub fn len(&self) -> usize {
+        self.files.len()
     }
-    TorrentTrees { files }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
 }
 
 #[cfg(test)]
