@@ -8,7 +8,10 @@
 use crate::catalog::Catalog;
 use crate::config::EngineConfig;
 use crate::net;
-use crate::plane::{ErroredSet, HealthReport, ShardCommand, HEALTH_REPORTS_CAPACITY};
+use crate::plane::{
+    ErroredSet, ExtrasRequest, HealthReport, ShardCommand, EXTRAS_REQUESTS_CAPACITY,
+    HEALTH_REPORTS_CAPACITY,
+};
 use crate::shard::admission::Admission;
 use crate::shard::{Shard, ShardSetup};
 use crate::stats::ShardStats;
@@ -24,6 +27,9 @@ pub struct Seeder {
     shards: Vec<(Sender<ShardCommand>, JoinHandle<ShardStats>)>,
     stats_rx: Receiver<ShardStats>,
     health_rx: Receiver<HealthReport>,
+    /// Shards' extras requests (not served yet: the loader lands with `control::extras`).
+    #[allow(dead_code)]
+    extras_rx: Receiver<ExtrasRequest>,
     local_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
     next_dial: std::sync::atomic::AtomicUsize,
@@ -55,6 +61,7 @@ impl Seeder {
         let admission = Arc::new(Admission::new(config.peers_max, config.peers_per_ip_max));
         let (stats_tx, stats_rx) = bounded(config.stats_channel_capacity * shard_count);
         let (health_tx, health_rx) = bounded(HEALTH_REPORTS_CAPACITY);
+        let (extras_tx, extras_rx) = bounded::<ExtrasRequest>(EXTRAS_REQUESTS_CAPACITY);
         let mut rand_bytes = [0u8; 12];
         for b in rand_bytes.iter_mut() {
             *b = rand::random();
@@ -73,6 +80,7 @@ impl Seeder {
                 commands: cmd_rx,
                 stats_tx: stats_tx.clone(),
                 health_tx: health_tx.clone(),
+                extras_tx: extras_tx.clone(),
                 admission: admission.clone(),
                 peer_id,
                 cpu: if config.pin_shards {
@@ -102,6 +110,7 @@ impl Seeder {
             shards,
             stats_rx,
             health_rx,
+            extras_rx,
             local_addrs: listen,
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),

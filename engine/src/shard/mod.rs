@@ -36,7 +36,7 @@ pub mod peer;
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
-use crate::plane::{HealthReport, ShardCommand};
+use crate::plane::{ExtrasRequest, HealthReport, ShardCommand};
 use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::provided::RecvBufRing;
@@ -94,6 +94,9 @@ pub struct ShardSetup {
     pub commands: Receiver<ShardCommand>,
     pub stats_tx: Sender<ShardStats>,
     pub health_tx: Sender<HealthReport>,
+    /// Requests for what only a .torrent holds (BEP 9 info, BEP 52 trees), to the control
+    /// plane's loader; answers come back as `ShardCommand::Extras`.
+    pub extras_tx: Sender<ExtrasRequest>,
     pub admission: Arc<Admission>,
     pub peer_id: [u8; 20],
     pub cpu: Option<usize>,
