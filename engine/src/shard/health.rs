@@ -11,8 +11,7 @@ use super::Shard;
 use crate::catalog::CatalogTorrent;
 use crate::metainfo::InfoHash;
 use crate::plane::{ErroredSet, HealthReport};
-use crate::stats::{RejectReason, ShardStats};
-use crate::wire::message::{self, Message};
+use crate::stats::ShardStats;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,31 +161,13 @@ impl Shard {
             .peers
             .get(idx as usize)
             .and_then(|p| p.as_ref())
-            .and_then(|p| p.torrent.as_ref())
+            .and_then(|p| p.session.torrent())
             .is_some_and(|t| self.health.is_errored(&t.info_hash));
         if !errored {
             return false;
         }
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
-            return false;
-        };
-        if peer.fast {
-            while let Some(q) = peer.queue.pop_front() {
-                self.stats.rejected(RejectReason::TorrentErrored);
-                message::encode(
-                    &Message::RejectRequest(q.request),
-                    &mut peer.control_pending,
-                );
-            }
-            self.pump(idx);
-        } else {
-            let n = peer.queue.len();
-            peer.queue.clear();
-            for _ in 0..n {
-                self.stats.rejected(RejectReason::TorrentErrored);
-            }
-            self.choke(idx);
-        }
+        self.with_session(idx, |s, _, actions| s.on_torrent_errored(actions));
+        self.pump(idx);
         true
     }
 
@@ -205,7 +186,7 @@ impl Shard {
                 .peers
                 .get(idx as usize)
                 .and_then(|p| p.as_ref())
-                .is_some_and(|p| !p.queue.is_empty() && !p.send_busy());
+                .is_some_and(|p| !p.session.queue().is_empty() && !p.send_busy());
             if queued {
                 self.reject_if_errored(idx);
             }

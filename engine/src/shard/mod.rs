@@ -29,45 +29,42 @@
 
 pub mod admission;
 pub mod choker;
+pub mod extras;
 pub mod files;
 pub mod health;
 pub mod peer;
+pub mod session;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
-use crate::plane::{ExtrasRequest, HealthReport, ShardCommand};
+use crate::plane::{ExtrasRequest, HealthReport, ShardCommand, TorrentExtras};
 use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
 use crate::ring::Optional;
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
-use crate::stats::{CloseReason, RejectReason, ShardStats};
+use crate::stats::{CloseReason, ShardStats};
 use crate::storage::extents::{map_range, Extent};
 use crate::storage::mapping::RESIDENCY_CHECK_PAGES_MAX;
-use crate::wire::extended::{self, ExtendedHandshake};
-use crate::wire::handshake::{parse_handshake, Handshake, HANDSHAKE_LEN};
-use crate::wire::message::{self, decode_frame, BlockRequest, Message, PIECE_HEADER_LEN};
-use crate::wire::metadata::{metadata_piece_range, MetadataMessage};
+use crate::wire::handshake::{parse_handshake, HANDSHAKE_LEN};
+use crate::wire::message::{self, decode_frame, BlockRequest, PIECE_HEADER_LEN};
 use crate::wire::WireError;
 use admission::Admission;
 use choker::{Choker, PeerKey};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use extras::{ExtrasCache, Wish};
 use files::{AcquireError, FileCache, FileKey};
 use io_uring::{cqueue, opcode, squeue, types};
-use peer::{
-    Batch, GatherSend, Peer, Phase, QueuedRequest, Residency, CONTROL_BACKLOG_MAX_BYTES,
-    RECV_BUF_INITIAL_BYTES,
-};
+use peer::{Batch, GatherSend, Peer, Phase, Residency, RECV_BUF_INITIAL_BYTES};
+use session::{Action, Session, SessionEnv, SessionLimits};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Our id for ut_metadata in the extended handshake `m` dictionary.
-pub const UT_METADATA_LOCAL_ID: u8 = 3;
 /// Housekeeping period: timeouts, keep-alives, choker rotation, stats snapshots.
 pub const TICK_INTERVAL_MS: u64 = 250;
 /// Stats snapshots go to the control thread this often.
@@ -83,7 +80,6 @@ const POOL_BUF_INDEX: u16 = 0;
 const CACHE_BUF_INDEX_FIRST: u16 = 1;
 /// The buffer group of the shard's receive buffer ring (`multishot_recv`).
 const RECV_BUFFER_GROUP: u16 = 0;
-pub const CLIENT_VERSION: &str = concat!("Squall ", env!("CARGO_PKG_VERSION"));
 
 /// Everything a shard is built from (moved into its thread).
 pub struct ShardSetup {
@@ -169,8 +165,13 @@ pub struct Shard {
     stats: ShardStats,
     stats_tx: Sender<ShardStats>,
     torrent_peers: HashMap<InfoHash, usize>,
-    metadata_cache: HashMap<InfoHash, Arc<Vec<u8>>>,
-    v2_trees: HashMap<InfoHash, crate::metainfo::hash_tree::TorrentTrees>,
+    /// BEP 9 info and BEP 52 trees, loaded by the control plane on demand.
+    extras: ExtrasCache,
+    limits: SessionLimits,
+    /// Scratch for the actions of one session call.
+    actions: Vec<Action>,
+    /// Peers to pump at the end of this loop turn (each at most once: `Peer::pump_queued`).
+    ready: Vec<PeerKey>,
     slot_waiters: VecDeque<PeerKey>,
     /// zerocopy notifications still owed per buffer slot.
     slot_notifs: Vec<u16>,
@@ -200,7 +201,6 @@ pub struct Shard {
     scratch_mincore: Vec<u8>,
     scratch_reads: Vec<PlannedRead>,
     scratch_chain: Vec<squeue::Entry>,
-    scratch_out: Vec<u8>,
 }
 
 /// Why a shard could not start; the message says what to do.
@@ -345,8 +345,15 @@ impl Shard {
             stats,
             stats_tx: setup.stats_tx,
             torrent_peers: HashMap::new(),
-            metadata_cache: HashMap::new(),
-            v2_trees: HashMap::new(),
+            extras: ExtrasCache::new(
+                setup.index,
+                config.metadata_cache_entries_max,
+                config.v2_layer_cache_entries_max,
+                setup.extras_tx,
+            ),
+            limits: SessionLimits::from_config(&config),
+            actions: Vec::with_capacity(64),
+            ready: Vec::with_capacity(64),
             slot_waiters: VecDeque::new(),
             slot_notifs: vec![0; slot_count],
             slot_request_times: (0..slot_count)
@@ -376,7 +383,6 @@ impl Shard {
             scratch_mincore: Vec::with_capacity(RESIDENCY_CHECK_PAGES_MAX),
             scratch_reads: Vec::with_capacity(64),
             scratch_chain: Vec::with_capacity(128),
-            scratch_out: Vec::with_capacity(1024),
             config,
         })
     }
@@ -450,6 +456,7 @@ impl Shard {
             if self.now >= self.next_tick_at {
                 self.on_tick();
             }
+            self.pump_ready();
             self.serve_slot_waiters();
         }
         self.stats.accepting = false;
@@ -502,14 +509,13 @@ impl Shard {
             ShardCommand::Shutdown => self.begin_shutdown(),
             ShardCommand::SwapCatalog(catalog) => {
                 self.catalog = catalog;
-                self.metadata_cache.clear();
-                self.v2_trees.clear();
+                self.extras.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
                 // their own Arc); peers of removed torrents are closed.
                 for idx in 0..self.peers.len() as u32 {
                     let removed = self
                         .peer_mut(idx)
-                        .and_then(|p| p.torrent.as_ref().map(|t| t.info_hash))
+                        .and_then(|p| p.session.torrent().map(|t| t.info_hash))
                         .is_some_and(|h| self.catalog.get(&h).is_none());
                     if removed {
                         self.close_peer(idx, CloseReason::TorrentRemoved);
@@ -518,7 +524,7 @@ impl Shard {
             }
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
-            ShardCommand::Extras(_) => {}
+            ShardCommand::Extras(extras) => self.on_extras(extras),
         }
     }
 
@@ -618,13 +624,18 @@ impl Shard {
             return;
         }
         set_nodelay(fd.as_raw_fd());
-        let idx = self.insert_peer(fd, addr);
+        let idx = self.insert_peer(fd, addr, None);
         self.stats.peers_accepted += 1;
         self.arm_recv(idx);
     }
 
     /// Puts a new connection in the slab (reusing a freed index) and returns its index.
-    fn insert_peer(&mut self, fd: OwnedFd, addr: SocketAddr) -> u32 {
+    fn insert_peer(
+        &mut self,
+        fd: OwnedFd,
+        addr: SocketAddr,
+        outbound: Option<Arc<CatalogTorrent>>,
+    ) -> u32 {
         let idx = match self.free_peers.pop() {
             Some(i) => i,
             None => {
@@ -641,14 +652,12 @@ impl Shard {
         } else {
             RECV_BUF_INITIAL_BYTES
         };
-        let peer = Peer::new(
-            fd,
-            addr,
-            generation,
-            self.now,
-            self.config.request_queue_per_peer_max,
-            recv_buf_bytes,
-        );
+        let queue_max = self.limits.request_queue_max;
+        let session = match outbound {
+            Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
+            None => Session::inbound(addr.ip(), self.now, queue_max),
+        };
+        let peer = Peer::new(fd, addr, generation, session, recv_buf_bytes);
         self.peers[idx as usize] = Some(peer);
         self.live_peers += 1;
         idx
@@ -686,13 +695,12 @@ impl Shard {
         // SAFETY: `raw` is a new fd that nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         set_nodelay(fd.as_raw_fd());
-        let idx = self.insert_peer(fd, addr);
+        let idx = self.insert_peer(fd, addr, Some(torrent));
         self.stats.peers_dialed += 1;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             return;
         };
         peer.phase = Phase::Connecting;
-        peer.outbound_torrent = Some(torrent);
         let (storage, len) = crate::net::std_to_sockaddr(&addr);
         let boxed = Box::new((storage, len));
         let sqe = opcode::Connect::new(
@@ -708,7 +716,6 @@ impl Shard {
     }
 
     fn on_connected(&mut self, idx: u32, c: Completion) {
-        let peer_id = self.peer_id;
         let Some(peer) = self.peer_mut(idx) else {
             return;
         };
@@ -721,15 +728,8 @@ impl Shard {
             self.close_peer(idx, CloseReason::ConnectFailed);
             return;
         }
-        let Some(torrent) = peer.outbound_torrent.clone() else {
-            return;
-        };
-        peer.phase = Phase::Handshake;
-        peer.control_pending.extend_from_slice(
-            &Handshake::new(torrent.info_hash.0, peer_id, true, true)
-                .with_v2(torrent.info_hash_v2.is_some())
-                .to_bytes(),
-        );
+        peer.phase = Phase::Open;
+        self.with_session(idx, |s, env, _| s.on_connected(env));
         self.pump(idx);
         self.arm_recv(idx);
     }
@@ -865,12 +865,10 @@ impl Shard {
         let Some(peer) = self.peer_mut(idx) else {
             return;
         };
-        if c.result == 0
-            && peer.phase == Phase::Active
-            && (!peer.queue.is_empty() || peer.send_busy() || !peer.control_pending.is_empty())
-        {
-            // Half-closed (SHUT_WR) with answers still owed: send them, then close in `pump`.
-            peer.read_closed = true;
+        let send_busy = peer.send_busy();
+        if c.result == 0 && peer.session.on_read_closed(send_busy) {
+            // Half-closed (SHUT_WR) with answers still owed: send them, then close in `pump`
+            // (the idle timeout backs that up). No recv is armed again.
             self.pump(idx);
             return;
         }
@@ -892,7 +890,7 @@ impl Shard {
             peer.recv_len += c.result as usize;
         }
         debug_assert!(peer.recv_len <= peer.recv_buf.len());
-        peer.last_recv_at = now;
+        peer.session.on_received(now);
         if let Err(reason) = self.process_input(idx) {
             self.close_peer(idx, reason);
             return;
@@ -903,30 +901,40 @@ impl Shard {
         }
     }
 
-    /// Decodes every complete message in the peer's buffer and acts on it.
+    /// Decodes every complete message in the peer's buffer and hands each to its session.
     fn process_input(&mut self, idx: u32) -> Result<(), CloseReason> {
         let mut consumed = 0usize;
-        let mut recv_buf = match self.peer_mut(idx) {
-            Some(p) => std::mem::take(&mut p.recv_buf),
+        let (mut recv_buf, recv_len) = match self.peer_mut(idx) {
+            Some(p) => (std::mem::take(&mut p.recv_buf), p.recv_len),
             None => return Ok(()),
         };
-        let recv_len = self.peer_mut(idx).map(|p| p.recv_len).unwrap_or(0);
+        let now = self.now;
+        let max_len = self.config.message_len_max_bytes;
         let result = (|| {
-            if self.peer_mut(idx).map(|p| p.phase) == Some(Phase::Handshake) {
+            let active = |shard: &mut Shard| {
+                shard
+                    .peer_mut(idx)
+                    .map(|p| p.phase == Phase::Open && p.session.is_active())
+            };
+            if active(self) == Some(false) {
                 match parse_handshake(&recv_buf[..recv_len]) {
                     Err(_) => return Err(CloseReason::BadHandshake),
                     Ok(None) => return Ok(()),
                     Ok(Some(hs)) => {
-                        self.on_handshake(idx, hs)?;
+                        self.with_session(idx, |s, env, a| s.on_handshake(&hs, env, a))
+                            .unwrap_or(Ok(()))?;
                         consumed = HANDSHAKE_LEN;
                     }
                 }
             }
-            let max_len = self.config.message_len_max_bytes;
             loop {
+                if active(self) != Some(true) {
+                    return Ok(());
+                }
                 match decode_frame(&recv_buf[consumed..recv_len], max_len) {
                     Ok(Some((msg, used))) => {
-                        self.on_message(idx, msg)?;
+                        self.with_session(idx, |s, env, a| s.on_message(msg, env, now, a))
+                            .unwrap_or(Ok(()))?;
                         consumed += used;
                     }
                     Ok(None) => return Ok(()),
@@ -934,9 +942,6 @@ impl Shard {
                         return Err(CloseReason::MessageTooLong)
                     }
                     Err(_) => return Err(CloseReason::MalformedMessage),
-                }
-                if self.peer_mut(idx).map(|p| p.phase) != Some(Phase::Active) {
-                    return Ok(());
                 }
             }
         })();
@@ -948,314 +953,126 @@ impl Shard {
         result
     }
 
-    fn on_handshake(&mut self, idx: u32, hs: Handshake) -> Result<(), CloseReason> {
-        let info_hash = InfoHash(hs.info_hash);
-        if hs.peer_id == self.peer_id {
-            return Err(CloseReason::SelfConnection);
-        }
-        let outbound = self.peer_mut(idx).and_then(|p| p.outbound_torrent.clone());
-        let torrent = match outbound.as_ref() {
-            // We dialed for one torrent: the answer must name it.
-            Some(t) if t.info_hash != info_hash => return Err(CloseReason::BadHandshake),
-            Some(t) => t.clone(),
-            None => match self.catalog.get(&info_hash).cloned() {
-                Some(t) => t,
-                None => return Err(CloseReason::UnknownInfoHash),
-            },
-        };
-        // Keyed by the torrent's own hash: a hybrid's v2 peers count with its v1 peers.
-        let count = self.torrent_peers.entry(torrent.info_hash).or_insert(0);
-        if *count >= self.config.peers_per_torrent_max {
-            return Err(CloseReason::PeersPerTorrentLimit);
-        }
-        *count += 1;
-        self.stats.torrent_peers(info_hash, *count);
-        let metadata = if hs.supports_extended() {
-            self.metadata_for(&torrent)
-        } else {
-            None
-        };
-        let reqq = self.config.request_queue_per_peer_max as u32;
-        let peer_id = self.peer_id;
-        let now = self.now;
-        let histograms = self.config.stats_histograms;
-        let Some(peer) = self.peer_mut(idx) else {
-            return Ok(());
-        };
-        peer.fast = hs.supports_fast();
-        peer.extended = hs.supports_extended();
-        peer.phase = Phase::Active;
-        let ip = peer.addr.ip();
-        let mut out = std::mem::take(&mut peer.control_pending);
-        if outbound.is_none() {
-            // Inbound: the dialer spoke first; answer. (Outbound sent ours at connect.)
-            let ours = Handshake::new(hs.info_hash, peer_id, true, true)
-                .with_v2(torrent.info_hash_v2.is_some());
-            out.extend_from_slice(&ours.to_bytes());
-        }
-        if peer.extended {
-            let ext = ExtendedHandshake {
-                m: vec![(extended::UT_METADATA.to_string(), UT_METADATA_LOCAL_ID)],
-                metadata_size: metadata.as_ref().map(|m| m.len() as u64),
-                reqq: Some(reqq),
-                v: Some(CLIENT_VERSION.to_string()),
-                upload_only: true,
-                yourip: Some(match ip {
-                    std::net::IpAddr::V4(a) => a.octets().to_vec(),
-                    std::net::IpAddr::V6(a) => a.octets().to_vec(),
-                }),
-                p: None,
-            };
-            extended::encode_extended(extended::HANDSHAKE_ID, &ext.encode(), &mut out);
-        }
-        let have_any = torrent.have.iter().any(|b| *b != 0);
-        if peer.fast && torrent.complete {
-            message::encode(&Message::HaveAll, &mut out);
-        } else if peer.fast && !have_any {
-            message::encode(&Message::HaveNone, &mut out);
-        } else if have_any {
-            message::encode(&Message::Bitfield(&torrent.have), &mut out);
-        }
-        peer.control_pending = out;
-        peer.torrent = Some(torrent);
-        if histograms {
-            let elapsed = now.duration_since(peer.connected_at).as_nanos() as u64;
-            ShardStats::record_latency(&mut self.stats.handshake_latency_ns, elapsed);
-        }
-        Ok(())
-    }
-
-    /// The info dictionary for BEP 9, from a bounded per-shard cache (read from the .torrent
-    /// file on first use: rare, small, and off the block-serving path).
-    fn metadata_for(&mut self, torrent: &CatalogTorrent) -> Option<Arc<Vec<u8>>> {
-        if let Some(m) = self.metadata_cache.get(&torrent.info_hash) {
-            return Some(m.clone());
-        }
-        match torrent.read_info_bytes() {
-            Ok(bytes) => {
-                if self.metadata_cache.len() >= self.config.metadata_cache_entries_max {
-                    // Evict an arbitrary entry: metadata requests are rare; any bounded
-                    // policy serves.
-                    if let Some(k) = self.metadata_cache.keys().next().copied() {
-                        self.metadata_cache.remove(&k);
-                    }
-                }
-                let bytes = Arc::new(bytes);
-                self.metadata_cache.insert(torrent.info_hash, bytes.clone());
-                Some(bytes)
-            }
-            Err(e) => {
-                tracing::warn!("cannot read the info dictionary of {}: {e}", torrent.name);
-                None
-            }
-        }
-    }
-
-    /// BEP 52 hash request (id 21): `hashes` (22) from the torrent's merkle trees, or hash
-    /// reject (23) for what we cannot or will not answer (see `v2hashes`). A malformed body
-    /// closes the peer. Trees come from a bounded per-shard cache, loaded from the .torrent
-    /// on first use like `metadata_for`.
-    fn on_hash_request(
+    /// Runs one session call with the shard's read-only view, then applies the actions it
+    /// pushed. None when the peer is gone.
+    fn with_session<R>(
         &mut self,
         idx: u32,
-        torrent: &CatalogTorrent,
-        payload: &[u8],
-    ) -> Result<(), CloseReason> {
-        use crate::wire::hashes::{self, HASH_REJECT, HASH_REQUEST};
-        let r = hashes::parse_hash_request(HASH_REQUEST, payload)
-            .map_err(|_| CloseReason::ProtocolViolation)?;
-        if !self.v2_trees.contains_key(&torrent.info_hash) {
-            if self.v2_trees.len() >= self.config.v2_layer_cache_entries_max {
-                if let Some(k) = self.v2_trees.keys().next().copied() {
-                    self.v2_trees.remove(&k);
-                }
-            }
-            let trees = torrent
-                .read_torrent()
-                .map(|t| crate::metainfo::hash_tree::TorrentTrees::from_torrent(&t))
-                .unwrap_or_default();
-            self.v2_trees.insert(torrent.info_hash, trees);
-        }
-        let answer = self.v2_trees[&torrent.info_hash].answer(&r);
-        let Some(peer) = self.peer_mut(idx) else {
-            return Ok(());
+        f: impl FnOnce(&mut Session, &ShardEnv<'_>, &mut Vec<Action>) -> R,
+    ) -> Option<R> {
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.clear();
+        let env = ShardEnv {
+            limits: &self.limits,
+            peer_id: self.peer_id,
+            catalog: &self.catalog,
+            torrent_peers: &self.torrent_peers,
+            health: &self.health,
+            extras: &self.extras,
         };
-        // Debug level: one line per request lets an operator see what v2 peers ask for.
-        tracing::debug!(
-            base_layer = r.base_layer,
-            index = r.index,
-            length = r.length,
-            proof_layers = r.proof_layers,
-            answer = ?answer.as_ref().map(Vec::len),
-            "hash request from a v2 peer"
-        );
-        match answer {
-            Ok(nodes) => hashes::encode_hashes(&r, &nodes, &mut peer.control_pending),
-            Err(_) => hashes::encode_hash_request(HASH_REJECT, &r, &mut peer.control_pending),
+        let result = self
+            .peers
+            .get_mut(idx as usize)
+            .and_then(|p| p.as_mut())
+            .map(|p| f(&mut p.session, &env, &mut actions));
+        for action in actions.iter() {
+            self.apply(idx, *action);
         }
-        Ok(())
+        self.actions = actions;
+        result
     }
 
-    fn on_message(&mut self, idx: u32, msg: Message<'_>) -> Result<(), CloseReason> {
-        let now = self.now;
-        let block_len_max = self.config.block_len_max_bytes;
-        let queue_max = self.config.request_queue_per_peer_max;
+    /// Does for a session what only the shard can: counts, the choker, loads.
+    fn apply(&mut self, idx: u32, action: Action) {
         let tick = self.tick;
+        let now = self.now;
+        let histograms = self.config.stats_histograms;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
-            return Ok(());
+            return;
         };
         let key = (idx, peer.generation);
-        let Some(torrent) = peer.torrent.clone() else {
-            return Err(CloseReason::ProtocolViolation);
-        };
-        match msg {
-            Message::KeepAlive | Message::Choke | Message::Unchoke | Message::Port(_) => {}
-            Message::Have(index) => {
-                if index >= torrent.num_pieces {
-                    return Err(CloseReason::MalformedMessage);
+        match action {
+            Action::Rejected(reason) => self.stats.rejected(reason),
+            Action::Joined => {
+                let Some(h) = peer.session.torrent().map(|t| t.info_hash) else {
+                    return;
+                };
+                let count = self.torrent_peers.entry(h).or_insert(0);
+                *count += 1;
+                self.stats.torrent_peers(h, *count);
+                if histograms {
+                    let elapsed = now.duration_since(peer.session.connected_at()).as_nanos();
+                    ShardStats::record_latency(
+                        &mut self.stats.handshake_latency_ns,
+                        elapsed as u64,
+                    );
                 }
             }
-            Message::Bitfield(bits) => {
-                if bits.len() != message::bitfield_len_bytes(torrent.num_pieces) {
-                    return Err(CloseReason::MalformedMessage);
+            Action::WantsSlot => {
+                if self.choker.interested(key, tick) {
+                    self.unchoke(idx);
                 }
             }
-            Message::Interested => {
-                if !peer.peer_interested {
-                    peer.peer_interested = true;
-                    if self.choker.interested(key, tick) {
-                        self.unchoke(idx);
-                    }
+            Action::LeavesSlot => {
+                if let Some(next) = self.choker.remove(key, tick) {
+                    self.unchoke(next.0);
                 }
             }
-            Message::NotInterested => {
-                if peer.peer_interested {
-                    peer.peer_interested = false;
-                    let was_unchoked = !peer.am_choking;
-                    if was_unchoked {
-                        self.choke(idx);
-                    }
-                    if let Some(next) = self.choker.remove(key, tick) {
-                        self.unchoke(next.0);
-                    }
-                }
-            }
-            Message::Request(r) => {
-                if let Err(reason) = validate_request(&torrent, r, block_len_max) {
-                    self.stats.rejected(reason);
-                    if !peer.fast {
-                        return Err(CloseReason::InvalidRequest);
-                    }
-                    message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
-                } else if self.health.is_errored(&torrent.info_hash) {
-                    // No data from an errored torrent; the peer may stay (it recovers).
-                    self.stats.rejected(RejectReason::TorrentErrored);
-                    if peer.fast {
-                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
-                    } else {
-                        self.choke(idx);
-                    }
-                } else if peer.am_choking {
-                    self.stats.rejected(RejectReason::Choked);
-                    if peer.fast {
-                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
-                    }
-                } else if peer.queue.len() >= queue_max {
-                    self.stats.rejected(RejectReason::QueueFull);
-                    if peer.fast {
-                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
-                    }
-                } else {
-                    peer.queue.push_back(QueuedRequest {
-                        request: r,
-                        received_at: now,
-                    });
-                }
-            }
-            Message::Cancel(r) => {
-                if let Some(pos) = peer.queue.iter().position(|q| q.request == r) {
-                    peer.queue.remove(pos);
-                    self.stats.rejected(RejectReason::Cancelled);
-                    if peer.fast {
-                        // BEP 6: with the fast extension every request gets a piece or a reject.
-                        message::encode(&Message::RejectRequest(r), &mut peer.control_pending);
-                    }
-                }
-            }
-            Message::Piece { .. } => return Err(CloseReason::ProtocolViolation),
-            Message::HaveAll
-            | Message::HaveNone
-            | Message::SuggestPiece(_)
-            | Message::AllowedFast(_) => {
-                if !peer.fast {
-                    return Err(CloseReason::ProtocolViolation);
-                }
-            }
-            Message::RejectRequest(_) => {
-                if !peer.fast {
-                    return Err(CloseReason::ProtocolViolation);
-                }
-            }
-            Message::Extended { id, payload } => {
-                if !peer.extended {
-                    return Err(CloseReason::ProtocolViolation);
-                }
-                if id == extended::HANDSHAKE_ID {
-                    let hs = ExtendedHandshake::parse(payload)
-                        .map_err(|_| CloseReason::MalformedMessage)?;
-                    peer.ut_metadata_id = hs.extension_id(extended::UT_METADATA).unwrap_or(0);
-                } else if id == UT_METADATA_LOCAL_ID {
-                    let m = MetadataMessage::parse(payload)
-                        .map_err(|_| CloseReason::MalformedMessage)?;
-                    if let MetadataMessage::Request { piece } = m {
-                        self.on_metadata_request(idx, &torrent, piece);
-                    }
-                }
-                // Other extension ids: we never advertised them; ignore, as BEP 10 asks.
-            }
-            Message::Unknown {
-                id: crate::wire::hashes::HASH_REQUEST,
-                payload,
-            } if torrent.info_hash_v2.is_some() => self.on_hash_request(idx, &torrent, payload)?,
-            Message::Unknown { .. } => {}
+            Action::MetadataPieceServed => self.stats.metadata_pieces_served += 1,
+            Action::NeedsExtras => self.request_extras(idx),
         }
-        let Some(peer) = self.peer_mut(idx) else {
-            return Ok(());
-        };
-        if peer.control_pending.len() > CONTROL_BACKLOG_MAX_BYTES {
-            return Err(CloseReason::SendBacklog);
-        }
-        Ok(())
     }
 
-    fn on_metadata_request(&mut self, idx: u32, torrent: &CatalogTorrent, piece: u32) {
-        let metadata = self.metadata_for(torrent);
-        let mut payload = std::mem::take(&mut self.scratch_out);
-        payload.clear();
+    /// A session holds requests for its torrent's extras: join or start a load.
+    fn request_extras(&mut self, idx: u32) {
+        let now = self.now;
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             return;
         };
-        if peer.ut_metadata_id == 0 {
-            self.scratch_out = payload;
+        let Some(torrent) = peer.session.torrent().cloned() else {
+            return;
+        };
+        let key = (idx, peer.generation);
+        if self.extras.want(&torrent, key, now) == Wish::Refused {
+            self.stats.extras_loads_refused = self.extras.loads_refused;
+            self.wake_extras_waiter(key, None);
+        }
+    }
+
+    /// `ShardCommand::Extras`: cache what the loader read and answer the waiting sessions.
+    fn on_extras(&mut self, extras: Arc<TorrentExtras>) {
+        let h = extras.info_hash;
+        for key in self.extras.on_loaded(extras) {
+            self.wake_extras_waiter(key, Some(h));
+        }
+    }
+
+    /// Loads past their deadline end with rejects for their waiters.
+    fn expire_extras_loads(&mut self) {
+        for (_, waiters) in self.extras.expire(self.now) {
+            for key in waiters {
+                self.wake_extras_waiter(key, None);
+            }
+        }
+        self.stats.extras_loads_refused = self.extras.loads_refused;
+    }
+
+    /// Answers a peer's held metadata/hash requests from `loaded` (None: rejects).
+    fn wake_extras_waiter(&mut self, (idx, generation): PeerKey, loaded: Option<InfoHash>) {
+        let live = self
+            .peer_mut(idx)
+            .is_some_and(|p| p.generation == generation && p.phase == Phase::Open);
+        if !live {
             return;
         }
-        let range = metadata
-            .as_ref()
-            .and_then(|m| metadata_piece_range(m.len() as u64, piece));
-        match (metadata.as_ref(), range) {
-            (Some(m), Some(range)) => {
-                MetadataMessage::Data {
-                    piece,
-                    total_size: m.len() as u64,
-                    data: &m[range],
-                }
-                .encode(&mut payload);
-                self.stats.metadata_pieces_served += 1;
-            }
-            _ => MetadataMessage::Reject { piece }.encode(&mut payload),
+        let extras = loaded.and_then(|h| self.extras.get(&h).map(|_| h));
+        let result = self.with_session(idx, |s, env, actions| {
+            s.on_extras(extras.and_then(|h| env.extras(&h)), actions);
+            s.has_out()
+        });
+        if result == Some(true) {
+            self.queue_pump(idx);
         }
-        extended::encode_extended(peer.ut_metadata_id, &payload, &mut peer.control_pending);
-        self.scratch_out = payload;
     }
 
     // ---------------------------------------------------------------- choking
@@ -1264,35 +1081,44 @@ impl Shard {
         let Some(peer) = self.peer_mut(idx) else {
             return;
         };
-        if peer.phase != Phase::Active || !peer.am_choking {
-            return;
+        if peer.phase == Phase::Open && peer.session.unchoke() {
+            self.queue_pump(idx);
         }
-        peer.am_choking = false;
-        message::encode(&Message::Unchoke, &mut peer.control_pending);
-        self.pump(idx);
     }
 
     fn choke(&mut self, idx: u32) {
+        self.with_session(idx, |s, _, actions| s.choke(actions));
+        self.queue_pump(idx);
+    }
+
+    /// Pumps the peer at the end of this loop turn, not from inside a handler (its receive
+    /// buffer may be taken out, or another peer's call may be under way).
+    fn queue_pump(&mut self, idx: u32) {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             return;
         };
-        if peer.am_choking {
-            return;
+        if !peer.pump_queued {
+            peer.pump_queued = true;
+            self.ready.push((idx, peer.generation));
         }
-        peer.am_choking = true;
-        message::encode(&Message::Choke, &mut peer.control_pending);
-        // BEP 3: choking discards the peer's pending requests; BEP 6 peers get a reject for
-        // each so they can re-request elsewhere at once.
-        while let Some(q) = peer.queue.pop_front() {
-            self.stats.rejected(RejectReason::Choked);
-            if peer.fast {
-                message::encode(
-                    &Message::RejectRequest(q.request),
-                    &mut peer.control_pending,
-                );
+    }
+
+    /// Pumps every peer queued this turn (a pump may queue others: they run too).
+    fn pump_ready(&mut self) {
+        let mut i = 0;
+        while i < self.ready.len() {
+            let (idx, generation) = self.ready[i];
+            i += 1;
+            let Some(peer) = self.peer_mut(idx) else {
+                continue;
+            };
+            if peer.generation != generation {
+                continue;
             }
+            peer.pump_queued = false;
+            self.pump(idx);
         }
-        self.pump(idx);
+        self.ready.clear();
     }
 
     // ---------------------------------------------------------------- send pipeline
@@ -1304,7 +1130,7 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
             return;
         };
-        if peer.phase == Phase::Closing || peer.send_busy() {
+        if peer.phase != Phase::Open || peer.send_busy() {
             return;
         }
         if self.shutdown_deadline.is_some() {
@@ -1312,13 +1138,13 @@ impl Shard {
             self.close_peer(idx, CloseReason::Shutdown);
             return;
         }
-        if !peer.control_pending.is_empty() {
-            std::mem::swap(&mut peer.control_pending, &mut peer.control_sending);
-            peer.control_pending.clear();
+        if peer.session.has_out() {
+            std::mem::swap(peer.session.out_mut(), &mut peer.control_sending);
+            peer.session.out_mut().clear();
             peer.control_sent = 0;
             peer.control_inflight = true;
             peer.ops_inflight += 1;
-            peer.last_send_at = now;
+            peer.session.on_send_started(now);
             let sqe = opcode::Send::new(
                 types::Fd(peer.fd.as_raw_fd()),
                 peer.control_sending.as_ptr(),
@@ -1330,12 +1156,12 @@ impl Shard {
             self.push(&sqe);
             return;
         }
-        if peer.read_closed && (peer.am_choking || peer.queue.is_empty()) {
+        if peer.session.finished() {
             // A half-closed peer got every answer it was owed.
             self.close_peer(idx, CloseReason::PeerClosed);
             return;
         }
-        if peer.am_choking || peer.queue.is_empty() || peer.waiting_for_slot {
+        if !peer.session.wants_blocks() || peer.waiting_for_slot {
             return;
         }
         if self.reject_if_errored(idx) {
@@ -1414,7 +1240,7 @@ impl Shard {
         };
         // (file, fd, file offset, length) of a readahead hint for the rest of a piece.
         let mut readahead: Option<(FileKey, RawFd, u64, u32)> = None;
-        let Some(torrent) = peer.torrent.clone() else {
+        let Some(torrent) = peer.session.torrent().cloned() else {
             self.pool.release(slot);
             return;
         };
@@ -1459,7 +1285,7 @@ impl Shard {
         let gather = cache.is_some() || page_cache_sends;
         let slot_mem = self.pool.slot_mut(slot);
         // Zero extents and headers are written now, before any op names the slot.
-        'blocks: while let Some(q) = peer.queue.front().copied() {
+        'blocks: while let Some(q) = peer.session.next_request() {
             let r = q.request;
             // A block read from disk counts against `send_batch_bytes_max` (and, read into the
             // slot, needs room there); a cache hit needs room for its header only, so a batch
@@ -1694,7 +1520,7 @@ impl Shard {
             send_len += PIECE_HEADER_LEN + r.length as usize;
             blocks += 1;
             payload += u64::from(r.length);
-            peer.queue.pop_front();
+            peer.session.pop_request();
             peer.batch_request_times.push(q.received_at);
         }
         self.scratch_extents = extents;
@@ -1707,7 +1533,7 @@ impl Shard {
             self.scratch_reads = reads;
             let too_big = self
                 .peer_mut(idx)
-                .and_then(|p| p.queue.front())
+                .and_then(|p| p.session.next_request())
                 .is_some_and(|q| PIECE_HEADER_LEN + q.request.length as usize > slot_len);
             if too_big {
                 // Only a pipe smaller than one block (F_SETPIPE_SZ refused) gets here.
@@ -1886,7 +1712,7 @@ impl Shard {
             *e = e.clone().flags(link);
         }
         peer.ops_inflight += chain.len() as u32;
-        peer.last_send_at = now;
+        peer.session.on_send_started(now);
         if use_zc {
             // The notification may come after the peer's next batch reused its own vectors:
             // keep this batch's request times with the slot.
@@ -1963,7 +1789,7 @@ impl Shard {
                 if c.result != -libc::ECANCELED && !batch.failed {
                     self.stats.disk_errors += 1;
                     let file = peer.chain_files.iter().find(|f| f.0 == seq).map(|f| f.1);
-                    if let (Some(t), Some(file)) = (peer.torrent.as_ref(), file) {
+                    if let (Some(t), Some(file)) = (peer.session.torrent(), file) {
                         let why = health::read_failure_reason(c.result, expected);
                         let stats = &mut self.stats;
                         self.health.content_failed(t, file, why, now, stats);
@@ -2006,7 +1832,7 @@ impl Shard {
             if mapping_fault && !batch.failed {
                 self.stats.page_cache_send_faults += 1;
                 self.stats.disk_errors += 1;
-                if let Some(t) = peer.torrent.as_ref() {
+                if let Some(t) = peer.session.torrent() {
                     for key in peer.batch_files.iter() {
                         if let Some((now_len, mapped_len)) = self.files.shrunk_under_mapping(key) {
                             let why = format!(
@@ -2110,7 +1936,7 @@ impl Shard {
                 ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
             }
         }
-        if let Some(t) = &peer.torrent {
+        if let Some(t) = peer.session.torrent() {
             self.stats
                 .torrent_uploaded(t.info_hash, batch.payload_bytes);
         }
@@ -2251,7 +2077,7 @@ impl Shard {
         if reason == CloseReason::DiskError {
             // A truncated or replaced file: reopen it on next use, so a restored file serves
             // again without a restart (the batch released its uses before we got here).
-            if let Some(t) = &peer.torrent {
+            if let Some(t) = peer.session.torrent() {
                 self.files.forget_idle(&t.info_hash, &mut self.ring);
                 // And never serve its blocks from memory read before the fault.
                 if let Some(cache) = self.cache.as_mut() {
@@ -2278,7 +2104,7 @@ impl Shard {
             return;
         };
         debug_assert!(peer.batch.is_none() && !peer.control_inflight && !peer.recv_armed);
-        if let Some(t) = &peer.torrent {
+        if let Some(t) = peer.session.torrent() {
             if let Some(n) = self.torrent_peers.get_mut(&t.info_hash) {
                 *n = n.saturating_sub(1);
                 self.stats.torrent_peers(t.info_hash, *n);
@@ -2300,32 +2126,23 @@ impl Shard {
         self.tick += 1;
         self.health.on_tick(self.now, &mut self.stats);
         self.next_tick_at = self.now + Duration::from_millis(TICK_INTERVAL_MS);
-        let handshake_timeout = Duration::from_secs(self.config.handshake_timeout_secs);
-        let idle_timeout = Duration::from_secs(self.config.idle_timeout_secs);
-        let keepalive = Duration::from_secs(self.config.keepalive_interval_secs);
         let now = self.now;
+        let limits = self.limits;
         for idx in 0..self.peers.len() as u32 {
             let Some(peer) = self.peers[idx as usize].as_mut() else {
                 continue;
             };
-            match peer.phase {
-                Phase::Connecting | Phase::Handshake
-                    if now.duration_since(peer.connected_at) > handshake_timeout =>
-                {
-                    self.close_peer(idx, CloseReason::HandshakeTimeout);
-                }
-                Phase::Active if now.duration_since(peer.last_recv_at) > idle_timeout => {
-                    self.close_peer(idx, CloseReason::IdleTimeout);
-                }
-                Phase::Active
-                    if now.duration_since(peer.last_send_at) > keepalive && !peer.send_busy() =>
-                {
-                    message::encode(&Message::KeepAlive, &mut peer.control_pending);
-                    self.pump(idx);
-                }
-                _ => {}
+            if peer.phase == Phase::Closing {
+                continue;
+            }
+            let send_busy = peer.send_busy();
+            match peer.session.on_tick(now, &limits, send_busy) {
+                Err(reason) => self.close_peer(idx, reason),
+                Ok(()) if peer.session.has_out() => self.pump(idx),
+                Ok(()) => {}
             }
         }
+        self.expire_extras_loads();
         if now >= self.next_rotation_at {
             self.next_rotation_at = now + Duration::from_secs(self.config.choke_rotation_secs);
             let decisions = self.choker.rotate(self.tick);
@@ -2354,32 +2171,6 @@ impl Shard {
             }
         }
     }
-}
-
-/// Checks a request against the torrent: index, bounds inside the piece, length, and that
-/// the piece is verified.
-pub fn validate_request(
-    torrent: &CatalogTorrent,
-    r: BlockRequest,
-    block_len_max: u32,
-) -> Result<(), RejectReason> {
-    if r.index >= torrent.num_pieces || r.length == 0 || r.length > block_len_max {
-        return Err(RejectReason::Invalid);
-    }
-    let piece_len =
-        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
-    if u64::from(r.begin) + u64::from(r.length) > piece_len {
-        return Err(RejectReason::Invalid);
-    }
-    let byte = torrent
-        .have
-        .get((r.index / 8) as usize)
-        .copied()
-        .unwrap_or(0);
-    if byte & (0x80 >> (r.index % 8)) == 0 {
-        return Err(RejectReason::NotHave);
-    }
-    Ok(())
 }
 
 fn batch_send_sqe(
@@ -2673,5 +2464,36 @@ fn pin_to_cpu(cpu: usize) {
                 );
             }
         }
+    }
+}
+
+/// A shard's read-only view for its sessions (`session::SessionEnv`).
+struct ShardEnv<'a> {
+    limits: &'a SessionLimits,
+    peer_id: [u8; 20],
+    catalog: &'a Catalog,
+    torrent_peers: &'a HashMap<InfoHash, usize>,
+    health: &'a health::ShardHealth,
+    extras: &'a ExtrasCache,
+}
+
+impl SessionEnv for ShardEnv<'_> {
+    fn limits(&self) -> &SessionLimits {
+        self.limits
+    }
+    fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
+    }
+    fn torrent(&self, info_hash: &InfoHash) -> Option<Arc<CatalogTorrent>> {
+        self.catalog.get(info_hash).cloned()
+    }
+    fn torrent_peers(&self, info_hash: &InfoHash) -> usize {
+        self.torrent_peers.get(info_hash).copied().unwrap_or(0)
+    }
+    fn is_errored(&self, info_hash: &InfoHash) -> bool {
+        self.health.is_errored(info_hash)
+    }
+    fn extras(&self, info_hash: &InfoHash) -> Option<&TorrentExtras> {
+        self.extras.get(info_hash)
     }
 }

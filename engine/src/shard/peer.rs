@@ -1,39 +1,27 @@
 //! One connected peer's state, owned by its shard for the connection's whole life.
 //!
-//! Owns: the receive buffer, the queued requests, the control bytes waiting to be sent, and
-//! the bookkeeping of the (at most one) send pipeline op in flight. Must never: be freed while
+//! Owns: the connection's side of a peer: socket, receive buffer, the control bytes being
+//! sent, and the bookkeeping of the (at most one) send pipeline op in flight; its protocol
+//! state is its `Session` (pure, in `session.rs`). Must never: be freed while
 //! an op that names it is in flight (`ops_inflight`), or have two sends in flight at once
 //! (two in-flight sends on one socket could reorder the byte stream).
 
-use crate::catalog::CatalogTorrent;
 use crate::shard::files::FileKey;
-use crate::wire::message::BlockRequest;
-use std::collections::VecDeque;
+use crate::shard::session::Session;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Initial receive buffer: handshakes and requests are small; it grows (bounded by
 /// `message_len_max_bytes`) only for a large message such as a bitfield.
 pub const RECV_BUF_INITIAL_BYTES: usize = 4096;
-/// Control bytes (rejects, metadata, haves) queued for a peer that does not read; above this
-/// the peer is closed (`send_backlog`).
-pub const CONTROL_BACKLOG_MAX_BYTES: usize = 256 * 1024;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Outbound: the connect op is in flight.
     Connecting,
-    Handshake,
-    Active,
+    /// Connected: the session speaks (handshake, then messages).
+    Open,
     Closing,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct QueuedRequest {
-    pub request: BlockRequest,
-    pub received_at: Instant,
 }
 
 /// The batch of piece messages in flight for this peer (one slot).
@@ -72,15 +60,8 @@ pub struct Peer {
     pub recv_buf: Vec<u8>,
     pub recv_len: usize,
     pub recv_armed: bool,
-    pub torrent: Option<Arc<CatalogTorrent>>,
-    pub fast: bool,
-    pub extended: bool,
-    /// The peer's id for ut_metadata messages we send it (0: it does not take them).
-    pub ut_metadata_id: u8,
-    pub am_choking: bool,
-    pub peer_interested: bool,
-    pub queue: VecDeque<QueuedRequest>,
-    pub control_pending: Vec<u8>,
+    /// The peer protocol: handshake, choking, queued requests, control bytes owed.
+    pub session: Session,
     pub control_sending: Vec<u8>,
     pub control_sent: usize,
     pub control_inflight: bool,
@@ -99,17 +80,11 @@ pub struct Peer {
     /// zerocopy mode: the kernel reported copying, so this connection uses plain sends.
     pub zerocopy_disabled: bool,
     pub waiting_for_slot: bool,
-    pub connected_at: Instant,
-    pub last_recv_at: Instant,
-    pub last_send_at: Instant,
+    /// Queued in the shard's ready list (pumped at the end of the loop turn).
+    pub pump_queued: bool,
     pub uploaded_bytes: u64,
-    /// The peer shut down its write side (recv returned 0) with requests still owed: we
-    /// finish answering them, then close (`pump` closes once nothing is left; the idle
-    /// timeout backs that up). No recv is armed again.
-    pub read_closed: bool,
-    /// Outbound connections: the torrent we dialed for (the remote handshake must match), and
-    /// the address the connect op reads (boxed: it must not move while the op is in flight).
-    pub outbound_torrent: Option<Arc<CatalogTorrent>>,
+    /// Outbound connections: the address the connect op reads (boxed: it must not move while
+    /// the op is in flight).
     pub connect_addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
     /// `piece_readahead`: the file whose readahead hint is in flight (at most one per peer;
     /// its in-flight count is held until the hint completes).
@@ -133,27 +108,19 @@ impl Peer {
         fd: OwnedFd,
         addr: SocketAddr,
         generation: u16,
-        now: Instant,
-        queue_max: usize,
+        session: Session,
         recv_buf_bytes: usize,
     ) -> Peer {
         Peer {
             fd,
             addr,
             generation,
-            phase: Phase::Handshake,
+            phase: Phase::Open,
             ops_inflight: 0,
             recv_buf: vec![0; recv_buf_bytes],
             recv_len: 0,
             recv_armed: false,
-            torrent: None,
-            fast: false,
-            extended: false,
-            ut_metadata_id: 0,
-            am_choking: true,
-            peer_interested: false,
-            queue: VecDeque::with_capacity(queue_max.min(1024)),
-            control_pending: Vec::new(),
+            session,
             control_sending: Vec::new(),
             control_sent: 0,
             control_inflight: false,
@@ -165,12 +132,8 @@ impl Peer {
             pipe: None,
             zerocopy_disabled: false,
             waiting_for_slot: false,
-            connected_at: now,
-            last_recv_at: now,
-            last_send_at: now,
+            pump_queued: false,
             uploaded_bytes: 0,
-            read_closed: false,
-            outbound_torrent: None,
             connect_addr: None,
             readahead_file: None,
             residency: None,

@@ -87,6 +87,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "mapped_bytes": s.mapped_bytes,
         "recv_buffers_exhausted": s.recv_buffers_exhausted,
         "metadata_pieces_served": s.metadata_pieces_served,
+        "extras_loads_refused": s.extras_loads_refused,
         "stats_snapshots_dropped": s.stats_snapshots_dropped,
         "health_reports_dropped": s.health_reports_dropped,
         "request_latency_us": latency_us(&s.request_latency_ns),

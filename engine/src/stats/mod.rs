@@ -198,6 +198,9 @@ pub struct ShardStats {
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
     pub metadata_pieces_served: u64,
+    /// Extras loads (BEP 9 info, BEP 52 trees) refused or timed out: the waiting peers got
+    /// rejects.
+    pub extras_loads_refused: u64,
     pub stats_snapshots_dropped: u64,
     /// Content-fault reports to the control plane dropped on a full channel (retried).
     pub health_reports_dropped: u64,
@@ -282,6 +285,7 @@ impl ShardStats {
             mapped_bytes: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
+            extras_loads_refused: 0,
             stats_snapshots_dropped: 0,
             health_reports_dropped: 0,
             accepting: false,
@@ -400,6 +404,7 @@ impl ShardStats {
         self.mapped_bytes += other.mapped_bytes;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
+        self.extras_loads_refused += other.extras_loads_refused;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.health_reports_dropped += other.health_reports_dropped;
         self.accepting &= other.accepting;

@@ -444,6 +444,15 @@ pub fn render(view: &StatsView) -> String {
         "BEP 9 metadata pieces served.",
         |s| s.metadata_pieces_served,
     );
+    per_shard(
+        o,
+        view,
+        "squall_extras_loads_refused_total",
+        "counter",
+        "Loads of a torrent's info dictionary or v2 trees refused (queue full) or timed out; \
+         the waiting peers got rejects.",
+        |s| s.extras_loads_refused,
+    );
     header(
         o,
         "squall_torrents_errored",
