@@ -4,18 +4,16 @@
 //! `shard -> wire, ring, storage, catalog, stats`; `catalog -> metainfo, storage`;
 //! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
 
-pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod config_file;
-pub mod health;
+pub mod control;
 pub mod keyhash;
 pub mod make;
 pub mod metainfo;
 pub mod net;
 pub mod plane;
 pub mod ring;
-pub mod seeder;
 pub mod shard;
 pub mod stats;
 pub mod storage;

@@ -3,8 +3,8 @@
 //! Owns: the messages that cross planes over bounded crossbeam channels: commands to a shard
 //! (`ShardCommand`), a shard's fault reports (`HealthReport`) and the control plane's answer
 //! (`ErroredSet`, the whole set, latest wins), and the rows /stats shows. Shards and stats
-//! import this module and nothing of the control plane (`control`, `health`, `admin`,
-//! `tracker`); the control plane imports this module and talks to shards only through it.
+//! import this module and nothing of the control plane (`control` with its `health` and `admin`,
+//! and `tracker`); the control plane imports this module and talks to shards only through it.
 //! Must never: hold behaviour beyond small accessors, or anything a shard would have to lock.
 
 use crate::catalog::{Catalog, CatalogTorrent};

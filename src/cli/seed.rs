@@ -6,16 +6,16 @@
 //! periodic summary line, and the control loop that folds shard snapshots into the merged
 //! `StatsView` shared with the admin endpoint. Must never: write into the content directory.
 
-use squall_engine::admin::{AdminServer, SharedView};
 use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
 use squall_engine::config::{
     EngineConfig, SeedConfig, ServeMode, TrackerConfig, ADMIN_LISTEN_DEFAULT,
 };
-use squall_engine::health::HealthMonitor;
+use squall_engine::control::admin::{AdminServer, SharedView};
+use squall_engine::control::health::HealthMonitor;
+use squall_engine::control::seeder::Seeder;
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
-use squall_engine::seeder::Seeder;
 use squall_engine::stats::view::StatsView;
 use squall_engine::stats::ShardStats;
 use squall_engine::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};

@@ -240,7 +240,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ERRORED"), "{text}");
-        view.set_errored(vec![squall_engine::health::ErroredRow {
+        view.set_errored(vec![squall_engine::plane::ErroredRow {
             info_hash: h,
             name: "movie.mkv".into(),
             reason: "file /d/movie.mkv: short read (0 of 16384 bytes)".into(),

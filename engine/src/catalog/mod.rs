@@ -84,7 +84,7 @@ impl CatalogTorrent {
 
     /// Hashes every piece of the content on `threads` threads against the .torrent (re-read
     /// from disk): v1 pieces by SHA-1, v2 pieces by merkle node, hybrids by both. Used at load
-    /// and by the errored-torrent recheck (`health`).
+    /// and by the errored-torrent recheck (`control::health`).
     pub fn verify_content(&self, threads: usize) -> Result<VerifyReport, String> {
         let t = self.read_torrent().map_err(|err| err.to_string())?;
         verify_torrent_content(&t, &self.files, threads, &|_| {}).map_err(|err| err.to_string())

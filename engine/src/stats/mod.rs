@@ -113,7 +113,7 @@ pub enum RejectReason {
     Invalid,
     Cancelled,
     NotHave,
-    /// The torrent is errored (a content file failed; see `health`).
+    /// The torrent is errored (a content file failed; see `control::health`).
     TorrentErrored,
 }
 

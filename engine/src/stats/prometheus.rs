@@ -738,7 +738,7 @@ mod tests {
                 .2
         };
         assert_eq!(gauge(&view), 0.0);
-        view.set_errored(vec![crate::health::ErroredRow {
+        view.set_errored(vec![crate::plane::ErroredRow {
             info_hash: InfoHash([1; 20]),
             name: "a".into(),
             reason: "file /d/a: short read".into(),

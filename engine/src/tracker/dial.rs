@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// The connect hook: `Seeder::connect` in the binary, a recorder in tests.
+/// The connect hook: `Seeder::connect` (wired by `control`) or a recorder in tests.
 pub type ConnectFn = dyn Fn(SocketAddr, InfoHash) -> Result<(), String> + Send + Sync;
 
 pub struct Dialer {

@@ -6,7 +6,7 @@
 //! docs/architecture-tracker.md.
 //!
 //! Must never: run on or block a shard (its only contact with the data plane is the
-//! non-blocking connect hook, `Seeder::connect` in the binary), exceed its configured
+//! non-blocking connect hook, `Seeder::connect`, wired by `control`), exceed its configured
 //! bounds, or wait at shutdown longer than `stop_timeout_secs` (plus one request timeout
 //! for the scheduler's final wake-up).
 

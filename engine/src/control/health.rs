@@ -252,7 +252,7 @@ impl HealthMonitor {
             .name("squall-recheck".into())
             .spawn(move || {
                 for t in jobs_rx.iter() {
-                    let outcome = crate::health::recheck(&t);
+                    let outcome = self::recheck(&t);
                     if results_tx.send((t.info_hash, outcome)).is_err() {
                         return;
                     }
