@@ -616,3 +616,525 @@ pub fn validate_request(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::hash_tree::TorrentTrees;
+    use crate::wire::message::decode_frame;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    const PIECE_LEN: u64 = 4 * 16384;
+    const PIECES: u32 = 8;
+    const OUR_ID: [u8; 20] = [7; 20];
+    const THEIR_ID: [u8; 20] = [9; 20];
+
+    fn torrent() -> Arc<CatalogTorrent> {
+        Arc::new(CatalogTorrent {
+            info_hash: InfoHash([1; 20]),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: PIECE_LEN,
+            total_length: PIECE_LEN * u64::from(PIECES),
+            num_pieces: PIECES,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            torrent_path: PathBuf::new(),
+            have: vec![0xff],
+            complete: true,
+            info_len_bytes: 40_000,
+        })
+    }
+
+    /// A shard as a session sees it, with one torrent.
+    struct FakeEnv {
+        limits: SessionLimits,
+        torrent: Arc<CatalogTorrent>,
+        peers: usize,
+        errored: bool,
+        extras: HashMap<InfoHash, TorrentExtras>,
+    }
+
+    impl FakeEnv {
+        fn new() -> FakeEnv {
+            FakeEnv {
+                limits: SessionLimits {
+                    block_len_max_bytes: 16384,
+                    request_queue_max: 4,
+                    peers_per_torrent_max: 2,
+                    handshake_timeout: Duration::from_secs(10),
+                    idle_timeout: Duration::from_secs(120),
+                    keepalive_interval: Duration::from_secs(60),
+                },
+                torrent: torrent(),
+                peers: 0,
+                errored: false,
+                extras: HashMap::new(),
+            }
+        }
+    }
+
+    impl SessionEnv for FakeEnv {
+        fn limits(&self) -> &SessionLimits {
+            &self.limits
+        }
+        fn peer_id(&self) -> [u8; 20] {
+            OUR_ID
+        }
+        fn torrent(&self, h: &InfoHash) -> Option<Arc<CatalogTorrent>> {
+            (*h == self.torrent.info_hash).then(|| self.torrent.clone())
+        }
+        fn torrent_peers(&self, _: &InfoHash) -> usize {
+            self.peers
+        }
+        fn is_errored(&self, _: &InfoHash) -> bool {
+            self.errored
+        }
+        fn extras(&self, h: &InfoHash) -> Option<&TorrentExtras> {
+            self.extras.get(h)
+        }
+    }
+
+    fn hs(fast: bool, peer_id: [u8; 20]) -> Handshake {
+        Handshake::new([1; 20], peer_id, true, fast)
+    }
+
+    /// An active inbound session (handshake done, its answer drained).
+    fn active(env: &FakeEnv, fast: bool, t0: Instant) -> Session {
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        let mut a = Vec::new();
+        s.on_handshake(&hs(fast, THEIR_ID), env, &mut a).unwrap();
+        assert_eq!(a, vec![Action::Joined]);
+        s.out_mut().clear();
+        s
+    }
+
+    /// The messages in `out` as owned (id, body) pairs.
+    fn frames(out: &[u8]) -> Vec<(Option<u8>, Vec<u8>)> {
+        let mut v = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((m, used))) = decode_frame(&out[at..], 1 << 20) {
+            v.push((m.id(), out[at + 5.min(used)..at + used].to_vec()));
+            at += used;
+        }
+        assert_eq!(at, out.len(), "out holds whole frames only");
+        v
+    }
+
+    fn count_id(out: &[u8], id: u8) -> usize {
+        frames(out).iter().filter(|f| f.0 == Some(id)).count()
+    }
+
+    fn req(index: u32, begin: u32) -> BlockRequest {
+        BlockRequest {
+            index,
+            begin,
+            length: 16384,
+        }
+    }
+
+    #[test]
+    fn an_inbound_handshake_is_answered_with_handshake_extensions_and_have_all() {
+        // Proves: the answer to a fast, extended peer of a complete torrent is our handshake,
+        // the BEP 10 handshake (metadata_size from the catalog, no file read) and HaveAll.
+        let env = FakeEnv::new();
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), Instant::now(), 4);
+        let mut a = Vec::new();
+        s.on_handshake(&hs(true, THEIR_ID), &env, &mut a).unwrap();
+        assert!(s.is_active());
+        let out = s.out_mut().clone();
+        assert_eq!(
+            &out[..20],
+            &crate::wire::handshake::Handshake::new([1; 20], OUR_ID, true, true).to_bytes()[..20]
+        );
+        let rest = frames(&out[crate::wire::handshake::HANDSHAKE_LEN..]);
+        assert_eq!(rest[0].0, Some(message::id::EXTENDED));
+        let ext = ExtendedHandshake::parse(&rest[0].1[1..]).unwrap();
+        assert_eq!(ext.metadata_size, Some(40_000));
+        assert_eq!(rest[1].0, Some(message::id::HAVE_ALL));
+    }
+
+    #[test]
+    fn handshakes_to_ourselves_unknown_torrents_and_full_torrents_are_refused() {
+        let mut env = FakeEnv::new();
+        let t0 = Instant::now();
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut a = Vec::new();
+        let mut s = Session::inbound(ip, t0, 4);
+        assert_eq!(
+            s.on_handshake(&hs(true, OUR_ID), &env, &mut a),
+            Err(CloseReason::SelfConnection)
+        );
+        let mut s = Session::inbound(ip, t0, 4);
+        let other = Handshake::new([2; 20], THEIR_ID, true, true);
+        assert_eq!(
+            s.on_handshake(&other, &env, &mut a),
+            Err(CloseReason::UnknownInfoHash)
+        );
+        let mut s = Session::outbound(ip, t0, 4, torrent());
+        assert_eq!(
+            s.on_handshake(&other, &env, &mut a),
+            Err(CloseReason::BadHandshake)
+        );
+        env.peers = 2;
+        let mut s = Session::inbound(ip, t0, 4);
+        assert_eq!(
+            s.on_handshake(&hs(true, THEIR_ID), &env, &mut a),
+            Err(CloseReason::PeersPerTorrentLimit)
+        );
+        assert!(a.is_empty(), "no refused handshake joins");
+    }
+
+    #[test]
+    fn requests_are_queued_only_when_unchoked_valid_and_within_the_bound() {
+        // Proves the BEP 6 rule written once: a fast peer gets a reject for each refusal, a
+        // plain peer gets silence, or a close for an invalid request.
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        for fast in [true, false] {
+            let mut s = active(&env, fast, t0);
+            let mut a = Vec::new();
+            s.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
+                .unwrap();
+            assert_eq!(a, vec![Action::Rejected(RejectReason::Choked)]);
+            assert_eq!(
+                count_id(s.out_mut(), message::id::REJECT_REQUEST),
+                fast as usize
+            );
+            assert!(s.unchoke());
+            for i in 0..4 {
+                s.on_message(Message::Request(req(i, 0)), &env, t0, &mut a)
+                    .unwrap();
+            }
+            a.clear();
+            s.on_message(Message::Request(req(5, 0)), &env, t0, &mut a)
+                .unwrap();
+            assert_eq!(a, vec![Action::Rejected(RejectReason::QueueFull)]);
+            assert_eq!(s.queue().len(), 4);
+            let bad = BlockRequest {
+                index: 0,
+                begin: PIECE_LEN as u32 - 1,
+                length: 2,
+            };
+            let r = s.on_message(Message::Request(bad), &env, t0, &mut a);
+            assert_eq!(
+                r.is_err(),
+                !fast,
+                "an invalid request closes a plain peer only"
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_choke_and_errored_answer_every_queued_request() {
+        let mut env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut s = active(&env, true, t0);
+        let mut a = Vec::new();
+        s.unchoke();
+        for i in 0..3 {
+            s.on_message(Message::Request(req(i, 0)), &env, t0, &mut a)
+                .unwrap();
+        }
+        s.on_message(Message::Cancel(req(1, 0)), &env, t0, &mut a)
+            .unwrap();
+        assert_eq!(a, vec![Action::Rejected(RejectReason::Cancelled)]);
+        a.clear();
+        s.on_torrent_errored(&mut a);
+        assert_eq!(a, vec![Action::Rejected(RejectReason::TorrentErrored); 2]);
+        assert!(s.queue().is_empty());
+        // A plain peer asking an errored torrent is choked.
+        env.errored = true;
+        let mut p = active(&env, false, t0);
+        p.unchoke();
+        p.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
+            .unwrap();
+        assert!(p.am_choking());
+    }
+
+    #[test]
+    fn rule_breakers_get_a_reason() {
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut a = Vec::new();
+        let mut plain = active(&env, false, t0);
+        let piece = Message::Piece {
+            index: 0,
+            begin: 0,
+            data: &[1],
+        };
+        assert_eq!(
+            plain.on_message(piece, &env, t0, &mut a),
+            Err(CloseReason::ProtocolViolation)
+        );
+        assert_eq!(
+            plain.on_message(Message::HaveAll, &env, t0, &mut a),
+            Err(CloseReason::ProtocolViolation)
+        );
+        assert_eq!(
+            plain.on_message(Message::Have(PIECES), &env, t0, &mut a),
+            Err(CloseReason::MalformedMessage)
+        );
+        assert_eq!(
+            plain.on_message(Message::Bitfield(&[0, 0]), &env, t0, &mut a),
+            Err(CloseReason::MalformedMessage)
+        );
+        let mut not_active = Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        assert_eq!(
+            not_active.on_message(Message::Interested, &env, t0, &mut a),
+            Err(CloseReason::ProtocolViolation)
+        );
+    }
+
+    #[test]
+    fn metadata_requests_wait_for_extras_then_get_data_or_rejects() {
+        // Proves: no file is read; one NeedsExtras per wait; the answer comes with the extras.
+        let mut env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut s = active(&env, true, t0);
+        let mut a = Vec::new();
+        let mut ext = Vec::new();
+        ExtendedHandshake {
+            m: vec![(extended::UT_METADATA.into(), 5)],
+            ..Default::default()
+        }
+        .encode()
+        .clone_into(&mut ext);
+        s.on_message(
+            Message::Extended {
+                id: 0,
+                payload: &ext,
+            },
+            &env,
+            t0,
+            &mut a,
+        )
+        .unwrap();
+        let mut ask = Vec::new();
+        MetadataMessage::Request { piece: 0 }.encode(&mut ask);
+        for _ in 0..2 {
+            s.on_message(
+                Message::Extended {
+                    id: UT_METADATA_LOCAL_ID,
+                    payload: &ask,
+                },
+                &env,
+                t0,
+                &mut a,
+            )
+            .unwrap();
+        }
+        assert_eq!(a, vec![Action::NeedsExtras]);
+        assert!(s.awaiting_extras() && !s.has_out());
+        env.extras.insert(
+            InfoHash([1; 20]),
+            TorrentExtras {
+                info_hash: InfoHash([1; 20]),
+                info: Some(vec![b'x'; 100]),
+                trees: TorrentTrees::default(),
+            },
+        );
+        a.clear();
+        s.on_extras(env.extras(&InfoHash([1; 20])), &mut a);
+        assert_eq!(a, vec![Action::MetadataPieceServed; 2]);
+        assert_eq!(count_id(s.out_mut(), message::id::EXTENDED), 2);
+        assert!(!s.awaiting_extras());
+        // Loaded now: answered at once; a failed load answers with a reject.
+        s.out_mut().clear();
+        let mut q = active(&env, true, t0);
+        q.on_message(
+            Message::Extended {
+                id: 0,
+                payload: &ext,
+            },
+            &env,
+            t0,
+            &mut a,
+        )
+        .unwrap();
+        q.on_extras(None, &mut a);
+        assert!(!q.has_out(), "nothing pending, nothing answered");
+    }
+
+    #[test]
+    fn timeouts_and_keepalives_follow_the_clock_handed_in() {
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let l = env.limits;
+        let waiting = &mut Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        assert_eq!(waiting.on_tick(t0 + l.handshake_timeout, &l, false), Ok(()));
+        assert_eq!(
+            waiting.on_tick(
+                t0 + l.handshake_timeout + Duration::from_millis(1),
+                &l,
+                false
+            ),
+            Err(CloseReason::HandshakeTimeout)
+        );
+        let mut s = active(&env, true, t0);
+        let later = t0 + l.keepalive_interval + Duration::from_millis(1);
+        s.on_tick(later, &l, true).unwrap();
+        assert!(!s.has_out(), "no keep-alive while a send is in flight");
+        s.on_tick(later, &l, false).unwrap();
+        assert_eq!(s.out_mut().as_slice(), &[0, 0, 0, 0]);
+        s.on_received(later);
+        assert_eq!(
+            s.on_tick(later + l.idle_timeout + Duration::from_millis(1), &l, false),
+            Err(CloseReason::IdleTimeout)
+        );
+    }
+
+    #[test]
+    fn a_half_closed_peer_is_finished_once_answered() {
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut s = active(&env, true, t0);
+        let mut a = Vec::new();
+        assert!(!s.on_read_closed(false), "nothing owed: close now");
+        s.unchoke();
+        s.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
+            .unwrap();
+        s.out_mut().clear();
+        assert!(s.on_read_closed(false));
+        assert!(!s.finished());
+        s.pop_request();
+        assert!(s.finished());
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_its_rejects_is_closed_for_backlog() {
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut s = active(&env, true, t0);
+        let mut a = Vec::new();
+        let mut result = Ok(());
+        for _ in 0..(CONTROL_BACKLOG_MAX_BYTES / 17 + 1) {
+            result = s.on_message(Message::Request(req(0, 0)), &env, t0, &mut a);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(CloseReason::SendBacklog));
+    }
+
+    /// One step of a random peer conversation, or a decision of the shard.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Interested,
+        NotInterested,
+        Request(u32, u32),
+        Cancel(usize),
+        Unchoke,
+        Choke,
+        Serve(usize),
+        Errored,
+        Tick(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        // Weighted so that queues fill up: requests dominate, chokes and errors are rare.
+        prop_oneof![
+            1 => Just(Step::Interested),
+            1 => Just(Step::NotInterested),
+            12 => (0..PIECES + 1, 0u32..5).prop_map(|(i, b)| Step::Request(i, b)),
+            2 => (0usize..8).prop_map(Step::Cancel),
+            3 => Just(Step::Unchoke),
+            1 => Just(Step::Choke),
+            2 => (0usize..4).prop_map(Step::Serve),
+            1 => Just(Step::Errored),
+            2 => (0u64..90_000).prop_map(Step::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Proves, against a simple model, for thousands of random conversations and time
+        /// steps: every request is served exactly once, or rejected, or cancelled, or still
+        /// queued (never lost, never twice); nothing is served to a choked peer; the queue
+        /// never passes its bound; a fast peer gets one BEP 6 reject per refused request; a
+        /// close always comes with a reason and only for a rule the model names.
+        #[test]
+        fn every_request_is_accounted_for(fast: bool, steps in proptest::collection::vec(step(), 1..80)) {
+            let env = FakeEnv::new();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut s = active(&env, fast, t0);
+            let mut a = Vec::new();
+            let (mut asked, mut served, mut rejected) = (0usize, 0usize, 0usize);
+            let mut sent: Vec<BlockRequest> = Vec::new();
+            let mut errored = false;
+            let mut env = env;
+            for st in steps {
+                a.clear();
+                let result = match st {
+                    Step::Interested => s.on_message(Message::Interested, &env, now, &mut a),
+                    Step::NotInterested => s.on_message(Message::NotInterested, &env, now, &mut a),
+                    Step::Request(index, block) => {
+                        let r = req(index, block * 16384);
+                        asked += 1;
+                        sent.push(r);
+                        let valid = validate_request(&env.torrent, r, 16384).is_ok();
+                        let before = s.queue().len();
+                        let res = s.on_message(Message::Request(r), &env, now, &mut a);
+                        if errored || !valid || s.am_choking() {
+                            prop_assert!(s.queue().len() <= before, "queued a request it must refuse");
+                        }
+                        if !valid && !fast {
+                            prop_assert_eq!(res, Err(CloseReason::InvalidRequest));
+                        }
+                        res
+                    }
+                    Step::Cancel(i) => match sent.get(i).copied() {
+                        Some(r) => s.on_message(Message::Cancel(r), &env, now, &mut a),
+                        None => Ok(()),
+                    },
+                    Step::Unchoke => { s.unchoke(); Ok(()) }
+                    Step::Choke => { s.choke(&mut a); Ok(()) }
+                    Step::Serve(n) => {
+                        for _ in 0..n {
+                            if !s.wants_blocks() { break; }
+                            prop_assert!(!s.am_choking(), "served to a choked peer");
+                            s.pop_request();
+                            served += 1;
+                        }
+                        Ok(())
+                    }
+                    Step::Errored => {
+                        errored = !errored;
+                        env.errored = errored;
+                        if errored {
+                            s.on_torrent_errored(&mut a);
+                            prop_assert!(s.queue().is_empty(), "an errored torrent's queue is answered");
+                        }
+                        Ok(())
+                    }
+                    Step::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        let r = s.on_tick(now, &env.limits, false);
+                        if r.is_err() {
+                            prop_assert_eq!(r, Err(CloseReason::IdleTimeout));
+                        }
+                        r
+                    }
+                };
+                rejected += a.iter().filter(|x| matches!(x, Action::Rejected(_))).count();
+                prop_assert!(s.queue().len() <= env.limits.request_queue_max);
+                prop_assert!(!s.am_choking() || s.queue().is_empty(), "a choked peer holds no requests");
+                if let Err(reason) = result {
+                    prop_assert!(matches!(reason, CloseReason::InvalidRequest | CloseReason::IdleTimeout));
+                    // The invalid request that closed a plain peer was counted as rejected.
+                    prop_assert_eq!(asked, served + rejected + s.queue().len());
+                    return Ok(());
+                }
+                prop_assert_eq!(asked, served + rejected + s.queue().len());
+            }
+            if fast {
+                prop_assert_eq!(count_id(s.out_mut(), message::id::REJECT_REQUEST), rejected);
+            }
+        }
+    }
+}
