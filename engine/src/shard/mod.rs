@@ -617,10 +617,7 @@ impl Shard {
             return;
         }
         if let Err(refusal) = self.admission.admit(&addr.ip()) {
-            self.stats.closed(match refusal {
-                admission::Refusal::PeersLimit => CloseReason::PeersLimit,
-                admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
-            });
+            self.stats.closed(refusal_reason(refusal));
             return;
         }
         set_nodelay(fd.as_raw_fd());
@@ -676,8 +673,8 @@ impl Shard {
             self.stats.closed(CloseReason::PeersLimit);
             return;
         }
-        if self.admission.admit(&addr.ip()).is_err() {
-            self.stats.closed(CloseReason::PeersPerIpLimit);
+        if let Err(refusal) = self.admission.admit(&addr.ip()) {
+            self.stats.closed(refusal_reason(refusal));
             return;
         }
         let domain = if addr.is_ipv4() {
@@ -2170,6 +2167,15 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// The close reason counted for an admission refusal.
+fn refusal_reason(refusal: admission::Refusal) -> CloseReason {
+    match refusal {
+        admission::Refusal::PeersLimit => CloseReason::PeersLimit,
+        admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
+        admission::Refusal::PerPrefixLimit => CloseReason::PeersPerPrefixLimit,
     }
 }
 

@@ -44,6 +44,7 @@ pub enum CloseReason {
     DiskError,
     PeersLimit,
     PeersPerIpLimit,
+    PeersPerPrefixLimit,
     PeersPerTorrentLimit,
     SendBacklog,
     ConnectFailed,
@@ -53,7 +54,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 19] = [
+    pub const ALL: [CloseReason; 20] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -67,6 +68,7 @@ impl CloseReason {
         CloseReason::DiskError,
         CloseReason::PeersLimit,
         CloseReason::PeersPerIpLimit,
+        CloseReason::PeersPerPrefixLimit,
         CloseReason::PeersPerTorrentLimit,
         CloseReason::SendBacklog,
         CloseReason::ConnectFailed,
@@ -89,6 +91,7 @@ impl CloseReason {
             CloseReason::DiskError => "disk_error",
             CloseReason::PeersLimit => "peers_limit",
             CloseReason::PeersPerIpLimit => "peers_per_ip_limit",
+            CloseReason::PeersPerPrefixLimit => "peers_per_prefix_limit",
             CloseReason::PeersPerTorrentLimit => "peers_per_torrent_limit",
             CloseReason::SendBacklog => "send_backlog",
             CloseReason::ConnectFailed => "connect_failed",
