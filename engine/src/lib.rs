@@ -19,3 +19,7 @@ pub mod stats;
 pub mod storage;
 pub mod tracker;
 pub mod wire;
+
+/// The block length every mainstream client requests (BEP 3's de-facto 16 KiB; BEP 52's merkle
+/// leaf). The one constant for it: config defaults, the block cache, v2 trees use this.
+pub const BLOCK_LEN_BYTES: u32 = 16 * 1024;

@@ -13,7 +13,7 @@
 use sha2::{Digest, Sha256};
 
 /// Size of one merkle leaf block (BEP 52).
-pub const BLOCK_LEN_BYTES: u64 = 16 * 1024;
+pub const BLOCK_LEN_BYTES: u64 = crate::BLOCK_LEN_BYTES as u64;
 
 /// One SHA-256 node.
 pub type Hash32 = [u8; 32];

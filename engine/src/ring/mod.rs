@@ -10,7 +10,6 @@
 //! while reaping: completions are copied out in a batch first, then dispatched by the shard;
 //! nor take `&mut` to the `IoUring` (the kept `Submitter` borrows it, see `Ring`).
 
-pub mod block_cache;
 pub mod buffers;
 pub mod provided;
 pub mod token;

@@ -28,6 +28,7 @@
 //! request in steady state, panic on peer input, or let a peer's error affect another peer.
 
 pub mod admission;
+pub mod block_cache;
 pub mod choker;
 pub mod extras;
 pub mod files;
@@ -39,7 +40,6 @@ use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
 use crate::plane::{ExtrasRequest, HealthReport, ShardCommand, TorrentExtras};
-use crate::ring::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
@@ -52,6 +52,7 @@ use crate::wire::handshake::{parse_handshake, HANDSHAKE_LEN};
 use crate::wire::message::{self, decode_frame, BlockRequest, PIECE_HEADER_LEN};
 use crate::wire::WireError;
 use admission::Admission;
+use block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use choker::{Choker, PeerKey};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use extras::{ExtrasCache, Wish};

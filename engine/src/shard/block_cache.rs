@@ -33,11 +33,11 @@ const PAGE_BYTES: usize = 4096;
 /// io_uring refuses a registered buffer larger than 1 GiB (EFAULT), so a larger cache is
 /// registered as several buffers of this size.
 pub const REGISTERED_BUFFER_MAX_BYTES: usize = 1 << 30;
-const _: () = assert!(REGISTERED_BUFFER_MAX_BYTES.is_multiple_of(16 * 1024));
+const _: () = assert!(REGISTERED_BUFFER_MAX_BYTES.is_multiple_of(CACHE_BLOCK_LEN_BYTES));
 
-/// The block length every mainstream client requests (BEP 3's de-facto 16 KiB): only
-/// blocks of this length (or a piece's shorter last block) at multiples of it are cached.
-pub const CACHE_BLOCK_LEN_BYTES: usize = 16 * 1024;
+/// Only blocks of the standard length (`crate::BLOCK_LEN_BYTES`, or a piece's shorter last
+/// block) at multiples of it are cached.
+pub const CACHE_BLOCK_LEN_BYTES: usize = crate::BLOCK_LEN_BYTES as usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntryState {
