@@ -159,8 +159,7 @@ impl Shard {
     pub(super) fn reject_if_errored(&mut self, idx: u32) -> bool {
         let errored = self
             .peers
-            .get(idx as usize)
-            .and_then(|p| p.as_ref())
+            .get(idx)
             .and_then(|p| p.session.torrent())
             .is_some_and(|t| self.health.is_errored(&t.info_hash));
         if !errored {
@@ -181,11 +180,10 @@ impl Shard {
             }
         }
         // Peers of a torrent that just became errored may hold queued requests: answer them.
-        for idx in 0..self.peers.len() as u32 {
+        for idx in 0..self.peers.slots() {
             let queued = self
                 .peers
-                .get(idx as usize)
-                .and_then(|p| p.as_ref())
+                .get(idx)
                 .is_some_and(|p| !p.session.queue().is_empty() && !p.send_busy());
             if queued {
                 self.reject_if_errored(idx);

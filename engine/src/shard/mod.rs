@@ -30,6 +30,7 @@
 pub mod admission;
 pub mod block_cache;
 pub mod choker;
+pub mod conn;
 pub mod extras;
 pub mod files;
 pub mod health;
@@ -54,6 +55,7 @@ use crate::wire::WireError;
 use admission::Admission;
 use block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use choker::{Choker, PeerKey};
+use conn::{dial_socket, make_pipe, peer_addr, pin_to_cpu, set_nodelay, PeerTable};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use extras::{ExtrasCache, Wish};
 use files::{AcquireError, FileCache, FileKey};
@@ -151,10 +153,7 @@ pub struct Shard {
     fixed_buffers: bool,
     /// Why the buffer pool is not registered (then reads and sends use plain buffers).
     fixed_buffers_error: Option<String>,
-    peers: Vec<Option<Peer>>,
-    generations: Vec<u16>,
-    free_peers: Vec<u32>,
-    live_peers: usize,
+    peers: PeerTable,
     listeners: Vec<OwnedFd>,
     accept_armed: Vec<bool>,
     accepting: bool,
@@ -326,10 +325,7 @@ impl Shard {
             recv_ring,
             fixed_buffers,
             fixed_buffers_error,
-            peers: Vec::new(),
-            generations: Vec::new(),
-            free_peers: Vec::new(),
-            live_peers: 0,
+            peers: PeerTable::default(),
             listeners: setup.listeners,
             accept_armed: vec![false; listeners_len],
             accepting: true,
@@ -404,7 +400,7 @@ impl Shard {
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.shutdown_deadline {
-                let drained = self.live_peers == 0 && !self.accept_armed.iter().any(|a| *a);
+                let drained = self.peers.live() == 0 && !self.accept_armed.iter().any(|a| *a);
                 if drained || self.now >= deadline + Duration::from_millis(SHUTDOWN_FORCE_MS) {
                     break;
                 }
@@ -461,9 +457,9 @@ impl Shard {
             self.serve_slot_waiters();
         }
         self.stats.accepting = false;
-        self.stats.peers_connected = self.live_peers as u64;
+        self.stats.peers_connected = self.peers.live() as u64;
         self.sync_cache_stats();
-        let inflight: u32 = self.peers.iter().flatten().map(|p| p.ops_inflight).sum();
+        let inflight: u32 = self.peers.iter().map(|p| p.ops_inflight).sum();
         let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
         if inflight > 0 || self.accept_armed.iter().any(|a| *a) {
@@ -513,7 +509,7 @@ impl Shard {
                 self.extras.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
                 // their own Arc); peers of removed torrents are closed.
-                for idx in 0..self.peers.len() as u32 {
+                for idx in 0..self.peers.slots() {
                     let removed = self
                         .peer_mut(idx)
                         .and_then(|p| p.session.torrent().map(|t| t.info_hash))
@@ -547,7 +543,7 @@ impl Shard {
         }
         // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
         // closed when it completes; idle peers are closed now. New requests are not served.
-        for idx in 0..self.peers.len() as u32 {
+        for idx in 0..self.peers.slots() {
             let busy = self.peer_mut(idx).is_some_and(|p| p.send_busy());
             if !busy {
                 self.close_peer(idx, CloseReason::Shutdown);
@@ -557,7 +553,7 @@ impl Shard {
 
     /// After the drain deadline: close whoever is left; their ops complete with errors.
     fn force_close_all(&mut self) {
-        for idx in 0..self.peers.len() as u32 {
+        for idx in 0..self.peers.slots() {
             self.close_peer(idx, CloseReason::Shutdown);
         }
     }
@@ -613,7 +609,7 @@ impl Shard {
             self.stats.closed(CloseReason::SocketError);
             return;
         };
-        if self.live_peers >= self.config.peers_max {
+        if self.peers.live() >= self.config.peers_max {
             self.stats.closed(CloseReason::PeersLimit);
             return;
         }
@@ -634,15 +630,6 @@ impl Shard {
         addr: SocketAddr,
         outbound: Option<Arc<CatalogTorrent>>,
     ) -> u32 {
-        let idx = match self.free_peers.pop() {
-            Some(i) => i,
-            None => {
-                self.peers.push(None);
-                self.generations.push(0);
-                (self.peers.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[idx as usize];
         // multishot: received bytes land in the shared ring, and the peer's buffer holds only
         // what is left of a partial message, so it starts empty and grows on demand.
         let recv_buf_bytes = if self.recv_ring.is_some() {
@@ -655,10 +642,8 @@ impl Shard {
             Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
             None => Session::inbound(addr.ip(), self.now, queue_max),
         };
-        let peer = Peer::new(fd, addr, generation, session, recv_buf_bytes);
-        self.peers[idx as usize] = Some(peer);
-        self.live_peers += 1;
-        idx
+        self.peers
+            .insert(|generation| Peer::new(fd, addr, generation, session, recv_buf_bytes))
     }
 
     /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
@@ -670,7 +655,7 @@ impl Shard {
         let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
             return;
         };
-        if self.live_peers >= self.config.peers_max {
+        if self.peers.live() >= self.config.peers_max {
             self.stats.closed(CloseReason::PeersLimit);
             return;
         }
@@ -678,24 +663,15 @@ impl Shard {
             self.stats.closed(refusal_reason(refusal));
             return;
         }
-        let domain = if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: plain syscall; the result is checked before use.
-        let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
+        let Ok(fd) = dial_socket(&addr) else {
             self.admission.release(&addr.ip());
             self.stats.closed(CloseReason::ConnectFailed);
             return;
-        }
-        // SAFETY: `raw` is a new fd that nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        };
         set_nodelay(fd.as_raw_fd());
         let idx = self.insert_peer(fd, addr, Some(torrent));
         self.stats.peers_dialed += 1;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.phase = Phase::Connecting;
@@ -744,7 +720,7 @@ impl Shard {
             OpKind::Ignore | OpKind::Tick | OpKind::Wakeup => {}
             _ => {
                 let idx = token.peer;
-                let live = matches!(self.peers.get(idx as usize), Some(Some(p)) if p.generation == token.generation);
+                let live = self.peers.is_live(idx, token.generation);
                 if !live {
                     // A peer is freed only with no ops in flight, so this cannot happen for
                     // ops we count; it is loud in tests and harmless in production.
@@ -772,13 +748,13 @@ impl Shard {
     }
 
     fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
-        self.peers.get_mut(idx as usize).and_then(|p| p.as_mut())
+        self.peers.get_mut(idx)
     }
 
     // ---------------------------------------------------------------- receive
 
     fn arm_recv(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         if peer.phase == Phase::Closing || peer.recv_armed {
@@ -826,7 +802,7 @@ impl Shard {
         if let (Some(bufs), Some(bid)) = (self.recv_ring.as_mut(), cqueue::buffer_select(c.flags)) {
             bufs.taken(bid);
             let len = usize::try_from(c.result).unwrap_or(0);
-            if let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
+            if let Some(peer) = self.peers.get_mut(idx) {
                 if peer.phase != Phase::Closing && len > 0 {
                     // Bounded: the decoder closes a peer whose message exceeds
                     // message_len_max_bytes, so this holds at most one partial message
@@ -970,8 +946,7 @@ impl Shard {
         };
         let result = self
             .peers
-            .get_mut(idx as usize)
-            .and_then(|p| p.as_mut())
+            .get_mut(idx)
             .map(|p| f(&mut p.session, &env, &mut actions));
         for action in actions.iter() {
             self.apply(idx, *action);
@@ -985,7 +960,7 @@ impl Shard {
         let tick = self.tick;
         let now = self.now;
         let histograms = self.config.stats_histograms;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         let key = (idx, peer.generation);
@@ -1024,7 +999,7 @@ impl Shard {
     /// A session holds requests for its torrent's extras: join or start a load.
     fn request_extras(&mut self, idx: u32) {
         let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         let Some(torrent) = peer.session.torrent().cloned() else {
@@ -1092,7 +1067,7 @@ impl Shard {
     /// Pumps the peer at the end of this loop turn, not from inside a handler (its receive
     /// buffer may be taken out, or another peer's call may be under way).
     fn queue_pump(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         if !peer.pump_queued {
@@ -1125,7 +1100,7 @@ impl Shard {
     /// batch of queued blocks.
     fn pump(&mut self, idx: u32) {
         let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         if peer.phase != Phase::Open || peer.send_busy() {
@@ -1232,7 +1207,7 @@ impl Shard {
         let piece_readahead = self.config.piece_readahead && !direct_io;
         let page_cache_sends = self.stats.page_cache_sends_on;
         let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             self.pool.release(slot);
             return;
         };
@@ -1547,7 +1522,7 @@ impl Shard {
             }
             return;
         }
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         let sock = peer.fd.as_raw_fd();
@@ -1770,7 +1745,7 @@ impl Shard {
     /// A read (copy/zerocopy) or an intermediate splice/send (splice mode) of a chain.
     fn on_chain_step(&mut self, idx: u32, c: Completion, seq: u16) {
         let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -1804,7 +1779,7 @@ impl Shard {
     fn on_batch_sent(&mut self, idx: u32, c: Completion, slot: u16) {
         let now = self.now;
         let mode = self.config.serve_mode;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -1947,7 +1922,7 @@ impl Shard {
 
     /// Releases what a batch held: file uses, and the slot (now, or at its notification).
     fn finish_batch(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         let Some(batch) = peer.batch.take() else {
@@ -1986,7 +1961,7 @@ impl Shard {
 
     fn on_send_notification(&mut self, idx: u32, c: Completion, slot: u16) {
         let adaptive = self.config.zerocopy_adaptive;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -2050,7 +2025,7 @@ impl Shard {
 
     fn close_peer(&mut self, idx: u32, reason: CloseReason) {
         let tick = self.tick;
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         if peer.phase == Phase::Closing {
@@ -2067,7 +2042,7 @@ impl Shard {
                 .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode());
             self.push(&sqe);
         }
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
@@ -2094,11 +2069,14 @@ impl Shard {
 
     /// Frees a closing peer once no op names it.
     fn maybe_free(&mut self, idx: u32) {
-        let ready = matches!(self.peers.get(idx as usize), Some(Some(p)) if p.phase == Phase::Closing && p.ops_inflight == 0);
+        let ready = self
+            .peers
+            .get(idx)
+            .is_some_and(|p| p.phase == Phase::Closing && p.ops_inflight == 0);
         if !ready {
             return;
         }
-        let Some(peer) = self.peers[idx as usize].take() else {
+        let Some(peer) = self.peers.remove(idx) else {
             return;
         };
         debug_assert!(peer.batch.is_none() && !peer.control_inflight && !peer.recv_armed);
@@ -2112,9 +2090,6 @@ impl Shard {
             }
         }
         self.admission.release(&peer.addr.ip());
-        self.generations[idx as usize] = self.generations[idx as usize].wrapping_add(1);
-        self.free_peers.push(idx);
-        self.live_peers -= 1;
         drop(peer); // closes the socket and the splice pipe
     }
 
@@ -2126,8 +2101,8 @@ impl Shard {
         self.next_tick_at = self.now + Duration::from_millis(TICK_INTERVAL_MS);
         let now = self.now;
         let limits = self.limits;
-        for idx in 0..self.peers.len() as u32 {
-            let Some(peer) = self.peers[idx as usize].as_mut() else {
+        for idx in 0..self.peers.slots() {
+            let Some(peer) = self.peers.get_mut(idx) else {
                 continue;
             };
             if peer.phase == Phase::Closing {
@@ -2156,7 +2131,7 @@ impl Shard {
         }
         if now >= self.next_stats_at {
             self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
-            self.stats.peers_connected = self.live_peers as u64;
+            self.stats.peers_connected = self.peers.live() as u64;
             self.stats.accepting = self.accepting && self.accept_armed.iter().all(|a| *a);
             self.sync_cache_stats();
             match self.stats_tx.try_send(self.stats.snapshot()) {
@@ -2402,76 +2377,6 @@ fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
     let piece_len =
         crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
     u64::from(r.length) == block.min(piece_len.saturating_sub(u64::from(r.begin)))
-}
-
-/// A pipe for splice mode, sized to hold a whole batch (the kernel may grant less, up to
-/// /proc/sys/fs/pipe-max-size for unprivileged processes): returns its capacity too.
-fn make_pipe(batch_len_bytes: usize) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are new fds we own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // The whole batch is written into the pipe before the socket splice drains it, so the pipe
-    // must hold it all, or the writes into it would block an io-wq worker.
-    let want = batch_len_bytes.max(65536).min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: fcntl on an fd we own.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-    // SAFETY: fcntl on an fd we own.
-    let capacity = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    if capacity <= 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((r, w, capacity as usize))
-}
-
-fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; getpeername writes at most `len` bytes into it.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        ) != 0
-        {
-            return None;
-        }
-        crate::net::sockaddr_to_std(&storage)
-    }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a valid pointer.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it for cpu < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu < libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                tracing::debug!(
-                    "cannot pin shard to CPU {cpu}: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
 }
 
 /// A shard's read-only view for its sessions (`session::SessionEnv`).

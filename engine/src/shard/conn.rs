@@ -1,0 +1,166 @@
+//! Connections: the shard's table of peers and the socket calls made outside io_uring.
+//!
+//! Owns: `PeerTable`, the slab of peers indexed by the `peer` field of op tokens, with a
+//! generation per index so a completion for a freed and reused index is recognised; and the
+//! few plain syscalls a connection needs at set-up and teardown (a socket to dial, its
+//! options, its address, a splice pipe, pinning the shard thread).
+//! Must never: free a peer that an in-flight op names (`Shard::maybe_free` checks
+//! `ops_inflight` first), or be called per request: these syscalls happen once per
+//! connection.
+
+use crate::shard::peer::Peer;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Every peer of a shard, by index; freed indices are reused with a new generation.
+#[derive(Default)]
+pub struct PeerTable {
+    peers: Vec<Option<Peer>>,
+    generations: Vec<u16>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl PeerTable {
+    /// Puts a new peer in the table (reusing a freed index); `make` gets its generation.
+    pub fn insert(&mut self, make: impl FnOnce(u16) -> Peer) -> u32 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.peers.push(None);
+                self.generations.push(0);
+                (self.peers.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[idx as usize];
+        assert!(
+            self.peers[idx as usize].is_none(),
+            "a free index holds a peer"
+        );
+        self.peers[idx as usize] = Some(make(generation));
+        self.live += 1;
+        idx
+    }
+
+    pub fn get(&self, idx: u32) -> Option<&Peer> {
+        self.peers.get(idx as usize).and_then(|p| p.as_ref())
+    }
+
+    pub fn get_mut(&mut self, idx: u32) -> Option<&mut Peer> {
+        self.peers.get_mut(idx as usize).and_then(|p| p.as_mut())
+    }
+
+    /// The peer at `idx` is the one a token of `generation` named.
+    pub fn is_live(&self, idx: u32, generation: u16) -> bool {
+        self.get(idx).is_some_and(|p| p.generation == generation)
+    }
+
+    /// Takes the peer out; its index is reused with the next generation.
+    pub fn remove(&mut self, idx: u32) -> Option<Peer> {
+        let peer = self.peers.get_mut(idx as usize)?.take()?;
+        self.generations[idx as usize] = self.generations[idx as usize].wrapping_add(1);
+        self.free.push(idx);
+        self.live -= 1;
+        Some(peer)
+    }
+
+    /// One past the highest index ever used: iterate `0..slots()` to visit every peer.
+    pub fn slots(&self) -> u32 {
+        self.peers.len() as u32
+    }
+
+    /// Peers in the table (connected, connecting or closing).
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.iter().flatten()
+    }
+}
+
+/// A non-blocking-free TCP socket to dial `addr` from (the connect itself is an io_uring op).
+pub fn dial_socket(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the result is checked before use.
+    let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A pipe for splice mode, sized to hold a whole batch (the kernel may grant less, up to
+/// /proc/sys/fs/pipe-max-size for unprivileged processes): returns its capacity too.
+pub fn make_pipe(batch_len_bytes: usize) -> std::io::Result<(OwnedFd, OwnedFd, usize)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are new fds we own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The whole batch is written into the pipe before the socket splice drains it, so the pipe
+    // must hold it all, or the writes into it would block an io-wq worker.
+    let want = batch_len_bytes.max(65536).min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    // SAFETY: fcntl on an fd we own.
+    let capacity = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if capacity <= 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((r, w, capacity as usize))
+}
+
+pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; getpeername writes at most `len` bytes into it.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) != 0
+        {
+            return None;
+        }
+        crate::net::sockaddr_to_std(&storage)
+    }
+}
+
+pub fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a valid pointer.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                tracing::debug!(
+                    "cannot pin shard to CPU {cpu}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
