@@ -1,12 +1,14 @@
 //! Starting and stopping the shards: the control plane's handle on the data plane.
 //!
 //! Owns: binding every listen address once per shard (SO_REUSEPORT), spawning the shard
-//! threads (each builds its own ring on its own thread, pinned to its core), and the bounded
-//! channels to and from them. Must never: touch a shard's state directly: commands go through
+//! threads (each builds its own ring on its own thread, pinned to its core), the bounded
+//! channels to and from them, and the extras loader that answers the shards' .torrent reads
+//! (`control::extras`). Must never: touch a shard's state directly: commands go through
 //! `ShardCommand` channels, stats come back as snapshots.
 
 use crate::catalog::Catalog;
 use crate::config::EngineConfig;
+use crate::control::extras::ExtrasLoader;
 use crate::net;
 use crate::plane::{
     ErroredSet, ExtrasRequest, HealthReport, ShardCommand, EXTRAS_REQUESTS_CAPACITY,
@@ -27,9 +29,8 @@ pub struct Seeder {
     shards: Vec<(Sender<ShardCommand>, JoinHandle<ShardStats>)>,
     stats_rx: Receiver<ShardStats>,
     health_rx: Receiver<HealthReport>,
-    /// Shards' extras requests (not served yet: the loader lands with `control::extras`).
-    #[allow(dead_code)]
-    extras_rx: Receiver<ExtrasRequest>,
+    /// Answers the shards' extras requests; None only after `join` took it.
+    extras: Option<ExtrasLoader>,
     local_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
     next_dial: std::sync::atomic::AtomicUsize,
@@ -106,11 +107,25 @@ impl Seeder {
                 .map_err(|e| format!("cannot start shard thread {index}: {e}"))?;
             shards.push((cmd_tx, handle));
         }
+        // Requests may already queue while it starts: the channel holds them.
+        let senders = shards.iter().map(|(tx, _)| tx.clone()).collect();
+        let extras = match ExtrasLoader::start(extras_rx, senders) {
+            Ok(loader) => loader,
+            Err(e) => {
+                for (tx, _) in &shards {
+                    let _ = tx.send(ShardCommand::Shutdown);
+                }
+                for (_, handle) in shards {
+                    let _ = handle.join();
+                }
+                return Err(e);
+            }
+        };
         let mut seeder = Seeder {
             shards,
             stats_rx,
             health_rx,
-            extras_rx,
+            extras: Some(extras),
             local_addrs: listen,
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),
@@ -197,15 +212,19 @@ impl Seeder {
             .map_err(|_| format!("shard {n} command queue is full"))
     }
 
-    /// Asks every shard to stop accepting, close its peers and exit.
+    /// Asks every shard to stop accepting, close its peers and exit; the extras loader too
+    /// (draining shards load nothing).
     pub fn shutdown(&self) {
         for (tx, _) in &self.shards {
             let _ = tx.send(ShardCommand::Shutdown);
         }
+        if let Some(loader) = &self.extras {
+            loader.stop();
+        }
     }
 
-    /// Waits for every shard and returns the merged final stats.
-    pub fn join(self) -> ShardStats {
+    /// Waits for every shard and the extras loader; returns the merged final stats.
+    pub fn join(mut self) -> ShardStats {
         let mut total = ShardStats::new(0);
         total.accepting = true;
         for (_, handle) in self.shards {
@@ -213,6 +232,9 @@ impl Seeder {
                 Ok(stats) => total.merge(&stats),
                 Err(_) => tracing::error!("a shard thread panicked"),
             }
+        }
+        if let Some(loader) = self.extras.take() {
+            loader.join();
         }
         total
     }
