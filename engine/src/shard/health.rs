@@ -175,7 +175,7 @@ impl Shard {
         for h in self.health.on_published(set) {
             self.files.forget_idle(&h, &mut self.ring);
             // Whatever the fault or the fix, serve this torrent's blocks from disk afresh.
-            if let Some(cache) = self.cache.as_mut() {
+            if let Some(cache) = self.slots.cache.as_mut() {
                 cache.purge(&h);
             }
         }

@@ -35,38 +35,40 @@ pub mod extras;
 pub mod files;
 pub mod health;
 pub mod peer;
+pub mod plan;
 pub mod session;
+pub mod submit;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
 use crate::plane::{ExtrasRequest, HealthReport, ShardCommand, TorrentExtras};
-use crate::ring::buffers::{BufferPool, SlotState};
+use crate::ring::buffers::BufferPool;
 use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
 use crate::ring::Optional;
-use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
+use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED};
 use crate::stats::{CloseReason, ShardStats};
-use crate::storage::extents::{map_range, Extent};
-use crate::storage::mapping::RESIDENCY_CHECK_PAGES_MAX;
 use crate::wire::handshake::{parse_handshake, HANDSHAKE_LEN};
-use crate::wire::message::{self, decode_frame, BlockRequest, PIECE_HEADER_LEN};
+use crate::wire::message::{decode_frame, PIECE_HEADER_LEN};
 use crate::wire::WireError;
 use admission::Admission;
-use block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
+use block_cache::{BlockCache, CACHE_BLOCK_LEN_BYTES};
 use choker::{Choker, PeerKey};
 use conn::{dial_socket, make_pipe, peer_addr, pin_to_cpu, set_nodelay, PeerTable};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use extras::{ExtrasCache, Wish};
-use files::{AcquireError, FileCache, FileKey};
+use files::FileCache;
 use io_uring::{cqueue, opcode, squeue, types};
-use peer::{Batch, GatherSend, Peer, Phase, Residency, RECV_BUF_INITIAL_BYTES};
+use peer::{Peer, Phase, RECV_BUF_INITIAL_BYTES};
+use plan::{BatchBudget, Layout, PlanOptions, PlanScratch};
 use session::{Action, Session, SessionEnv, SessionLimits};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use submit::SendSlots;
 
 /// Housekeeping period: timeouts, keep-alives, choker rotation, stats snapshots.
 pub const TICK_INTERVAL_MS: u64 = 250;
@@ -76,11 +78,6 @@ pub const STATS_INTERVAL_MS: u64 = 1000;
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
 /// After the drain, force-closed peers get this long for their ops to complete.
 pub const SHUTDOWN_FORCE_MS: u64 = 1000;
-/// Registered buffer indices: the send pool, then the hot-block cache.
-const POOL_BUF_INDEX: u16 = 0;
-/// The cache's first registered buffer; a cache over 1 GiB takes several (see
-/// `BlockCache::iovecs`).
-const CACHE_BUF_INDEX_FIRST: u16 = 1;
 /// The buffer group of the shard's receive buffer ring (`multishot_recv`).
 const RECV_BUFFER_GROUP: u16 = 0;
 
@@ -101,56 +98,18 @@ pub struct ShardSetup {
     pub cpu: Option<usize>,
 }
 
-/// Builds an SQE naming a planned read's file by its fixed-file slot when it has one, else
-/// by its fd (`types::Fixed` and `types::Fd` are distinct types, hence a macro).
-macro_rules! with_file {
-    ($read:expr, |$f:ident| $build:expr) => {
-        match $read.fixed_slot {
-            Some(slot) => {
-                let $f = types::Fixed(slot);
-                $build
-            }
-            None => {
-                let $f = types::Fd($read.fd);
-                $build
-            }
-        }
-    };
-}
-
-/// A read or splice planned while laying out a batch, turned into SQEs afterwards.
-#[derive(Clone, Copy)]
-struct PlannedRead {
-    fd: RawFd,
-    /// The file's fixed-file slot, when it has one: reads name it instead of `fd` (splice
-    /// never does: no table is registered in splice mode).
-    fixed_slot: Option<u32>,
-    file_offset: u64,
-    /// Where the bytes go in the slot's stream (splice mode writes headers around them).
-    slot_offset: u32,
-    /// Where the read lands: in the slot, or in a cache entry.
-    dest: *mut u8,
-    /// The registered buffer `dest` lies in.
-    buf_index: u16,
-    len: u32,
-    /// The torrent's file this reads (a failure is reported against it).
-    file_index: u32,
-}
-
 pub struct Shard {
     index: usize,
     config: Arc<EngineConfig>,
     catalog: Arc<Catalog>,
-    // Declared before `pool`: dropped first, so no op outlives the memory it names.
+    // Declared before `slots`: dropped first, so no op outlives the memory it names.
     ring: Ring,
-    pool: BufferPool,
-    /// Hot-block cache (None when `block_cache_bytes_per_shard` is 0, or in splice mode).
-    /// Declared after the ring, like the pool.
-    cache: Option<BlockCache>,
+    /// The send buffer pool and the hot-block cache, with their per-slot arrays. Declared
+    /// after the ring.
+    slots: SendSlots,
     /// Receive buffers of every peer's multishot recv (None: single recvs into each peer's
-    /// own buffer). Declared after the ring, like the pool.
+    /// own buffer). Declared after the ring, like the slots.
     recv_ring: Option<RecvBufRing>,
-    fixed_buffers: bool,
     /// Why the buffer pool is not registered (then reads and sends use plain buffers).
     fixed_buffers_error: Option<String>,
     peers: PeerTable,
@@ -173,22 +132,6 @@ pub struct Shard {
     /// Peers to pump at the end of this loop turn (each at most once: `Peer::pump_queued`).
     ready: Vec<PeerKey>,
     slot_waiters: VecDeque<PeerKey>,
-    /// zerocopy notifications still owed per buffer slot.
-    slot_notifs: Vec<u16>,
-    /// Per buffer slot: the iovecs a vectored read of that slot uses. Sized once; a slot's
-    /// array is only rewritten while the slot is Filling and before its ops are submitted,
-    /// and the kernel reads it only while they are in flight.
-    slot_iovecs: Vec<Vec<libc::iovec>>,
-    /// zerocopy mode: request times of the batch a slot carries, until its notification.
-    slot_request_times: Vec<Vec<Instant>>,
-    /// Per slot: the cache entries its batch names (entry, claimed to be filled by it); the
-    /// references are given back when the slot is released (after the send, or its
-    /// zerocopy notification).
-    slot_cache_refs: Vec<Vec<(u32, bool)>>,
-    /// Per slot: the gather list and message header of a batch sent with SendMsg. Sized
-    /// once; rewritten only while the slot is Filling or between the sends of its batch.
-    slot_send_iovecs: Vec<Vec<libc::iovec>>,
-    slot_msghdrs: Vec<libc::msghdr>,
     peer_id: [u8; 20],
     now: Instant,
     tick: u64,
@@ -196,11 +139,7 @@ pub struct Shard {
     next_stats_at: Instant,
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
-    scratch_extents: Vec<Extent>,
-    /// `mincore` result vector for page-cache residency checks.
-    scratch_mincore: Vec<u8>,
-    scratch_reads: Vec<PlannedRead>,
-    scratch_chain: Vec<squeue::Entry>,
+    plan_scratch: PlanScratch,
 }
 
 /// Why a shard could not start; the message says what to do.
@@ -315,15 +254,13 @@ impl Shard {
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
         let listeners_len = setup.listeners.len();
-        let slot_count = pool.slots();
+        let readv_fixed = ring.features.readv_fixed;
         Ok(Shard {
             index: setup.index,
             catalog: setup.catalog,
             ring,
-            pool,
-            cache,
+            slots: SendSlots::new(pool, cache, fixed_buffers, readv_fixed, &config),
             recv_ring,
-            fixed_buffers,
             fixed_buffers_error,
             peers: PeerTable::default(),
             listeners: setup.listeners,
@@ -352,23 +289,6 @@ impl Shard {
             actions: Vec::with_capacity(64),
             ready: Vec::with_capacity(64),
             slot_waiters: VecDeque::new(),
-            slot_notifs: vec![0; slot_count],
-            slot_request_times: (0..slot_count)
-                .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
-                .collect(),
-            slot_cache_refs: (0..slot_count)
-                .map(|_| Vec::with_capacity(config.blocks_per_batch_max()))
-                .collect(),
-            slot_send_iovecs: (0..slot_count)
-                .map(|_| empty_iovecs(config.blocks_per_batch_max() * 2))
-                .collect(),
-            // SAFETY: msghdr is plain data; all-zero is its empty value.
-            slot_msghdrs: (0..slot_count)
-                .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
-                .collect(),
-            slot_iovecs: (0..slot_count)
-                .map(|_| empty_iovecs(config.blocks_per_batch_max() * 2))
-                .collect(),
             peer_id: setup.peer_id,
             now,
             tick: 0,
@@ -376,10 +296,7 @@ impl Shard {
             next_stats_at: now,
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
-            scratch_extents: Vec::with_capacity(8),
-            scratch_mincore: Vec::with_capacity(RESIDENCY_CHECK_PAGES_MAX),
-            scratch_reads: Vec::with_capacity(64),
-            scratch_chain: Vec::with_capacity(128),
+            plan_scratch: PlanScratch::default(),
             config,
         })
     }
@@ -471,14 +388,12 @@ impl Shard {
             );
             let Shard {
                 ring,
-                pool,
-                cache,
+                slots,
                 recv_ring,
                 ..
             } = self;
             drop(ring);
-            std::mem::forget(pool);
-            std::mem::forget(cache);
+            std::mem::forget(slots);
             std::mem::forget(recv_ring);
         }
         stats
@@ -489,7 +404,7 @@ impl Shard {
         self.stats.map_failures = self.files.map_failures;
         self.stats.maps_over_budget = self.files.maps_over_budget;
         self.stats.mapped_bytes = self.files.mapped_bytes;
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &self.slots.cache {
             let c = cache.counters;
             self.stats.block_cache_hits = c.hits;
             self.stats.block_cache_misses = c.misses;
@@ -1178,54 +1093,35 @@ impl Shard {
         self.pump(idx);
     }
 
-    /// Lays out queued blocks in a buffer slot and submits the read(s) + send chain.
-    ///
-    /// With the hot-block cache, a block found in the cache is not read at all: only its
-    /// 13-byte header goes in the slot and the send gathers header and cached bytes with one
-    /// SendMsg. A missed block is read into a cache entry claimed for it (then sent from
-    /// there), so the next peer asking for it hits.
+    /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
+    /// submits its chain of reads and the send (`submit.rs`); a readahead hint may follow.
     fn start_batch(&mut self, idx: u32) {
-        let Some(slot) = self.pool.acquire() else {
+        let Some(slot) = self.slots.pool.acquire() else {
             self.stats.buffer_pool_exhausted += 1;
-            if let Some(peer) = self.peer_mut(idx) {
-                peer.waiting_for_slot = true;
-                let key = (idx, peer.generation);
-                self.slot_waiters.push_back(key);
-            }
+            self.wait_for_slot(idx);
             return;
         };
-        debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
+        debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
         let mode = self.config.serve_mode;
-        let blocks_max = self.config.blocks_per_batch_max();
-        let read_bytes_max = self.config.send_batch_bytes_max as usize;
-        let mut read_bytes = 0usize;
-        let slot_len = self.pool.slot_len_bytes();
-        let fixed = self.fixed_buffers;
-        let vectored_reads = self.config.vectored_reads;
-        let readv_fixed = self.ring.features.readv_fixed;
         let direct_io = self.stats.direct_io;
-        let piece_readahead = self.config.piece_readahead && !direct_io;
-        let page_cache_sends = self.stats.page_cache_sends_on;
         let now = self.now;
         let Some(peer) = self.peers.get_mut(idx) else {
-            self.pool.release(slot);
+            self.slots.pool.release(slot);
             return;
         };
-        // (file, fd, file offset, length) of a readahead hint for the rest of a piece.
-        let mut readahead: Option<(FileKey, RawFd, u64, u32)> = None;
         let Some(torrent) = peer.session.torrent().cloned() else {
-            self.pool.release(slot);
+            self.slots.pool.release(slot);
             return;
         };
         let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
-        let mut slot_len = slot_len;
+        let mut slot_len = self.slots.pool.slot_len_bytes();
         if mode == ServeMode::Splice {
             if peer.pipe.is_none() {
                 match make_pipe(slot_len) {
                     Ok(p) => peer.pipe = Some(p),
                     Err(e) => {
                         tracing::warn!("cannot create a pipe for splice: {e}");
-                        self.pool.release(slot);
+                        self.slots.pool.release(slot);
                         self.close_peer(idx, CloseReason::SocketError);
                         return;
                     }
@@ -1234,276 +1130,41 @@ impl Shard {
             // A batch never holds more than its pipe can.
             slot_len = slot_len.min(peer.pipe.as_ref().map(|p| p.2).unwrap_or(0));
         }
-        let mut reads = std::mem::take(&mut self.scratch_reads);
-        let mut extents = std::mem::take(&mut self.scratch_extents);
-        reads.clear();
-        peer.batch_files.clear();
-        peer.batch_request_times.clear();
-        let mut offset = 0usize;
-        let mut send_len = 0usize;
-        let mut blocks = 0u16;
-        let mut cached_blocks = 0u16;
-        let mut mapped_blocks = 0u16;
-        let mut mincore_scratch = std::mem::take(&mut self.scratch_mincore);
-        let mut payload = 0u64;
-        let mut disk_error = false;
-        let base = self.pool.slot_ptr(slot);
-        let send_iovs = &mut self.slot_send_iovecs[slot as usize];
-        let mut send_iov_count = 0usize;
-        let cache_refs = &mut self.slot_cache_refs[slot as usize];
-        // None in splice mode (never built there: file bytes go through a pipe).
-        let mut cache = self.cache.as_mut();
-        // Blocks may be sent from outside the slot (cache entries, file mappings): the send
-        // is then a SendMsg over a gather list built alongside.
-        let gather = cache.is_some() || page_cache_sends;
-        let slot_mem = self.pool.slot_mut(slot);
-        // Zero extents and headers are written now, before any op names the slot.
-        'blocks: while let Some(q) = peer.session.next_request() {
-            let r = q.request;
-            // A block read from disk counts against `send_batch_bytes_max` (and, read into the
-            // slot, needs room there); a cache hit needs room for its header only, so a batch
-            // of hits grows to `cached_send_batch_bytes_max`. Misses keep the old bound: a
-            // longer read chain only delays the send.
-            let fits_in_slot = offset + PIECE_HEADER_LEN + r.length as usize <= slot_len;
-            let read_fits = read_bytes + r.length as usize <= read_bytes_max;
-            if blocks as usize >= blocks_max
-                || offset + PIECE_HEADER_LEN > slot_len
-                || (!read_fits && !gather)
-            {
-                break;
-            }
-            let torrent_offset = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
-            // (entry, claimed for this batch to fill) when the block goes through the cache.
-            let mut cached: Option<(u32, bool)> = None;
-            let block_key: BlockKey = (torrent.info_hash, r.index, r.begin);
-            let mut claimable = false;
-            if let Some(cache) = cache.as_deref_mut() {
-                if is_cacheable_block(&torrent, r) {
-                    match cache.lookup(&block_key) {
-                        Lookup::Hit { entry, len } => {
-                            debug_assert_eq!(len, r.length, "a cached block changed length");
-                            cached = Some((entry, false));
-                        }
-                        Lookup::Miss => claimable = true,
-                        Lookup::Busy => {}
-                    }
-                }
-            }
-            // Not in the block cache but in the page cache: sent from the file's mapping,
-            // with no read and no claim (the page cache already holds it).
-            let mut mapped: Option<(*mut u8, u32)> = None;
-            if cached.is_none() && page_cache_sends {
-                mapped = resident_block_ptr(
-                    &mut self.files,
-                    &mut self.ring,
-                    &torrent,
-                    r,
-                    torrent_offset,
-                    &mut extents,
-                    &mut mincore_scratch,
-                    &mut peer.residency,
-                    now,
-                );
-                if let Some((_, file_index)) = mapped {
-                    // `resident_block_ptr` acquired the file: held until the send completes.
-                    peer.batch_files.push((torrent.info_hash, file_index));
-                }
-            }
-            let mapped = mapped.map(|(ptr, _)| ptr);
-            if claimable && mapped.is_none() && read_fits {
-                // Claim only within the read budget: a claim may evict a block.
-                if let Some(cache) = cache.as_deref_mut() {
-                    cached = cache.claim(block_key, r.length).map(|e| (e, true));
-                }
-            }
-            // Nothing to read: the block is in the block cache or the page cache.
-            let hit = matches!(cached, Some((_, false))) || mapped.is_some();
-            if !hit && (!read_fits || (cached.is_none() && !fits_in_slot)) {
-                // A block to read, and the batch's read budget (or the slot) is full. (The
-                // next batch looks this block up again, so its miss/busy counts twice: at
-                // most once per batch.)
-                debug_assert!(cached.is_none(), "claimed beyond the read budget");
-                break;
-            }
-            if !hit {
-                read_bytes += r.length as usize;
-            }
-            let reads_before = reads.len();
-            let files_before = peer.batch_files.len();
-            let header_at = offset;
-            let mut at = offset + PIECE_HEADER_LEN;
-            if !hit {
-                // Read the block: into its claimed cache entry, or in place in the slot.
-                let (dest, buf_index) = match (cached, cache.as_deref()) {
-                    (Some((entry, _)), Some(c)) => (
-                        c.entry_ptr(entry),
-                        CACHE_BUF_INDEX_FIRST + c.entry_region(entry) as u16,
-                    ),
-                    _ => (base.wrapping_add(at), POOL_BUF_INDEX),
-                };
-                let mut dest_at = 0usize;
-                extents.clear();
-                map_range(&torrent.files, torrent_offset, r.length, &mut extents);
-                for e in extents.iter() {
-                    match *e {
-                        Extent::Zero { len } => {
-                            match (cached, cache.as_deref_mut()) {
-                                (Some((entry, _)), Some(c)) => {
-                                    c.entry_mut(entry)[dest_at..dest_at + len as usize].fill(0)
-                                }
-                                _ => slot_mem[at + dest_at..at + dest_at + len as usize].fill(0),
-                            }
-                            dest_at += len as usize;
-                        }
-                        Extent::File {
-                            file_index,
-                            file_offset,
-                            len,
-                        } => {
-                            let key: FileKey = (torrent.info_hash, file_index);
-                            let path = &torrent.files[file_index as usize].path;
-                            match self.files.acquire(key, path, &mut self.ring) {
-                                Ok(file) => {
-                                    peer.batch_files.push(key);
-                                    // O_DIRECT only into a cache entry, and only when file
-                                    // offset, length and address are all aligned.
-                                    let direct = match (cached, file.direct) {
-                                        (Some(_), Some((dfd, align)))
-                                            if file_offset.is_multiple_of(u64::from(align))
-                                                && len.is_multiple_of(align)
-                                                && dest_at.is_multiple_of(align as usize) =>
-                                        {
-                                            Some(dfd)
-                                        }
-                                        _ => None,
-                                    };
-                                    if let (Some(_), Some((_, align))) = (direct, file.direct) {
-                                        debug_assert!(
-                                            (dest as usize + dest_at)
-                                                .is_multiple_of(align as usize),
-                                            "cache entries are page aligned"
-                                        );
-                                        self.stats.direct_reads += 1;
-                                    } else if direct_io {
-                                        self.stats.direct_read_fallbacks += 1;
-                                    }
-                                    reads.push(PlannedRead {
-                                        fd: direct.unwrap_or(file.fd),
-                                        fixed_slot: if direct.is_some() {
-                                            None
-                                        } else {
-                                            file.fixed_slot
-                                        },
-                                        file_offset,
-                                        slot_offset: (at + dest_at) as u32,
-                                        dest: dest.wrapping_add(dest_at),
-                                        buf_index,
-                                        len,
-                                        file_index,
-                                    });
-                                    dest_at += len as usize;
-                                }
-                                Err(err) => {
-                                    for k in peer.batch_files.drain(files_before..) {
-                                        self.files.release(&k);
-                                    }
-                                    reads.truncate(reads_before);
-                                    if let (Some((entry, _)), Some(c)) =
-                                        (cached, cache.as_deref_mut())
-                                    {
-                                        // Never filled: unmap it and give it back.
-                                        c.fill_done(entry, false);
-                                        c.release(entry);
-                                    }
-                                    match err {
-                                        AcquireError::Full => self.stats.open_files_limit_hit += 1,
-                                        AcquireError::Open(e) => {
-                                            tracing::warn!("cannot open {}: {e}", path.display());
-                                            self.stats.disk_errors += 1;
-                                            disk_error = true;
-                                            if health::is_content_fault(&e) {
-                                                let why = format!("open failed: {e}");
-                                                let stats = &mut self.stats;
-                                                self.health.content_failed(
-                                                    &torrent, file_index, why, now, stats,
-                                                );
-                                            }
-                                        }
-                                    }
-                                    break 'blocks;
-                                }
-                            }
-                        }
-                    }
-                }
-                debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
-                if cached.is_none() {
-                    at += dest_at;
-                }
-                // The first block of a piece missed the cache: hint the rest of the piece
-                // (its first file's part) to the kernel, once per peer at a time.
-                if piece_readahead
-                    && r.begin == 0
-                    && readahead.is_none()
-                    && peer.readahead_file.is_none()
-                {
-                    if let Some((file_index, file_offset, len)) =
-                        piece_rest_first_file(&torrent, r, &mut extents)
-                    {
-                        let key: FileKey = (torrent.info_hash, file_index);
-                        let path = &torrent.files[file_index as usize].path;
-                        // A file that cannot be opened now is the block read's business.
-                        if let Ok(file) = self.files.acquire(key, path, &mut self.ring) {
-                            readahead = Some((key, file.fd, file_offset, len));
-                        }
-                    }
-                }
-            }
-            let header: &mut [u8; PIECE_HEADER_LEN] =
-                match (&mut slot_mem[header_at..header_at + PIECE_HEADER_LEN]).try_into() {
-                    Ok(h) => h,
-                    Err(_) => unreachable!("header slice has the header's length"),
-                };
-            message::write_piece_header(header, r.index, r.begin, r.length);
-            if gather {
-                // The gather list of the send: slot bytes (header, and the block when it is
-                // read in place), then the cache entry or the file mapping it lives in.
-                push_iov(
-                    send_iovs,
-                    &mut send_iov_count,
-                    base.wrapping_add(header_at),
-                    at - header_at,
-                );
-                if let (Some((entry, filling)), Some(c)) = (cached, cache.as_deref()) {
-                    push_iov(
-                        send_iovs,
-                        &mut send_iov_count,
-                        c.entry_ptr(entry),
-                        r.length as usize,
-                    );
-                    cache_refs.push((entry, filling));
-                    cached_blocks += 1;
-                }
-                if let Some(ptr) = mapped {
-                    push_iov(send_iovs, &mut send_iov_count, ptr, r.length as usize);
-                    mapped_blocks += 1;
-                }
-            }
-            offset = at;
-            send_len += PIECE_HEADER_LEN + r.length as usize;
-            blocks += 1;
-            payload += u64::from(r.length);
-            peer.session.pop_request();
-            peer.batch_request_times.push(q.received_at);
-        }
-        self.scratch_extents = extents;
-        self.scratch_mincore = mincore_scratch;
-        self.stats.page_cache_sends += u64::from(mapped_blocks);
-        let gathered_blocks = cached_blocks + mapped_blocks;
-        if blocks == 0 {
-            debug_assert!(self.slot_cache_refs[slot as usize].is_empty());
-            self.pool.release(slot);
-            self.scratch_reads = reads;
+        let page_cache_sends = self.stats.page_cache_sends_on;
+        let opts = PlanOptions {
+            budget: BatchBudget {
+                blocks_max: self.config.blocks_per_batch_max(),
+                read_bytes_max: self.config.send_batch_bytes_max as usize,
+                slot_len,
+                gather: self.slots.cache.is_some() || page_cache_sends,
+            },
+            direct_io,
+            piece_readahead: self.config.piece_readahead && !direct_io,
+            page_cache_sends,
+            now,
+        };
+        let slots = &mut self.slots;
+        let slot_base = slots.pool.slot_ptr(slot);
+        let plan = plan::lay_out(
+            Layout {
+                files: &mut self.files,
+                ring: &mut self.ring,
+                cache: slots.cache.as_mut(),
+                stats: &mut self.stats,
+                health: &mut self.health,
+                scratch: &mut self.plan_scratch,
+                slot_base,
+                slot_mem: slots.pool.slot_mut(slot),
+                send_iovs: &mut slots.send_iovecs[slot as usize],
+                cache_refs: &mut slots.cache_refs[slot as usize],
+            },
+            &opts,
+            peer,
+            &torrent,
+        );
+        if plan.state.blocks == 0 {
+            debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
+            self.slots.pool.release(slot);
             let too_big = self
                 .peer_mut(idx)
                 .and_then(|p| p.session.next_request())
@@ -1512,208 +1173,26 @@ impl Shard {
                 // Only a pipe smaller than one block (F_SETPIPE_SZ refused) gets here.
                 tracing::warn!("a block does not fit this peer's splice pipe; closing it");
                 self.close_peer(idx, CloseReason::SocketError);
-            } else if disk_error {
+            } else if plan.disk_error {
                 self.close_peer(idx, CloseReason::DiskError);
-            } else if let Some(peer) = self.peer_mut(idx) {
+            } else {
                 // Every cached file is busy: retry when a batch completes.
-                peer.waiting_for_slot = true;
-                let key = (idx, peer.generation);
-                self.slot_waiters.push_back(key);
+                self.wait_for_slot(idx);
             }
             return;
         }
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
-        let sock = peer.fd.as_raw_fd();
         let generation = peer.generation;
-        let mut chain = std::mem::take(&mut self.scratch_chain);
-        chain.clear();
-        peer.chain_expect.clear();
-        peer.chain_files.clear();
-        let link = squeue::Flags::IO_LINK;
-        if mode == ServeMode::Splice {
-            let (pipe_r, pipe_w) = match &peer.pipe {
-                Some((r, w, _)) => (r.as_raw_fd(), w.as_raw_fd()),
-                None => unreachable!("the pipe is made before the batch is laid out"),
-            };
-            // Everything goes through the peer's pipe in stream order: headers and pad zeros
-            // are written into it from the slot (13 bytes per block), block bytes are spliced
-            // from the file, then ONE splice moves the whole batch to the socket. A short
-            // final splice leaves the rest in the pipe, in order, for the next splice.
-            let mut cursor = 0u32;
-            let write_into_pipe =
-                |chain: &mut Vec<squeue::Entry>, expect: &mut Vec<u32>, from: u32, to: u32| {
-                    if to > from {
-                        let seq = expect.len() as u16;
-                        expect.push(to - from);
-                        chain.push(
-                            opcode::Write::new(
-                                types::Fd(pipe_w),
-                                base.wrapping_add(from as usize),
-                                to - from,
-                            )
-                            .offset(u64::MAX)
-                            .build()
-                            .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
-                        );
-                    }
-                };
-            for rd in reads.iter() {
-                write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
-                let seq = peer.chain_expect.len() as u16;
-                peer.chain_expect.push(rd.len);
-                peer.chain_files.push((seq, rd.file_index));
-                chain.push(
-                    opcode::Splice::new(
-                        types::Fd(rd.fd),
-                        rd.file_offset as i64,
-                        types::Fd(pipe_w),
-                        -1,
-                        rd.len,
-                    )
-                    .build()
-                    .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
-                );
-                cursor = rd.slot_offset + rd.len;
-            }
-            write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, offset as u32);
-            chain.push(
-                opcode::Splice::new(types::Fd(pipe_r), -1, types::Fd(sock), -1, offset as u32)
-                    .build()
-                    .user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
-            );
-        } else {
-            // Consecutive blocks of one piece are contiguous in the file but separated by
-            // 13-byte headers in the slot (or live in separate cache entries): one vectored
-            // read fills them all (one op and one page-cache walk instead of one per block).
-            let iovecs = &mut self.slot_iovecs[slot as usize];
-            let iov_cap = iovecs.len();
-            let mut iov_used = 0usize;
-            let mut i = 0usize;
-            while i < reads.len() {
-                let mut j = i + 1;
-                while j < reads.len()
-                    && vectored_reads
-                    // One fd is one cache entry, so one fixed slot too.
-                    && reads[j].fd == reads[j - 1].fd
-                    && reads[j].buf_index == reads[j - 1].buf_index
-                    && reads[j].file_offset
-                        == reads[j - 1].file_offset + u64::from(reads[j - 1].len)
-                    && iov_used + (j + 1 - i) <= iov_cap
-                {
-                    j += 1;
-                }
-                let run = &reads[i..j];
-                let total: u32 = run.iter().map(|r| r.len).sum();
-                let seq = peer.chain_expect.len() as u16;
-                peer.chain_expect.push(total);
-                peer.chain_files.push((seq, reads[i].file_index));
-                let first = run[0];
-                debug_assert!(run.iter().all(|r| r.fixed_slot == first.fixed_slot));
-                let sqe = if run.len() == 1 {
-                    if fixed {
-                        with_file!(first, |f| opcode::ReadFixed::new(
-                            f,
-                            first.dest,
-                            first.len,
-                            first.buf_index,
-                        )
-                        .offset(first.file_offset)
-                        .build())
-                    } else {
-                        with_file!(first, |f| opcode::Read::new(f, first.dest, first.len)
-                            .offset(first.file_offset)
-                            .build())
-                    }
-                } else {
-                    let vecs = &mut iovecs[iov_used..iov_used + run.len()];
-                    for (v, r) in vecs.iter_mut().zip(run) {
-                        *v = libc::iovec {
-                            iov_base: r.dest.cast(),
-                            iov_len: r.len as usize,
-                        };
-                    }
-                    let ptr = vecs.as_ptr();
-                    iov_used += run.len();
-                    if fixed && readv_fixed {
-                        with_file!(first, |f| opcode::ReadvFixed::new(
-                            f,
-                            ptr,
-                            run.len() as u32,
-                            first.buf_index,
-                        )
-                        .offset(first.file_offset)
-                        .build())
-                    } else {
-                        with_file!(first, |f| opcode::Readv::new(f, ptr, run.len() as u32)
-                            .offset(first.file_offset)
-                            .build())
-                    }
-                };
-                chain.push(
-                    sqe.user_data(Token::new(OpKind::ReadBlock, seq, idx, generation).encode()),
-                );
-                i = j;
-            }
-            let token = Token::new(OpKind::SendBatch, slot, idx, generation);
-            if gathered_blocks > 0 {
-                let msg = &mut self.slot_msghdrs[slot as usize];
-                chain.push(batch_sendmsg_sqe(
-                    sock,
-                    msg,
-                    &mut self.slot_send_iovecs[slot as usize][..send_iov_count],
-                    use_zc,
-                    token,
-                ));
-            } else {
-                debug_assert_eq!(send_len, offset);
-                chain.push(batch_send_sqe(
-                    sock,
-                    base,
-                    offset as u32,
-                    use_zc,
-                    fixed,
-                    token,
-                ));
-            }
-        }
-        // Link every op to the next; the last (the batch's send) ends the chain. `flags` ORs,
-        // so entries are built unlinked and linked here.
-        let last = chain.len().saturating_sub(1);
-        for e in chain[..last].iter_mut() {
-            *e = e.clone().flags(link);
-        }
-        peer.ops_inflight += chain.len() as u32;
-        peer.session.on_send_started(now);
-        if use_zc {
-            // The notification may come after the peer's next batch reused its own vectors:
-            // keep this batch's request times with the slot.
-            let times = &mut self.slot_request_times[slot as usize];
-            times.clear();
-            times.extend_from_slice(&peer.batch_request_times);
-        }
-        peer.batch = Some(Batch {
-            slot,
-            len_bytes: send_len as u32,
-            sent_bytes: 0,
-            payload_bytes: payload,
-            blocks,
-            failed: false,
-            submitted_at: now,
-            zerocopy: use_zc,
-            gather: (gathered_blocks > 0).then_some(GatherSend {
-                iov_first: 0,
-                iov_count: send_iov_count as u16,
-            }),
-            page_cache: mapped_blocks > 0,
-        });
-        if let Err(e) = self.ring.push_chain(&chain) {
+        let reads = &self.plan_scratch.reads;
+        let pushed = self
+            .slots
+            .submit(&mut self.ring, peer, idx, slot, &plan, reads, use_zc, now);
+        if let Err(e) = pushed {
             tracing::error!(shard = self.index, "io_uring push failed: {e}");
         }
-        self.scratch_chain = chain;
-        self.scratch_reads = reads;
-        if let Some((key, fd, file_offset, len)) = readahead {
+        if let Some((key, fd, file_offset, len)) = plan.readahead {
             let sqe =
                 opcode::Fadvise::new(types::Fd(fd), len as libc::off_t, libc::POSIX_FADV_WILLNEED)
                     .offset(file_offset)
@@ -1725,6 +1204,15 @@ impl Shard {
             }
             self.stats.readaheads += 1;
             self.push(&sqe);
+        }
+    }
+
+    /// The peer waits for a free slot (or a free file); `serve_slot_waiters` retries it.
+    fn wait_for_slot(&mut self, idx: u32) {
+        if let Some(peer) = self.peer_mut(idx) {
+            peer.waiting_for_slot = true;
+            let key = (idx, peer.generation);
+            self.slot_waiters.push_back(key);
         }
     }
 
@@ -1778,7 +1266,6 @@ impl Shard {
 
     fn on_batch_sent(&mut self, idx: u32, c: Completion, slot: u16) {
         let now = self.now;
-        let mode = self.config.serve_mode;
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
@@ -1786,7 +1273,7 @@ impl Shard {
         if c.more() {
             // zerocopy: a notification follows; the slot waits for it.
             peer.ops_inflight += 1;
-            self.slot_notifs[slot as usize] += 1;
+            self.slots.notification_owed(slot);
         }
         let Some(batch) = peer.batch.as_mut() else {
             debug_assert!(false, "batch completion without a batch");
@@ -1844,63 +1331,18 @@ impl Shard {
             batch.sent_bytes <= batch.len_bytes,
             "sent more than the batch holds"
         );
-        if batch.sent_bytes < batch.len_bytes && mode == ServeMode::Splice {
-            // Short splice: the rest is still in the pipe, in order.
-            let rest_len = batch.len_bytes - batch.sent_bytes;
-            let Some((pipe_r, _, _)) = &peer.pipe else {
-                return;
-            };
-            let sqe = opcode::Splice::new(
-                types::Fd(pipe_r.as_raw_fd()),
-                -1,
-                types::Fd(peer.fd.as_raw_fd()),
-                -1,
-                rest_len,
-            )
-            .build()
-            .user_data(Token::new(OpKind::SendBatch, slot, idx, peer.generation).encode());
-            peer.ops_inflight += 1;
-            self.push(&sqe);
-            return;
-        }
         if batch.sent_bytes < batch.len_bytes {
-            if let Some(gather) = batch.gather.as_mut() {
-                // Short SendMsg: drop what went out from the front of the gather list.
-                let iovs = &mut self.slot_send_iovecs[slot as usize];
-                let end = usize::from(gather.iov_first) + usize::from(gather.iov_count);
-                let first = advance_iovecs(
-                    &mut iovs[usize::from(gather.iov_first)..end],
-                    c.result as usize,
-                );
-                gather.iov_first += first as u16;
-                gather.iov_count -= first as u16;
-                let rest = &mut iovs[usize::from(gather.iov_first)..end];
-                let sqe = batch_sendmsg_sqe(
-                    peer.fd.as_raw_fd(),
-                    &mut self.slot_msghdrs[slot as usize],
-                    rest,
-                    batch.zerocopy,
-                    Token::new(OpKind::SendBatch, slot, idx, peer.generation),
-                );
+            let token = Token::new(OpKind::SendBatch, slot, idx, peer.generation);
+            let sock = peer.fd.as_raw_fd();
+            let pipe_r = peer.pipe.as_ref().map(|p| p.0.as_raw_fd());
+            let sent_now = c.result as usize;
+            if let Some(sqe) = self
+                .slots
+                .rest_of_send(sock, pipe_r, batch, token, sent_now)
+            {
                 peer.ops_inflight += 1;
                 self.push(&sqe);
-                return;
             }
-            // Short send: send the rest of the slot, then continue.
-            let base = self.pool.slot_ptr(slot);
-            let rest_ptr = base.wrapping_add(batch.sent_bytes as usize);
-            let rest_len = batch.len_bytes - batch.sent_bytes;
-            let token = Token::new(OpKind::SendBatch, slot, idx, peer.generation);
-            let sqe = batch_send_sqe(
-                peer.fd.as_raw_fd(),
-                rest_ptr,
-                rest_len,
-                batch.zerocopy,
-                self.fixed_buffers,
-                token,
-            );
-            peer.ops_inflight += 1;
-            self.push(&sqe);
             return;
         }
         if self.config.stats_histograms {
@@ -1931,32 +1373,7 @@ impl Shard {
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }
-        if let Some(cache) = self.cache.as_mut() {
-            // Every op of the chain has completed: the entries this batch filled hold the
-            // block now, unless a read failed (then they are unmapped, never served).
-            for &(entry, filled) in self.slot_cache_refs[batch.slot as usize].iter() {
-                if filled {
-                    cache.fill_done(entry, !batch.failed);
-                }
-            }
-        }
-        if self.slot_notifs[batch.slot as usize] > 0 {
-            self.pool.await_notif(batch.slot);
-        } else {
-            self.release_slot(batch.slot);
-        }
-    }
-
-    /// The kernel is done with a slot (and with the cache entries its batch named).
-    fn release_slot(&mut self, slot: u16) {
-        let refs = &mut self.slot_cache_refs[slot as usize];
-        if let Some(cache) = self.cache.as_mut() {
-            for (entry, _) in refs.drain(..) {
-                cache.release(entry);
-            }
-        }
-        debug_assert!(refs.is_empty(), "cache references without a cache");
-        self.pool.release(slot);
+        self.slots.finish(&batch);
     }
 
     fn on_send_notification(&mut self, idx: u32, c: Completion, slot: u16) {
@@ -1977,28 +1394,13 @@ impl Shard {
         } else {
             self.stats.zc_sends_zerocopy += 1;
         }
-        let pending = &mut self.slot_notifs[slot as usize];
-        debug_assert!(*pending > 0);
-        *pending = pending.saturating_sub(1);
-        if *pending == 0 {
-            // Zerocopy: the kernel is done with the blocks only now. Request latency to the
-            // notification, beside the one to the send completion.
-            if self.config.stats_histograms {
-                let now = self.now;
-                for t in self.slot_request_times[slot as usize].iter() {
-                    let ns = now.duration_since(*t).as_nanos() as u64;
-                    ShardStats::record_latency(&mut self.stats.zc_notification_latency_ns, ns);
-                }
-            }
-            self.slot_request_times[slot as usize].clear();
-            if self.pool.state(slot) == SlotState::AwaitingNotif {
-                self.release_slot(slot);
-            }
-        }
+        let histograms = self.config.stats_histograms;
+        self.slots
+            .on_notification(slot, self.now, histograms, &mut self.stats);
     }
 
     fn serve_slot_waiters(&mut self) {
-        while self.pool.free_slots() > 0 {
+        while self.slots.pool.free_slots() > 0 {
             let Some((idx, generation)) = self.slot_waiters.pop_front() else {
                 return;
             };
@@ -2053,7 +1455,7 @@ impl Shard {
             if let Some(t) = peer.session.torrent() {
                 self.files.forget_idle(&t.info_hash, &mut self.ring);
                 // And never serve its blocks from memory read before the fault.
-                if let Some(cache) = self.cache.as_mut() {
+                if let Some(cache) = self.slots.cache.as_mut() {
                     cache.purge(&t.info_hash);
                 }
             }
@@ -2153,230 +1555,6 @@ fn refusal_reason(refusal: admission::Refusal) -> CloseReason {
         admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
         admission::Refusal::PerPrefixLimit => CloseReason::PeersPerPrefixLimit,
     }
-}
-
-fn batch_send_sqe(
-    sock: RawFd,
-    ptr: *const u8,
-    len: u32,
-    zerocopy: bool,
-    fixed: bool,
-    token: Token,
-) -> squeue::Entry {
-    if zerocopy {
-        let mut op = opcode::SendZc::new(types::Fd(sock), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .zc_flags(IORING_SEND_ZC_REPORT_USAGE);
-        if fixed {
-            op = op.buf_index(Some(0));
-        }
-        op.build().user_data(token.encode())
-    } else {
-        opcode::Send::new(types::Fd(sock), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(token.encode())
-    }
-}
-
-/// A batch's send over its gather list (slot bytes and cache entries), SendMsg or SendMsgZc.
-/// `msg` and `iovs` belong to the slot and stay put until the op completes.
-fn batch_sendmsg_sqe(
-    sock: RawFd,
-    msg: &mut libc::msghdr,
-    iovs: &mut [libc::iovec],
-    zerocopy: bool,
-    token: Token,
-) -> squeue::Entry {
-    debug_assert!(!iovs.is_empty());
-    // SAFETY: msghdr is plain data; all-zero is its empty value.
-    *msg = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iovs.as_mut_ptr();
-    msg.msg_iovlen = iovs.len() as _;
-    if zerocopy {
-        opcode::SendMsgZc::new(types::Fd(sock), msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
-            .build()
-            .user_data(token.encode())
-    } else {
-        opcode::SendMsg::new(types::Fd(sock), msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(token.encode())
-    }
-}
-
-/// `len` empty iovecs (a slot's read or gather list, filled per batch).
-fn empty_iovecs(len: usize) -> Vec<libc::iovec> {
-    vec![
-        libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        len
-    ]
-}
-
-/// Appends `len` bytes at `ptr` to a gather list, growing the last entry when they follow
-/// it in memory (consecutive slot bytes become one iovec).
-fn push_iov(iovs: &mut [libc::iovec], count: &mut usize, ptr: *mut u8, len: usize) {
-    if len == 0 {
-        return;
-    }
-    if let Some(last) = count.checked_sub(1).map(|i| &mut iovs[i]) {
-        if (last.iov_base as *mut u8).wrapping_add(last.iov_len) == ptr {
-            last.iov_len += len;
-            return;
-        }
-    }
-    iovs[*count] = libc::iovec {
-        iov_base: ptr.cast(),
-        iov_len: len,
-    };
-    *count += 1;
-}
-
-/// Drops `sent` bytes from the front of a gather list: returns how many iovecs are now
-/// fully sent (the next one is trimmed in place).
-fn advance_iovecs(iovs: &mut [libc::iovec], mut sent: usize) -> usize {
-    let mut done = 0;
-    for v in iovs.iter_mut() {
-        if sent < v.iov_len {
-            v.iov_base = (v.iov_base as *mut u8).wrapping_add(sent).cast();
-            v.iov_len -= sent;
-            return done;
-        }
-        sent -= v.iov_len;
-        done += 1;
-    }
-    done
-}
-
-/// The first file extent (file index, offset in the file, length) of the rest of block
-/// `r`'s piece after `r`: what a readahead hint covers. None when the block ends its piece
-/// or the rest is all padding.
-fn piece_rest_first_file(
-    torrent: &CatalogTorrent,
-    r: BlockRequest,
-    extents: &mut Vec<Extent>,
-) -> Option<(u32, u64, u32)> {
-    let piece_len =
-        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
-    let rest_begin = u64::from(r.begin) + u64::from(r.length);
-    let rest_len = piece_len.checked_sub(rest_begin).filter(|n| *n > 0)?;
-    let rest_at = u64::from(r.index) * torrent.piece_length + rest_begin;
-    map_range(
-        &torrent.files,
-        rest_at,
-        rest_len.min(u64::from(u32::MAX)) as u32,
-        extents,
-    );
-    extents.iter().find_map(|e| match *e {
-        Extent::File {
-            file_index,
-            file_offset,
-            len,
-        } => Some((file_index, file_offset, len)),
-        Extent::Zero { .. } => None,
-    })
-}
-
-/// Bytes of a piece one residency check looks at, from the block asked for on: peers fetch a
-/// piece's blocks in order, so one `mincore` answers for the next requests too.
-const RESIDENCY_WINDOW_BYTES: u64 = 256 * 1024;
-
-/// How long a peer reuses a residency answer. Pages leave the page cache only under memory
-/// pressure; an answer gone stale costs a synchronous fault in one send (latency, never
-/// bytes), while re-asking costs a syscall per batch, which in open loop (one block per
-/// batch) is one per request.
-const RESIDENCY_FRESH_MICROS: u64 = 10_000;
-
-/// `page_cache_sends`: where in its file's mapping block `r` can be sent from, when it lies
-/// in one file whose pages for it are all in the page cache now. Returns the address and the
-/// file's index with the file acquired (the caller holds it until the send completes), or
-/// `None` with nothing held: the block is then read as usual.
-///
-/// `residency` is the peer's last check (file, resident byte range, when), reused while
-/// younger than `RESIDENCY_FRESH_MICROS`: consecutive blocks of a piece cost one `mincore`
-/// per `RESIDENCY_WINDOW_BYTES`, across batches too.
-#[allow(clippy::too_many_arguments)]
-fn resident_block_ptr(
-    files: &mut FileCache,
-    ring: &mut Ring,
-    torrent: &CatalogTorrent,
-    r: BlockRequest,
-    torrent_offset: u64,
-    extents: &mut Vec<Extent>,
-    mincore_scratch: &mut Vec<u8>,
-    residency: &mut Option<Residency>,
-    now: Instant,
-) -> Option<(*mut u8, u32)> {
-    extents.clear();
-    map_range(&torrent.files, torrent_offset, r.length, extents);
-    let [Extent::File {
-        file_index,
-        file_offset,
-        len,
-    }] = extents[..]
-    else {
-        return None; // pad bytes, or a block across files: read it
-    };
-    debug_assert_eq!(len, r.length);
-    let key: FileKey = (torrent.info_hash, file_index);
-    let path = &torrent.files[file_index as usize].path;
-    let file = files.acquire(key, path, ring).ok()?;
-    let end = file_offset + u64::from(len);
-    let known = residency.is_some_and(|r| {
-        r.file == key
-            && r.start <= file_offset
-            && end <= r.end
-            && now.duration_since(r.checked_at) < Duration::from_micros(RESIDENCY_FRESH_MICROS)
-    });
-    let ptr = file.map.and_then(|map| {
-        let ptr = map.send_ptr(file_offset, u64::from(len))?;
-        if !known {
-            let piece_len = crate::metainfo::torrent::piece_len(
-                torrent.total_length,
-                torrent.piece_length,
-                r.index,
-            );
-            let window = piece_len
-                .saturating_sub(u64::from(r.begin))
-                .min(RESIDENCY_WINDOW_BYTES)
-                .max(u64::from(len));
-            let n = map.resident_prefix(file_offset, window, mincore_scratch);
-            *residency = Some(Residency {
-                file: key,
-                start: file_offset,
-                end: file_offset + n,
-                checked_at: now,
-            });
-            if n < u64::from(len) {
-                return None;
-            }
-        }
-        Some(ptr)
-    });
-    match ptr {
-        Some(p) => Some((p, file_index)),
-        None => {
-            files.release(&key);
-            None
-        }
-    }
-}
-
-/// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
-/// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
-fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
-    let block = CACHE_BLOCK_LEN_BYTES as u64;
-    if u64::from(r.begin) % block != 0 {
-        return false;
-    }
-    let piece_len =
-        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
-    u64::from(r.length) == block.min(piece_len.saturating_sub(u64::from(r.begin)))
 }
 
 /// A shard's read-only view for its sessions (`session::SessionEnv`).

@@ -1,0 +1,601 @@
+//! Planning a batch: which of a peer's queued blocks go out next, and from where.
+//!
+//! Owns: the batch budget (`BatchBudget`, pure: blocks per batch, bytes read from disk per
+//! batch, bytes of the send slot) and the layout of one batch into its send slot: for each
+//! block, in queue order, whether it is sent from the hot-block cache, from the page cache
+//! through a file mapping, or read (into a claimed cache entry or in place in the slot), the
+//! 13-byte piece headers, the gather list of the send, and the reads to submit.
+//! `submit.rs` turns a `Plan` into SQE chains.
+//!
+//! Must never: exceed a budget (asserted when a block is taken), take a block out of order,
+//! leave a file use or a cache claim held for a block that did not make the batch, or wait
+//! on the disk (a block whose pages are not resident is read by io_uring, not faulted in).
+
+use crate::catalog::CatalogTorrent;
+use crate::ring::Ring;
+use crate::shard::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
+use crate::shard::files::{AcquireError, FileCache, FileKey};
+use crate::shard::health::{self, ShardHealth};
+use crate::shard::peer::{Peer, Residency};
+use crate::stats::ShardStats;
+use crate::storage::extents::{map_range, Extent};
+use crate::storage::mapping::RESIDENCY_CHECK_PAGES_MAX;
+use crate::wire::message::{self, BlockRequest, PIECE_HEADER_LEN};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// Registered buffer indices: the send pool, then the hot-block cache.
+pub const POOL_BUF_INDEX: u16 = 0;
+/// The cache's first registered buffer; a cache over 1 GiB takes several (see
+/// `BlockCache::iovecs`).
+pub const CACHE_BUF_INDEX_FIRST: u16 = 1;
+
+/// What one batch may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBudget {
+    pub blocks_max: usize,
+    /// Bytes read from disk per batch (`send_batch_bytes_max`): a longer read chain only
+    /// delays the send.
+    pub read_bytes_max: usize,
+    /// Bytes of the send slot (headers, and blocks read in place); in splice mode, the pipe's.
+    pub slot_len: usize,
+    /// Blocks may be sent from outside the slot (cache entries, file mappings), so a batch of
+    /// those grows past the read budget, up to the slot's room for their headers.
+    pub gather: bool,
+}
+
+/// Where a block's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Already in memory (a block cache hit, or resident pages of a file mapping): only its
+    /// header goes in the slot; nothing is read.
+    Resident,
+    /// Read from disk into a cache entry claimed for it: counts against the read budget.
+    ReadIntoCache,
+    /// Read from disk in place in the slot, after its header.
+    ReadInPlace,
+}
+
+/// What a batch holds so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchState {
+    pub blocks: usize,
+    pub read_bytes: usize,
+    /// Bytes of the slot laid out (headers and in-place blocks), in stream order.
+    pub slot_used: usize,
+    /// Bytes the batch's send carries (headers and every block).
+    pub send_len: usize,
+    pub payload_bytes: u64,
+}
+
+impl BatchBudget {
+    /// Room to consider one more block of `len` bytes at all: a free block place and room
+    /// for its header, and (without a gather list) for its read.
+    pub fn may_try(&self, s: &BatchState, len: u32) -> bool {
+        s.blocks < self.blocks_max
+            && s.slot_used + PIECE_HEADER_LEN <= self.slot_len
+            && (self.gather || self.read_fits(s, len))
+    }
+
+    pub fn read_fits(&self, s: &BatchState, len: u32) -> bool {
+        s.read_bytes + len as usize <= self.read_bytes_max
+    }
+
+    /// The block fits the batch when placed so.
+    pub fn fits(&self, s: &BatchState, len: u32, placement: Placement) -> bool {
+        let in_slot = PIECE_HEADER_LEN
+            + match placement {
+                Placement::ReadInPlace => len as usize,
+                _ => 0,
+            };
+        self.may_try(s, len)
+            && s.slot_used + in_slot <= self.slot_len
+            && (placement == Placement::Resident || self.read_fits(s, len))
+    }
+
+    /// Takes a block that `fits`.
+    pub fn take(&self, s: &mut BatchState, len: u32, placement: Placement) {
+        assert!(
+            self.fits(s, len, placement),
+            "a block taken past the budget"
+        );
+        if placement != Placement::Resident {
+            s.read_bytes += len as usize;
+        }
+        s.slot_used += PIECE_HEADER_LEN;
+        if placement == Placement::ReadInPlace {
+            s.slot_used += len as usize;
+        }
+        s.blocks += 1;
+        s.send_len += PIECE_HEADER_LEN + len as usize;
+        s.payload_bytes += u64::from(len);
+        assert!(s.blocks <= self.blocks_max && s.slot_used <= self.slot_len);
+        assert!(s.read_bytes <= self.read_bytes_max);
+    }
+}
+
+/// A read or splice planned while laying out a batch, turned into SQEs afterwards.
+#[derive(Clone, Copy)]
+pub struct PlannedRead {
+    pub fd: RawFd,
+    /// The file's fixed-file slot, when it has one: reads name it instead of `fd` (splice
+    /// never does: no table is registered in splice mode).
+    pub fixed_slot: Option<u32>,
+    pub file_offset: u64,
+    /// Where the bytes go in the slot's stream (splice mode writes headers around them).
+    pub slot_offset: u32,
+    /// Where the read lands: in the slot, or in a cache entry.
+    pub dest: *mut u8,
+    /// The registered buffer `dest` lies in.
+    pub buf_index: u16,
+    pub len: u32,
+    /// The torrent's file this reads (a failure is reported against it).
+    pub file_index: u32,
+}
+
+/// Scratch vectors a shard reuses for every plan (no allocation per batch).
+pub struct PlanScratch {
+    pub reads: Vec<PlannedRead>,
+    extents: Vec<Extent>,
+    /// `mincore` result vector for page-cache residency checks.
+    mincore: Vec<u8>,
+}
+
+impl Default for PlanScratch {
+    fn default() -> PlanScratch {
+        PlanScratch {
+            reads: Vec::with_capacity(64),
+            extents: Vec::with_capacity(8),
+            mincore: Vec::with_capacity(RESIDENCY_CHECK_PAGES_MAX),
+        }
+    }
+}
+
+/// What laying out a batch needs of its shard, lent for the call.
+pub struct Layout<'a> {
+    pub files: &'a mut FileCache,
+    pub ring: &'a mut Ring,
+    /// None in splice mode (never built there: file bytes go through a pipe).
+    pub cache: Option<&'a mut BlockCache>,
+    pub stats: &'a mut ShardStats,
+    pub health: &'a mut ShardHealth,
+    pub scratch: &'a mut PlanScratch,
+    /// The slot: its address (for the gather list and reads in place) and its bytes (for
+    /// headers and pad zeros, written before any op names the slot).
+    pub slot_base: *mut u8,
+    pub slot_mem: &'a mut [u8],
+    pub send_iovs: &'a mut [libc::iovec],
+    pub cache_refs: &'a mut Vec<(u32, bool)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    pub budget: BatchBudget,
+    pub direct_io: bool,
+    pub piece_readahead: bool,
+    pub page_cache_sends: bool,
+    pub now: Instant,
+}
+
+/// A laid-out batch. Its reads are in `PlanScratch::reads`.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub state: BatchState,
+    pub cached_blocks: u16,
+    pub mapped_blocks: u16,
+    pub send_iov_count: usize,
+    /// A content file could not be opened (the peer is closed when no block made it).
+    pub disk_error: bool,
+    /// (file, fd, file offset, length) of a readahead hint for the rest of a piece; the file
+    /// is acquired and held until the hint completes.
+    pub readahead: Option<(FileKey, RawFd, u64, u32)>,
+}
+
+/// Lays out the peer's queued blocks, from the front, into its batch until a budget is met.
+/// Taken blocks leave the session's queue; their files are held in `peer.batch_files`.
+pub fn lay_out(
+    l: Layout<'_>,
+    opts: &PlanOptions,
+    peer: &mut Peer,
+    torrent: &CatalogTorrent,
+) -> Plan {
+    let budget = opts.budget;
+    let (direct_io, piece_readahead, page_cache_sends, now) = (
+        opts.direct_io,
+        opts.piece_readahead,
+        opts.page_cache_sends,
+        opts.now,
+    );
+    let Layout {
+        files,
+        ring,
+        mut cache,
+        stats,
+        health,
+        scratch: sc,
+        slot_base,
+        slot_mem,
+        send_iovs,
+        cache_refs,
+    } = l;
+    sc.reads.clear();
+    peer.batch_files.clear();
+    peer.batch_request_times.clear();
+    let mut plan = Plan::default();
+    let mut st = BatchState::default();
+    'blocks: while let Some(q) = peer.session.next_request() {
+        let r = q.request;
+        if !budget.may_try(&st, r.length) {
+            break;
+        }
+        // A claim may evict a block: only within the read budget.
+        let read_fits = budget.read_fits(&st, r.length);
+        let torrent_offset = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
+        // (entry, claimed for this batch to fill) when the block goes through the cache.
+        let mut cached: Option<(u32, bool)> = None;
+        let block_key: BlockKey = (torrent.info_hash, r.index, r.begin);
+        let mut claimable = false;
+        if let Some(cache) = cache.as_deref_mut() {
+            if is_cacheable_block(torrent, r) {
+                match cache.lookup(&block_key) {
+                    Lookup::Hit { entry, len } => {
+                        debug_assert_eq!(len, r.length, "a cached block changed length");
+                        cached = Some((entry, false));
+                    }
+                    Lookup::Miss => claimable = true,
+                    Lookup::Busy => {}
+                }
+            }
+        }
+        // Not in the block cache but in the page cache: sent from the file's mapping,
+        // with no read and no claim (the page cache already holds it).
+        let mut mapped: Option<(*mut u8, u32)> = None;
+        if cached.is_none() && page_cache_sends {
+            mapped = resident_block_ptr(
+                files,
+                ring,
+                torrent,
+                r,
+                torrent_offset,
+                &mut sc.extents,
+                &mut sc.mincore,
+                &mut peer.residency,
+                now,
+            );
+            if let Some((_, file_index)) = mapped {
+                // `resident_block_ptr` acquired the file: held until the send completes.
+                peer.batch_files.push((torrent.info_hash, file_index));
+            }
+        }
+        let mapped = mapped.map(|(ptr, _)| ptr);
+        if claimable && mapped.is_none() && read_fits {
+            // Claim only within the read budget: a claim may evict a block.
+            if let Some(cache) = cache.as_deref_mut() {
+                cached = cache.claim(block_key, r.length).map(|e| (e, true));
+            }
+        }
+        let placement = match (cached, mapped) {
+            (Some((_, false)), _) | (None, Some(_)) => Placement::Resident,
+            (Some((_, true)), _) => Placement::ReadIntoCache,
+            (None, None) => Placement::ReadInPlace,
+        };
+        if !budget.fits(&st, r.length, placement) {
+            // A block to read, and the batch's read budget (or the slot) is full. (The
+            // next batch looks this block up again, so its miss/busy counts twice: at
+            // most once per batch.)
+            debug_assert!(cached.is_none(), "claimed beyond the read budget");
+            break;
+        }
+        let hit = placement == Placement::Resident;
+        let reads_before = sc.reads.len();
+        let files_before = peer.batch_files.len();
+        let header_at = st.slot_used;
+        let mut at = header_at + PIECE_HEADER_LEN;
+        if !hit {
+            // Read the block: into its claimed cache entry, or in place in the slot.
+            let (dest, buf_index) = match (cached, cache.as_deref()) {
+                (Some((entry, _)), Some(c)) => (
+                    c.entry_ptr(entry),
+                    CACHE_BUF_INDEX_FIRST + c.entry_region(entry) as u16,
+                ),
+                _ => (slot_base.wrapping_add(at), POOL_BUF_INDEX),
+            };
+            let mut dest_at = 0usize;
+            sc.extents.clear();
+            map_range(&torrent.files, torrent_offset, r.length, &mut sc.extents);
+            for e in sc.extents.iter() {
+                match *e {
+                    Extent::Zero { len } => {
+                        match (cached, cache.as_deref_mut()) {
+                            (Some((entry, _)), Some(c)) => {
+                                c.entry_mut(entry)[dest_at..dest_at + len as usize].fill(0)
+                            }
+                            _ => slot_mem[at + dest_at..at + dest_at + len as usize].fill(0),
+                        }
+                        dest_at += len as usize;
+                    }
+                    Extent::File {
+                        file_index,
+                        file_offset,
+                        len,
+                    } => {
+                        let key: FileKey = (torrent.info_hash, file_index);
+                        let path = &torrent.files[file_index as usize].path;
+                        match files.acquire(key, path, ring) {
+                            Ok(file) => {
+                                peer.batch_files.push(key);
+                                // O_DIRECT only into a cache entry, and only when file
+                                // offset, length and address are all aligned.
+                                let direct = match (cached, file.direct) {
+                                    (Some(_), Some((dfd, align)))
+                                        if file_offset.is_multiple_of(u64::from(align))
+                                            && len.is_multiple_of(align)
+                                            && dest_at.is_multiple_of(align as usize) =>
+                                    {
+                                        Some(dfd)
+                                    }
+                                    _ => None,
+                                };
+                                if let (Some(_), Some((_, align))) = (direct, file.direct) {
+                                    debug_assert!(
+                                        (dest as usize + dest_at).is_multiple_of(align as usize),
+                                        "cache entries are page aligned"
+                                    );
+                                    stats.direct_reads += 1;
+                                } else if direct_io {
+                                    stats.direct_read_fallbacks += 1;
+                                }
+                                sc.reads.push(PlannedRead {
+                                    fd: direct.unwrap_or(file.fd),
+                                    fixed_slot: if direct.is_some() {
+                                        None
+                                    } else {
+                                        file.fixed_slot
+                                    },
+                                    file_offset,
+                                    slot_offset: (at + dest_at) as u32,
+                                    dest: dest.wrapping_add(dest_at),
+                                    buf_index,
+                                    len,
+                                    file_index,
+                                });
+                                dest_at += len as usize;
+                            }
+                            Err(err) => {
+                                for k in peer.batch_files.drain(files_before..) {
+                                    files.release(&k);
+                                }
+                                sc.reads.truncate(reads_before);
+                                if let (Some((entry, _)), Some(c)) = (cached, cache.as_deref_mut())
+                                {
+                                    // Never filled: unmap it and give it back.
+                                    c.fill_done(entry, false);
+                                    c.release(entry);
+                                }
+                                match err {
+                                    AcquireError::Full => stats.open_files_limit_hit += 1,
+                                    AcquireError::Open(e) => {
+                                        tracing::warn!("cannot open {}: {e}", path.display());
+                                        stats.disk_errors += 1;
+                                        plan.disk_error = true;
+                                        if health::is_content_fault(&e) {
+                                            let why = format!("open failed: {e}");
+                                            health.content_failed(
+                                                torrent, file_index, why, now, stats,
+                                            );
+                                        }
+                                    }
+                                }
+                                break 'blocks;
+                            }
+                        }
+                    }
+                }
+            }
+            debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
+            if cached.is_none() {
+                at += dest_at;
+            }
+            // The first block of a piece missed the cache: hint the rest of the piece
+            // (its first file's part) to the kernel, once per peer at a time.
+            if piece_readahead
+                && r.begin == 0
+                && plan.readahead.is_none()
+                && peer.readahead_file.is_none()
+            {
+                if let Some((file_index, file_offset, len)) =
+                    piece_rest_first_file(torrent, r, &mut sc.extents)
+                {
+                    let key: FileKey = (torrent.info_hash, file_index);
+                    let path = &torrent.files[file_index as usize].path;
+                    // A file that cannot be opened now is the block read's business.
+                    if let Ok(file) = files.acquire(key, path, ring) {
+                        plan.readahead = Some((key, file.fd, file_offset, len));
+                    }
+                }
+            }
+        }
+        let header: &mut [u8; PIECE_HEADER_LEN] =
+            match (&mut slot_mem[header_at..header_at + PIECE_HEADER_LEN]).try_into() {
+                Ok(h) => h,
+                Err(_) => unreachable!("header slice has the header's length"),
+            };
+        message::write_piece_header(header, r.index, r.begin, r.length);
+        if budget.gather {
+            // The gather list of the send: slot bytes (header, and the block when it is
+            // read in place), then the cache entry or the file mapping it lives in.
+            push_iov(
+                send_iovs,
+                &mut plan.send_iov_count,
+                slot_base.wrapping_add(header_at),
+                at - header_at,
+            );
+            if let (Some((entry, filling)), Some(c)) = (cached, cache.as_deref()) {
+                push_iov(
+                    send_iovs,
+                    &mut plan.send_iov_count,
+                    c.entry_ptr(entry),
+                    r.length as usize,
+                );
+                cache_refs.push((entry, filling));
+                plan.cached_blocks += 1;
+            }
+            if let Some(ptr) = mapped {
+                push_iov(send_iovs, &mut plan.send_iov_count, ptr, r.length as usize);
+                plan.mapped_blocks += 1;
+            }
+        }
+        budget.take(&mut st, r.length, placement);
+        assert_eq!(st.slot_used, at, "the slot holds what was laid out");
+        peer.session.pop_request();
+        peer.batch_request_times.push(q.received_at);
+    }
+    plan.state = st;
+    stats.page_cache_sends += u64::from(plan.mapped_blocks);
+    plan
+}
+
+/// The first file extent (file index, offset in the file, length) of the rest of block
+/// `r`'s piece after `r`: what a readahead hint covers. None when the block ends its piece
+/// or the rest is all padding.
+fn piece_rest_first_file(
+    torrent: &CatalogTorrent,
+    r: BlockRequest,
+    extents: &mut Vec<Extent>,
+) -> Option<(u32, u64, u32)> {
+    let piece_len =
+        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
+    let rest_begin = u64::from(r.begin) + u64::from(r.length);
+    let rest_len = piece_len.checked_sub(rest_begin).filter(|n| *n > 0)?;
+    let rest_at = u64::from(r.index) * torrent.piece_length + rest_begin;
+    map_range(
+        &torrent.files,
+        rest_at,
+        rest_len.min(u64::from(u32::MAX)) as u32,
+        extents,
+    );
+    extents.iter().find_map(|e| match *e {
+        Extent::File {
+            file_index,
+            file_offset,
+            len,
+        } => Some((file_index, file_offset, len)),
+        Extent::Zero { .. } => None,
+    })
+}
+
+/// Bytes of a piece one residency check looks at, from the block asked for on: peers fetch a
+/// piece's blocks in order, so one `mincore` answers for the next requests too.
+const RESIDENCY_WINDOW_BYTES: u64 = 256 * 1024;
+
+/// How long a peer reuses a residency answer. Pages leave the page cache only under memory
+/// pressure; an answer gone stale costs a synchronous fault in one send (latency, never
+/// bytes), while re-asking costs a syscall per batch, which in open loop (one block per
+/// batch) is one per request.
+const RESIDENCY_FRESH_MICROS: u64 = 10_000;
+
+/// `page_cache_sends`: where in its file's mapping block `r` can be sent from, when it lies
+/// in one file whose pages for it are all in the page cache now. Returns the address and the
+/// file's index with the file acquired (the caller holds it until the send completes), or
+/// `None` with nothing held: the block is then read as usual.
+///
+/// `residency` is the peer's last check (file, resident byte range, when), reused while
+/// younger than `RESIDENCY_FRESH_MICROS`: consecutive blocks of a piece cost one `mincore`
+/// per `RESIDENCY_WINDOW_BYTES`, across batches too.
+#[allow(clippy::too_many_arguments)]
+fn resident_block_ptr(
+    files: &mut FileCache,
+    ring: &mut Ring,
+    torrent: &CatalogTorrent,
+    r: BlockRequest,
+    torrent_offset: u64,
+    extents: &mut Vec<Extent>,
+    mincore_scratch: &mut Vec<u8>,
+    residency: &mut Option<Residency>,
+    now: Instant,
+) -> Option<(*mut u8, u32)> {
+    extents.clear();
+    map_range(&torrent.files, torrent_offset, r.length, extents);
+    let [Extent::File {
+        file_index,
+        file_offset,
+        len,
+    }] = extents[..]
+    else {
+        return None; // pad bytes, or a block across files: read it
+    };
+    debug_assert_eq!(len, r.length);
+    let key: FileKey = (torrent.info_hash, file_index);
+    let path = &torrent.files[file_index as usize].path;
+    let file = files.acquire(key, path, ring).ok()?;
+    let end = file_offset + u64::from(len);
+    let known = residency.is_some_and(|r| {
+        r.file == key
+            && r.start <= file_offset
+            && end <= r.end
+            && now.duration_since(r.checked_at) < Duration::from_micros(RESIDENCY_FRESH_MICROS)
+    });
+    let ptr = file.map.and_then(|map| {
+        let ptr = map.send_ptr(file_offset, u64::from(len))?;
+        if !known {
+            let piece_len = crate::metainfo::torrent::piece_len(
+                torrent.total_length,
+                torrent.piece_length,
+                r.index,
+            );
+            let window = piece_len
+                .saturating_sub(u64::from(r.begin))
+                .min(RESIDENCY_WINDOW_BYTES)
+                .max(u64::from(len));
+            let n = map.resident_prefix(file_offset, window, mincore_scratch);
+            *residency = Some(Residency {
+                file: key,
+                start: file_offset,
+                end: file_offset + n,
+                checked_at: now,
+            });
+            if n < u64::from(len) {
+                return None;
+            }
+        }
+        Some(ptr)
+    });
+    match ptr {
+        Some(p) => Some((p, file_index)),
+        None => {
+            files.release(&key);
+            None
+        }
+    }
+}
+
+/// Only whole standard blocks go through the cache: 16 KiB at a multiple of 16 KiB, or a
+/// piece's shorter last block. Then (torrent, piece, offset) fixes the bytes exactly.
+fn is_cacheable_block(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
+    let block = CACHE_BLOCK_LEN_BYTES as u64;
+    if u64::from(r.begin) % block != 0 {
+        return false;
+    }
+    let piece_len =
+        crate::metainfo::torrent::piece_len(torrent.total_length, torrent.piece_length, r.index);
+    u64::from(r.length) == block.min(piece_len.saturating_sub(u64::from(r.begin)))
+}
+
+/// Appends `len` bytes at `ptr` to a gather list, growing the last entry when they follow
+/// it in memory (consecutive slot bytes become one iovec).
+pub fn push_iov(iovs: &mut [libc::iovec], count: &mut usize, ptr: *mut u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    if let Some(last) = count.checked_sub(1).map(|i| &mut iovs[i]) {
+        if (last.iov_base as *mut u8).wrapping_add(last.iov_len) == ptr {
+            last.iov_len += len;
+            return;
+        }
+    }
+    iovs[*count] = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    *count += 1;
+}

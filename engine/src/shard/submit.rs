@@ -1,0 +1,513 @@
+//! Submitting a planned batch, and the send slots it lives in.
+//!
+//! Owns: `SendSlots`: the send buffer pool, the hot-block cache, and per slot the arrays the
+//! kernel reads while a batch is in flight (read iovecs, the send's gather list and msghdr),
+//! the zerocopy notifications still owed and the request times they will close; and the
+//! translation of a `Plan` into one linked SQE chain per serve mode (copy/zerocopy: reads,
+//! then one Send/SendMsg/SendZc; splice: pipe writes and splices, then one socket splice),
+//! with the continuation of a short send.
+//!
+//! Slot lifecycle (`ring::buffers`): Free -> Filling (laid out, chain built) -> in flight ->
+//! Free at the send's completion, or AwaitingNotif -> Free at the last zerocopy notification.
+//! Must never: rewrite a slot's arrays while the kernel may read them (only while the slot is
+//! Filling, or between the sends of its batch), or free a slot a notification is owed for.
+
+use crate::config::{EngineConfig, ServeMode};
+use crate::ring::buffers::{BufferPool, SlotState};
+use crate::ring::token::{OpKind, Token};
+use crate::ring::{Ring, IORING_SEND_ZC_REPORT_USAGE};
+use crate::shard::block_cache::BlockCache;
+use crate::shard::peer::{Batch, GatherSend, Peer};
+use crate::shard::plan::{Plan, PlannedRead};
+use crate::stats::ShardStats;
+use io_uring::{opcode, squeue, types};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+/// Builds an SQE naming a planned read's file by its fixed-file slot when it has one, else
+/// by its fd (`types::Fixed` and `types::Fd` are distinct types, hence a macro).
+macro_rules! with_file {
+    ($read:expr, |$f:ident| $build:expr) => {
+        match $read.fixed_slot {
+            Some(slot) => {
+                let $f = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $f = types::Fd($read.fd);
+                $build
+            }
+        }
+    };
+}
+
+pub struct SendSlots {
+    pub pool: BufferPool,
+    /// Hot-block cache (None when `block_cache_bytes_per_shard` is 0, or in splice mode).
+    pub cache: Option<BlockCache>,
+    /// The pool (and cache) are registered: reads and sends name them by buffer index.
+    pub fixed_buffers: bool,
+    readv_fixed: bool,
+    vectored_reads: bool,
+    mode: ServeMode,
+    /// zerocopy notifications still owed per slot.
+    notifs: Vec<u16>,
+    /// Per slot: the iovecs a vectored read of that slot uses. Sized once; a slot's array is
+    /// only rewritten while the slot is Filling and before its ops are submitted, and the
+    /// kernel reads it only while they are in flight.
+    read_iovecs: Vec<Vec<libc::iovec>>,
+    /// zerocopy mode: request times of the batch a slot carries, until its notification.
+    request_times: Vec<Vec<Instant>>,
+    /// Per slot: the cache entries its batch names (entry, claimed to be filled by it); the
+    /// references are given back when the slot is released (after the send, or its
+    /// zerocopy notification).
+    pub cache_refs: Vec<Vec<(u32, bool)>>,
+    /// Per slot: the gather list and message header of a batch sent with SendMsg. Sized
+    /// once; rewritten only while the slot is Filling or between the sends of its batch.
+    pub send_iovecs: Vec<Vec<libc::iovec>>,
+    msghdrs: Vec<libc::msghdr>,
+    chain: Vec<squeue::Entry>,
+}
+
+impl SendSlots {
+    pub fn new(
+        pool: BufferPool,
+        cache: Option<BlockCache>,
+        fixed_buffers: bool,
+        readv_fixed: bool,
+        config: &EngineConfig,
+    ) -> SendSlots {
+        let slots = pool.slots();
+        let blocks_max = config.blocks_per_batch_max();
+        SendSlots {
+            pool,
+            cache,
+            fixed_buffers,
+            readv_fixed,
+            vectored_reads: config.vectored_reads,
+            mode: config.serve_mode,
+            notifs: vec![0; slots],
+            read_iovecs: (0..slots).map(|_| empty_iovecs(blocks_max * 2)).collect(),
+            request_times: (0..slots).map(|_| Vec::with_capacity(blocks_max)).collect(),
+            cache_refs: (0..slots).map(|_| Vec::with_capacity(blocks_max)).collect(),
+            send_iovecs: (0..slots).map(|_| empty_iovecs(blocks_max * 2)).collect(),
+            // SAFETY: msghdr is plain data; all-zero is its empty value.
+            msghdrs: (0..slots)
+                .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
+                .collect(),
+            chain: Vec::with_capacity(128),
+        }
+    }
+
+    /// Turns a laid-out batch in `slot` into one linked SQE chain (the send last), records
+    /// the batch on the peer and pushes the chain. The peer's ops count covers every SQE.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit(
+        &mut self,
+        ring: &mut Ring,
+        peer: &mut Peer,
+        idx: u32,
+        slot: u16,
+        plan: &Plan,
+        reads: &[PlannedRead],
+        use_zc: bool,
+        now: Instant,
+    ) -> std::io::Result<()> {
+        debug_assert!(plan.state.blocks > 0, "an empty batch is never submitted");
+        let base = self.pool.slot_ptr(slot);
+        let gathered_blocks = plan.cached_blocks + plan.mapped_blocks;
+        let sock = peer.fd.as_raw_fd();
+        let generation = peer.generation;
+        let mut chain = std::mem::take(&mut self.chain);
+        chain.clear();
+        peer.chain_expect.clear();
+        peer.chain_files.clear();
+        let link = squeue::Flags::IO_LINK;
+        if self.mode == ServeMode::Splice {
+            let (pipe_r, pipe_w) = match &peer.pipe {
+                Some((r, w, _)) => (r.as_raw_fd(), w.as_raw_fd()),
+                None => unreachable!("the pipe is made before the batch is laid out"),
+            };
+            // Everything goes through the peer's pipe in stream order: headers and pad zeros
+            // are written into it from the slot (13 bytes per block), block bytes are spliced
+            // from the file, then ONE splice moves the whole batch to the socket. A short
+            // final splice leaves the rest in the pipe, in order, for the next splice.
+            let mut cursor = 0u32;
+            let write_into_pipe =
+                |chain: &mut Vec<squeue::Entry>, expect: &mut Vec<u32>, from: u32, to: u32| {
+                    if to > from {
+                        let seq = expect.len() as u16;
+                        expect.push(to - from);
+                        chain.push(
+                            opcode::Write::new(
+                                types::Fd(pipe_w),
+                                base.wrapping_add(from as usize),
+                                to - from,
+                            )
+                            .offset(u64::MAX)
+                            .build()
+                            .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
+                        );
+                    }
+                };
+            for rd in reads.iter() {
+                write_into_pipe(&mut chain, &mut peer.chain_expect, cursor, rd.slot_offset);
+                let seq = peer.chain_expect.len() as u16;
+                peer.chain_expect.push(rd.len);
+                peer.chain_files.push((seq, rd.file_index));
+                chain.push(
+                    opcode::Splice::new(
+                        types::Fd(rd.fd),
+                        rd.file_offset as i64,
+                        types::Fd(pipe_w),
+                        -1,
+                        rd.len,
+                    )
+                    .build()
+                    .user_data(Token::new(OpKind::Splice, seq, idx, generation).encode()),
+                );
+                cursor = rd.slot_offset + rd.len;
+            }
+            write_into_pipe(
+                &mut chain,
+                &mut peer.chain_expect,
+                cursor,
+                plan.state.slot_used as u32,
+            );
+            chain.push(
+                opcode::Splice::new(
+                    types::Fd(pipe_r),
+                    -1,
+                    types::Fd(sock),
+                    -1,
+                    plan.state.slot_used as u32,
+                )
+                .build()
+                .user_data(Token::new(OpKind::SendBatch, slot, idx, generation).encode()),
+            );
+        } else {
+            // Consecutive blocks of one piece are contiguous in the file but separated by
+            // 13-byte headers in the slot (or live in separate cache entries): one vectored
+            // read fills them all (one op and one page-cache walk instead of one per block).
+            let iovecs = &mut self.read_iovecs[slot as usize];
+            let iov_cap = iovecs.len();
+            let mut iov_used = 0usize;
+            let mut i = 0usize;
+            while i < reads.len() {
+                let mut j = i + 1;
+                while j < reads.len()
+                    && self.vectored_reads
+                    // One fd is one cache entry, so one fixed slot too.
+                    && reads[j].fd == reads[j - 1].fd
+                    && reads[j].buf_index == reads[j - 1].buf_index
+                    && reads[j].file_offset
+                        == reads[j - 1].file_offset + u64::from(reads[j - 1].len)
+                    && iov_used + (j + 1 - i) <= iov_cap
+                {
+                    j += 1;
+                }
+                let run = &reads[i..j];
+                let total: u32 = run.iter().map(|r| r.len).sum();
+                let seq = peer.chain_expect.len() as u16;
+                peer.chain_expect.push(total);
+                peer.chain_files.push((seq, reads[i].file_index));
+                let first = run[0];
+                debug_assert!(run.iter().all(|r| r.fixed_slot == first.fixed_slot));
+                let sqe = if run.len() == 1 {
+                    if self.fixed_buffers {
+                        with_file!(first, |f| opcode::ReadFixed::new(
+                            f,
+                            first.dest,
+                            first.len,
+                            first.buf_index,
+                        )
+                        .offset(first.file_offset)
+                        .build())
+                    } else {
+                        with_file!(first, |f| opcode::Read::new(f, first.dest, first.len)
+                            .offset(first.file_offset)
+                            .build())
+                    }
+                } else {
+                    let vecs = &mut iovecs[iov_used..iov_used + run.len()];
+                    for (v, r) in vecs.iter_mut().zip(run) {
+                        *v = libc::iovec {
+                            iov_base: r.dest.cast(),
+                            iov_len: r.len as usize,
+                        };
+                    }
+                    let ptr = vecs.as_ptr();
+                    iov_used += run.len();
+                    if self.fixed_buffers && self.readv_fixed {
+                        with_file!(first, |f| opcode::ReadvFixed::new(
+                            f,
+                            ptr,
+                            run.len() as u32,
+                            first.buf_index,
+                        )
+                        .offset(first.file_offset)
+                        .build())
+                    } else {
+                        with_file!(first, |f| opcode::Readv::new(f, ptr, run.len() as u32)
+                            .offset(first.file_offset)
+                            .build())
+                    }
+                };
+                chain.push(
+                    sqe.user_data(Token::new(OpKind::ReadBlock, seq, idx, generation).encode()),
+                );
+                i = j;
+            }
+            let token = Token::new(OpKind::SendBatch, slot, idx, generation);
+            if gathered_blocks > 0 {
+                let msg = &mut self.msghdrs[slot as usize];
+                chain.push(batch_sendmsg_sqe(
+                    sock,
+                    msg,
+                    &mut self.send_iovecs[slot as usize][..plan.send_iov_count],
+                    use_zc,
+                    token,
+                ));
+            } else {
+                debug_assert_eq!(plan.state.send_len, plan.state.slot_used);
+                chain.push(batch_send_sqe(
+                    sock,
+                    base,
+                    plan.state.slot_used as u32,
+                    use_zc,
+                    self.fixed_buffers,
+                    token,
+                ));
+            }
+        }
+        // Link every op to the next; the last (the batch's send) ends the chain. `flags` ORs,
+        // so entries are built unlinked and linked here.
+        let last = chain.len().saturating_sub(1);
+        for e in chain[..last].iter_mut() {
+            *e = e.clone().flags(link);
+        }
+        peer.ops_inflight += chain.len() as u32;
+        peer.session.on_send_started(now);
+        if use_zc {
+            // The notification may come after the peer's next batch reused its own vectors:
+            // keep this batch's request times with the slot.
+            let times = &mut self.request_times[slot as usize];
+            times.clear();
+            times.extend_from_slice(&peer.batch_request_times);
+        }
+        peer.batch = Some(Batch {
+            slot,
+            len_bytes: plan.state.send_len as u32,
+            sent_bytes: 0,
+            payload_bytes: plan.state.payload_bytes,
+            blocks: plan.state.blocks as u16,
+            failed: false,
+            submitted_at: now,
+            zerocopy: use_zc,
+            gather: (gathered_blocks > 0).then_some(GatherSend {
+                iov_first: 0,
+                iov_count: plan.send_iov_count as u16,
+            }),
+            page_cache: plan.mapped_blocks > 0,
+        });
+        let pushed = ring.push_chain(&chain);
+        self.chain = chain;
+        pushed
+    }
+
+    /// The rest of a short batch send (`sent` bytes of it went out so far, counted in the
+    /// batch already): a splice of what is still in the pipe, a SendMsg of the rest of the
+    /// gather list, or a Send of the rest of the slot.
+    pub fn rest_of_send(
+        &mut self,
+        sock: RawFd,
+        pipe_r: Option<RawFd>,
+        batch: &mut Batch,
+        token: Token,
+        sent_now: usize,
+    ) -> Option<squeue::Entry> {
+        let slot = batch.slot;
+        let rest_len = batch.len_bytes - batch.sent_bytes;
+        if self.mode == ServeMode::Splice {
+            // Short splice: the rest is still in the pipe, in order.
+            return Some(
+                opcode::Splice::new(types::Fd(pipe_r?), -1, types::Fd(sock), -1, rest_len)
+                    .build()
+                    .user_data(token.encode()),
+            );
+        }
+        if let Some(gather) = batch.gather.as_mut() {
+            // Short SendMsg: drop what went out from the front of the gather list.
+            let iovs = &mut self.send_iovecs[slot as usize];
+            let end = usize::from(gather.iov_first) + usize::from(gather.iov_count);
+            let first = advance_iovecs(&mut iovs[usize::from(gather.iov_first)..end], sent_now);
+            gather.iov_first += first as u16;
+            gather.iov_count -= first as u16;
+            let rest = &mut iovs[usize::from(gather.iov_first)..end];
+            return Some(batch_sendmsg_sqe(
+                sock,
+                &mut self.msghdrs[slot as usize],
+                rest,
+                batch.zerocopy,
+                token,
+            ));
+        }
+        // Short send: send the rest of the slot, then continue.
+        let rest_ptr = self
+            .pool
+            .slot_ptr(slot)
+            .wrapping_add(batch.sent_bytes as usize);
+        Some(batch_send_sqe(
+            sock,
+            rest_ptr,
+            rest_len,
+            batch.zerocopy,
+            self.fixed_buffers,
+            token,
+        ))
+    }
+
+    /// zerocopy: a send of `slot` will be followed by a notification.
+    pub fn notification_owed(&mut self, slot: u16) {
+        self.notifs[slot as usize] += 1;
+    }
+
+    /// Every op of a batch's chain has completed: the cache entries it filled hold their
+    /// block now (unless a read failed: then they are unmapped, never served), and the slot
+    /// is free, or waits for its zerocopy notifications.
+    pub fn finish(&mut self, batch: &Batch) {
+        if let Some(cache) = self.cache.as_mut() {
+            for &(entry, filled) in self.cache_refs[batch.slot as usize].iter() {
+                if filled {
+                    cache.fill_done(entry, !batch.failed);
+                }
+            }
+        }
+        if self.notifs[batch.slot as usize] > 0 {
+            self.pool.await_notif(batch.slot);
+        } else {
+            self.release(batch.slot);
+        }
+    }
+
+    /// The kernel is done with a slot (and with the cache entries its batch named).
+    pub fn release(&mut self, slot: u16) {
+        let refs = &mut self.cache_refs[slot as usize];
+        if let Some(cache) = self.cache.as_mut() {
+            for (entry, _) in refs.drain(..) {
+                cache.release(entry);
+            }
+        }
+        debug_assert!(refs.is_empty(), "cache references without a cache");
+        self.pool.release(slot);
+    }
+
+    /// A zerocopy notification for `slot`. When it was the last one owed, the request
+    /// latencies to the notification are recorded (when `histograms`) and the slot is freed
+    /// if its batch has finished.
+    pub fn on_notification(
+        &mut self,
+        slot: u16,
+        now: Instant,
+        histograms: bool,
+        stats: &mut ShardStats,
+    ) {
+        let pending = &mut self.notifs[slot as usize];
+        debug_assert!(*pending > 0);
+        *pending = pending.saturating_sub(1);
+        if *pending > 0 {
+            return;
+        }
+        // Zerocopy: the kernel is done with the blocks only now. Request latency to the
+        // notification, beside the one to the send completion.
+        if histograms {
+            for t in self.request_times[slot as usize].iter() {
+                let ns = now.duration_since(*t).as_nanos() as u64;
+                ShardStats::record_latency(&mut stats.zc_notification_latency_ns, ns);
+            }
+        }
+        self.request_times[slot as usize].clear();
+        if self.pool.state(slot) == SlotState::AwaitingNotif {
+            self.release(slot);
+        }
+    }
+}
+
+fn batch_send_sqe(
+    sock: RawFd,
+    ptr: *const u8,
+    len: u32,
+    zerocopy: bool,
+    fixed: bool,
+    token: Token,
+) -> squeue::Entry {
+    if zerocopy {
+        let mut op = opcode::SendZc::new(types::Fd(sock), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE);
+        if fixed {
+            op = op.buf_index(Some(0));
+        }
+        op.build().user_data(token.encode())
+    } else {
+        opcode::Send::new(types::Fd(sock), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token.encode())
+    }
+}
+
+/// A batch's send over its gather list (slot bytes and cache entries), SendMsg or SendMsgZc.
+/// `msg` and `iovs` belong to the slot and stay put until the op completes.
+fn batch_sendmsg_sqe(
+    sock: RawFd,
+    msg: &mut libc::msghdr,
+    iovs: &mut [libc::iovec],
+    zerocopy: bool,
+    token: Token,
+) -> squeue::Entry {
+    debug_assert!(!iovs.is_empty());
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    *msg = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len() as _;
+    if zerocopy {
+        opcode::SendMsgZc::new(types::Fd(sock), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+            .build()
+            .user_data(token.encode())
+    } else {
+        opcode::SendMsg::new(types::Fd(sock), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token.encode())
+    }
+}
+
+/// `len` empty iovecs (a slot's read or gather list, filled per batch).
+fn empty_iovecs(len: usize) -> Vec<libc::iovec> {
+    vec![
+        libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        len
+    ]
+}
+
+/// Drops `sent` bytes from the front of a gather list: returns how many iovecs are now
+/// fully sent (the next one is trimmed in place).
+fn advance_iovecs(iovs: &mut [libc::iovec], mut sent: usize) -> usize {
+    let mut done = 0;
+    for v in iovs.iter_mut() {
+        if sent < v.iov_len {
+            v.iov_base = (v.iov_base as *mut u8).wrapping_add(sent).cast();
+            v.iov_len -= sent;
+            return done;
+        }
+        sent -= v.iov_len;
+        done += 1;
+    }
+    done
+}
