@@ -2,31 +2,25 @@
 //!
 //! Owns: the two ways to name what to seed (a catalog of .torrent files plus a data dir, or
 //! zero config: a content directory whose top-level entries each become a torrent, made once
-//! and cached in the state directory), printing what is seeded, signal handling and the
-//! periodic summary line, and the control loop that folds shard snapshots into the merged
-//! `StatsView` shared with the admin endpoint. Must never: write into the content directory.
+//! and cached in the state directory), building the catalog again on SIGHUP, printing what is
+//! seeded, and turning signals into the flags the engine's control loop (`control::Control`)
+//! polls. Must never: write into the content directory, or do the control plane's work
+//! (stats, health, trackers, catalog swaps live in `squall_engine::control`).
 
-use squall_engine::catalog::{Catalog, CatalogOptions, VerifyPolicy};
-use squall_engine::config::{
-    EngineConfig, SeedConfig, ServeMode, TrackerConfig, ADMIN_LISTEN_DEFAULT,
-};
-use squall_engine::control::admin::{AdminServer, SharedView};
-use squall_engine::control::health::HealthMonitor;
-use squall_engine::control::seeder::Seeder;
+use squall_engine::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
+use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
+use squall_engine::control::{AdminSetup, CatalogRebuild, Control, ControlSetup};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
-use squall_engine::stats::view::StatsView;
-use squall_engine::stats::ShardStats;
-use squall_engine::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Seed torrents to BitTorrent peers.
 ///
@@ -219,7 +213,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     })?;
 
     let started = Instant::now();
-    let source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
+    let mut source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
     let (catalog, made) = source.build()?;
     if catalog.torrents().is_empty() {
         return Err(
@@ -234,34 +228,20 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
 
     let catalog = Arc::new(catalog);
-    let seeder = Arc::new(Seeder::start(config.clone(), catalog.clone())?);
-    let names = catalog
-        .torrents()
-        .iter()
-        .map(|t| (t.info_hash, t.name.clone()))
-        .collect();
-    let view: SharedView = Arc::new(Mutex::new(StatsView::new(
-        seeder.shard_count(),
-        config.stats_top_torrents,
-        names,
-    )));
-    let admin = match admin_addr {
-        None => None,
-        Some(addr) => match AdminServer::start(addr, admin_config.token.clone(), view.clone()) {
-            Ok(server) => Some(server),
-            Err(e) if admin_is_default => {
-                tracing::warn!("{e}; running without the admin endpoint");
-                None
-            }
-            Err(e) => {
-                seeder.shutdown();
-                if let Ok(seeder) = Arc::try_unwrap(seeder) {
-                    let _ = seeder.join();
-                }
-                return Err(e);
-            }
+    let admin = admin_addr.map(|listen| AdminSetup {
+        listen,
+        token: admin_config.token.clone(),
+        optional: admin_is_default,
+    });
+    let mut control = Control::start(
+        ControlSetup {
+            engine: config.clone(),
+            admin,
+            tracker: file_config.tracker.clone(),
+            summary_secs: args.summary_secs,
         },
-    };
+        catalog.clone(),
+    )?;
     // Handlers go in before `ready` is printed: a supervisor (or test) that sends SIGHUP as
     // soon as it reads `ready` must not hit the default action, which ends the process.
     let stop = Arc::new(AtomicBool::new(false));
@@ -273,13 +253,13 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(|e| format!("cannot install signal handler: {e}"))?;
     let mut out = std::io::stdout().lock();
-    for addr in seeder.local_addrs() {
+    for addr in control.local_addrs() {
         let _ = writeln!(out, "listening on {addr}");
     }
-    if let Some(server) = &admin {
-        let _ = writeln!(out, "admin on {}", server.local_addr());
+    if let Some(addr) = control.admin_addr() {
+        let _ = writeln!(out, "admin on {addr}");
     }
-    let peer_addr = seeder.local_addrs().first().map(display_peer_addr);
+    let peer_addr = control.local_addrs().first().map(display_peer_addr);
     for t in catalog.torrents() {
         let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
         let magnet = Magnet {
@@ -302,179 +282,27 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         out,
         "ready: {} torrent(s), {} shard(s), serve mode {}",
         catalog.torrents().len(),
-        seeder.shard_count(),
+        control.shard_count(),
         config.serve_mode.as_str()
     );
     let _ = out.flush();
     drop(out);
 
-    let trackers = start_trackers(&file_config.tracker, &catalog, &seeder, &view)?;
-    let mut health = HealthMonitor::start(
-        seeder.health_reports().clone(),
-        Duration::from_secs(config.errored_recheck_secs),
-    )?;
-
-    let mut last_summary = Instant::now();
-    let mut last_uploaded = 0u64;
-    let mut current = catalog;
-    while !stop.load(Ordering::Relaxed) {
-        // Drain snapshots for at most one poll period, however many shards send them.
-        let poll_until = Instant::now() + Duration::from_millis(200);
-        while let Ok(s) = seeder.stats().recv_deadline(poll_until) {
-            lock_view(&view).apply(s, Instant::now());
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-        }
-        health.poll(&current);
-        health.publish(|set| seeder.publish_health(set));
-        lock_view(&view).set_errored(health.rows());
-        if reload.swap(false, Ordering::Relaxed) {
-            current = reload_catalog(&source, &seeder, current);
-            // SIGHUP also rechecks every errored torrent now.
-            health.on_reload(&current);
-            if let Some(t) = &trackers {
-                let (added, removed) = t.reload(&announces(&current));
-                tracing::info!(
-                    added,
-                    removed,
-                    "tracker announces follow the reloaded catalog"
-                );
-            }
-            lock_view(&view).add_names(
-                current
-                    .torrents()
-                    .iter()
-                    .map(|t| (t.info_hash, t.name.clone())),
-            );
-        }
-        if args.summary_secs > 0 && last_summary.elapsed() >= Duration::from_secs(args.summary_secs)
-        {
-            let total = {
-                let v = lock_view(&view);
-                if !v.complete() {
-                    continue;
-                }
-                v.total()
-            };
-            let secs = last_summary.elapsed().as_secs_f64();
-            let gbps =
-                (total.uploaded_bytes.saturating_sub(last_uploaded)) as f64 * 8.0 / secs / 1e9;
-            last_uploaded = total.uploaded_bytes;
-            last_summary = Instant::now();
-            tracing::info!("{}", summary_line(&total, gbps));
-        }
-    }
-    if let Some(t) = trackers {
-        // event=stopped first (bounded by [tracker] stop_timeout_secs), while still serving.
-        t.stop();
-    }
-    tracing::info!("stopping: closing peers");
-    if let Some(server) = admin {
-        server.stop();
-    }
-    seeder.shutdown();
-    // The tracker manager held the only other reference (its connect hook) and has ended.
-    let seeder = Arc::try_unwrap(seeder)
-        .map_err(|_| "internal error: the seeder is still shared at shutdown".to_string())?;
-    let total = seeder.join();
-    tracing::info!("stopped: {}", summary_line(&total, 0.0));
+    control.run(&stop, &reload, &mut source)?;
+    control.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP: build the catalog again and hand it to the shards. Peers of unchanged torrents are
-/// not disturbed; peers of removed torrents are closed; a failed reload keeps the old one.
-fn reload_catalog(source: &CatalogSource, seeder: &Seeder, current: Arc<Catalog>) -> Arc<Catalog> {
-    tracing::info!("SIGHUP: reloading the catalog");
-    match source.build() {
-        Ok((catalog, _)) if !catalog.is_empty() => {
-            let is_new = |t: &&Arc<squall_engine::catalog::CatalogTorrent>| {
-                current.get(&t.info_hash).is_none()
-            };
-            let added = catalog.torrents().iter().filter(is_new).count();
-            let removed = current
-                .torrents()
-                .iter()
-                .filter(|t| catalog.get(&t.info_hash).is_none())
-                .count();
-            for t in catalog.torrents().iter().filter(is_new) {
-                println!("seeding {} {}", t.info_hash, t.name);
-            }
-            let catalog = Arc::new(catalog);
-            seeder.swap_catalog(catalog.clone());
-            tracing::info!(torrents = catalog.len(), added, removed, "catalog reloaded");
-            catalog
-        }
-        Ok(_) => {
-            tracing::warn!("reload found no torrent to seed; keeping the current catalog");
-            current
-        }
-        Err(e) => {
-            tracing::warn!("reload failed ({e}); keeping the current catalog");
-            current
-        }
+/// SIGHUP builds the catalog again the way it was first built; torrents it adds are printed
+/// like the first ones (without a magnet link).
+impl CatalogRebuild for CatalogSource {
+    fn rebuild(&mut self) -> Result<Catalog, String> {
+        self.build().map(|(catalog, _)| catalog)
     }
-}
 
-/// What the tracker manager needs of each catalog torrent.
-fn announces(catalog: &Catalog) -> Vec<TorrentAnnounce> {
-    catalog
-        .torrents()
-        .iter()
-        .map(|t| TorrentAnnounce {
-            info_hash: t.info_hash,
-            private: t.private,
-            trackers: t.trackers.clone(),
-        })
-        .collect()
-}
-
-/// Starts announcing every torrent (its own trackers, plus `[tracker] extra` for public ones);
-/// peers the trackers return are dialed from the shards through `Seeder::connect`.
-fn start_trackers(
-    cfg: &TrackerConfig,
-    catalog: &Catalog,
-    seeder: &Arc<Seeder>,
-    view: &SharedView,
-) -> Result<Option<TrackerManager>, String> {
-    if !cfg.enabled {
-        return Ok(None);
+    fn on_added(&mut self, t: &CatalogTorrent) {
+        println!("seeding {} {}", t.info_hash, t.name);
     }
-    let torrents = announces(catalog);
-    let dial = seeder.clone();
-    let manager = TrackerManager::start(TrackerSetup {
-        config: cfg.clone(),
-        torrents,
-        listen: seeder.local_addrs().to_vec(),
-        connect: Arc::new(move |addr, hash| dial.connect(addr, hash)),
-        // Per-torrent payload bytes from the merged shard snapshots (BEP 3 `uploaded`).
-        uploaded: {
-            let view = view.clone();
-            Arc::new(move |hash| lock_view(&view).torrent_uploaded_bytes(hash))
-        },
-    })
-    .map_err(|e| format!("config: [tracker] {e}"))?;
-    Ok(Some(manager))
-}
-
-/// The view is only ever locked briefly (apply one snapshot, render one response); a
-/// poisoned lock still holds the last good numbers.
-fn lock_view(view: &SharedView) -> std::sync::MutexGuard<'_, StatsView> {
-    view.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn summary_line(s: &ShardStats, gbps: f64) -> String {
-    let q = |h: &hdrhistogram::Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-    format!(
-        "peers {} | uploaded {:.1} MiB ({:.2} Gb/s) | blocks {} | request latency p50 {:.0}us p99 {:.0}us p99.9 {:.0}us",
-        s.peers_connected,
-        s.uploaded_bytes as f64 / (1 << 20) as f64,
-        gbps,
-        s.blocks_served,
-        q(&s.request_latency_ns, 0.5),
-        q(&s.request_latency_ns, 0.99),
-        q(&s.request_latency_ns, 0.999),
-    )
 }
 
 /// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.
