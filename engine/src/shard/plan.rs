@@ -599,3 +599,87 @@ pub fn push_iov(iovs: &mut [libc::iovec], count: &mut usize, ptr: *mut u8, len: 
     };
     *count += 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn placement() -> impl Strategy<Value = Placement> {
+        prop_oneof![
+            Just(Placement::Resident),
+            Just(Placement::ReadIntoCache),
+            Just(Placement::ReadInPlace),
+        ]
+    }
+
+    #[test]
+    fn a_batch_of_hits_grows_past_the_read_budget_but_not_past_the_slot() {
+        // Proves: resident blocks cost only their header in the slot and nothing of the
+        // read budget; the slot's room for headers still ends the batch.
+        let b = BatchBudget {
+            blocks_max: 1000,
+            read_bytes_max: 16384,
+            slot_len: 10 * PIECE_HEADER_LEN,
+            gather: true,
+        };
+        let mut s = BatchState::default();
+        while b.fits(&s, 16384, Placement::Resident) {
+            b.take(&mut s, 16384, Placement::Resident);
+        }
+        assert_eq!(s.blocks, 10);
+        assert_eq!(s.read_bytes, 0);
+        assert_eq!(s.send_len, 10 * (PIECE_HEADER_LEN + 16384));
+        let mut s = BatchState::default();
+        assert!(b.fits(&s, 16384, Placement::ReadIntoCache));
+        b.take(&mut s, 16384, Placement::ReadIntoCache);
+        assert!(
+            !b.fits(&s, 1, Placement::ReadIntoCache),
+            "read budget spent"
+        );
+        assert!(b.fits(&s, 1, Placement::Resident));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// Proves, for random budgets and random queues of blocks with random placements,
+        /// the loop `lay_out` runs (take from the front while `may_try` and `fits`): the
+        /// blocks taken are a prefix of the queue, in order; no budget is exceeded; the
+        /// counts add up; and the batch stops only at a block that does not fit.
+        #[test]
+        fn batches_take_a_prefix_and_never_pass_a_budget(
+            blocks_max in 1usize..40,
+            read_bytes_max in 0usize..300_000,
+            slot_len in 0usize..300_000,
+            gather: bool,
+            queue in proptest::collection::vec((1u32..=16384, placement()), 0..80),
+        ) {
+            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather };
+            let mut s = BatchState::default();
+            let mut taken = 0;
+            for &(len, p) in queue.iter() {
+                if !b.may_try(&s, len) || !b.fits(&s, len, p) {
+                    break;
+                }
+                b.take(&mut s, len, p);
+                taken += 1;
+            }
+            let prefix = &queue[..taken];
+            prop_assert_eq!(s.blocks, taken);
+            prop_assert!(s.blocks <= blocks_max);
+            prop_assert!(s.read_bytes <= read_bytes_max);
+            prop_assert!(s.slot_used <= slot_len);
+            let read: usize = prefix.iter().filter(|q| q.1 != Placement::Resident).map(|q| q.0 as usize).sum();
+            let in_slot: usize = prefix.iter().map(|q| PIECE_HEADER_LEN + if q.1 == Placement::ReadInPlace { q.0 as usize } else { 0 }).sum();
+            let payload: u64 = prefix.iter().map(|q| u64::from(q.0)).sum();
+            prop_assert_eq!(s.read_bytes, read);
+            prop_assert_eq!(s.slot_used, in_slot);
+            prop_assert_eq!(s.payload_bytes, payload);
+            prop_assert_eq!(s.send_len, taken * PIECE_HEADER_LEN + payload as usize);
+            if let Some(&(len, p)) = queue.get(taken) {
+                prop_assert!(!b.fits(&s, len, p), "stopped before a block that fits");
+            }
+        }
+    }
+}
