@@ -36,33 +36,34 @@ pub mod files;
 pub mod health;
 pub mod peer;
 pub mod plan;
+pub mod recv;
 pub mod session;
+pub mod setup;
 pub mod submit;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, ServeMode};
 use crate::metainfo::InfoHash;
-use crate::plane::{ExtrasRequest, HealthReport, ShardCommand, TorrentExtras};
-use crate::ring::buffers::BufferPool;
-use crate::ring::provided::RecvBufRing;
+use crate::plane::{ShardCommand, TorrentExtras};
 use crate::ring::token::{OpKind, Token};
-use crate::ring::Optional;
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED};
 use crate::stats::{CloseReason, ShardStats};
 use crate::wire::handshake::{parse_handshake, HANDSHAKE_LEN};
 use crate::wire::message::{decode_frame, PIECE_HEADER_LEN};
 use crate::wire::WireError;
 use admission::Admission;
-use block_cache::{BlockCache, CACHE_BLOCK_LEN_BYTES};
 use choker::{Choker, PeerKey};
 use conn::{dial_socket, make_pipe, peer_addr, pin_to_cpu, set_nodelay, PeerTable};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use extras::{ExtrasCache, Wish};
 use files::FileCache;
-use io_uring::{cqueue, opcode, squeue, types};
-use peer::{Peer, Phase, RECV_BUF_INITIAL_BYTES};
+use io_uring::{opcode, squeue, types};
+use peer::{Peer, Phase};
 use plan::{BatchBudget, Layout, PlanOptions, PlanScratch};
+use recv::{Received, RecvPath};
 use session::{Action, Session, SessionEnv, SessionLimits};
+use setup::IoResources;
+pub use setup::{ShardSetup, StartError};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -78,25 +79,6 @@ pub const STATS_INTERVAL_MS: u64 = 1000;
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
 /// After the drain, force-closed peers get this long for their ops to complete.
 pub const SHUTDOWN_FORCE_MS: u64 = 1000;
-/// The buffer group of the shard's receive buffer ring (`multishot_recv`).
-const RECV_BUFFER_GROUP: u16 = 0;
-
-/// Everything a shard is built from (moved into its thread).
-pub struct ShardSetup {
-    pub index: usize,
-    pub config: Arc<EngineConfig>,
-    pub catalog: Arc<Catalog>,
-    pub listeners: Vec<OwnedFd>,
-    pub commands: Receiver<ShardCommand>,
-    pub stats_tx: Sender<ShardStats>,
-    pub health_tx: Sender<HealthReport>,
-    /// Requests for what only a .torrent holds (BEP 9 info, BEP 52 trees), to the control
-    /// plane's loader; answers come back as `ShardCommand::Extras`.
-    pub extras_tx: Sender<ExtrasRequest>,
-    pub admission: Arc<Admission>,
-    pub peer_id: [u8; 20],
-    pub cpu: Option<usize>,
-}
 
 pub struct Shard {
     index: usize,
@@ -107,9 +89,9 @@ pub struct Shard {
     /// The send buffer pool and the hot-block cache, with their per-slot arrays. Declared
     /// after the ring.
     slots: SendSlots,
-    /// Receive buffers of every peer's multishot recv (None: single recvs into each peer's
-    /// own buffer). Declared after the ring, like the slots.
-    recv_ring: Option<RecvBufRing>,
+    /// The receive path (with multishot, its provided-buffer ring). Declared after the ring,
+    /// like the slots.
+    recv: RecvPath,
     /// Why the buffer pool is not registered (then reads and sends use plain buffers).
     fixed_buffers_error: Option<String>,
     peers: PeerTable,
@@ -142,9 +124,6 @@ pub struct Shard {
     plan_scratch: PlanScratch,
 }
 
-/// Why a shard could not start; the message says what to do.
-pub type StartError = String;
-
 impl Shard {
     /// Builds the shard on the calling thread (SINGLE_ISSUER: the creator submits).
     pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
@@ -152,126 +131,30 @@ impl Shard {
         if let Some(cpu) = setup.cpu {
             pin_to_cpu(cpu);
         }
-        let mut ring = Ring::new(config.ring_entries)?;
-        for note in ring.notes.drain(..) {
-            if setup.index == 0 {
-                tracing::warn!("{note}");
-            }
-        }
-        // Optional registrations: a refusal (old kernel, seccomp, RLIMIT_NOFILE below the
-        // table size) only costs the saving, so it is logged once (shard 0) and served on.
-        // Splice runs in io-wq workers, where a fixed-file lookup takes the ring's lock:
-        // splice mode keeps plain fds and registers no table.
-        let ring_fd = ring.register_ring_fd(config.register_ring_fd);
-        let fixed_files_wanted = config.fixed_files && config.serve_mode != ServeMode::Splice;
-        let table_slots = config.open_files_per_shard_max as u32;
-        let table = ring.register_fixed_files(fixed_files_wanted, table_slots);
-        if setup.index == 0 {
-            if let Optional::Refused(note) = &ring_fd {
-                tracing::debug!("{note}");
-            }
-            if let Optional::Refused(note) = &table {
-                tracing::info!("{note}");
-            }
-            tracing::debug!(
-                registered_ring_fd = ring.features.registered_ring_fd,
-                fixed_file_slots = ring.features.fixed_file_slots,
-                "io_uring registrations"
-            );
-        }
-        let fixed_files = ring.features.fixed_file_slots > 0;
-        if config.serve_mode == ServeMode::Zerocopy && !ring.features.send_zc {
-            return Err(
-                "serve mode zerocopy needs IORING_OP_SEND_ZC (Linux >= 6.0); use --serve copy"
-                    .into(),
-            );
-        }
-        if config.serve_mode == ServeMode::Splice && !ring.features.splice {
-            return Err("serve mode splice needs IORING_OP_SPLICE; use --serve copy".into());
-        }
-        if !ring.features.multishot_accept {
-            return Err(
-                "this kernel's io_uring lacks multishot accept (Linux >= 5.19 needed)".into(),
-            );
-        }
-        let pool = BufferPool::new(config.buffer_pool_slots_per_shard, config.slot_len_bytes())?;
-        let cache =
-            if config.block_cache_bytes_per_shard > 0 && config.serve_mode != ServeMode::Splice {
-                Some(BlockCache::new(
-                    config.block_cache_bytes_per_shard,
-                    CACHE_BLOCK_LEN_BYTES,
-                )?)
-            } else {
-                None
-            };
-        let mut regions = vec![pool.iovec()];
-        regions.extend(cache.as_ref().map(|c| c.iovecs()).unwrap_or_default());
-        // A failure is not logged here: the seeder gathers every shard's outcome and warns
-        // once for the whole process (see `Seeder::start`).
-        let fixed_buffers_error = if ring.features.read_fixed {
-            ring.register_buffers(&regions).err().map(|e| {
-                format!(
-                    "cannot register the {} MiB send buffer pool and block cache with io_uring ({e})",
-                    regions.iter().map(|r| r.iov_len).sum::<usize>() >> 20
-                )
-            })
-        } else {
-            Some("this kernel's io_uring lacks IORING_OP_READ_FIXED".to_string())
-        };
-        let fixed_buffers = fixed_buffers_error.is_none();
-        let recv_ring = if config.multishot_recv {
-            match RecvBufRing::new(
-                &ring,
-                RECV_BUFFER_GROUP,
-                config.recv_buffers_per_shard,
-                config.recv_buffer_bytes,
-            ) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    if setup.index == 0 {
-                        tracing::info!(
-                            "io_uring provided-buffer ring refused ({e}); receiving with \
-                             single recvs (multishot_recv off)"
-                        );
-                    }
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        // `validate` refuses direct_io without a cache; the cache is None in splice mode.
-        let direct_io = config.direct_io && cache.is_some();
-        let mut stats = ShardStats::new(setup.index);
-        stats.direct_io = direct_io;
-        let page_cache_sends = config.page_cache_sends_effective();
-        stats.page_cache_sends_on = page_cache_sends;
-        stats.multishot_recv = recv_ring.is_some();
-        stats.fixed_buffers = fixed_buffers;
-        stats.fixed_files = fixed_files;
-        stats.registered_ring_fd = ring.features.registered_ring_fd;
+        let IoResources {
+            ring,
+            slots: send_slots,
+            recv_ring,
+            files,
+            fixed_buffers_error,
+            stats,
+        } = IoResources::open(setup.index, &config)?;
         let now = Instant::now();
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
         let listeners_len = setup.listeners.len();
-        let readv_fixed = ring.features.readv_fixed;
         Ok(Shard {
             index: setup.index,
             catalog: setup.catalog,
             ring,
-            slots: SendSlots::new(pool, cache, fixed_buffers, readv_fixed, &config),
-            recv_ring,
+            slots: send_slots,
+            recv: RecvPath::new(recv_ring, config.message_len_max_bytes),
             fixed_buffers_error,
             peers: PeerTable::default(),
             listeners: setup.listeners,
             accept_armed: vec![false; listeners_len],
             accepting: true,
-            files: FileCache::new(
-                config.open_files_per_shard_max,
-                fixed_files,
-                direct_io,
-                page_cache_sends.then_some(config.page_cache_map_bytes_max),
-            ),
+            files,
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
             admission: setup.admission,
@@ -387,14 +270,11 @@ impl Shard {
                 "shard exits with ops in flight"
             );
             let Shard {
-                ring,
-                slots,
-                recv_ring,
-                ..
+                ring, slots, recv, ..
             } = self;
             drop(ring);
             std::mem::forget(slots);
-            std::mem::forget(recv_ring);
+            std::mem::forget(recv);
         }
         stats
     }
@@ -547,11 +427,7 @@ impl Shard {
     ) -> u32 {
         // multishot: received bytes land in the shared ring, and the peer's buffer holds only
         // what is left of a partial message, so it starts empty and grows on demand.
-        let recv_buf_bytes = if self.recv_ring.is_some() {
-            0
-        } else {
-            RECV_BUF_INITIAL_BYTES
-        };
+        let recv_buf_bytes = self.recv.initial_buffer_bytes();
         let queue_max = self.limits.request_queue_max;
         let session = match outbound {
             Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
@@ -672,117 +548,50 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
-        if peer.phase == Phase::Closing || peer.recv_armed {
-            return;
-        }
-        if let Some(bufs) = &self.recv_ring {
-            // One op for the connection's life: every completion names a ring buffer.
-            let sqe = opcode::RecvMulti::new(types::Fd(peer.fd.as_raw_fd()), bufs.bgid())
-                .build()
-                .user_data(Token::new(OpKind::Recv, 0, idx, peer.generation).encode());
-            peer.recv_armed = true;
-            peer.ops_inflight += 1;
+        if let Some(sqe) = self.recv.arm(peer, idx) {
             self.push(&sqe);
-            return;
         }
-        if peer.recv_len == peer.recv_buf.len() {
-            // The buffer is full of one incomplete message: grow, bounded by the largest
-            // message allowed (checked by the decoder before we get here).
-            let limit = self.config.message_len_max_bytes as usize + 4;
-            let new_len = (peer.recv_buf.len() * 2)
-                .max(RECV_BUF_INITIAL_BYTES)
-                .min(limit)
-                .max(peer.recv_len + 1);
-            peer.recv_buf.resize(new_len, 0);
-        }
-        let buf = &mut peer.recv_buf[peer.recv_len..];
-        let sqe = opcode::Recv::new(
-            types::Fd(peer.fd.as_raw_fd()),
-            buf.as_mut_ptr(),
-            buf.len() as u32,
-        )
-        .build()
-        .user_data(Token::new(OpKind::Recv, 0, idx, peer.generation).encode());
-        peer.recv_armed = true;
-        peer.ops_inflight += 1;
-        self.push(&sqe);
     }
 
     fn on_recv(&mut self, idx: u32, c: Completion) {
         let now = self.now;
-        let multishot = self.recv_ring.is_some();
-        // multishot: the bytes sit in a ring buffer. Append them to the peer's parse buffer
-        // and give the buffer back at once, whatever state the peer is in.
-        let mut appended = 0usize;
-        if let (Some(bufs), Some(bid)) = (self.recv_ring.as_mut(), cqueue::buffer_select(c.flags)) {
-            bufs.taken(bid);
-            let len = usize::try_from(c.result).unwrap_or(0);
-            if let Some(peer) = self.peers.get_mut(idx) {
-                if peer.phase != Phase::Closing && len > 0 {
-                    // Bounded: the decoder closes a peer whose message exceeds
-                    // message_len_max_bytes, so this holds at most one partial message
-                    // plus one receive buffer.
-                    let need = peer.recv_len + len;
-                    if peer.recv_buf.len() < need {
-                        peer.recv_buf.resize(need.max(peer.recv_buf.len() * 2), 0);
-                    }
-                    peer.recv_buf[peer.recv_len..need].copy_from_slice(bufs.buffer(bid, len));
-                    peer.recv_len = need;
-                    appended = len;
-                }
+        let ended = match self.recv.on_completion(self.peers.get_mut(idx), &c) {
+            Received::Ignored => return,
+            Received::OutOfBuffers => {
+                // A burst took every ring buffer before this turn gave them back: re-arm.
+                self.stats.recv_buffers_exhausted += 1;
+                self.arm_recv(idx);
+                return;
             }
-            bufs.recycle(bid);
-        }
-        let Some(peer) = self.peer_mut(idx) else {
-            return;
+            Received::Eof => {
+                let owed = self.peer_mut(idx).is_some_and(|p| {
+                    let send_busy = p.send_busy();
+                    p.session.on_read_closed(send_busy)
+                });
+                if owed {
+                    // Half-closed (SHUT_WR) with answers still owed: send them, then close in
+                    // `pump` (the idle timeout backs that up). No recv is armed again.
+                    self.pump(idx);
+                } else {
+                    self.close_peer(idx, CloseReason::PeerClosed);
+                }
+                return;
+            }
+            Received::Failed => {
+                self.close_peer(idx, CloseReason::SocketError);
+                return;
+            }
+            Received::Bytes { ended } => ended,
         };
-        // A multishot recv stays armed while the kernel says MORE.
-        let ended = !multishot || !cqueue::more(c.flags);
-        if ended {
-            peer.recv_armed = false;
-            peer.ops_inflight -= 1;
+        if let Some(peer) = self.peer_mut(idx) {
+            peer.session.on_received(now);
         }
-        if peer.phase == Phase::Closing {
-            return;
-        }
-        if multishot && c.result == -libc::ENOBUFS {
-            // A burst took every ring buffer before this turn gave them back: re-arm.
-            self.stats.recv_buffers_exhausted += 1;
-            self.arm_recv(idx);
-            return;
-        }
-        let Some(peer) = self.peer_mut(idx) else {
-            return;
-        };
-        let send_busy = peer.send_busy();
-        if c.result == 0 && peer.session.on_read_closed(send_busy) {
-            // Half-closed (SHUT_WR) with answers still owed: send them, then close in `pump`
-            // (the idle timeout backs that up). No recv is armed again.
-            self.pump(idx);
-            return;
-        }
-        if c.result <= 0 {
-            let reason = if c.result == 0 {
-                CloseReason::PeerClosed
-            } else {
-                CloseReason::SocketError
-            };
-            self.close_peer(idx, reason);
-            return;
-        }
-        if multishot {
-            debug_assert_eq!(
-                appended, c.result as usize,
-                "a multishot completion without its buffer"
-            );
-        } else {
-            peer.recv_len += c.result as usize;
-        }
-        debug_assert!(peer.recv_len <= peer.recv_buf.len());
-        peer.session.on_received(now);
         if let Err(reason) = self.process_input(idx) {
             self.close_peer(idx, reason);
             return;
+        }
+        if let Some(peer) = self.peers.get_mut(idx) {
+            self.recv.after_parse(peer);
         }
         self.pump(idx);
         if ended {

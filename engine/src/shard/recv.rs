@@ -1,0 +1,169 @@
+//! The receive path: what a peer's recv op is, and where its bytes go.
+//!
+//! Owns: the shard's provided-buffer ring for multishot recvs (`multishot_recv`), and the
+//! rules of each peer's parse buffer: with multishot, received bytes are copied from the ring
+//! buffer into the peer's buffer (which holds only the unparsed rest of a message) and the
+//! ring buffer is recycled at once; with single recvs, the kernel writes into the peer's
+//! buffer, which grows for a large message, bounded by `message_len_max_bytes`. Either way
+//! the buffer shrinks back once a large message has been parsed, so a peer that sent one
+//! and went idle holds no more than a small buffer.
+//! Must never: resize a peer's buffer while a recv op names it (single recvs), keep a ring
+//! buffer past the completion that delivered it, or grow a buffer past one message.
+
+use crate::ring::provided::RecvBufRing;
+use crate::ring::token::{OpKind, Token};
+use crate::ring::Completion;
+use crate::shard::peer::{Peer, Phase, RECV_BUF_INITIAL_BYTES};
+use io_uring::{cqueue, opcode, squeue, types};
+use std::os::fd::AsRawFd;
+
+/// A parse buffer larger than this with nothing in it is given back (shrunk to its initial
+/// size): it grew for one large message (a bitfield, metadata, an extension message).
+pub const RECV_BUF_KEEP_MAX_BYTES: usize = 64 * 1024;
+
+/// What a recv completion brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The peer is closing or gone: nothing to do.
+    Ignored,
+    /// multishot: the ring ran out of buffers in a burst; arm again.
+    OutOfBuffers,
+    /// The peer shut its write side (0 bytes).
+    Eof,
+    /// The socket failed.
+    Failed,
+    /// Bytes were added to the peer's buffer; `ended`: the op is no longer armed.
+    Bytes { ended: bool },
+}
+
+pub struct RecvPath {
+    ring: Option<RecvBufRing>,
+    message_len_max_bytes: usize,
+}
+
+impl RecvPath {
+    pub fn new(ring: Option<RecvBufRing>, message_len_max_bytes: u32) -> RecvPath {
+        RecvPath {
+            ring,
+            message_len_max_bytes: message_len_max_bytes as usize,
+        }
+    }
+
+    pub fn multishot(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// The parse buffer a new peer starts with: empty with multishot (it grows on demand),
+    /// else room for handshakes and requests.
+    pub fn initial_buffer_bytes(&self) -> usize {
+        if self.multishot() {
+            0
+        } else {
+            RECV_BUF_INITIAL_BYTES
+        }
+    }
+
+    /// The recv op to arm for the peer, with its state updated; None when it is closing or
+    /// already armed.
+    pub fn arm(&self, peer: &mut Peer, idx: u32) -> Option<squeue::Entry> {
+        if peer.phase == Phase::Closing || peer.recv_armed {
+            return None;
+        }
+        let token = Token::new(OpKind::Recv, 0, idx, peer.generation).encode();
+        let sqe = if let Some(bufs) = &self.ring {
+            // One op for the connection's life: every completion names a ring buffer.
+            opcode::RecvMulti::new(types::Fd(peer.fd.as_raw_fd()), bufs.bgid())
+                .build()
+                .user_data(token)
+        } else {
+            if peer.recv_len == peer.recv_buf.len() {
+                // The buffer is full of one incomplete message: grow, bounded by the largest
+                // message allowed (checked by the decoder before we get here).
+                let limit = self.message_len_max_bytes + 4;
+                let new_len = (peer.recv_buf.len() * 2)
+                    .max(RECV_BUF_INITIAL_BYTES)
+                    .min(limit)
+                    .max(peer.recv_len + 1);
+                peer.recv_buf.resize(new_len, 0);
+            }
+            let buf = &mut peer.recv_buf[peer.recv_len..];
+            opcode::Recv::new(
+                types::Fd(peer.fd.as_raw_fd()),
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+            )
+            .build()
+            .user_data(token)
+        };
+        peer.recv_armed = true;
+        peer.ops_inflight += 1;
+        Some(sqe)
+    }
+
+    /// Takes a recv completion: its bytes into the peer's buffer (multishot: the ring buffer
+    /// is given back at once, whatever state the peer is in), and the op's bookkeeping.
+    pub fn on_completion(&mut self, peer: Option<&mut Peer>, c: &Completion) -> Received {
+        let mut appended = 0usize;
+        let multishot = self.multishot();
+        let mut peer = peer;
+        if let (Some(bufs), Some(bid)) = (self.ring.as_mut(), cqueue::buffer_select(c.flags)) {
+            bufs.taken(bid);
+            let len = usize::try_from(c.result).unwrap_or(0);
+            if let Some(peer) = peer.as_deref_mut() {
+                if peer.phase != Phase::Closing && len > 0 {
+                    // Bounded: the decoder closes a peer whose message exceeds
+                    // message_len_max_bytes, so this holds at most one partial message
+                    // plus one receive buffer.
+                    let need = peer.recv_len + len;
+                    if peer.recv_buf.len() < need {
+                        peer.recv_buf.resize(need.max(peer.recv_buf.len() * 2), 0);
+                    }
+                    peer.recv_buf[peer.recv_len..need].copy_from_slice(bufs.buffer(bid, len));
+                    peer.recv_len = need;
+                    appended = len;
+                }
+            }
+            bufs.recycle(bid);
+        }
+        let Some(peer) = peer else {
+            return Received::Ignored;
+        };
+        // A multishot recv stays armed while the kernel says MORE.
+        let ended = !multishot || !cqueue::more(c.flags);
+        if ended {
+            peer.recv_armed = false;
+            peer.ops_inflight -= 1;
+        }
+        if peer.phase == Phase::Closing {
+            return Received::Ignored;
+        }
+        if multishot && c.result == -libc::ENOBUFS {
+            return Received::OutOfBuffers;
+        }
+        match c.result {
+            0 => Received::Eof,
+            r if r < 0 => Received::Failed,
+            r => {
+                if multishot {
+                    debug_assert_eq!(
+                        appended, r as usize,
+                        "a multishot completion without its buffer"
+                    );
+                } else {
+                    peer.recv_len += r as usize;
+                }
+                debug_assert!(peer.recv_len <= peer.recv_buf.len());
+                Received::Bytes { ended }
+            }
+        }
+    }
+
+    /// After its messages were parsed: a buffer that grew for a large message and is now
+    /// empty shrinks back (never while a single recv names it).
+    pub fn after_parse(&self, peer: &mut Peer) {
+        let named_by_op = !self.multishot() && peer.recv_armed;
+        if peer.recv_len == 0 && peer.recv_buf.len() > RECV_BUF_KEEP_MAX_BYTES && !named_by_op {
+            peer.recv_buf = vec![0; self.initial_buffer_bytes()];
+        }
+    }
+}
