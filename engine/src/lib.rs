@@ -1,8 +1,14 @@
 //! squall-engine: everything that seeds.
 //!
-//! Dependency direction is one way (see docs/architecture.md):
-//! `shard -> wire, ring, storage, catalog, stats`; `catalog -> metainfo, storage`;
-//! nothing below imports `shard`. `wire` and `metainfo` are pure: bytes in, typed values out.
+//! Two planes (see docs/architecture.md): `shard` (with `ring`) is the data plane, one thread
+//! per core; `control` (the control loop, seeder, health, admin endpoint, extras loader,
+//! driving `tracker`) runs beside it and never on it. They share only the messages of
+//! `plane`, over bounded channels.
+//!
+//! Dependency direction is one way: `control -> shard, tracker, stats, plane`;
+//! `shard -> wire, ring, storage, catalog, stats, plane`; `catalog -> metainfo, storage`;
+//! nothing below imports `shard`, and `shard` and `stats` never import `control`. `wire` and
+//! `metainfo` are pure: bytes in, typed values out.
 
 pub mod catalog;
 pub mod config;
