@@ -77,6 +77,19 @@ pub const PAGE_CACHE_MAP_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20).
 /// Longest `idle_poll_usecs` accepted: beyond ~10 ms a shard that polls is just a busy core.
 pub const IDLE_POLL_USECS_CEILING: u64 = 10_000;
 
+/// Default `peers_per_ip_max`: connections from one IPv4 address or one IPv6 /64.
+pub const PEERS_PER_IP_MAX_DEFAULT: usize = 64;
+
+/// How many sources' worth a network holds by default: `peers_per_prefix_max` defaults to
+/// this many times `peers_per_ip_max`, so a few hosts behind one /24 (a small office, a
+/// carrier-grade NAT pool) are served, while one party holding a whole /24 or /48 cannot
+/// take more than a handful of sources' share of `peers_max`.
+pub const PEERS_PER_PREFIX_PER_IP_RATIO: usize = 4;
+
+/// Default `peers_per_prefix_max`: connections from one IPv4 /24 or one IPv6 /48.
+pub const PEERS_PER_PREFIX_MAX_DEFAULT: usize =
+    PEERS_PER_IP_MAX_DEFAULT * PEERS_PER_PREFIX_PER_IP_RATIO;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -149,8 +162,16 @@ pub struct EngineConfig {
     pub peers_max: usize,
     /// Peers of one torrent on one shard.
     pub peers_per_torrent_max: usize,
-    /// Connections from one IP address (all shards; approximate: a fixed table of counters).
+    /// Connections from one source, all shards together: one IPv4 address, or one IPv6 /64
+    /// (a host may use any address of its /64, so each is not counted alone). An
+    /// IPv4-mapped IPv6 address counts as its IPv4 address. Approximate on the strict side:
+    /// counters live in a fixed table under a keyed hash, and sources sharing a counter
+    /// share the limit.
     pub peers_per_ip_max: usize,
+    /// Connections from one network, all shards together: one IPv4 /24 or one IPv6 /48.
+    /// Bounds what many sources in one network can hold together (a /48 holds 65,536 /64s).
+    /// At least `peers_per_ip_max`. Default 256 (4 x the default `peers_per_ip_max`).
+    pub peers_per_prefix_max: usize,
     /// A peer that has not completed its handshake by then is closed.
     pub handshake_timeout_secs: u64,
     /// A peer that sent nothing for this long is closed.
@@ -229,7 +250,8 @@ impl Default for EngineConfig {
             recv_buffer_bytes: 2048,
             peers_max: 10_000,
             peers_per_torrent_max: 1_000,
-            peers_per_ip_max: 64,
+            peers_per_ip_max: PEERS_PER_IP_MAX_DEFAULT,
+            peers_per_prefix_max: PEERS_PER_PREFIX_MAX_DEFAULT,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 180,
             keepalive_interval_secs: 90,
@@ -356,6 +378,7 @@ impl EngineConfig {
         positive("peers_max", self.peers_max as u64)?;
         positive("peers_per_torrent_max", self.peers_per_torrent_max as u64)?;
         positive("peers_per_ip_max", self.peers_per_ip_max as u64)?;
+        positive("peers_per_prefix_max", self.peers_per_prefix_max as u64)?;
         positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("keepalive_interval_secs", self.keepalive_interval_secs)?;
@@ -477,6 +500,15 @@ impl EngineConfig {
             return Err(format!(
                 "ring_entries = {}: must be a power of two between 64 and 32768",
                 self.ring_entries
+            ));
+        }
+        if self.peers_per_prefix_max < self.peers_per_ip_max {
+            return Err(format!(
+                "peers_per_prefix_max = {} is below peers_per_ip_max = {}: one network (IPv4 \
+                 /24, IPv6 /48) must hold at least one source's connections (IPv4 address, \
+                 IPv6 /64); raise peers_per_prefix_max to at least {} or lower \
+                 peers_per_ip_max",
+                self.peers_per_prefix_max, self.peers_per_ip_max, self.peers_per_ip_max
             ));
         }
         Ok(())
@@ -836,6 +868,40 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("block_cache_bytes_per_shard"));
+    }
+
+    #[test]
+    fn network_limit_holds_at_least_one_source() {
+        // Proves: peers_per_prefix_max below peers_per_ip_max (a network smaller than one of
+        // its sources) and a zero limit are refused, naming the key and the value to set.
+        let c = EngineConfig {
+            peers_per_ip_max: 300,
+            ..EngineConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.starts_with("peers_per_prefix_max = 256 is below peers_per_ip_max = 300")
+                && err.contains("at least 300"),
+            "{err}"
+        );
+        let c = EngineConfig {
+            peers_per_ip_max: 300,
+            peers_per_prefix_max: 300,
+            ..EngineConfig::default()
+        };
+        c.validate().unwrap();
+        let c = EngineConfig {
+            peers_per_prefix_max: 0,
+            ..EngineConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("peers_per_prefix_max = 0: must be at least 1"));
+        assert_eq!(
+            EngineConfig::default().peers_per_prefix_max,
+            PEERS_PER_PREFIX_PER_IP_RATIO * EngineConfig::default().peers_per_ip_max
+        );
     }
 
     #[test]
