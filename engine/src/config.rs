@@ -90,6 +90,39 @@ pub const PEERS_PER_PREFIX_PER_IP_RATIO: usize = 4;
 pub const PEERS_PER_PREFIX_MAX_DEFAULT: usize =
     PEERS_PER_IP_MAX_DEFAULT * PEERS_PER_PREFIX_PER_IP_RATIO;
 
+/// Bounds of `ring_entries` (a power of two): the kernel's SQ allows up to 32768.
+pub const RING_ENTRIES_FLOOR: u32 = 64;
+pub const RING_ENTRIES_CEILING: u32 = 32768;
+
+/// Default `batch_chain_entries_max`: room for a full default batch of whole blocks in every
+/// mode (copy: up to 64 blocks read one by one, then the send, 65 entries; splice: 16 header
+/// writes and file splices, then the socket splice, 33), so at the defaults only blocks split
+/// across many files cut a batch short; 1/32 of the default ring.
+pub const BATCH_CHAIN_ENTRIES_MAX_DEFAULT: u32 = 128;
+
+/// Shortest chain that serves one block in every mode: splice mode writes its header into
+/// the pipe, splices it from the file, then splices the pipe to the socket (copy and
+/// zerocopy need two: a read and a send).
+pub const BATCH_CHAIN_ENTRIES_MIN: u32 = 3;
+
+/// Submission-queue entries kept free beside the longest batch chain: the same loop turn
+/// queues other entries around a chain (the batch's readahead hint, recv and accept
+/// re-arms, control sends, timeouts), and with this room a maximal chain fits without
+/// waiting for the queue to drain completely.
+pub const RING_ENTRIES_BESIDE_CHAIN: u32 = 16;
+
+/// Bytes per pipe slot assumed by the splice checks: one page on x86_64 and most aarch64
+/// kernels. The kernel sizes a pipe in slots of one page each (`pipe_buffer`s).
+pub const PIPE_SLOT_BYTES: usize = 4096;
+
+/// Smallest pipe the engine asks for in splice mode (the kernel's default pipe: 16 slots).
+pub const SPLICE_PIPE_BYTES_MIN: usize = 64 * 1024;
+
+/// Largest pipe an unprivileged process may ask for: the default of
+/// /proc/sys/fs/pipe-max-size. A larger request fails (EPERM) and the pipe keeps its default
+/// 64 KiB, so the checks assume this bound (the shipped service runs without capabilities).
+pub const PIPE_BYTES_MAX_UNPRIVILEGED: usize = 1 << 20;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -206,6 +239,12 @@ pub struct EngineConfig {
     pub choke_rotation_secs: u64,
     /// io_uring submission queue entries per shard.
     pub ring_entries: u32,
+    /// Most submission-queue entries one batch's linked chain may take (its reads, or in
+    /// splice mode its pipe writes and splices, plus its send). A block spanning many small
+    /// files needs one read per file, so without this bound a chain could outgrow the
+    /// submission queue; the shard ends a batch early rather than build a longer chain.
+    /// At least 3; `ring_entries` must hold it plus 16 entries for other ops. Default 128.
+    pub batch_chain_entries_max: u32,
     /// Info dictionaries cached per shard for BEP 9 metadata serving.
     pub metadata_cache_entries_max: usize,
     /// v2/hybrid torrents whose merkle trees (built from the piece layers in the .torrent,
@@ -266,6 +305,7 @@ impl Default for EngineConfig {
             upload_slots_max: 4_096,
             choke_rotation_secs: 30,
             ring_entries: 4_096,
+            batch_chain_entries_max: BATCH_CHAIN_ENTRIES_MAX_DEFAULT,
             metadata_cache_entries_max: 256,
             v2_layer_cache_entries_max: 64,
             stats_channel_capacity: 16,
@@ -313,10 +353,57 @@ impl EngineConfig {
         self.page_cache_sends && !self.direct_io && self.serve_mode != ServeMode::Splice
     }
 
+    /// The hot-block cache is in effect: sized, and not in splice mode (file bytes go
+    /// through a pipe there, and the shard builds no cache).
+    pub fn block_cache_effective(&self) -> bool {
+        self.block_cache_bytes_per_shard > 0 && self.serve_mode != ServeMode::Splice
+    }
+
+    /// Bytes of the pipe the shard should ask for per peer in splice mode (`F_SETPIPE_SZ`):
+    /// room for a whole batch with its headers (one send slot) and, since the kernel bounds
+    /// a pipe by slots rather than bytes, a slot for every page the batch may fill; at least
+    /// the kernel's default pipe. The kernel may grant less (a user past
+    /// /proc/sys/fs/pipe-user-pages-soft gets small pipes), so the shard sizes each batch
+    /// from the capacity it got.
+    pub fn splice_pipe_bytes_requested(&self) -> usize {
+        let blocks = self.blocks_per_batch_max();
+        let block_len = self.block_len_max_bytes as usize;
+        self.slot_len_bytes()
+            .max(splice_pipe_slots_needed(blocks, block_len) * PIPE_SLOT_BYTES)
+            .max(SPLICE_PIPE_BYTES_MIN)
+    }
+
+    /// Why a splice batch of `blocks` blocks of `block_len_max_bytes` cannot go through a
+    /// pipe the shard may ask for: `None` when it fits. Assumes an unprivileged process and
+    /// every block within one file (a block spanning files needs more slots; the shard
+    /// counts those at run time with `pipe_slots_of_file_splice`).
+    fn splice_batch_misfit(&self, blocks: usize) -> Option<String> {
+        let block_len = self.block_len_max_bytes as usize;
+        let batch_bytes = blocks * (crate::wire::message::PIECE_HEADER_LEN + block_len);
+        let needed = splice_pipe_slots_needed(blocks, block_len);
+        let requested = batch_bytes
+            .max(needed * PIPE_SLOT_BYTES)
+            .max(SPLICE_PIPE_BYTES_MIN);
+        let granted = pipe_bytes_granted(requested);
+        if granted > PIPE_BYTES_MAX_UNPRIVILEGED {
+            return Some(format!(
+                "a batch of {blocks} blocks with headers ({batch_bytes} bytes) may fill {needed} \
+                 pipe slots (the kernel bounds a pipe by slots, not bytes: one per 4 KiB page of \
+                 a block, one more for a block that starts mid-page, one per header write), so \
+                 it needs a pipe of {granted} bytes, above the {PIPE_BYTES_MAX_UNPRIVILEGED} an \
+                 unprivileged process may ask for (/proc/sys/fs/pipe-max-size): the pipe would \
+                 stay at 64 KiB and a file -> pipe splice would come up short"
+            ));
+        }
+        // What is asked for covers every slot; the kernel only rounds it up.
+        debug_assert!(needed <= pipe_slots(granted));
+        None
+    }
+
     /// Most blocks one coalesced send carries: `cached_send_batch_bytes_max` worth when they
     /// come from the hot-block cache or the page cache (only their headers take slot space).
     pub fn blocks_per_batch_max(&self) -> usize {
-        let gathered = self.block_cache_bytes_per_shard > 0 || self.page_cache_sends_effective();
+        let gathered = self.block_cache_effective() || self.page_cache_sends_effective();
         let cached = if gathered {
             (self.cached_send_batch_bytes_max / self.block_len_max_bytes) as usize
         } else {
@@ -496,10 +583,40 @@ impl EngineConfig {
         if self.peers_max > (1 << 24) - 1 {
             return Err(format!("peers_max = {}: at most 16777215", self.peers_max));
         }
-        if !(64..=32768).contains(&self.ring_entries) || !self.ring_entries.is_power_of_two() {
+        if !(RING_ENTRIES_FLOOR..=RING_ENTRIES_CEILING).contains(&self.ring_entries)
+            || !self.ring_entries.is_power_of_two()
+        {
             return Err(format!(
-                "ring_entries = {}: must be a power of two between 64 and 32768",
+                "ring_entries = {}: must be a power of two between {RING_ENTRIES_FLOOR} and \
+                 {RING_ENTRIES_CEILING}",
                 self.ring_entries
+            ));
+        }
+        if self.batch_chain_entries_max < BATCH_CHAIN_ENTRIES_MIN {
+            return Err(format!(
+                "batch_chain_entries_max = {}: at least {BATCH_CHAIN_ENTRIES_MIN} (one block in \
+                 splice mode: header write, file -> pipe splice, pipe -> socket splice)",
+                self.batch_chain_entries_max
+            ));
+        }
+        // A linked chain is queued whole, so the submission queue must hold the longest one
+        // (the ring asserts it) plus the entries queued beside it.
+        let chain_room =
+            u64::from(self.batch_chain_entries_max) + u64::from(RING_ENTRIES_BESIDE_CHAIN);
+        if chain_room > u64::from(self.ring_entries) {
+            let ring_needed = chain_room.next_power_of_two();
+            let chain_fits = self.ring_entries - RING_ENTRIES_BESIDE_CHAIN;
+            let raise = if ring_needed <= u64::from(RING_ENTRIES_CEILING) {
+                format!("raise ring_entries to at least {ring_needed} or ")
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "ring_entries = {} is below the longest SQE chain one batch may build \
+                 (batch_chain_entries_max = {}) plus {RING_ENTRIES_BESIDE_CHAIN} entries for \
+                 the ops queued beside it: {raise}lower batch_chain_entries_max to at most \
+                 {chain_fits}",
+                self.ring_entries, self.batch_chain_entries_max
             ));
         }
         if self.peers_per_prefix_max < self.peers_per_ip_max {
@@ -511,8 +628,60 @@ impl EngineConfig {
                 self.peers_per_prefix_max, self.peers_per_ip_max, self.peers_per_ip_max
             ));
         }
+        if self.serve_mode == ServeMode::Splice {
+            // Splice batches hold only blocks read into the slot (no cache, no mappings).
+            let blocks = self.slot_blocks_max();
+            if let Some(why) = self.splice_batch_misfit(blocks) {
+                // Always found: one block fits (128 KiB fills at most 34 of 256 slots).
+                let fits = (1..blocks)
+                    .rev()
+                    .find(|b| self.splice_batch_misfit(*b).is_none())
+                    .unwrap_or(1);
+                return Err(format!(
+                    "send_batch_bytes_max = {} with serve_mode = \"splice\": {why}; lower \
+                     send_batch_bytes_max to at most {} ({fits} blocks of {} bytes), or use \
+                     serve_mode = \"copy\"",
+                    self.send_batch_bytes_max,
+                    fits * self.block_len_max_bytes as usize,
+                    self.block_len_max_bytes
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// Bytes the kernel makes of a pipe size request: a power-of-two number of pages
+/// (fs/pipe.c, `round_pipe_size`). It refuses the request (EPERM) when this exceeds
+/// /proc/sys/fs/pipe-max-size for an unprivileged process.
+pub fn pipe_bytes_granted(requested_bytes: usize) -> usize {
+    requested_bytes.max(PIPE_SLOT_BYTES).next_power_of_two()
+}
+
+/// Slots of a pipe of `capacity_bytes` (what `F_GETPIPE_SZ` returns).
+pub fn pipe_slots(capacity_bytes: usize) -> usize {
+    capacity_bytes / PIPE_SLOT_BYTES
+}
+
+/// Most pipe slots one file -> pipe splice of `len_bytes` fills: one per page-cache page it
+/// touches, and a file of a multi-file torrent starts anywhere in a page, so one more.
+pub fn pipe_slots_of_file_splice(len_bytes: usize) -> usize {
+    len_bytes.div_ceil(PIPE_SLOT_BYTES) + 1
+}
+
+/// Most pipe slots one write of `len_bytes` into the pipe fills (piece headers, a pad file's
+/// zeros): a write fills fresh slots a page at a time, or merges into the last one.
+pub fn pipe_slots_of_pipe_write(len_bytes: usize) -> usize {
+    len_bytes.div_ceil(PIPE_SLOT_BYTES)
+}
+
+/// Most pipe slots a splice batch of `blocks` blocks fills before its socket splice drains
+/// the pipe, when each block is at most `block_len_bytes` and lies within one file: per
+/// block, its header write and its file splice. A batch whose blocks span files counts each
+/// op with `pipe_slots_of_file_splice` / `pipe_slots_of_pipe_write` instead.
+pub fn splice_pipe_slots_needed(blocks: usize, block_len_bytes: usize) -> usize {
+    let header = crate::wire::message::PIECE_HEADER_LEN;
+    blocks * (pipe_slots_of_pipe_write(header) + pipe_slots_of_file_splice(block_len_bytes))
 }
 
 /// Where the catalog comes from (the `[catalog]` table of a config file).
@@ -871,6 +1040,55 @@ mod tests {
     }
 
     #[test]
+    fn chain_longer_than_the_ring_is_refused() {
+        // Proves: a batch chain the submission queue cannot hold (the ring asserts, and the
+        // engine aborts) is refused at load, with the two ways out in numbers; a ring that
+        // holds the chain and the margin beside it passes.
+        let c = EngineConfig {
+            ring_entries: 64,
+            ..EngineConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.starts_with("ring_entries = 64 is below"), "{err}");
+        assert!(
+            err.contains("batch_chain_entries_max = 128")
+                && err.contains("raise ring_entries to at least 256")
+                && err.contains("lower batch_chain_entries_max to at most 48"),
+            "{err}"
+        );
+        let c = EngineConfig {
+            ring_entries: 64,
+            batch_chain_entries_max: 48,
+            ..EngineConfig::default()
+        };
+        c.validate().unwrap();
+        let c = EngineConfig {
+            ring_entries: 64,
+            batch_chain_entries_max: 49,
+            ..EngineConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("at most 48"));
+        // A chain no ring can hold: only lowering it helps, so only that is offered.
+        let c = EngineConfig {
+            ring_entries: RING_ENTRIES_CEILING,
+            batch_chain_entries_max: RING_ENTRIES_CEILING,
+            ..EngineConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(!err.contains("raise ring_entries"), "{err}");
+        assert!(err.contains("at most 32752"), "{err}");
+        // Too short to serve one block in splice mode.
+        let c = EngineConfig {
+            batch_chain_entries_max: 2,
+            ..EngineConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("batch_chain_entries_max = 2: at least 3"));
+    }
+
+    #[test]
     fn network_limit_holds_at_least_one_source() {
         // Proves: peers_per_prefix_max below peers_per_ip_max (a network smaller than one of
         // its sources) and a zero limit are refused, naming the key and the value to set.
@@ -902,6 +1120,90 @@ mod tests {
             EngineConfig::default().peers_per_prefix_max,
             PEERS_PER_PREFIX_PER_IP_RATIO * EngineConfig::default().peers_per_ip_max
         );
+    }
+
+    #[test]
+    fn splice_batch_must_fit_the_pipes_slots() {
+        // Proves: in splice mode the pipe asked for covers the slots a batch may fill (not
+        // just its bytes: a short file -> pipe splice is reported as a short disk read); a
+        // batch that needs a pipe larger than an unprivileged process gets is refused with
+        // the largest batch that fits; and every suggested value passes.
+        let splice = |send_batch_bytes_max: u32, block_len_max_bytes: u32| EngineConfig {
+            serve_mode: ServeMode::Splice,
+            send_batch_bytes_max,
+            block_len_max_bytes,
+            ..EngineConfig::default()
+        };
+        // The default batch (16 blocks, 262,352 bytes with headers) may fill 96 slots, so it
+        // asks for 96 pages and gets 512 KiB (128 slots).
+        splice(256 << 10, 16 << 10).validate().unwrap();
+        assert_eq!(splice_pipe_slots_needed(16, 16 << 10), 96);
+        let requested = splice(256 << 10, 16 << 10).splice_pipe_bytes_requested();
+        assert_eq!(requested, 96 * PIPE_SLOT_BYTES);
+        assert_eq!(pipe_bytes_granted(requested), 512 << 10);
+        // Three blocks (49,191 bytes) fit the default 64 KiB pipe's bytes but not its 16
+        // slots (18): the request is sized by slots.
+        let three = splice(48 << 10, 16 << 10);
+        three.validate().unwrap();
+        assert_eq!(three.splice_pipe_bytes_requested(), 18 * PIPE_SLOT_BYTES);
+        // 64 blocks may fill 384 slots: a 2 MiB pipe, refused for an unprivileged process.
+        let err = splice(1 << 20, 16 << 10).validate().unwrap_err();
+        assert!(
+            err.starts_with("send_batch_bytes_max = 1048576 with serve_mode = \"splice\"")
+                && err.contains("384")
+                && err.contains("pipe-max-size")
+                && err.contains("at most 688128 (42 blocks"),
+            "{err}"
+        );
+        splice(688128, 16 << 10).validate().unwrap();
+        let err = splice(688128 + (16 << 10), 16 << 10)
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("at most 688128"), "{err}");
+        let err = splice(1 << 20, 128 << 10).validate().unwrap_err();
+        assert!(err.contains("at most 917504 (7 blocks"), "{err}");
+        // Copy mode has no pipe: the same batch passes there.
+        let copy = EngineConfig {
+            serve_mode: ServeMode::Copy,
+            ..splice(4 << 20, 16 << 10)
+        };
+        copy.validate().unwrap();
+        // Every refusal's suggestion is itself accepted.
+        for block_len in [16u32 << 10, 32 << 10, 128 << 10] {
+            for blocks in 1..=(4u32 << 20) / block_len {
+                let c = splice(blocks * block_len, block_len);
+                let Err(err) = c.validate() else { continue };
+                let suggested: u32 = err
+                    .split("at most ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no suggestion in {err}"));
+                assert!(suggested < blocks * block_len, "{err}");
+                splice(suggested, block_len).validate().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn pipe_slot_arithmetic() {
+        // Proves: the slot counts the shard uses at run time are upper bounds of what the
+        // kernel fills: pages touched by a splice at any offset, fresh pages of a write.
+        assert_eq!(pipe_slots_of_file_splice(16384), 5);
+        assert_eq!(pipe_slots_of_file_splice(1), 2);
+        assert_eq!(pipe_slots_of_pipe_write(13), 1);
+        assert_eq!(pipe_slots_of_pipe_write(0), 0);
+        assert_eq!(pipe_slots_of_pipe_write(4097), 2);
+        for len in 1..3 * PIPE_SLOT_BYTES {
+            for start in [0, 1, PIPE_SLOT_BYTES - 1] {
+                let touched = (start + len).div_ceil(PIPE_SLOT_BYTES);
+                assert!(touched <= pipe_slots_of_file_splice(len), "{start}+{len}");
+            }
+        }
+        assert_eq!(pipe_bytes_granted(1), PIPE_SLOT_BYTES);
+        assert_eq!(pipe_bytes_granted(65536), 65536);
+        assert_eq!(pipe_bytes_granted(65537), 131072);
+        assert_eq!(pipe_slots(65536), 16);
     }
 
     #[test]
@@ -986,6 +1288,15 @@ mod tests {
         };
         assert!(!splice.page_cache_sends_effective());
         assert_eq!(splice.blocks_per_batch_max(), 16);
+        // The shard builds no cache in splice mode, so a sized one does not grow batches
+        // (nor the pipe asked for them).
+        let splice_with_cache = EngineConfig {
+            block_cache_bytes_per_shard: 64 << 20,
+            ..splice.clone()
+        };
+        assert!(!splice_with_cache.block_cache_effective());
+        assert_eq!(splice_with_cache.blocks_per_batch_max(), 16);
+        assert_eq!(splice_with_cache.slot_len_bytes(), 16 * (13 + 16384));
         let direct = EngineConfig {
             direct_io: true,
             ..EngineConfig::default()
