@@ -331,6 +331,30 @@ impl Ring {
     }
 
     /// True when completions are waiting in the queue (no syscall).
+    /// Submits what is queued and waits up to `wait` for a completion; first, when `poll` is
+    /// nonzero, polls for up to `poll` without sleeping (`idle_poll_usecs`: each enter
+    /// submits and runs deferred task work without blocking). A poll that found completions
+    /// has submitted everything, so it does not enter again.
+    pub fn poll_then_wait(&mut self, poll: Duration, wait: Duration) -> io::Result<()> {
+        if poll > Duration::ZERO {
+            let poll_until = std::time::Instant::now() + poll.min(wait);
+            loop {
+                if let Err(e) = self.submit_and_wait(Duration::ZERO) {
+                    tracing::error!("io_uring submit failed: {e}");
+                    break;
+                }
+                if self.completions_ready() {
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= poll_until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.submit_and_wait(wait)
+    }
+
     pub fn completions_ready(&mut self) -> bool {
         // SAFETY: as in `reap`: the only CompletionQueue of this ring is a local one.
         let mut cq = unsafe { self.uring().completion_shared() };

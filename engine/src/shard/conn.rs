@@ -8,7 +8,10 @@
 //! `ops_inflight` first), or be called per request: these syscalls happen once per
 //! connection.
 
+use crate::ring::token::{OpKind, Token};
+use crate::ring::Completion;
 use crate::shard::peer::Peer;
+use io_uring::{opcode, squeue, types};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -77,6 +80,167 @@ impl PeerTable {
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter().flatten()
     }
+}
+
+/// Peers waiting to be pumped: the ready list (pumped at the end of the loop turn, each at
+/// most once: `Peer::pump_queued`) and the peers waiting for a free send slot (or a free
+/// file), retried in order as slots free up (each at most once: `Peer::waiting_for_slot`).
+/// Both hold at most one entry per live peer.
+#[derive(Default)]
+pub struct Waiting {
+    ready: std::collections::VecDeque<(u32, u16)>,
+    for_slot: std::collections::VecDeque<(u32, u16)>,
+}
+
+impl Waiting {
+    pub fn ready(&mut self, peer: &mut Peer, idx: u32) {
+        if !peer.pump_queued {
+            peer.pump_queued = true;
+            self.ready.push_back((idx, peer.generation));
+        }
+    }
+
+    /// The next ready peer still alive (its mark cleared).
+    pub fn next_ready(&mut self, peers: &mut PeerTable) -> Option<u32> {
+        while let Some((idx, generation)) = self.ready.pop_front() {
+            if let Some(peer) = peers.get_mut(idx).filter(|p| p.generation == generation) {
+                peer.pump_queued = false;
+                return Some(idx);
+            }
+        }
+        None
+    }
+
+    pub fn for_slot(&mut self, peer: &mut Peer, idx: u32) {
+        if !peer.waiting_for_slot {
+            peer.waiting_for_slot = true;
+            self.for_slot.push_back((idx, peer.generation));
+        }
+    }
+
+    /// The next peer waiting for a slot still alive (its mark cleared).
+    pub fn next_for_slot(&mut self, peers: &mut PeerTable) -> Option<u32> {
+        while let Some((idx, generation)) = self.for_slot.pop_front() {
+            if let Some(peer) = peers.get_mut(idx).filter(|p| p.generation == generation) {
+                peer.waiting_for_slot = false;
+                return Some(idx);
+            }
+        }
+        None
+    }
+}
+
+/// The shard's listening sockets (SO_REUSEPORT) and their multishot accepts.
+pub struct Listeners {
+    fds: Vec<OwnedFd>,
+    armed: Vec<bool>,
+    accepting: bool,
+}
+
+/// What an accept completion brought.
+pub enum Accepted {
+    /// A new connection (its fd is ours now).
+    Conn(OwnedFd),
+    /// The accept failed (EMFILE, ENFILE, ...): counted; re-armed at the next tick, not in a
+    /// hot loop.
+    Failed(std::io::Error),
+    /// Cancelled, or we stopped accepting (the fd, if any, is closed).
+    Ignored,
+}
+
+impl Listeners {
+    pub fn new(fds: Vec<OwnedFd>) -> Listeners {
+        let armed = vec![false; fds.len()];
+        Listeners {
+            fds,
+            armed,
+            accepting: true,
+        }
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// Every listener has its accept armed (what /stats calls accepting).
+    pub fn all_armed(&self) -> bool {
+        self.accepting && self.armed.iter().all(|a| *a)
+    }
+
+    pub fn any_armed(&self) -> bool {
+        self.armed.iter().any(|a| *a)
+    }
+
+    /// The multishot accept SQEs of every listener not armed now (none once stopped).
+    pub fn arm(&mut self, out: &mut impl FnMut(squeue::Entry)) {
+        if !self.accepting {
+            return;
+        }
+        for (i, fd) in self.fds.iter().enumerate() {
+            if self.armed[i] {
+                continue;
+            }
+            out(opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(Token::new(OpKind::Accept, i as u16, 0, 0).encode()));
+            self.armed[i] = true;
+        }
+    }
+
+    /// Stops accepting: the cancels of every armed accept.
+    pub fn stop(&mut self, out: &mut impl FnMut(squeue::Entry)) {
+        self.accepting = false;
+        for (i, armed) in self.armed.iter().enumerate() {
+            if *armed {
+                out(cancel_sqe(Token::new(OpKind::Accept, i as u16, 0, 0)));
+            }
+        }
+    }
+
+    pub fn on_completion(&mut self, listener: usize, c: &Completion) -> Accepted {
+        if !c.more() {
+            if let Some(armed) = self.armed.get_mut(listener) {
+                *armed = false;
+            }
+        }
+        if c.result < 0 {
+            if c.result == -libc::ECANCELED {
+                return Accepted::Ignored;
+            }
+            return Accepted::Failed(std::io::Error::from_raw_os_error(-c.result));
+        }
+        // SAFETY: a non-negative accept result is a new fd that nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+        if !self.accepting {
+            return Accepted::Ignored;
+        }
+        Accepted::Conn(fd)
+    }
+}
+
+/// The connect op of an outbound peer. Its address is boxed on the peer: it must not move
+/// while the op is in flight.
+pub fn connect_sqe(peer: &mut Peer, addr: &SocketAddr, idx: u32) -> squeue::Entry {
+    peer.phase = crate::shard::peer::Phase::Connecting;
+    let boxed = Box::new(crate::net::std_to_sockaddr(addr));
+    let sqe = opcode::Connect::new(
+        types::Fd(peer.fd.as_raw_fd()),
+        (&boxed.0 as *const libc::sockaddr_storage).cast(),
+        boxed.1,
+    )
+    .build()
+    .user_data(Token::new(OpKind::Connect, 0, idx, peer.generation).encode());
+    peer.connect_addr = Some(boxed);
+    peer.ops_inflight += 1;
+    sqe
+}
+
+/// An AsyncCancel of the op `target` names (its own completion is ignored).
+pub fn cancel_sqe(target: Token) -> squeue::Entry {
+    opcode::AsyncCancel::new(target.encode())
+        .build()
+        .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode())
 }
 
 /// A non-blocking-free TCP socket to dial `addr` from (the connect itself is an io_uring op).

@@ -126,6 +126,14 @@ pub enum AcquireError {
 }
 
 impl FileCache {
+    /// This cache's counters into the shard's stats.
+    pub fn copy_counters(&self, stats: &mut crate::stats::ShardStats) {
+        stats.direct_open_failures = self.direct_open_failures;
+        stats.map_failures = self.map_failures;
+        stats.maps_over_budget = self.maps_over_budget;
+        stats.mapped_bytes = self.mapped_bytes;
+    }
+
     /// `fixed_files`: the ring has a sparse fixed-file table of `capacity` slots.
     /// `direct_io`: also open every file with O_DIRECT; `map_bytes_max`: also map it, with
     /// at most this many bytes mapped at once (see the module comment).

@@ -173,11 +173,7 @@ impl Shard {
     /// `ShardCommand::Health`: adopt the control plane's errored set.
     pub(super) fn on_health(&mut self, set: Arc<ErroredSet>) {
         for h in self.health.on_published(set) {
-            self.files.forget_idle(&h, &mut self.ring);
-            // Whatever the fault or the fix, serve this torrent's blocks from disk afresh.
-            if let Some(cache) = self.slots.cache.as_mut() {
-                cache.purge(&h);
-            }
+            self.forget_content(&h);
         }
         // Peers of a torrent that just became errored may hold queued requests: answer them.
         for idx in 0..self.peers.slots() {

@@ -1,36 +1,27 @@
 //! A shard: one thread, one io_uring, its own listeners, and every peer accepted on them.
+//! This file is the loop; each concern it routes to has its own room:
+//! `session` (the peer protocol, pure), `plan` (which blocks go next, from where),
+//! `submit` (send slots and SQE chains), `recv` (the receive path), `conn` (the peer table,
+//! listeners, sockets), `extras` (BEP 9/52 data loaded by the control plane), `setup`.
 //!
-//! Owns: its peers (a slab indexed by the `peer` field of op tokens), its send buffer pool,
-//! its open-file cache, its choker and its stats. Nothing here is shared with other shards;
-//! the catalog is an immutable `Arc` snapshot, and commands arrive over a bounded channel.
+//! The loop (TigerBeetle's shape): submit what is queued and wait for completions (or the
+//! next tick), copy the completions out in one batch, dispatch each by its token, then apply
+//! control-plane commands, the tick, and pump the peers that became ready. Session calls
+//! return actions; unchokes they cause are pumped at the end of the turn, not re-entrantly.
 //!
-//! The loop (TigerBeetle's shape): submit everything queued and wait for completions (or the
-//! next tick), copy the completions out in one batch, then dispatch each by its token. A
-//! handler never re-enters the loop; it only queues SQEs, which go out at the next turn.
+//! Lifetimes: a peer is freed only when `ops_inflight` is 0; its buffers are resized only
+//! while no op names them; the ring is dropped before the memory registered with it, and if
+//! ops are still in flight at exit that memory is leaked rather than freed under the kernel.
 //!
-//! Serving a block (copy mode): requests are validated and queued per peer; when the peer's
-//! send pipeline is idle, queued blocks are laid out in one buffer slot as
-//! `[13-byte piece header][block]...` (up to `send_batch_bytes_max` of blocks to read, plus
-//! cache hits up to `cached_send_batch_bytes_max`, whose bytes stay in the cache and are
-//! gathered by the send), the block bytes are read with ReadFixed
-//! straight into place, and one Send of the whole slot is linked after the reads: no trip to
-//! userspace between read and send. zerocopy mode sends the slot with SendZc and frees it at
-//! the notification; splice mode sends the header, then splices file -> pipe -> socket.
-//!
-//! Buffer lifetimes: a peer's receive buffer and control buffer are only resized or reused
-//! while no op names them (`recv_armed`, `control_inflight` are false); a peer is freed only
-//! when `ops_inflight` is 0; buffer slots follow `ring::buffers`. The ring is declared before
-//! the pool so it is dropped (and its ops cancelled) first; if ops are still in flight at
-//! exit the pool is leaked rather than freed under the kernel.
-//!
-//! Must never: block (the only syscalls outside io_uring are at connection set-up/teardown and
-//! the first open of a content file, with the update of its fixed-file slot), allocate per
-//! request in steady state, panic on peer input, or let a peer's error affect another peer.
+//! Must never: block (the only syscalls outside io_uring are at connection set-up/teardown
+//! and the first open of a content file), read a .torrent file, allocate per request in
+//! steady state, panic on peer input, or let a peer's error affect another peer.
 
 pub mod admission;
 pub mod block_cache;
 pub mod choker;
 pub mod conn;
+pub mod env;
 pub mod extras;
 pub mod files;
 pub mod health;
@@ -42,34 +33,35 @@ pub mod setup;
 pub mod submit;
 
 use crate::catalog::{Catalog, CatalogTorrent};
-use crate::config::{EngineConfig, ServeMode};
+use crate::config::EngineConfig;
 use crate::metainfo::InfoHash;
 use crate::plane::{ShardCommand, TorrentExtras};
 use crate::ring::token::{OpKind, Token};
-use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED};
+use crate::ring::{Completion, Ring};
 use crate::stats::{CloseReason, ShardStats};
-use crate::wire::handshake::{parse_handshake, HANDSHAKE_LEN};
-use crate::wire::message::{decode_frame, PIECE_HEADER_LEN};
-use crate::wire::WireError;
 use admission::Admission;
 use choker::{Choker, PeerKey};
-use conn::{dial_socket, make_pipe, peer_addr, pin_to_cpu, set_nodelay, PeerTable};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use conn::{
+    cancel_sqe, connect_sqe, dial_socket, peer_addr, pin_to_cpu, set_nodelay, Accepted, Listeners,
+    PeerTable, Waiting,
+};
+use crossbeam_channel::{Receiver, Sender};
+use env::ShardEnv;
 use extras::{ExtrasCache, Wish};
 use files::FileCache;
-use io_uring::{opcode, squeue, types};
+use io_uring::squeue;
 use peer::{Peer, Phase};
-use plan::{BatchBudget, Layout, PlanOptions, PlanScratch};
-use recv::{Received, RecvPath};
+use plan::PlanScratch;
+use recv::{Input, Received, RecvPath};
 use session::{Action, Session, SessionEnv, SessionLimits};
 use setup::IoResources;
 pub use setup::{ShardSetup, StartError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use submit::SendSlots;
+use submit::{control_send_sqe, BatchSent, BatchStart, SendParts, SendSlots};
 
 /// Housekeeping period: timeouts, keep-alives, choker rotation, stats snapshots.
 pub const TICK_INTERVAL_MS: u64 = 250;
@@ -95,9 +87,7 @@ pub struct Shard {
     /// Why the buffer pool is not registered (then reads and sends use plain buffers).
     fixed_buffers_error: Option<String>,
     peers: PeerTable,
-    listeners: Vec<OwnedFd>,
-    accept_armed: Vec<bool>,
-    accepting: bool,
+    listeners: Listeners,
     files: FileCache,
     health: health::ShardHealth,
     choker: Choker,
@@ -111,9 +101,8 @@ pub struct Shard {
     limits: SessionLimits,
     /// Scratch for the actions of one session call.
     actions: Vec<Action>,
-    /// Peers to pump at the end of this loop turn (each at most once: `Peer::pump_queued`).
-    ready: Vec<PeerKey>,
-    slot_waiters: VecDeque<PeerKey>,
+    /// Peers to pump at the end of this loop turn, and peers waiting for a send slot.
+    waiting: Waiting,
     peer_id: [u8; 20],
     now: Instant,
     tick: u64,
@@ -142,7 +131,6 @@ impl Shard {
         let now = Instant::now();
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
-        let listeners_len = setup.listeners.len();
         Ok(Shard {
             index: setup.index,
             catalog: setup.catalog,
@@ -151,9 +139,7 @@ impl Shard {
             recv: RecvPath::new(recv_ring, config.message_len_max_bytes),
             fixed_buffers_error,
             peers: PeerTable::default(),
-            listeners: setup.listeners,
-            accept_armed: vec![false; listeners_len],
-            accepting: true,
+            listeners: Listeners::new(setup.listeners),
             files,
             health: health::ShardHealth::new(setup.health_tx),
             choker: Choker::new(slots),
@@ -170,8 +156,7 @@ impl Shard {
             ),
             limits: SessionLimits::from_config(&config),
             actions: Vec::with_capacity(64),
-            ready: Vec::with_capacity(64),
-            slot_waiters: VecDeque::new(),
+            waiting: Waiting::default(),
             peer_id: setup.peer_id,
             now,
             tick: 0,
@@ -191,16 +176,14 @@ impl Shard {
 
     /// Runs until shutdown; returns the final stats.
     pub fn run(mut self) -> ShardStats {
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i);
-        }
+        self.arm_accepts();
         self.stats.accepting = true;
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
         let idle_poll = Duration::from_micros(self.config.idle_poll_usecs);
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.shutdown_deadline {
-                let drained = self.peers.live() == 0 && !self.accept_armed.iter().any(|a| *a);
+                let drained = self.peers.live() == 0 && !self.listeners.any_armed();
                 if drained || self.now >= deadline + Duration::from_millis(SHUTDOWN_FORCE_MS) {
                     break;
                 }
@@ -212,30 +195,13 @@ impl Shard {
                 .next_tick_at
                 .saturating_duration_since(self.now)
                 .min(Duration::from_millis(TICK_INTERVAL_MS));
-            let mut polled_ready = false;
-            if idle_poll > Duration::ZERO && !completions.is_empty() {
-                // Poll before sleeping (`idle_poll_usecs`): each enter submits what is queued
-                // and runs deferred task work, without blocking.
-                let poll_until = self.now + idle_poll.min(wait);
-                loop {
-                    if let Err(e) = self.ring.submit_and_wait(Duration::ZERO) {
-                        tracing::error!(shard = self.index, "io_uring submit failed: {e}");
-                        break;
-                    }
-                    polled_ready = self.ring.completions_ready();
-                    if polled_ready || Instant::now() >= poll_until {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-            }
-            // A poll that found completions has submitted everything: reap without entering.
-            let entered = if polled_ready {
-                Ok(())
+            // Poll before sleeping only right after a turn that had work (`idle_poll_usecs`).
+            let poll = if completions.is_empty() {
+                Duration::ZERO
             } else {
-                self.ring.submit_and_wait(wait)
+                idle_poll
             };
-            if let Err(e) = entered {
+            if let Err(e) = self.ring.poll_then_wait(poll, wait) {
                 tracing::error!(
                     shard = self.index,
                     "io_uring submit failed: {e}; shard stops"
@@ -262,7 +228,7 @@ impl Shard {
         let inflight: u32 = self.peers.iter().map(|p| p.ops_inflight).sum();
         let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
-        if inflight > 0 || self.accept_armed.iter().any(|a| *a) {
+        if inflight > 0 || self.listeners.any_armed() {
             // The kernel may still touch the pool while it tears the ring down: leak it.
             tracing::warn!(
                 shard = self.index,
@@ -280,20 +246,9 @@ impl Shard {
     }
 
     fn sync_cache_stats(&mut self) {
-        self.stats.direct_open_failures = self.files.direct_open_failures;
-        self.stats.map_failures = self.files.map_failures;
-        self.stats.maps_over_budget = self.files.maps_over_budget;
-        self.stats.mapped_bytes = self.files.mapped_bytes;
-        if let Some(cache) = &self.slots.cache {
-            let c = cache.counters;
-            self.stats.block_cache_hits = c.hits;
-            self.stats.block_cache_misses = c.misses;
-            self.stats.block_cache_busy = c.busy;
-            self.stats.block_cache_full = c.full;
-            self.stats.block_cache_evictions = c.evictions;
-            self.stats.block_cache_bytes_used =
-                (cache.used_entries() * cache.entry_len_bytes()) as u64;
-        }
+        self.files.copy_counters(&mut self.stats);
+        self.slots.copy_counters(&mut self.stats);
+        self.stats.extras_loads_refused = self.extras.loads_refused;
     }
 
     fn on_command(&mut self, cmd: ShardCommand) {
@@ -306,7 +261,8 @@ impl Shard {
                 // their own Arc); peers of removed torrents are closed.
                 for idx in 0..self.peers.slots() {
                     let removed = self
-                        .peer_mut(idx)
+                        .peers
+                        .get_mut(idx)
                         .and_then(|p| p.session.torrent().map(|t| t.info_hash))
                         .is_some_and(|h| self.catalog.get(&h).is_none());
                     if removed {
@@ -325,21 +281,13 @@ impl Shard {
             return;
         }
         self.shutdown_deadline = Some(self.now + Duration::from_millis(SHUTDOWN_DRAIN_MS));
-        self.accepting = false;
         self.stats.accepting = false;
-        for i in 0..self.listeners.len() {
-            if self.accept_armed[i] {
-                let target = Token::new(OpKind::Accept, i as u16, 0, 0).encode();
-                let sqe = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode());
-                self.push(&sqe);
-            }
-        }
+        let ring = &mut self.ring;
+        self.listeners.stop(&mut |sqe| push_or_log(ring, &sqe));
         // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
         // closed when it completes; idle peers are closed now. New requests are not served.
         for idx in 0..self.peers.slots() {
-            let busy = self.peer_mut(idx).is_some_and(|p| p.send_busy());
+            let busy = self.peers.get_mut(idx).is_some_and(|p| p.send_busy());
             if !busy {
                 self.close_peer(idx, CloseReason::Shutdown);
             }
@@ -354,68 +302,50 @@ impl Shard {
     }
 
     fn push(&mut self, sqe: &squeue::Entry) {
-        if let Err(e) = self.ring.push(sqe) {
-            // Only a broken ring fails here; nothing sane remains but to stop accepting work.
-            tracing::error!(shard = self.index, "io_uring push failed: {e}");
-        }
+        push_or_log(&mut self.ring, sqe);
     }
 
     // ---------------------------------------------------------------- accept
 
-    fn arm_accept(&mut self, i: usize) {
-        if !self.accepting || self.accept_armed[i] {
-            return;
-        }
-        let fd = self.listeners[i].as_raw_fd();
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(Token::new(OpKind::Accept, i as u16, 0, 0).encode());
-        self.push(&sqe);
-        self.accept_armed[i] = true;
+    fn arm_accepts(&mut self) {
+        let ring = &mut self.ring;
+        self.listeners.arm(&mut |sqe| push_or_log(ring, &sqe));
     }
 
     fn on_accept(&mut self, c: Completion, listener: usize) {
-        if !c.more() {
-            if let Some(armed) = self.accept_armed.get_mut(listener) {
-                *armed = false;
-            }
-        }
-        if c.result < 0 {
-            let errno = -c.result;
-            if errno != libc::ECANCELED {
-                // EMFILE/ENFILE and friends: counted; re-armed at the next tick, not in a
-                // hot loop.
-                tracing::debug!(
-                    shard = self.index,
-                    "accept failed: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                );
+        let fd = match self.listeners.on_completion(listener, &c) {
+            Accepted::Conn(fd) => fd,
+            Accepted::Ignored => return,
+            Accepted::Failed(e) => {
+                tracing::debug!(shard = self.index, "accept failed: {e}");
                 self.stats.accept_errors += 1;
+                return;
             }
-            return;
-        }
-        // SAFETY: a non-negative accept result is a new fd that nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-        if !self.accepting {
-            return;
-        }
+        };
         let Some(addr) = peer_addr(fd.as_raw_fd()) else {
             self.stats.closed(CloseReason::SocketError);
             return;
         };
-        if self.peers.live() >= self.config.peers_max {
-            self.stats.closed(CloseReason::PeersLimit);
+        if !self.admit(&addr) {
             return;
         }
-        if let Err(refusal) = self.admission.admit(&addr.ip()) {
-            self.stats.closed(refusal_reason(refusal));
-            return;
-        }
-        set_nodelay(fd.as_raw_fd());
         let idx = self.insert_peer(fd, addr, None);
         self.stats.peers_accepted += 1;
         self.arm_recv(idx);
+    }
+
+    /// A new connection within the shard's and the process's limits (counted in admission
+    /// until the peer is freed); a refusal is counted under its reason.
+    fn admit(&mut self, addr: &SocketAddr) -> bool {
+        let admitted = if self.peers.live() >= self.config.peers_max {
+            Err(CloseReason::PeersLimit)
+        } else {
+            self.admission.admit(&addr.ip()).map_err(refusal_reason)
+        };
+        if let Err(reason) = admitted {
+            self.stats.closed(reason);
+        }
+        admitted.is_ok()
     }
 
     /// Puts a new connection in the slab (reusing a freed index) and returns its index.
@@ -428,6 +358,7 @@ impl Shard {
         // multishot: received bytes land in the shared ring, and the peer's buffer holds only
         // what is left of a partial message, so it starts empty and grows on demand.
         let recv_buf_bytes = self.recv.initial_buffer_bytes();
+        set_nodelay(fd.as_raw_fd());
         let queue_max = self.limits.request_queue_max;
         let session = match outbound {
             Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
@@ -440,18 +371,13 @@ impl Shard {
     /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
     /// that we send our handshake first and check that theirs names the same torrent.
     fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) {
-        if !self.accepting {
+        if !self.listeners.accepting() {
             return;
         }
         let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
             return;
         };
-        if self.peers.live() >= self.config.peers_max {
-            self.stats.closed(CloseReason::PeersLimit);
-            return;
-        }
-        if let Err(refusal) = self.admission.admit(&addr.ip()) {
-            self.stats.closed(refusal_reason(refusal));
+        if !self.admit(&addr) {
             return;
         }
         let Ok(fd) = dial_socket(&addr) else {
@@ -459,29 +385,16 @@ impl Shard {
             self.stats.closed(CloseReason::ConnectFailed);
             return;
         };
-        set_nodelay(fd.as_raw_fd());
         let idx = self.insert_peer(fd, addr, Some(torrent));
         self.stats.peers_dialed += 1;
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        peer.phase = Phase::Connecting;
-        let (storage, len) = crate::net::std_to_sockaddr(&addr);
-        let boxed = Box::new((storage, len));
-        let sqe = opcode::Connect::new(
-            types::Fd(peer.fd.as_raw_fd()),
-            (&boxed.0 as *const libc::sockaddr_storage).cast(),
-            boxed.1,
-        )
-        .build()
-        .user_data(Token::new(OpKind::Connect, 0, idx, peer.generation).encode());
-        peer.connect_addr = Some(boxed);
-        peer.ops_inflight += 1;
-        self.push(&sqe);
+        if let Some(peer) = self.peers.get_mut(idx) {
+            let sqe = connect_sqe(peer, &addr, idx);
+            self.push(&sqe);
+        }
     }
 
     fn on_connected(&mut self, idx: u32, c: Completion) {
-        let Some(peer) = self.peer_mut(idx) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -538,10 +451,6 @@ impl Shard {
         }
     }
 
-    fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
-        self.peers.get_mut(idx)
-    }
-
     // ---------------------------------------------------------------- receive
 
     fn arm_recv(&mut self, idx: u32) {
@@ -564,7 +473,7 @@ impl Shard {
                 return;
             }
             Received::Eof => {
-                let owed = self.peer_mut(idx).is_some_and(|p| {
+                let owed = self.peers.get_mut(idx).is_some_and(|p| {
                     let send_busy = p.send_busy();
                     p.session.on_read_closed(send_busy)
                 });
@@ -583,7 +492,7 @@ impl Shard {
             }
             Received::Bytes { ended } => ended,
         };
-        if let Some(peer) = self.peer_mut(idx) {
+        if let Some(peer) = self.peers.get_mut(idx) {
             peer.session.on_received(now);
         }
         if let Err(reason) = self.process_input(idx) {
@@ -599,54 +508,39 @@ impl Shard {
         }
     }
 
-    /// Decodes every complete message in the peer's buffer and hands each to its session.
+    /// Hands every complete input in the peer's buffer to its session, in order.
     fn process_input(&mut self, idx: u32) -> Result<(), CloseReason> {
-        let mut consumed = 0usize;
-        let (mut recv_buf, recv_len) = match self.peer_mut(idx) {
+        let (mut buf, len) = match self.peers.get_mut(idx) {
             Some(p) => (std::mem::take(&mut p.recv_buf), p.recv_len),
             None => return Ok(()),
         };
-        let now = self.now;
-        let max_len = self.config.message_len_max_bytes;
-        let result = (|| {
-            let active = |shard: &mut Shard| {
-                shard
-                    .peer_mut(idx)
-                    .map(|p| p.phase == Phase::Open && p.session.is_active())
+        let (now, max_len) = (self.now, self.config.message_len_max_bytes);
+        let mut consumed = 0usize;
+        let result = loop {
+            let Some(peer) = self.peers.get(idx).filter(|p| p.phase == Phase::Open) else {
+                break Ok(());
             };
-            if active(self) == Some(false) {
-                match parse_handshake(&recv_buf[..recv_len]) {
-                    Err(_) => return Err(CloseReason::BadHandshake),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(hs)) => {
-                        self.with_session(idx, |s, env, a| s.on_handshake(&hs, env, a))
-                            .unwrap_or(Ok(()))?;
-                        consumed = HANDSHAKE_LEN;
-                    }
-                }
+            let pieces = peer.session.torrent().map(|t| t.num_pieces);
+            let active = peer.session.is_active();
+            let (input, used) = match recv::next_input(&buf[consumed..len], active, max_len, pieces)
+            {
+                Ok(Some(next)) => next,
+                Ok(None) => break Ok(()),
+                Err(reason) => break Err(reason),
+            };
+            consumed += used;
+            let handled = self.with_session(idx, |s, env, a| match input {
+                Input::Handshake(hs) => s.on_handshake(&hs, env, a),
+                Input::Message(msg) => s.on_message(msg, env, now, a),
+            });
+            if let Some(Err(reason)) = handled {
+                break Err(reason);
             }
-            loop {
-                if active(self) != Some(true) {
-                    return Ok(());
-                }
-                match decode_frame(&recv_buf[consumed..recv_len], max_len) {
-                    Ok(Some((msg, used))) => {
-                        self.with_session(idx, |s, env, a| s.on_message(msg, env, now, a))
-                            .unwrap_or(Ok(()))?;
-                        consumed += used;
-                    }
-                    Ok(None) => return Ok(()),
-                    Err(WireError::MessageTooLong { .. }) => {
-                        return Err(CloseReason::MessageTooLong)
-                    }
-                    Err(_) => return Err(CloseReason::MalformedMessage),
-                }
-            }
-        })();
-        if let Some(peer) = self.peer_mut(idx) {
-            recv_buf.copy_within(consumed..recv_len, 0);
-            peer.recv_len = recv_len - consumed;
-            peer.recv_buf = recv_buf;
+        };
+        if let Some(peer) = self.peers.get_mut(idx) {
+            buf.copy_within(consumed..len, 0);
+            peer.recv_len = len - consumed;
+            peer.recv_buf = buf;
         }
         result
     }
@@ -731,7 +625,6 @@ impl Shard {
         };
         let key = (idx, peer.generation);
         if self.extras.want(&torrent, key, now) == Wish::Refused {
-            self.stats.extras_loads_refused = self.extras.loads_refused;
             self.wake_extras_waiter(key, None);
         }
     }
@@ -751,20 +644,19 @@ impl Shard {
                 self.wake_extras_waiter(key, None);
             }
         }
-        self.stats.extras_loads_refused = self.extras.loads_refused;
     }
 
     /// Answers a peer's held metadata/hash requests from `loaded` (None: rejects).
     fn wake_extras_waiter(&mut self, (idx, generation): PeerKey, loaded: Option<InfoHash>) {
         let live = self
-            .peer_mut(idx)
+            .peers
+            .get_mut(idx)
             .is_some_and(|p| p.generation == generation && p.phase == Phase::Open);
         if !live {
             return;
         }
-        let extras = loaded.and_then(|h| self.extras.get(&h).map(|_| h));
         let result = self.with_session(idx, |s, env, actions| {
-            s.on_extras(extras.and_then(|h| env.extras(&h)), actions);
+            s.on_extras(loaded.and_then(|h| env.extras(&h)), actions);
             s.has_out()
         });
         if result == Some(true) {
@@ -775,7 +667,7 @@ impl Shard {
     // ---------------------------------------------------------------- choking
 
     fn unchoke(&mut self, idx: u32) {
-        let Some(peer) = self.peer_mut(idx) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         if peer.phase == Phase::Open && peer.session.unchoke() {
@@ -791,31 +683,16 @@ impl Shard {
     /// Pumps the peer at the end of this loop turn, not from inside a handler (its receive
     /// buffer may be taken out, or another peer's call may be under way).
     fn queue_pump(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        if !peer.pump_queued {
-            peer.pump_queued = true;
-            self.ready.push((idx, peer.generation));
+        if let Some(peer) = self.peers.get_mut(idx) {
+            self.waiting.ready(peer, idx);
         }
     }
 
     /// Pumps every peer queued this turn (a pump may queue others: they run too).
     fn pump_ready(&mut self) {
-        let mut i = 0;
-        while i < self.ready.len() {
-            let (idx, generation) = self.ready[i];
-            i += 1;
-            let Some(peer) = self.peer_mut(idx) else {
-                continue;
-            };
-            if peer.generation != generation {
-                continue;
-            }
-            peer.pump_queued = false;
+        while let Some(idx) = self.waiting.next_ready(&mut self.peers) {
             self.pump(idx);
         }
-        self.ready.clear();
     }
 
     // ---------------------------------------------------------------- send pipeline
@@ -842,14 +719,7 @@ impl Shard {
             peer.control_inflight = true;
             peer.ops_inflight += 1;
             peer.session.on_send_started(now);
-            let sqe = opcode::Send::new(
-                types::Fd(peer.fd.as_raw_fd()),
-                peer.control_sending.as_ptr(),
-                peer.control_sending.len() as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
+            let sqe = control_send_sqe(peer, idx);
             self.push(&sqe);
             return;
         }
@@ -868,7 +738,7 @@ impl Shard {
     }
 
     fn on_control_sent(&mut self, idx: u32, c: Completion) {
-        let Some(peer) = self.peer_mut(idx) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -884,15 +754,7 @@ impl Shard {
         peer.control_sent += c.result as usize;
         if peer.control_sent < peer.control_sending.len() {
             // Short send: send the rest before anything else goes out.
-            let rest = &peer.control_sending[peer.control_sent..];
-            let sqe = opcode::Send::new(
-                types::Fd(peer.fd.as_raw_fd()),
-                rest.as_ptr(),
-                rest.len() as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode());
+            let sqe = control_send_sqe(peer, idx);
             peer.ops_inflight += 1;
             self.push(&sqe);
             return;
@@ -902,133 +764,30 @@ impl Shard {
         self.pump(idx);
     }
 
-    /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
-    /// submits its chain of reads and the send (`submit.rs`); a readahead hint may follow.
+    /// Plans a batch of the peer's queued blocks into a free send slot and submits it.
     fn start_batch(&mut self, idx: u32) {
-        let Some(slot) = self.slots.pool.acquire() else {
-            self.stats.buffer_pool_exhausted += 1;
-            self.wait_for_slot(idx);
+        let (peers, mut parts) = self.send_parts();
+        let Some(peer) = peers.get_mut(idx) else {
             return;
         };
-        debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
-        let mode = self.config.serve_mode;
-        let direct_io = self.stats.direct_io;
-        let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx) else {
-            self.slots.pool.release(slot);
-            return;
-        };
-        let Some(torrent) = peer.session.torrent().cloned() else {
-            self.slots.pool.release(slot);
-            return;
-        };
-        let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
-        let mut slot_len = self.slots.pool.slot_len_bytes();
-        if mode == ServeMode::Splice {
-            if peer.pipe.is_none() {
-                match make_pipe(slot_len) {
-                    Ok(p) => peer.pipe = Some(p),
-                    Err(e) => {
-                        tracing::warn!("cannot create a pipe for splice: {e}");
-                        self.slots.pool.release(slot);
-                        self.close_peer(idx, CloseReason::SocketError);
-                        return;
-                    }
-                }
-            }
-            // A batch never holds more than its pipe can.
-            slot_len = slot_len.min(peer.pipe.as_ref().map(|p| p.2).unwrap_or(0));
-        }
-        let page_cache_sends = self.stats.page_cache_sends_on;
-        let opts = PlanOptions {
-            budget: BatchBudget {
-                blocks_max: self.config.blocks_per_batch_max(),
-                read_bytes_max: self.config.send_batch_bytes_max as usize,
-                slot_len,
-                gather: self.slots.cache.is_some() || page_cache_sends,
-            },
-            direct_io,
-            piece_readahead: self.config.piece_readahead && !direct_io,
-            page_cache_sends,
-            now,
-        };
-        let slots = &mut self.slots;
-        let slot_base = slots.pool.slot_ptr(slot);
-        let plan = plan::lay_out(
-            Layout {
-                files: &mut self.files,
-                ring: &mut self.ring,
-                cache: slots.cache.as_mut(),
-                stats: &mut self.stats,
-                health: &mut self.health,
-                scratch: &mut self.plan_scratch,
-                slot_base,
-                slot_mem: slots.pool.slot_mut(slot),
-                send_iovs: &mut slots.send_iovecs[slot as usize],
-                cache_refs: &mut slots.cache_refs[slot as usize],
-            },
-            &opts,
-            peer,
-            &torrent,
-        );
-        if plan.state.blocks == 0 {
-            debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
-            self.slots.pool.release(slot);
-            let too_big = self
-                .peer_mut(idx)
-                .and_then(|p| p.session.next_request())
-                .is_some_and(|q| PIECE_HEADER_LEN + q.request.length as usize > slot_len);
-            if too_big {
-                // Only a pipe smaller than one block (F_SETPIPE_SZ refused) gets here.
-                tracing::warn!("a block does not fit this peer's splice pipe; closing it");
-                self.close_peer(idx, CloseReason::SocketError);
-            } else if plan.disk_error {
-                self.close_peer(idx, CloseReason::DiskError);
-            } else {
-                // Every cached file is busy: retry when a batch completes.
-                self.wait_for_slot(idx);
-            }
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        let generation = peer.generation;
-        let reads = &self.plan_scratch.reads;
-        let pushed = self
-            .slots
-            .submit(&mut self.ring, peer, idx, slot, &plan, reads, use_zc, now);
-        if let Err(e) = pushed {
-            tracing::error!(shard = self.index, "io_uring push failed: {e}");
-        }
-        if let Some((key, fd, file_offset, len)) = plan.readahead {
-            let sqe =
-                opcode::Fadvise::new(types::Fd(fd), len as libc::off_t, libc::POSIX_FADV_WILLNEED)
-                    .offset(file_offset)
-                    .build()
-                    .user_data(Token::new(OpKind::Readahead, 0, idx, generation).encode());
-            if let Some(peer) = self.peer_mut(idx) {
-                peer.readahead_file = Some(key);
-                peer.ops_inflight += 1;
-            }
-            self.stats.readaheads += 1;
-            self.push(&sqe);
+        match parts.start_batch(peer, idx) {
+            BatchStart::Submitted => {}
+            BatchStart::Wait => self.wait_for_slot(idx),
+            BatchStart::Close(reason) => self.close_peer(idx, reason),
         }
     }
 
     /// The peer waits for a free slot (or a free file); `serve_slot_waiters` retries it.
     fn wait_for_slot(&mut self, idx: u32) {
-        if let Some(peer) = self.peer_mut(idx) {
-            peer.waiting_for_slot = true;
-            let key = (idx, peer.generation);
-            self.slot_waiters.push_back(key);
+        if let Some(peer) = self.peers.get_mut(idx) {
+            self.waiting.for_slot(peer, idx);
         }
     }
 
     /// A readahead hint completed: give its file back. Its result only matters to the
     /// kernel's page cache (a failure is a later read's to report).
     fn on_readahead_done(&mut self, idx: u32) {
-        let Some(peer) = self.peer_mut(idx) else {
+        let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         peer.ops_inflight -= 1;
@@ -1039,190 +798,59 @@ impl Shard {
         }
     }
 
-    /// A read (copy/zerocopy) or an intermediate splice/send (splice mode) of a chain.
+    /// The parts of the shard a batch's completions touch, lent to `submit`.
+    fn send_parts(&mut self) -> (&mut PeerTable, SendParts<'_>) {
+        (
+            &mut self.peers,
+            SendParts {
+                ring: &mut self.ring,
+                slots: &mut self.slots,
+                scratch: &mut self.plan_scratch,
+                files: &mut self.files,
+                stats: &mut self.stats,
+                health: &mut self.health,
+                config: &self.config,
+                now: self.now,
+            },
+        )
+    }
+
     fn on_chain_step(&mut self, idx: u32, c: Completion, seq: u16) {
-        let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        peer.ops_inflight -= 1;
-        let expected = peer.chain_expect.get(seq as usize).copied().unwrap_or(0);
-        if let Some(batch) = peer.batch.as_mut() {
-            if c.result < 0 || c.result as u32 != expected {
-                tracing::debug!(
-                    shard = self.index,
-                    seq,
-                    result = c.result,
-                    expected,
-                    "chain step failed or short"
-                );
-                if c.result != -libc::ECANCELED && !batch.failed {
-                    self.stats.disk_errors += 1;
-                    let file = peer.chain_files.iter().find(|f| f.0 == seq).map(|f| f.1);
-                    if let (Some(t), Some(file)) = (peer.session.torrent(), file) {
-                        let why = health::read_failure_reason(c.result, expected);
-                        let stats = &mut self.stats;
-                        self.health.content_failed(t, file, why, now, stats);
-                    }
-                }
-                batch.failed = true;
-            } else if self.config.serve_mode != ServeMode::Splice && self.config.stats_histograms {
-                let ns = now.duration_since(batch.submitted_at).as_nanos() as u64;
-                ShardStats::record_latency(&mut self.stats.disk_read_latency_ns, ns);
-            }
+        let (peers, mut parts) = self.send_parts();
+        if let Some(peer) = peers.get_mut(idx) {
+            parts.on_chain_step(peer, &c, seq);
         }
     }
 
     fn on_batch_sent(&mut self, idx: u32, c: Completion, slot: u16) {
-        let now = self.now;
-        let Some(peer) = self.peers.get_mut(idx) else {
+        let (peers, mut parts) = self.send_parts();
+        let Some(peer) = peers.get_mut(idx) else {
             return;
         };
-        peer.ops_inflight -= 1;
-        if c.more() {
-            // zerocopy: a notification follows; the slot waits for it.
-            peer.ops_inflight += 1;
-            self.slots.notification_owed(slot);
+        match parts.on_batch_sent(peer, idx, &c, slot) {
+            BatchSent::More(sqe) => self.push(&sqe),
+            BatchSent::Done => self.pump(idx),
+            BatchSent::Failed(None) => {}
+            BatchSent::Failed(Some(reason)) => self.close_peer(idx, reason),
         }
-        let Some(batch) = peer.batch.as_mut() else {
-            debug_assert!(false, "batch completion without a batch");
-            return;
-        };
-        debug_assert_eq!(batch.slot, slot);
-        let closing = peer.phase == Phase::Closing;
-        // 0 bytes moved means the socket is gone (a splice from a non-empty pipe, or a send of
-        // a non-empty buffer, never legitimately moves nothing).
-        if c.result <= 0 || batch.failed || closing {
-            // -EFAULT from a send that names a file mapping: the file shrank under it. Report
-            // the file(s) now shorter than their mappings to the health checker, as a short
-            // read would be: mincore may keep calling the lost pages resident (a large folio
-            // the kernel could not split), so the read path might never see the fault.
-            let mapping_fault = c.result == -libc::EFAULT && batch.page_cache;
-            if mapping_fault && !batch.failed {
-                self.stats.page_cache_send_faults += 1;
-                self.stats.disk_errors += 1;
-                if let Some(t) = peer.session.torrent() {
-                    for key in peer.batch_files.iter() {
-                        if let Some((now_len, mapped_len)) = self.files.shrunk_under_mapping(key) {
-                            let why = format!(
-                                "file shrank to {now_len} bytes under its mapping of \
-                                 {mapped_len} (a send from it faulted)"
-                            );
-                            let stats = &mut self.stats;
-                            self.health.content_failed(t, key.1, why, now, stats);
-                        }
-                    }
-                }
-            }
-            let disk = batch.failed || mapping_fault;
-            tracing::debug!(
-                shard = self.index,
-                result = c.result,
-                disk,
-                len = batch.len_bytes,
-                "batch send failed"
-            );
-            self.finish_batch(idx);
-            if !closing {
-                self.close_peer(
-                    idx,
-                    if disk {
-                        CloseReason::DiskError
-                    } else {
-                        CloseReason::SocketError
-                    },
-                );
-            }
-            return;
-        }
-        batch.sent_bytes += c.result as u32;
-        debug_assert!(
-            batch.sent_bytes <= batch.len_bytes,
-            "sent more than the batch holds"
-        );
-        if batch.sent_bytes < batch.len_bytes {
-            let token = Token::new(OpKind::SendBatch, slot, idx, peer.generation);
-            let sock = peer.fd.as_raw_fd();
-            let pipe_r = peer.pipe.as_ref().map(|p| p.0.as_raw_fd());
-            let sent_now = c.result as usize;
-            if let Some(sqe) = self
-                .slots
-                .rest_of_send(sock, pipe_r, batch, token, sent_now)
-            {
-                peer.ops_inflight += 1;
-                self.push(&sqe);
-            }
-            return;
-        }
-        if self.config.stats_histograms {
-            for t in peer.batch_request_times.iter() {
-                let ns = now.duration_since(*t).as_nanos() as u64;
-                ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
-            }
-        }
-        if let Some(t) = peer.session.torrent() {
-            self.stats
-                .torrent_uploaded(t.info_hash, batch.payload_bytes);
-        }
-        self.stats.uploaded_bytes += batch.payload_bytes;
-        self.stats.blocks_served += u64::from(batch.blocks);
-        peer.uploaded_bytes += batch.payload_bytes;
-        self.finish_batch(idx);
-        self.pump(idx);
-    }
-
-    /// Releases what a batch held: file uses, and the slot (now, or at its notification).
-    fn finish_batch(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        let Some(batch) = peer.batch.take() else {
-            return;
-        };
-        for k in peer.batch_files.drain(..) {
-            self.files.release(&k);
-        }
-        self.slots.finish(&batch);
     }
 
     fn on_send_notification(&mut self, idx: u32, c: Completion, slot: u16) {
-        let adaptive = self.config.zerocopy_adaptive;
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        peer.ops_inflight -= 1;
-        let copied = (c.result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
-        if copied {
-            self.stats.zc_sends_copied += 1;
-            if adaptive && !peer.zerocopy_disabled {
-                // The kernel copied anyway (loopback, or a NIC without the offloads): zero-copy
-                // only costs us here, so this connection switches to plain sends.
-                peer.zerocopy_disabled = true;
-                self.stats.zc_connections_switched_to_copy += 1;
-            }
-        } else {
-            self.stats.zc_sends_zerocopy += 1;
+        let (peers, mut parts) = self.send_parts();
+        if let Some(peer) = peers.get_mut(idx) {
+            parts.on_notification(peer, &c, slot);
         }
-        let histograms = self.config.stats_histograms;
-        self.slots
-            .on_notification(slot, self.now, histograms, &mut self.stats);
     }
 
     fn serve_slot_waiters(&mut self) {
         while self.slots.pool.free_slots() > 0 {
-            let Some((idx, generation)) = self.slot_waiters.pop_front() else {
+            let Some(idx) = self.waiting.next_for_slot(&mut self.peers) else {
                 return;
             };
-            let Some(peer) = self.peer_mut(idx) else {
-                continue;
-            };
-            if peer.generation != generation {
-                continue;
-            }
-            peer.waiting_for_slot = false;
             self.pump(idx);
             if self
-                .peer_mut(idx)
+                .peers
+                .get_mut(idx)
                 .map(|p| p.waiting_for_slot)
                 .unwrap_or(false)
             {
@@ -1247,35 +875,37 @@ impl Shard {
         let key = (idx, peer.generation);
         if was_connecting {
             // shutdown() does not abort a pending connect: cancel the op itself.
-            let target = Token::new(OpKind::Connect, 0, idx, peer.generation).encode();
-            let sqe = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode());
-            self.push(&sqe);
+            let target = Token::new(OpKind::Connect, 0, idx, peer.generation);
+            self.push(&cancel_sqe(target));
         }
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
-        if reason == CloseReason::DiskError {
-            // A truncated or replaced file: reopen it on next use, so a restored file serves
-            // again without a restart (the batch released its uses before we got here).
-            if let Some(t) = peer.session.torrent() {
-                self.files.forget_idle(&t.info_hash, &mut self.ring);
-                // And never serve its blocks from memory read before the fault.
-                if let Some(cache) = self.slots.cache.as_mut() {
-                    cache.purge(&t.info_hash);
-                }
-            }
-        }
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(peer.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        let torrent = peer.session.torrent().map(|t| t.info_hash);
+        if let (CloseReason::DiskError, Some(h)) = (reason, torrent) {
+            // A truncated or replaced file: reopen it on next use, so a restored file serves
+            // again without a restart (the batch released its uses before we got here).
+            self.forget_content(&h);
+        }
         if let Some(next) = self.choker.remove(key, tick) {
             self.unchoke(next.0);
         }
         self.maybe_free(idx);
+    }
+
+    /// Whatever the fault or the fix, a torrent's files are reopened on next use (its idle
+    /// fds and mappings dropped) and its blocks served from disk afresh, never from memory
+    /// read before.
+    fn forget_content(&mut self, h: &InfoHash) {
+        self.files.forget_idle(h, &mut self.ring);
+        if let Some(cache) = self.slots.cache.as_mut() {
+            cache.purge(h);
+        }
     }
 
     /// Frees a closing peer once no op names it.
@@ -1337,23 +967,21 @@ impl Shard {
                 self.unchoke(idx);
             }
         }
-        for i in 0..self.listeners.len() {
-            self.arm_accept(i);
-        }
+        self.arm_accepts();
         if now >= self.next_stats_at {
             self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
             self.stats.peers_connected = self.peers.live() as u64;
-            self.stats.accepting = self.accepting && self.accept_armed.iter().all(|a| *a);
+            self.stats.accepting = self.listeners.all_armed();
             self.sync_cache_stats();
-            match self.stats_tx.try_send(self.stats.snapshot()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(snap)) | Err(TrySendError::Disconnected(snap)) => {
-                    // Keep the per-torrent deltas for the next snapshot.
-                    self.stats.restore_torrents(snap);
-                    self.stats.stats_snapshots_dropped += 1;
-                }
-            }
+            self.stats.publish(&self.stats_tx);
         }
+    }
+}
+
+/// Queues an SQE. Only a broken ring fails here (a full SQ is flushed by `Ring::push`).
+fn push_or_log(ring: &mut Ring, sqe: &squeue::Entry) {
+    if let Err(e) = ring.push(sqe) {
+        tracing::error!("io_uring push failed: {e}");
     }
 }
 
@@ -1363,36 +991,5 @@ fn refusal_reason(refusal: admission::Refusal) -> CloseReason {
         admission::Refusal::PeersLimit => CloseReason::PeersLimit,
         admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
         admission::Refusal::PerPrefixLimit => CloseReason::PeersPerPrefixLimit,
-    }
-}
-
-/// A shard's read-only view for its sessions (`session::SessionEnv`).
-struct ShardEnv<'a> {
-    limits: &'a SessionLimits,
-    peer_id: [u8; 20],
-    catalog: &'a Catalog,
-    torrent_peers: &'a HashMap<InfoHash, usize>,
-    health: &'a health::ShardHealth,
-    extras: &'a ExtrasCache,
-}
-
-impl SessionEnv for ShardEnv<'_> {
-    fn limits(&self) -> &SessionLimits {
-        self.limits
-    }
-    fn peer_id(&self) -> [u8; 20] {
-        self.peer_id
-    }
-    fn torrent(&self, info_hash: &InfoHash) -> Option<Arc<CatalogTorrent>> {
-        self.catalog.get(info_hash).cloned()
-    }
-    fn torrent_peers(&self, info_hash: &InfoHash) -> usize {
-        self.torrent_peers.get(info_hash).copied().unwrap_or(0)
-    }
-    fn is_errored(&self, info_hash: &InfoHash) -> bool {
-        self.health.is_errored(info_hash)
-    }
-    fn extras(&self, info_hash: &InfoHash) -> Option<&TorrentExtras> {
-        self.extras.get(info_hash)
     }
 }

@@ -15,11 +15,17 @@
 use crate::config::{EngineConfig, ServeMode};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::token::{OpKind, Token};
-use crate::ring::{Ring, IORING_SEND_ZC_REPORT_USAGE};
+use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
 use crate::shard::block_cache::BlockCache;
+use crate::shard::conn::make_pipe;
+use crate::shard::files::FileCache;
+use crate::shard::health::{self, ShardHealth};
+use crate::shard::peer::Phase;
 use crate::shard::peer::{Batch, GatherSend, Peer};
-use crate::shard::plan::{Plan, PlannedRead};
+use crate::shard::plan::{self, BatchBudget, Layout, Plan, PlanOptions, PlanScratch, PlannedRead};
+use crate::stats::CloseReason;
 use crate::stats::ShardStats;
+use crate::wire::message::PIECE_HEADER_LEN;
 use io_uring::{opcode, squeue, types};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -367,6 +373,19 @@ impl SendSlots {
         ))
     }
 
+    /// The block cache's counters into the shard's stats.
+    pub fn copy_counters(&self, stats: &mut ShardStats) {
+        if let Some(cache) = &self.cache {
+            let c = cache.counters;
+            stats.block_cache_hits = c.hits;
+            stats.block_cache_misses = c.misses;
+            stats.block_cache_busy = c.busy;
+            stats.block_cache_full = c.full;
+            stats.block_cache_evictions = c.evictions;
+            stats.block_cache_bytes_used = (cache.used_entries() * cache.entry_len_bytes()) as u64;
+        }
+    }
+
     /// zerocopy: a send of `slot` will be followed by a notification.
     pub fn notification_owed(&mut self, slot: u16) {
         self.notifs[slot as usize] += 1;
@@ -430,6 +449,317 @@ impl SendSlots {
         if self.pool.state(slot) == SlotState::AwaitingNotif {
             self.release(slot);
         }
+    }
+}
+
+/// A Send of the peer's control bytes not sent yet (all of them, or the rest after a short
+/// send). Only one send is in flight per peer, so the bytes stay put until it completes.
+pub fn control_send_sqe(peer: &Peer, idx: u32) -> squeue::Entry {
+    let rest = &peer.control_sending[peer.control_sent..];
+    opcode::Send::new(
+        types::Fd(peer.fd.as_raw_fd()),
+        rest.as_ptr(),
+        rest.len() as u32,
+    )
+    .flags(libc::MSG_NOSIGNAL)
+    .build()
+    .user_data(Token::new(OpKind::SendControl, 0, idx, peer.generation).encode())
+}
+
+/// What a batch send's completion leaves to the shard.
+pub enum BatchSent {
+    /// Part went out: push this SQE for the rest.
+    More(squeue::Entry),
+    /// All of it went out: the peer may send again (pump it).
+    Done,
+    /// It failed (or the peer is closing): close it for this reason (None: it is closing).
+    Failed(Option<CloseReason>),
+}
+
+/// What starting a batch leaves to the shard.
+pub enum BatchStart {
+    /// Submitted (or nothing to do).
+    Submitted,
+    /// No free slot, or every file the next block needs is busy: retry when one frees.
+    Wait,
+    /// The peer cannot be served: close it.
+    Close(CloseReason),
+}
+
+/// The parts of a shard that serving a batch touches, lent for one call.
+pub struct SendParts<'a> {
+    pub ring: &'a mut Ring,
+    pub slots: &'a mut SendSlots,
+    pub scratch: &'a mut PlanScratch,
+    pub files: &'a mut FileCache,
+    pub stats: &'a mut ShardStats,
+    pub health: &'a mut ShardHealth,
+    pub config: &'a EngineConfig,
+    pub now: Instant,
+}
+
+impl SendParts<'_> {
+    /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
+    /// submits its chain of reads and the send; a readahead hint may follow.
+    pub fn start_batch(&mut self, peer: &mut Peer, idx: u32) -> BatchStart {
+        let Some(slot) = self.slots.pool.acquire() else {
+            self.stats.buffer_pool_exhausted += 1;
+            return BatchStart::Wait;
+        };
+        debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
+        let mode = self.config.serve_mode;
+        let direct_io = self.stats.direct_io;
+        let now = self.now;
+        let Some(torrent) = peer.session.torrent().cloned() else {
+            self.slots.pool.release(slot);
+            return BatchStart::Submitted;
+        };
+        let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
+        let mut slot_len = self.slots.pool.slot_len_bytes();
+        if mode == ServeMode::Splice {
+            if peer.pipe.is_none() {
+                match make_pipe(slot_len) {
+                    Ok(p) => peer.pipe = Some(p),
+                    Err(e) => {
+                        tracing::warn!("cannot create a pipe for splice: {e}");
+                        self.slots.pool.release(slot);
+                        return BatchStart::Close(CloseReason::SocketError);
+                    }
+                }
+            }
+            // A batch never holds more than its pipe can.
+            slot_len = slot_len.min(peer.pipe.as_ref().map(|p| p.2).unwrap_or(0));
+        }
+        let page_cache_sends = self.stats.page_cache_sends_on;
+        let opts = PlanOptions {
+            budget: BatchBudget {
+                blocks_max: self.config.blocks_per_batch_max(),
+                read_bytes_max: self.config.send_batch_bytes_max as usize,
+                slot_len,
+                gather: self.slots.cache.is_some() || page_cache_sends,
+            },
+            direct_io,
+            piece_readahead: self.config.piece_readahead && !direct_io,
+            page_cache_sends,
+            now,
+        };
+        let slots = &mut *self.slots;
+        let slot_base = slots.pool.slot_ptr(slot);
+        let plan = plan::lay_out(
+            Layout {
+                files: self.files,
+                ring: self.ring,
+                cache: slots.cache.as_mut(),
+                stats: self.stats,
+                health: self.health,
+                scratch: self.scratch,
+                slot_base,
+                slot_mem: slots.pool.slot_mut(slot),
+                send_iovs: &mut slots.send_iovecs[slot as usize],
+                cache_refs: &mut slots.cache_refs[slot as usize],
+            },
+            &opts,
+            peer,
+            &torrent,
+        );
+        if plan.state.blocks == 0 {
+            debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
+            self.slots.pool.release(slot);
+            let too_big = peer
+                .session
+                .next_request()
+                .is_some_and(|q| PIECE_HEADER_LEN + q.request.length as usize > slot_len);
+            if too_big {
+                // Only a pipe smaller than one block (F_SETPIPE_SZ refused) gets here.
+                tracing::warn!("a block does not fit this peer's splice pipe; closing it");
+                return BatchStart::Close(CloseReason::SocketError);
+            } else if plan.disk_error {
+                return BatchStart::Close(CloseReason::DiskError);
+            }
+            // Every cached file is busy: retry when a batch completes.
+            return BatchStart::Wait;
+        }
+        let generation = peer.generation;
+        let reads = &self.scratch.reads;
+        let pushed = self
+            .slots
+            .submit(self.ring, peer, idx, slot, &plan, reads, use_zc, now);
+        if let Err(e) = pushed {
+            tracing::error!("io_uring push failed: {e}");
+        }
+        if let Some((key, fd, file_offset, len)) = plan.readahead {
+            let sqe =
+                opcode::Fadvise::new(types::Fd(fd), len as libc::off_t, libc::POSIX_FADV_WILLNEED)
+                    .offset(file_offset)
+                    .build()
+                    .user_data(Token::new(OpKind::Readahead, 0, idx, generation).encode());
+            peer.readahead_file = Some(key);
+            peer.ops_inflight += 1;
+            self.stats.readaheads += 1;
+            if let Err(e) = self.ring.push(&sqe) {
+                tracing::error!("io_uring push failed: {e}");
+            }
+        }
+        BatchStart::Submitted
+    }
+
+    /// A read (copy/zerocopy) or an intermediate splice/write (splice mode) of a chain
+    /// completed: a failed or short one marks the batch failed and reports the file.
+    pub fn on_chain_step(&mut self, peer: &mut Peer, c: &Completion, seq: u16) {
+        peer.ops_inflight -= 1;
+        let expected = peer.chain_expect.get(seq as usize).copied().unwrap_or(0);
+        let Some(batch) = peer.batch.as_mut() else {
+            return;
+        };
+        if c.result < 0 || c.result as u32 != expected {
+            tracing::debug!(
+                seq,
+                result = c.result,
+                expected,
+                "chain step failed or short"
+            );
+            if c.result != -libc::ECANCELED && !batch.failed {
+                self.stats.disk_errors += 1;
+                let file = peer.chain_files.iter().find(|f| f.0 == seq).map(|f| f.1);
+                if let (Some(t), Some(file)) = (peer.session.torrent(), file) {
+                    let why = health::read_failure_reason(c.result, expected);
+                    self.health
+                        .content_failed(t, file, why, self.now, self.stats);
+                }
+            }
+            batch.failed = true;
+        } else if self.config.serve_mode != ServeMode::Splice && self.config.stats_histograms {
+            let ns = self.now.duration_since(batch.submitted_at).as_nanos() as u64;
+            ShardStats::record_latency(&mut self.stats.disk_read_latency_ns, ns);
+        }
+    }
+
+    /// The batch's send (or its last splice) completed, fully, partly, or with an error.
+    pub fn on_batch_sent(
+        &mut self,
+        peer: &mut Peer,
+        idx: u32,
+        c: &Completion,
+        slot: u16,
+    ) -> BatchSent {
+        let now = self.now;
+        peer.ops_inflight -= 1;
+        if c.more() {
+            // zerocopy: a notification follows; the slot waits for it.
+            peer.ops_inflight += 1;
+            self.slots.notification_owed(slot);
+        }
+        let Some(batch) = peer.batch.as_mut() else {
+            debug_assert!(false, "batch completion without a batch");
+            return BatchSent::Failed(None);
+        };
+        debug_assert_eq!(batch.slot, slot);
+        let closing = peer.phase == Phase::Closing;
+        // 0 bytes moved means the socket is gone (a splice from a non-empty pipe, or a send of
+        // a non-empty buffer, never legitimately moves nothing).
+        if c.result <= 0 || batch.failed || closing {
+            // -EFAULT from a send that names a file mapping: the file shrank under it. Report
+            // the file(s) now shorter than their mappings to the health checker, as a short
+            // read would be: mincore may keep calling the lost pages resident (a large folio
+            // the kernel could not split), so the read path might never see the fault.
+            let mapping_fault = c.result == -libc::EFAULT && batch.page_cache;
+            if mapping_fault && !batch.failed {
+                self.stats.page_cache_send_faults += 1;
+                self.stats.disk_errors += 1;
+                if let Some(t) = peer.session.torrent() {
+                    for key in peer.batch_files.iter() {
+                        if let Some((now_len, mapped_len)) = self.files.shrunk_under_mapping(key) {
+                            let why = format!(
+                                "file shrank to {now_len} bytes under its mapping of \
+                                 {mapped_len} (a send from it faulted)"
+                            );
+                            self.health.content_failed(t, key.1, why, now, self.stats);
+                        }
+                    }
+                }
+            }
+            let disk = batch.failed || mapping_fault;
+            tracing::debug!(
+                result = c.result,
+                disk,
+                len = batch.len_bytes,
+                "batch send failed"
+            );
+            self.finish_batch(peer);
+            return BatchSent::Failed((!closing).then_some(if disk {
+                CloseReason::DiskError
+            } else {
+                CloseReason::SocketError
+            }));
+        }
+        batch.sent_bytes += c.result as u32;
+        assert!(
+            batch.sent_bytes <= batch.len_bytes,
+            "sent more than the batch holds"
+        );
+        if batch.sent_bytes < batch.len_bytes {
+            let token = Token::new(OpKind::SendBatch, slot, idx, peer.generation);
+            let sock = peer.fd.as_raw_fd();
+            let pipe_r = peer.pipe.as_ref().map(|p| p.0.as_raw_fd());
+            let sent_now = c.result as usize;
+            return match self
+                .slots
+                .rest_of_send(sock, pipe_r, batch, token, sent_now)
+            {
+                Some(sqe) => {
+                    peer.ops_inflight += 1;
+                    BatchSent::More(sqe)
+                }
+                None => BatchSent::Failed(None),
+            };
+        }
+        if self.config.stats_histograms {
+            for t in peer.batch_request_times.iter() {
+                let ns = now.duration_since(*t).as_nanos() as u64;
+                ShardStats::record_latency(&mut self.stats.request_latency_ns, ns);
+            }
+        }
+        if let Some(t) = peer.session.torrent() {
+            self.stats
+                .torrent_uploaded(t.info_hash, batch.payload_bytes);
+        }
+        self.stats.uploaded_bytes += batch.payload_bytes;
+        self.stats.blocks_served += u64::from(batch.blocks);
+        peer.uploaded_bytes += batch.payload_bytes;
+        self.finish_batch(peer);
+        BatchSent::Done
+    }
+
+    /// Releases what a batch held: file uses, and the slot (now, or at its notification).
+    pub fn finish_batch(&mut self, peer: &mut Peer) {
+        let Some(batch) = peer.batch.take() else {
+            return;
+        };
+        for k in peer.batch_files.drain(..) {
+            self.files.release(&k);
+        }
+        self.slots.finish(&batch);
+    }
+
+    /// A zerocopy notification: counted, and a connection whose sends the kernel copied
+    /// anyway switches to plain sends (`zerocopy_adaptive`).
+    pub fn on_notification(&mut self, peer: &mut Peer, c: &Completion, slot: u16) {
+        peer.ops_inflight -= 1;
+        let copied = (c.result as u32) & IORING_NOTIF_USAGE_ZC_COPIED != 0;
+        if copied {
+            self.stats.zc_sends_copied += 1;
+            if self.config.zerocopy_adaptive && !peer.zerocopy_disabled {
+                // The kernel copied anyway (loopback, or a NIC without the offloads): zero-copy
+                // only costs us here, so this connection switches to plain sends.
+                peer.zerocopy_disabled = true;
+                self.stats.zc_connections_switched_to_copy += 1;
+            }
+        } else {
+            self.stats.zc_sends_zerocopy += 1;
+        }
+        let histograms = self.config.stats_histograms;
+        self.slots
+            .on_notification(slot, self.now, histograms, self.stats);
     }
 }
 

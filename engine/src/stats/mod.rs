@@ -337,6 +337,19 @@ impl ShardStats {
     }
 
     /// Shard: a snapshot could not be shipped; keep its deltas for the next one.
+    /// Sends a snapshot to the control plane without waiting; when the queue is full (or
+    /// gone) the per-torrent deltas are kept for the next one and the drop is counted.
+    pub fn publish(&mut self, tx: &crossbeam_channel::Sender<ShardStats>) {
+        use crossbeam_channel::TrySendError;
+        match tx.try_send(self.snapshot()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(snap)) | Err(TrySendError::Disconnected(snap)) => {
+                self.restore_torrents(snap);
+                self.stats_snapshots_dropped += 1;
+            }
+        }
+    }
+
     pub fn restore_torrents(&mut self, snap: ShardStats) {
         for d in snap.torrents {
             let entry = self.pending_torrent(d.info_hash);
