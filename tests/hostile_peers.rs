@@ -26,8 +26,11 @@ const PEERS_PER_IP_MAX: usize = 32;
 /// start-up level includes the fixed, pinned memory (send pools and hot-block caches, ~81 MiB
 /// per shard by default), which hostile peers cannot grow.
 const RSS_GROWTH_MAX_KIB: u64 = 160 * 1024;
+// The idle-connection case opens 2,000 connections from one /24 (127.3.0.0/24): the
+// per-prefix bound is raised so they are admitted and then idle-closed.
 const CONFIG: &str = "[engine]\nhandshake_timeout_secs = 2\nidle_timeout_secs = 4\n\
-                      keepalive_interval_secs = 2\npeers_per_ip_max = 32\npeers_max = 5000\n";
+                      keepalive_interval_secs = 2\npeers_per_ip_max = 32\n\
+                      peers_per_prefix_max = 4096\npeers_max = 5000\n";
 
 // ------------------------------------------------------------------ harness
 
@@ -669,8 +672,8 @@ fn protocol_abuse() {
 // ------------------------------------------------------------------ resource abuse
 
 /// Proves: slow, greedy and numerous peers cannot exhaust squall: slowloris handshakes and
-/// 2,000 idle connections are closed by the handshake timeout, trickled 1 MiB messages by the
-/// idle timeout, a fast peer that floods requests and never reads by the send backlog bound, a
+/// 2,000 idle connections are closed by the handshake timeout, 1 MiB extension messages at
+/// their length prefix, trickled smaller ones by the idle timeout, a fast peer that floods requests and never reads by the send backlog bound, a
 /// non-fast one by the request queue bound; resets mid-send, connect/close churn and
 /// half-closed sockets are absorbed; connections past peers_per_ip_max are refused. Meanwhile
 /// the honest download completes, and afterwards fds return near the baseline and RSS grows
@@ -725,6 +728,7 @@ fn resource_abuse() {
     let want = [
         ("handshake_timeout", 2000.0),
         ("idle_timeout", 8.0),
+        ("malformed_message", 8.0),
         ("send_backlog", 1.0),
         ("peers_per_ip_limit", 8.0),
     ];
@@ -762,27 +766,39 @@ fn slowloris_handshakes(h: &Target) {
     assert!(started.elapsed() < Duration::from_secs(15), "{closed}");
 }
 
-/// 16 peers each announce a message just under message_len_max, send 900 KB of it, then
-/// trickle a byte every 250 ms for 2 s and stop: squall buffers at most message_len_max per
-/// peer (RSS bounded) and closes each with idle_timeout.
+/// 8 peers each announce an extension message just under message_len_max and start sending
+/// it: squall refuses it at its length prefix (malformed_message: over the 64 KiB bound of a
+/// message a seeder takes), before its body is buffered. 8 more announce one within the bound
+/// (60,000 bytes), send most of it, then trickle a byte every 250 ms for 2 s and stop: squall
+/// buffers at most that message per peer and closes each with idle_timeout.
 fn trickled_giant_messages(h: &Target) {
-    let mut conns: Vec<Raw> = (0..16)
+    let mut giant: Vec<Raw> = (0..8)
         .map(|i| Raw::handshaken(ip(2, 1, i + 1), h, true, false))
         .collect();
-    for c in conns.iter_mut() {
+    for c in giant.iter_mut() {
         let mut head = (MESSAGE_LEN_MAX - 1).to_be_bytes().to_vec();
-        head.push(20);
-        head.push(0);
+        head.extend_from_slice(&[20, 0]);
         c.send(&head);
-        c.send(&vec![b'x'; 900_000]);
+        let _ = c.s.write_all(&[b'x'; 4096]);
+        c.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        assert!(c.closed(), "a giant message was not refused at its prefix");
+    }
+    let mut trickling: Vec<Raw> = (0..8)
+        .map(|i| Raw::handshaken(ip(2, 1, i + 101), h, true, false))
+        .collect();
+    for c in trickling.iter_mut() {
+        let mut head = 60_000u32.to_be_bytes().to_vec();
+        head.extend_from_slice(&[20, 0]);
+        c.send(&head);
+        c.send(&vec![b'x'; 50_000]);
     }
     for _ in 0..8 {
-        for c in conns.iter_mut() {
+        for c in trickling.iter_mut() {
             c.send(b"x");
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    for c in conns.iter_mut() {
+    for c in trickling.iter_mut() {
         c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         assert!(c.closed(), "trickling peer not closed on idle");
     }

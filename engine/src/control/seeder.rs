@@ -59,7 +59,7 @@ impl Seeder {
             }
         }
         let config = Arc::new(config);
-        let admission = Arc::new(Admission::new(config.peers_max, config.peers_per_ip_max));
+        let admission = Arc::new(Admission::from_config(&config));
         let (stats_tx, stats_rx) = bounded(config.stats_channel_capacity * shard_count);
         let (health_tx, health_rx) = bounded(HEALTH_REPORTS_CAPACITY);
         let (extras_tx, extras_rx) = bounded::<ExtrasRequest>(EXTRAS_REQUESTS_CAPACITY);

@@ -14,12 +14,72 @@ use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
 use crate::ring::Completion;
 use crate::shard::peer::{Peer, Phase, RECV_BUF_INITIAL_BYTES};
+use crate::stats::CloseReason;
+use crate::wire::handshake::{parse_handshake, Handshake, HANDSHAKE_LEN};
+use crate::wire::message::{self, decode_frame, frame_len, Message, LEN_PREFIX_BYTES};
+use crate::wire::WireError;
 use io_uring::{cqueue, opcode, squeue, types};
 use std::os::fd::AsRawFd;
 
 /// A parse buffer larger than this with nothing in it is given back (shrunk to its initial
 /// size): it grew for one large message (a bitfield, metadata, an extension message).
 pub const RECV_BUF_KEEP_MAX_BYTES: usize = 64 * 1024;
+
+/// Extension (BEP 10) and unknown-id messages longer than this are refused at their length
+/// prefix, before their body is buffered: a seeder takes only small ones (handshakes, metadata
+/// and hash requests), and a peer must not make it hold a large one it will ignore.
+pub const UNSOLICITED_MESSAGE_LEN_MAX_BYTES: u32 = 64 * 1024;
+
+/// One complete input from a peer's buffer.
+pub enum Input<'a> {
+    Handshake(Handshake),
+    Message(Message<'a>),
+}
+
+/// The next complete input at the front of `buf` and the bytes it takes; None until one is
+/// whole. Before the handshake only a handshake is read. A message a seeder refuses is
+/// refused at its length prefix (`pieces`: the torrent's piece count, for the bitfield's
+/// exact length), not after its body arrived.
+pub fn next_input(
+    buf: &[u8],
+    handshake_done: bool,
+    message_len_max_bytes: u32,
+    pieces: Option<u32>,
+) -> Result<Option<(Input<'_>, usize)>, CloseReason> {
+    if !handshake_done {
+        return match parse_handshake(buf) {
+            Err(_) => Err(CloseReason::BadHandshake),
+            Ok(None) => Ok(None),
+            Ok(Some(hs)) => Ok(Some((Input::Handshake(hs), HANDSHAKE_LEN))),
+        };
+    }
+    if let (Some(len), Some(&id)) = (frame_len(buf), buf.get(LEN_PREFIX_BYTES)) {
+        let body_len = len.saturating_sub(1) as usize;
+        match id {
+            message::id::PIECE => return Err(CloseReason::ProtocolViolation),
+            message::id::BITFIELD
+                if pieces.is_some_and(|n| body_len != message::bitfield_len_bytes(n)) =>
+            {
+                return Err(CloseReason::MalformedMessage)
+            }
+            // What parsing it would find (its bencode is over the extension bound), found
+            // before its body is buffered.
+            message::id::EXTENDED if len > UNSOLICITED_MESSAGE_LEN_MAX_BYTES => {
+                return Err(CloseReason::MalformedMessage)
+            }
+            id if !message::id::is_known(id) && len > UNSOLICITED_MESSAGE_LEN_MAX_BYTES => {
+                return Err(CloseReason::MessageTooLong)
+            }
+            _ => {}
+        }
+    }
+    match decode_frame(buf, message_len_max_bytes) {
+        Ok(Some((msg, used))) => Ok(Some((Input::Message(msg), used))),
+        Ok(None) => Ok(None),
+        Err(WireError::MessageTooLong { .. }) => Err(CloseReason::MessageTooLong),
+        Err(_) => Err(CloseReason::MalformedMessage),
+    }
+}
 
 /// What a recv completion brought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,5 +225,50 @@ impl RecvPath {
         if peer.recv_len == 0 && peer.recv_buf.len() > RECV_BUF_KEEP_MAX_BYTES && !named_by_op {
             peer.recv_buf = vec![0; self.initial_buffer_bytes()];
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: u8, body_len: usize) -> Vec<u8> {
+        let mut v = ((body_len + 1) as u32).to_be_bytes().to_vec();
+        v.push(id);
+        v
+    }
+
+    #[test]
+    fn refused_messages_close_at_their_length_prefix() {
+        // Proves: only 5 bytes of a piece, a wrong-sized bitfield or an oversized extension
+        // or unknown message are needed to refuse it; the body is never waited for.
+        let max = 1 << 20;
+        let r = |b: &[u8]| next_input(b, true, max, Some(10)).err();
+        assert_eq!(
+            r(&frame(message::id::PIECE, 16384 + 8)),
+            Some(CloseReason::ProtocolViolation)
+        );
+        assert_eq!(
+            r(&frame(message::id::BITFIELD, 3)),
+            Some(CloseReason::MalformedMessage)
+        );
+        assert_eq!(
+            r(&frame(message::id::BITFIELD, 2)),
+            None,
+            "2 bytes hold 10 pieces: wait"
+        );
+        assert_eq!(
+            r(&frame(message::id::EXTENDED, 1 << 19)),
+            Some(CloseReason::MessageTooLong)
+        );
+        assert_eq!(r(&frame(99, 1 << 19)), Some(CloseReason::MessageTooLong));
+        assert_eq!(
+            r(&frame(99, 100)),
+            None,
+            "a small unknown message is read (and ignored)"
+        );
+        assert!(next_input(&frame(99, 100)[..], true, max, Some(10))
+            .unwrap()
+            .is_none());
     }
 }

@@ -28,6 +28,11 @@ pub mod id {
     pub const ALLOWED_FAST: u8 = 17;
     pub const EXTENDED: u8 = 20;
 
+    /// An id of BEP 3, 6 or 10 (what `Message` decodes by name).
+    pub fn is_known(id: u8) -> bool {
+        name(id) != "unknown"
+    }
+
     /// Human name of a message id, for errors and logs.
     pub fn name(id: u8) -> &'static str {
         match id {
