@@ -718,7 +718,7 @@ impl Default for AdminConfig {
 }
 
 /// Tracker announces (the `[tracker]` table): control plane only, never on a shard.
-/// See docs/architecture-tracker.md for what each bound protects.
+/// See docs/architecture.md, section Trackers, for what each bound protects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {

@@ -7,7 +7,7 @@
 //!
 //! Memory: one `Arc<CatalogTorrent>` per torrent (name, trackers, one `ContentFile` per file
 //! with its absolute path, the have-bitfield) plus one index entry. See
-//! docs/architecture-foundation.md for measured bytes per torrent.
+//! docs/architecture.md, section Foundation (Catalog), for measured bytes per torrent.
 //!
 //! Load pipeline: (1) on `hash_threads` workers, each .torrent is read, parsed, its files
 //! resolved under the data directory (symlinks must stay inside it), stat'ed, and compared with

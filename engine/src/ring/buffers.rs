@@ -1,10 +1,10 @@
 //! The per-shard send buffer pool: one contiguous, page-aligned region cut into slots.
 //!
 //! Owns: the memory the kernel reads piece data into and sends from, and each slot's
-//! lifecycle: `Free -> Filling -> Sending -> (AwaitingNotif ->) Free`, asserted on every
-//! transition. The region is registered with io_uring as ONE fixed buffer (index 0) so
-//! ReadFixed/SendZc can target any address inside it; if RLIMIT_MEMLOCK forbids that, the
-//! shard falls back to plain Read/Send on the same memory.
+//! lifecycle: `Free -> Filling (reads and the send in flight) -> (AwaitingNotif ->) Free`,
+//! asserted on every transition. The region is registered with io_uring as ONE fixed buffer
+//! (index 0) so ReadFixed/SendZc can target any address inside it; if RLIMIT_MEMLOCK forbids
+//! that, the shard falls back to plain Read/Send on the same memory.
 //!
 //! Buffer lifetimes: the region lives as long as the shard (it is dropped after the ring, so
 //! no in-flight op can outlive it). A slot leaves `Free` when a batch is built and returns to

@@ -1,5 +1,6 @@
 //! A shard's view of torrent health: which torrents it must not serve, and its reports of
-//! content faults to the control plane (`crate::health` owns the errored table and rechecks).
+//! content faults to the control plane (`crate::control::health` owns the errored table and
+//! rechecks).
 //!
 //! Owns: the errored set last published by the control plane (an immutable `Arc`) and this
 //! shard's own marks, made the moment one of its reads or opens fails and kept until the

@@ -3,7 +3,7 @@
 //! Owns: the `TrackerManager`: one scheduler thread (runs `schedule::Scheduler`, feeds
 //! `dial::Dialer`, logs failures rate-limited) and `announce_concurrency_max` worker threads
 //! that do the blocking HTTP(S) (`http`) and UDP (`udp`) announces. See
-//! docs/architecture-tracker.md.
+//! docs/architecture.md, section Trackers.
 //!
 //! Must never: run on or block a shard (its only contact with the data plane is the
 //! non-blocking connect hook, `Seeder::connect`, wired by `control`), exceed its configured
