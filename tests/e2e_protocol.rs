@@ -483,3 +483,82 @@ fn cancelled_request_gets_a_reject_for_fast_peers() {
     }
     assert!(rejected);
 }
+
+/// Proves (issue 18): a request whose block spans more files than one io_uring chain may
+/// read no longer aborts the process. With `ring_entries = 64` and `batch_chain_entries_max
+/// = 48`, a 16 KiB block of a torrent of 3,000 files of 100 bytes (164 files) is refused
+/// with a BEP 6 reject, counted as `unservable`; blocks within the bound are still served
+/// byte-identical, and the process keeps running.
+#[test]
+fn a_block_over_the_chain_bound_is_refused_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("data");
+    let root = content.join("tiny");
+    let mut all = Vec::new();
+    for i in 0..3000u64 {
+        let bytes = pattern_bytes(100, i);
+        write_file(&root.join(format!("{:04}.bin", i)), &bytes);
+        all.extend_from_slice(&bytes);
+    }
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    let t = torrents.join("tiny.torrent");
+    let info_hash: [u8; 20] = hex::decode(squall_make(&root, &t, &["--piece-length", "16K"]))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let config = dir.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        "[engine]\nring_entries = 64\nbatch_chain_entries_max = 48\n",
+    )
+    .unwrap();
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .config(&config)
+        .admin()
+        .start();
+    let mut c = Client::connect(squall.addr);
+    c.handshake(info_hash, false, true);
+    c.send_msg(&Message::Interested);
+    c.until(|m| *m == OwnedMessage::Unchoke).expect("unchoke");
+    // 164 files in one block: refused. 4,000 bytes at the start: 40 files, served.
+    let whole = BlockRequest {
+        index: 0,
+        begin: 0,
+        length: BLOCK,
+    };
+    c.send_msg(&Message::Request(whole));
+    assert_eq!(
+        c.until(|m| matches!(m, OwnedMessage::Reject(_) | OwnedMessage::Piece { .. })),
+        Some(OwnedMessage::Reject(whole))
+    );
+    let small = BlockRequest {
+        index: 0,
+        begin: 0,
+        length: 4000,
+    };
+    c.send_msg(&Message::Request(small));
+    let got = c.until(|m| matches!(m, OwnedMessage::Piece { .. }));
+    assert_eq!(
+        got,
+        Some(OwnedMessage::Piece {
+            index: 0,
+            begin: 0,
+            data: all[..4000].to_vec()
+        })
+    );
+    // Shards publish their counters once a second.
+    let admin = squall.admin.expect("admin");
+    let mut unservable = 0.0;
+    for _ in 0..40 {
+        let page = http_get(admin, "/metrics").1;
+        unservable = metric_sum_with_reason(&page, "squall_requests_rejected_total", "unservable");
+        if unservable >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(unservable, 1.0);
+}

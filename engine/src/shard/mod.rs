@@ -38,7 +38,7 @@ use crate::metainfo::InfoHash;
 use crate::plane::{ShardCommand, TorrentExtras};
 use crate::ring::token::{OpKind, Token};
 use crate::ring::{Completion, Ring};
-use crate::stats::{CloseReason, ShardStats};
+use crate::stats::{CloseReason, RejectReason, ShardStats};
 use admission::Admission;
 use choker::{Choker, PeerKey};
 use conn::{
@@ -111,6 +111,8 @@ pub struct Shard {
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
     plan_scratch: PlanScratch,
+    /// Unservable blocks are logged once per shard (then only counted).
+    warned_unservable: bool,
 }
 
 impl Shard {
@@ -165,6 +167,7 @@ impl Shard {
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
             plan_scratch: PlanScratch::default(),
+            warned_unservable: false,
             config,
         })
     }
@@ -774,6 +777,21 @@ impl Shard {
             BatchStart::Submitted => {}
             BatchStart::Wait => self.wait_for_slot(idx),
             BatchStart::Close(reason) => self.close_peer(idx, reason),
+            BatchStart::Unservable => {
+                if !self.warned_unservable {
+                    self.warned_unservable = true;
+                    tracing::warn!(
+                        "a requested block spans more files than one io_uring chain can read \
+                         (batch_chain_entries_max = {}); such requests are refused. Raise \
+                         batch_chain_entries_max (and ring_entries) to serve them",
+                        self.config.batch_chain_entries_max
+                    );
+                }
+                self.with_session(idx, |s, _, actions| {
+                    s.refuse_next(RejectReason::Unservable, actions)
+                });
+                self.queue_pump(idx);
+            }
         }
     }
 

@@ -42,6 +42,12 @@ pub struct BatchBudget {
     /// Blocks may be sent from outside the slot (cache entries, file mappings), so a batch of
     /// those grows past the read budget, up to the slot's room for their headers.
     pub gather: bool,
+    /// SQEs one linked chain may hold (`batch_chain_entries_max`; the ring is validated to
+    /// hold one such chain beside everything else queued).
+    pub chain_entries_max: usize,
+    /// Splice mode: each read is a splice, with a pipe write before it, and the batch ends
+    /// with a write and the socket splice.
+    pub splice: bool,
 }
 
 /// Where a block's bytes come from.
@@ -91,6 +97,18 @@ impl BatchBudget {
         self.may_try(s, len)
             && s.slot_used + in_slot <= self.slot_len
             && (placement == Placement::Resident || self.read_fits(s, len))
+    }
+
+    /// The chain that `reads` planned reads make fits one chain: in copy mode a read each
+    /// (at most; adjacent ones merge) and the send, in splice mode a pipe write and a splice
+    /// each, then the last write and the socket splice.
+    pub fn chain_fits(&self, reads: usize) -> bool {
+        let entries = if self.splice {
+            2 * reads + 2
+        } else {
+            reads + 1
+        };
+        entries <= self.chain_entries_max
     }
 
     /// Takes a block that `fits`.
@@ -186,6 +204,9 @@ pub struct Plan {
     pub send_iov_count: usize,
     /// A content file could not be opened (the peer is closed when no block made it).
     pub disk_error: bool,
+    /// The first block alone spans more files than one chain can read
+    /// (`batch_chain_entries_max`): it cannot be served with this configuration.
+    pub unservable: bool,
     /// (file, fd, file offset, length) of a readahead hint for the rest of a piece; the file
     /// is acquired and held until the hint completes.
     pub readahead: Option<(FileKey, RawFd, u64, u32)>,
@@ -362,16 +383,15 @@ pub fn lay_out(
                                 dest_at += len as usize;
                             }
                             Err(err) => {
-                                for k in peer.batch_files.drain(files_before..) {
-                                    files.release(&k);
-                                }
+                                let claim = cached.map(|c| c.0);
+                                abandon_block(
+                                    files,
+                                    peer,
+                                    files_before,
+                                    claim,
+                                    cache.as_deref_mut(),
+                                );
                                 sc.reads.truncate(reads_before);
-                                if let (Some((entry, _)), Some(c)) = (cached, cache.as_deref_mut())
-                                {
-                                    // Never filled: unmap it and give it back.
-                                    c.fill_done(entry, false);
-                                    c.release(entry);
-                                }
                                 match err {
                                     AcquireError::Full => stats.open_files_limit_hit += 1,
                                     AcquireError::Open(e) => {
@@ -393,6 +413,15 @@ pub fn lay_out(
                 }
             }
             debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
+            if !budget.chain_fits(sc.reads.len()) {
+                // More reads than one chain holds: the batch ends before this block, and a
+                // block that alone needs more cannot be served (the caller refuses it).
+                let claim = cached.map(|c| c.0);
+                abandon_block(files, peer, files_before, claim, cache.as_deref_mut());
+                sc.reads.truncate(reads_before);
+                plan.unservable = st.blocks == 0;
+                break 'blocks;
+            }
             if cached.is_none() {
                 at += dest_at;
             }
@@ -453,6 +482,24 @@ pub fn lay_out(
     plan.state = st;
     stats.page_cache_sends += u64::from(plan.mapped_blocks);
     plan
+}
+
+/// Gives back what a block that does not make the batch took: its file uses and its cache
+/// claim (never filled: unmapped and released). The caller drops its planned reads.
+fn abandon_block(
+    files: &mut FileCache,
+    peer: &mut Peer,
+    files_before: usize,
+    claim: Option<u32>,
+    cache: Option<&mut BlockCache>,
+) {
+    for k in peer.batch_files.drain(files_before..) {
+        files.release(&k);
+    }
+    if let (Some(entry), Some(c)) = (claim, cache) {
+        c.fill_done(entry, false);
+        c.release(entry);
+    }
 }
 
 /// The first file extent (file index, offset in the file, length) of the rest of block
@@ -622,6 +669,8 @@ mod tests {
             read_bytes_max: 16384,
             slot_len: 10 * PIECE_HEADER_LEN,
             gather: true,
+            chain_entries_max: 128,
+            splice: false,
         };
         let mut s = BatchState::default();
         while b.fits(&s, 16384, Placement::Resident) {
@@ -640,6 +689,20 @@ mod tests {
         assert!(b.fits(&s, 1, Placement::Resident));
     }
 
+    #[test]
+    fn a_chain_holds_its_reads_and_the_send() {
+        let b = |splice| BatchBudget {
+            blocks_max: 64,
+            read_bytes_max: 1 << 20,
+            slot_len: 1 << 20,
+            gather: false,
+            chain_entries_max: 8,
+            splice,
+        };
+        assert!(b(false).chain_fits(7) && !b(false).chain_fits(8));
+        assert!(b(true).chain_fits(3) && !b(true).chain_fits(4));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -655,7 +718,7 @@ mod tests {
             gather: bool,
             queue in proptest::collection::vec((1u32..=16384, placement()), 0..80),
         ) {
-            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather };
+            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather, chain_entries_max: 128, splice: false };
             let mut s = BatchState::default();
             let mut taken = 0;
             for &(len, p) in queue.iter() {

@@ -259,7 +259,7 @@ mod tests {
         );
         assert_eq!(
             r(&frame(message::id::EXTENDED, 1 << 19)),
-            Some(CloseReason::MessageTooLong)
+            Some(CloseReason::MalformedMessage)
         );
         assert_eq!(r(&frame(99, 1 << 19)), Some(CloseReason::MessageTooLong));
         assert_eq!(

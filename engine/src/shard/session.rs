@@ -420,6 +420,14 @@ impl Session {
         }
     }
 
+    /// The shard cannot serve the next queued request: it is refused (a BEP 6 reject for a
+    /// fast peer; a plain peer only learns by its own timeout, as BEP 3 allows).
+    pub fn refuse_next(&mut self, reason: RejectReason, actions: &mut Vec<Action>) {
+        if let Some(q) = self.queue.pop_front() {
+            self.reject(q.request, reason, actions);
+        }
+    }
+
     /// The choker (or a rule) chokes this peer. BEP 3: choking discards its pending requests;
     /// BEP 6 peers get a reject for each so they can re-request elsewhere at once.
     pub fn choke(&mut self, actions: &mut Vec<Action>) {

@@ -484,6 +484,8 @@ pub enum BatchStart {
     Wait,
     /// The peer cannot be served: close it.
     Close(CloseReason),
+    /// The next block spans more files than one chain can read: refuse that request.
+    Unservable,
 }
 
 /// The parts of a shard that serving a batch touches, lent for one call.
@@ -537,6 +539,8 @@ impl SendParts<'_> {
                 read_bytes_max: self.config.send_batch_bytes_max as usize,
                 slot_len,
                 gather: self.slots.cache.is_some() || page_cache_sends,
+                chain_entries_max: self.config.batch_chain_entries_max as usize,
+                splice: mode == ServeMode::Splice,
             },
             direct_io,
             piece_readahead: self.config.piece_readahead && !direct_io,
@@ -575,6 +579,8 @@ impl SendParts<'_> {
                 return BatchStart::Close(CloseReason::SocketError);
             } else if plan.disk_error {
                 return BatchStart::Close(CloseReason::DiskError);
+            } else if plan.unservable {
+                return BatchStart::Unservable;
             }
             // Every cached file is busy: retry when a batch completes.
             return BatchStart::Wait;

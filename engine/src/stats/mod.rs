@@ -118,16 +118,20 @@ pub enum RejectReason {
     NotHave,
     /// The torrent is errored (a content file failed; see `control::health`).
     TorrentErrored,
+    /// The block spans more files than one io_uring chain may read
+    /// (`batch_chain_entries_max`).
+    Unservable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
         RejectReason::Cancelled,
         RejectReason::NotHave,
         RejectReason::TorrentErrored,
+        RejectReason::Unservable,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -137,6 +141,7 @@ impl RejectReason {
             RejectReason::Cancelled => "cancelled",
             RejectReason::NotHave => "not_have",
             RejectReason::TorrentErrored => "torrent_errored",
+            RejectReason::Unservable => "unservable",
         }
     }
     fn index(self) -> usize {
