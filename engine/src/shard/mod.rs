@@ -111,8 +111,6 @@ pub struct Shard {
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
     plan_scratch: PlanScratch,
-    /// Unservable blocks are logged once per shard (then only counted).
-    warned_unservable: bool,
 }
 
 impl Shard {
@@ -167,7 +165,6 @@ impl Shard {
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
             plan_scratch: PlanScratch::default(),
-            warned_unservable: false,
             config,
         })
     }
@@ -439,7 +436,12 @@ impl Shard {
                     OpKind::Connect => self.on_connected(idx, c),
                     OpKind::SendControl => self.on_control_sent(idx, c),
                     OpKind::ReadBlock | OpKind::Splice => self.on_chain_step(idx, c, token.slot),
-                    OpKind::Readahead => self.on_readahead_done(idx),
+                    OpKind::Readahead => {
+                        let (peers, mut parts) = self.send_parts();
+                        if let Some(peer) = peers.get_mut(idx) {
+                            parts.on_readahead_done(peer);
+                        }
+                    }
                     OpKind::SendBatch => {
                         if c.is_notif() {
                             self.on_send_notification(idx, c, token.slot);
@@ -778,15 +780,6 @@ impl Shard {
             BatchStart::Wait => self.wait_for_slot(idx),
             BatchStart::Close(reason) => self.close_peer(idx, reason),
             BatchStart::Unservable => {
-                if !self.warned_unservable {
-                    self.warned_unservable = true;
-                    tracing::warn!(
-                        "a requested block spans more files than one io_uring chain can read \
-                         (batch_chain_entries_max = {}); such requests are refused. Raise \
-                         batch_chain_entries_max (and ring_entries) to serve them",
-                        self.config.batch_chain_entries_max
-                    );
-                }
                 self.with_session(idx, |s, _, actions| {
                     s.refuse_next(RejectReason::Unservable, actions)
                 });
@@ -799,20 +792,6 @@ impl Shard {
     fn wait_for_slot(&mut self, idx: u32) {
         if let Some(peer) = self.peers.get_mut(idx) {
             self.waiting.for_slot(peer, idx);
-        }
-    }
-
-    /// A readahead hint completed: give its file back. Its result only matters to the
-    /// kernel's page cache (a failure is a later read's to report).
-    fn on_readahead_done(&mut self, idx: u32) {
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        peer.ops_inflight -= 1;
-        if let Some(key) = peer.readahead_file.take() {
-            self.files.release(&key);
-        } else {
-            debug_assert!(false, "a readahead completed with no file held");
         }
     }
 

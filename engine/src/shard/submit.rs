@@ -73,6 +73,8 @@ pub struct SendSlots {
     pub send_iovecs: Vec<Vec<libc::iovec>>,
     msghdrs: Vec<libc::msghdr>,
     chain: Vec<squeue::Entry>,
+    /// Unservable blocks are logged once per shard (then only counted).
+    warned_unservable: bool,
 }
 
 impl SendSlots {
@@ -102,6 +104,7 @@ impl SendSlots {
                 .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
                 .collect(),
             chain: Vec::with_capacity(128),
+            warned_unservable: false,
         }
     }
 
@@ -580,6 +583,15 @@ impl SendParts<'_> {
             } else if plan.disk_error {
                 return BatchStart::Close(CloseReason::DiskError);
             } else if plan.unservable {
+                if !self.slots.warned_unservable {
+                    self.slots.warned_unservable = true;
+                    tracing::warn!(
+                        "a requested block spans more files than one io_uring chain can read \
+                         (batch_chain_entries_max = {}); such requests are refused. Raise \
+                         batch_chain_entries_max (and ring_entries) to serve them",
+                        self.config.batch_chain_entries_max
+                    );
+                }
                 return BatchStart::Unservable;
             }
             // Every cached file is busy: retry when a batch completes.
@@ -745,6 +757,17 @@ impl SendParts<'_> {
             self.files.release(&k);
         }
         self.slots.finish(&batch);
+    }
+
+    /// A readahead hint completed: give its file back. Its result only matters to the
+    /// kernel's page cache (a failure is a later read's to report).
+    pub fn on_readahead_done(&mut self, peer: &mut Peer) {
+        peer.ops_inflight -= 1;
+        if let Some(key) = peer.readahead_file.take() {
+            self.files.release(&key);
+        } else {
+            debug_assert!(false, "a readahead completed with no file held");
+        }
     }
 
     /// A zerocopy notification: counted, and a connection whose sends the kernel copied
