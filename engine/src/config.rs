@@ -295,7 +295,7 @@ impl Default for EngineConfig {
             idle_timeout_secs: 180,
             keepalive_interval_secs: 90,
             message_len_max_bytes: 1 << 20,
-            block_len_max_bytes: 16 * 1024,
+            block_len_max_bytes: crate::BLOCK_LEN_BYTES,
             request_queue_per_peer_max: 512,
             buffer_pool_slots_per_shard: 64,
             block_cache_bytes_per_shard: BLOCK_CACHE_BYTES_PER_SHARD_DEFAULT,
@@ -431,12 +431,13 @@ impl EngineConfig {
                 ));
             }
         }
-        if self.block_len_max_bytes < 16 * 1024
+        if self.block_len_max_bytes < crate::BLOCK_LEN_BYTES
             || self.block_len_max_bytes > BLOCK_LEN_CEILING_BYTES
         {
             return Err(format!(
-                "block_len_max_bytes = {}: must be between 16384 and {BLOCK_LEN_CEILING_BYTES}",
-                self.block_len_max_bytes
+                "block_len_max_bytes = {}: must be between {} and {BLOCK_LEN_CEILING_BYTES}",
+                self.block_len_max_bytes,
+                crate::BLOCK_LEN_BYTES
             ));
         }
         if self.send_batch_bytes_max < self.block_len_max_bytes
@@ -456,10 +457,13 @@ impl EngineConfig {
                 self.cached_send_batch_bytes_max, self.block_len_max_bytes
             ));
         }
-        if self.message_len_max_bytes < 16 * 1024 + 13 {
+        if (self.message_len_max_bytes as usize)
+            < crate::BLOCK_LEN_BYTES as usize + crate::wire::message::PIECE_HEADER_LEN
+        {
             return Err(format!(
-                "message_len_max_bytes = {}: must be at least 16397",
-                self.message_len_max_bytes
+                "message_len_max_bytes = {}: must be at least {} (a block and its header)",
+                self.message_len_max_bytes,
+                crate::BLOCK_LEN_BYTES as usize + crate::wire::message::PIECE_HEADER_LEN
             ));
         }
         positive("peers_max", self.peers_max as u64)?;
