@@ -897,13 +897,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn metadata_requests_wait_for_extras_then_get_data_or_rejects() {
-        // Proves: no file is read; one NeedsExtras per wait; the answer comes with the extras.
-        let mut env = FakeEnv::new();
-        let t0 = Instant::now();
-        let mut s = active(&env, true, t0);
-        let mut a = Vec::new();
+    /// An extended message (BEP 10) from the peer.
+    fn extended(s: &mut Session, env: &FakeEnv, id: u8, payload: &[u8], a: &mut Vec<Action>) {
+        let msg = Message::Extended { id, payload };
+        s.on_message(msg, env, Instant::now(), a).unwrap();
+    }
+
+    /// An active fast session whose peer said it takes ut_metadata messages.
+    fn metadata_peer(env: &FakeEnv, a: &mut Vec<Action>) -> Session {
+        let mut s = active(env, true, Instant::now());
         let mut ext = Vec::new();
         ExtendedHandshake {
             m: vec![(extended::UT_METADATA.into(), 5)],
@@ -911,60 +913,63 @@ mod tests {
         }
         .encode()
         .clone_into(&mut ext);
-        s.on_message(
-            Message::Extended {
-                id: 0,
-                payload: &ext,
-            },
-            &env,
-            t0,
-            &mut a,
-        )
-        .unwrap();
+        extended(&mut s, env, extended::HANDSHAKE_ID, &ext, a);
+        s
+    }
+
+    /// The ut_metadata message types in `out` (0 request, 1 data, 2 reject).
+    fn metadata_types(out: &[u8]) -> Vec<u8> {
+        frames(out)
+            .iter()
+            .filter(|f| f.0 == Some(message::id::EXTENDED))
+            .filter_map(|f| match MetadataMessage::parse(&f.1[1..]).ok()? {
+                MetadataMessage::Request { .. } => Some(0),
+                MetadataMessage::Data { .. } => Some(1),
+                MetadataMessage::Reject { .. } => Some(2),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn metadata_requests_wait_for_extras_then_get_data_or_rejects() {
+        // Proves: no file is read; one NeedsExtras per wait; the answer comes with the
+        // extras (data), or with their failed load (reject); once loaded, at once.
+        let mut env = FakeEnv::new();
+        let mut a = Vec::new();
         let mut ask = Vec::new();
         MetadataMessage::Request { piece: 0 }.encode(&mut ask);
-        for _ in 0..2 {
-            s.on_message(
-                Message::Extended {
-                    id: UT_METADATA_LOCAL_ID,
-                    payload: &ask,
-                },
-                &env,
-                t0,
-                &mut a,
-            )
-            .unwrap();
-        }
-        assert_eq!(a, vec![Action::NeedsExtras]);
-        assert!(s.awaiting_extras() && !s.has_out());
-        env.extras.insert(
-            InfoHash([1; 20]),
-            TorrentExtras {
-                info_hash: InfoHash([1; 20]),
-                info: Some(vec![b'x'; 100]),
-                trees: TorrentTrees::default(),
-            },
-        );
+        let mut waits = metadata_peer(&env, &mut a);
+        let mut fails = metadata_peer(&env, &mut a);
         a.clear();
-        s.on_extras(env.extras(&InfoHash([1; 20])), &mut a);
+        for s in [&mut waits, &mut fails] {
+            extended(s, &env, UT_METADATA_LOCAL_ID, &ask, &mut a);
+            extended(s, &env, UT_METADATA_LOCAL_ID, &ask, &mut a);
+            assert!(s.awaiting_extras() && !s.has_out());
+        }
+        assert_eq!(
+            a,
+            vec![Action::NeedsExtras; 2],
+            "one load asked per session"
+        );
+        let h = InfoHash([1; 20]);
+        let loaded = TorrentExtras {
+            info_hash: h,
+            info: Some(vec![b'x'; 100]),
+            trees: TorrentTrees::default(),
+        };
+        env.extras.insert(h, loaded);
+        a.clear();
+        waits.on_extras(env.extras(&h), &mut a);
         assert_eq!(a, vec![Action::MetadataPieceServed; 2]);
-        assert_eq!(count_id(s.out_mut(), message::id::EXTENDED), 2);
-        assert!(!s.awaiting_extras());
-        // Loaded now: answered at once; a failed load answers with a reject.
-        s.out_mut().clear();
-        let mut q = active(&env, true, t0);
-        q.on_message(
-            Message::Extended {
-                id: 0,
-                payload: &ext,
-            },
-            &env,
-            t0,
-            &mut a,
-        )
-        .unwrap();
-        q.on_extras(None, &mut a);
-        assert!(!q.has_out(), "nothing pending, nothing answered");
+        assert_eq!(metadata_types(waits.out_mut()), vec![1, 1]);
+        fails.on_extras(None, &mut a);
+        assert_eq!(metadata_types(fails.out_mut()), vec![2, 2]);
+        assert!(!waits.awaiting_extras() && !fails.awaiting_extras());
+        a.clear();
+        let mut late = metadata_peer(&env, &mut a);
+        extended(&mut late, &env, UT_METADATA_LOCAL_ID, &ask, &mut a);
+        assert_eq!(a, vec![Action::MetadataPieceServed], "answered at once");
+        assert_eq!(metadata_types(late.out_mut()), vec![1]);
     }
 
     #[test]
