@@ -7,14 +7,18 @@
 //! 13-byte piece headers, the gather list of the send, and the reads to submit.
 //! `submit.rs` turns a `Plan` into SQE chains.
 //!
+//! The budget rules are pure functions; `lay_out` reaches the shard only through what it is
+//! lent (`Layout`: the open-file cache, the block cache, a fixed-file table that is the ring
+//! in the shard and a fake in tests), so its tests run it on real files with no ring and
+//! check the bytes a batch would send against the piece messages it must carry.
+//!
 //! Must never: exceed a budget (asserted when a block is taken), take a block out of order,
 //! leave a file use or a cache claim held for a block that did not make the batch, or wait
 //! on the disk (a block whose pages are not resident is read by io_uring, not faulted in).
 
 use crate::catalog::CatalogTorrent;
-use crate::ring::Ring;
 use crate::shard::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
-use crate::shard::files::{AcquireError, FileCache, FileKey};
+use crate::shard::files::{AcquireError, FileCache, FileKey, FixedFileTable};
 use crate::shard::health::{self, ShardHealth};
 use crate::shard::peer::{Peer, Residency};
 use crate::stats::ShardStats;
@@ -169,10 +173,11 @@ impl Default for PlanScratch {
     }
 }
 
-/// What laying out a batch needs of its shard, lent for the call.
-pub struct Layout<'a> {
+/// What laying out a batch needs of its shard, lent for the call. `T` is the ring's
+/// fixed-file table (`Ring` in the shard; a fake in tests, which then run on real files).
+pub struct Layout<'a, T: FixedFileTable> {
     pub files: &'a mut FileCache,
-    pub ring: &'a mut Ring,
+    pub ring: &'a mut T,
     /// None in splice mode (never built there: file bytes go through a pipe).
     pub cache: Option<&'a mut BlockCache>,
     pub stats: &'a mut ShardStats,
@@ -214,8 +219,8 @@ pub struct Plan {
 
 /// Lays out the peer's queued blocks, from the front, into its batch until a budget is met.
 /// Taken blocks leave the session's queue; their files are held in `peer.batch_files`.
-pub fn lay_out(
-    l: Layout<'_>,
+pub fn lay_out<T: FixedFileTable>(
+    l: Layout<'_, T>,
     opts: &PlanOptions,
     peer: &mut Peer,
     torrent: &CatalogTorrent,
@@ -304,7 +309,11 @@ pub fn lay_out(
             // A block to read, and the batch's read budget (or the slot) is full. (The
             // next batch looks this block up again, so its miss/busy counts twice: at
             // most once per batch.)
-            debug_assert!(cached.is_none(), "claimed beyond the read budget");
+            // Only a block to read in place can end the batch here: nothing is held for it.
+            assert!(
+                cached.is_none() && mapped.is_none(),
+                "a held block left the batch"
+            );
             break;
         }
         let hit = placement == Placement::Resident;
@@ -552,7 +561,7 @@ const RESIDENCY_FRESH_MICROS: u64 = 10_000;
 #[allow(clippy::too_many_arguments)]
 fn resident_block_ptr(
     files: &mut FileCache,
-    ring: &mut Ring,
+    ring: &mut impl FixedFileTable,
     torrent: &CatalogTorrent,
     r: BlockRequest,
     torrent_offset: u64,
@@ -650,6 +659,7 @@ pub fn push_iov(iovs: &mut [libc::iovec], count: &mut usize, ptr: *mut u8, len: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::message::BlockRequest;
     use proptest::prelude::*;
 
     fn placement() -> impl Strategy<Value = Placement> {
@@ -701,6 +711,282 @@ mod tests {
         };
         assert!(b(false).chain_fits(7) && !b(false).chain_fits(8));
         assert!(b(true).chain_fits(3) && !b(true).chain_fits(4));
+    }
+
+    /// A torrent of real files (some BEP 47 pad files among them) under a temp dir.
+    struct Content {
+        _dir: tempfile::TempDir,
+        torrent: std::sync::Arc<CatalogTorrent>,
+        bytes: Vec<u8>,
+    }
+
+    const PIECE_LEN: u64 = 32 * 1024;
+
+    fn content(sizes: &[(u32, bool)]) -> Content {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, mut bytes) = (Vec::new(), Vec::new());
+        for (i, &(len, pad)) in sizes.iter().enumerate() {
+            let data: Vec<u8> = if pad {
+                vec![0; len as usize]
+            } else {
+                (0..len).map(|b| (b as usize * 31 + i * 7) as u8).collect()
+            };
+            let path = dir.path().join(format!("f{i}"));
+            if !pad {
+                std::fs::write(&path, &data).unwrap();
+            }
+            files.push(crate::storage::ContentFile {
+                path: if pad { Default::default() } else { path },
+                length: u64::from(len),
+                offset: bytes.len() as u64,
+                pad,
+            });
+            bytes.extend_from_slice(&data);
+        }
+        let total = bytes.len() as u64;
+        let pieces = total.div_ceil(PIECE_LEN) as u32;
+        let torrent = CatalogTorrent {
+            info_hash: crate::metainfo::InfoHash([5; 20]),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: PIECE_LEN,
+            total_length: total,
+            num_pieces: pieces,
+            files,
+            private: false,
+            trackers: Vec::new(),
+            torrent_path: Default::default(),
+            have: vec![0xff; (pieces as usize).div_ceil(8)],
+            complete: true,
+            info_len_bytes: 1,
+        };
+        Content {
+            _dir: dir,
+            torrent: std::sync::Arc::new(torrent),
+            bytes,
+        }
+    }
+
+    /// The shard as a session sees it, with one torrent, for queueing requests.
+    struct Env(
+        std::sync::Arc<CatalogTorrent>,
+        crate::shard::session::SessionLimits,
+    );
+
+    impl crate::shard::session::SessionEnv for Env {
+        fn limits(&self) -> &crate::shard::session::SessionLimits {
+            &self.1
+        }
+        fn peer_id(&self) -> [u8; 20] {
+            [1; 20]
+        }
+        fn torrent(&self, _: &crate::metainfo::InfoHash) -> Option<std::sync::Arc<CatalogTorrent>> {
+            Some(self.0.clone())
+        }
+        fn torrent_peers(&self, _: &crate::metainfo::InfoHash) -> usize {
+            0
+        }
+        fn is_errored(&self, _: &crate::metainfo::InfoHash) -> bool {
+            false
+        }
+        fn extras(&self, _: &crate::metainfo::InfoHash) -> Option<&crate::plane::TorrentExtras> {
+            None
+        }
+    }
+
+    /// No fixed-file table (`fixed_files` off): the cache never updates one.
+    struct NoTable;
+    impl FixedFileTable for NoTable {
+        fn update(&mut self, _: u32, _: RawFd) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A peer of `c`'s torrent, unchoked, with `requests` queued.
+    fn peer_with(c: &Content, requests: &[BlockRequest]) -> Peer {
+        use crate::shard::session::{Session, SessionLimits};
+        let limits = SessionLimits {
+            block_len_max_bytes: 16384,
+            request_queue_max: 1024,
+            peers_per_torrent_max: 10,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(10),
+        };
+        let env = Env(c.torrent.clone(), limits);
+        let now = Instant::now();
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), now, 1024);
+        let hs = crate::wire::handshake::Handshake::new([5; 20], [2; 20], false, true);
+        let mut a = Vec::new();
+        s.on_handshake(&hs, &env, &mut a).unwrap();
+        assert!(s.unchoke());
+        for r in requests {
+            s.on_message(
+                crate::wire::message::Message::Request(*r),
+                &env,
+                now,
+                &mut a,
+            )
+            .unwrap();
+        }
+        assert_eq!(s.queue().len(), requests.len(), "every request queued");
+        let fd = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        Peer::new(fd, "127.0.0.1:1".parse().unwrap(), 0, s, 0)
+    }
+
+    /// The piece message of `r` as a correct seeder sends it.
+    fn piece_message(c: &Content, r: BlockRequest) -> Vec<u8> {
+        let mut m = vec![0u8; PIECE_HEADER_LEN];
+        let header: &mut [u8; PIECE_HEADER_LEN] = (&mut m[..]).try_into().unwrap();
+        message::write_piece_header(header, r.index, r.begin, r.length);
+        let at = (u64::from(r.index) * PIECE_LEN + u64::from(r.begin)) as usize;
+        m.extend_from_slice(&c.bytes[at..at + r.length as usize]);
+        m
+    }
+
+    /// Every block request of `c`'s torrent (16 KiB, the last block of a piece shorter).
+    fn all_blocks(c: &Content) -> Vec<BlockRequest> {
+        let mut v = Vec::new();
+        for index in 0..c.torrent.num_pieces {
+            let len = crate::metainfo::torrent::piece_len(c.torrent.total_length, PIECE_LEN, index);
+            let mut begin = 0;
+            while u64::from(begin) < len {
+                let length = (len - u64::from(begin)).min(16384) as u32;
+                v.push(BlockRequest {
+                    index,
+                    begin,
+                    length,
+                });
+                begin += length;
+            }
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Proves, on real files with pad files, a block cache holding random blocks and
+        /// page-cache sends on or off, for random budgets: when the planned reads are done
+        /// (pread into their destinations) the batch's send (the slot, or its gather list)
+        /// carries exactly the piece messages of the first requests of the queue, in order;
+        /// those requests and no others leave the queue; and every file use and cache
+        /// reference the plan took can be given back.
+        #[test]
+        fn a_planned_batch_sends_the_queued_blocks_in_order(
+            sizes in proptest::collection::vec((1u32..40_000, proptest::bool::weighted(0.15)), 1..12),
+            picks in proptest::collection::vec(0usize..1000, 1..40),
+            cached in proptest::collection::vec(proptest::bool::ANY, 64),
+            page_cache_sends: bool,
+            with_cache: bool,
+            blocks_max in 1usize..24,
+            read_kib in 16usize..256,
+            chain_entries_max in 3usize..64,
+        ) {
+            let c = content(&sizes);
+            let blocks = all_blocks(&c);
+            let queue: Vec<BlockRequest> = picks.iter().map(|i| blocks[i % blocks.len()]).collect();
+            let mut peer = peer_with(&c, &queue);
+            let mut files = FileCache::new(64, false, false, page_cache_sends.then_some(1 << 30));
+            let mut cache = with_cache.then(|| BlockCache::new(1 << 20, CACHE_BLOCK_LEN_BYTES).unwrap());
+            if let Some(bc) = cache.as_mut() {
+                // Some whole standard blocks are in the cache already, with their bytes.
+                for (b, hit) in blocks.iter().zip(cached.iter()) {
+                    if *hit && is_cacheable_block(&c.torrent, *b) {
+                        if let Some(e) = bc.claim((c.torrent.info_hash, b.index, b.begin), b.length) {
+                            bc.entry_mut(e)[..b.length as usize].copy_from_slice(&piece_message(&c, *b)[PIECE_HEADER_LEN..]);
+                            bc.fill_done(e, true);
+                            bc.release(e);
+                        }
+                    }
+                }
+            }
+            let gather = cache.is_some() || page_cache_sends;
+            let slot_len = blocks_max * (PIECE_HEADER_LEN + 16384);
+            let mut slot = vec![0u8; slot_len];
+            let mut send_iovs = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; blocks_max * 2];
+            let mut cache_refs = Vec::new();
+            let mut stats = ShardStats::new(0);
+            let (tx, _rx) = crossbeam_channel::bounded(16);
+            let mut health = ShardHealth::new(tx);
+            let mut scratch = PlanScratch::default();
+            let opts = PlanOptions {
+                budget: BatchBudget {
+                    blocks_max,
+                    read_bytes_max: read_kib * 1024,
+                    slot_len,
+                    gather,
+                    chain_entries_max,
+                    splice: false,
+                },
+                direct_io: false,
+                piece_readahead: true,
+                page_cache_sends,
+                now: Instant::now(),
+            };
+            let slot_base = slot.as_mut_ptr();
+            let plan = lay_out(
+                Layout {
+                    files: &mut files,
+                    ring: &mut NoTable,
+                    cache: cache.as_mut(),
+                    stats: &mut stats,
+                    health: &mut health,
+                    scratch: &mut scratch,
+                    slot_base,
+                    slot_mem: &mut slot,
+                    send_iovs: &mut send_iovs,
+                    cache_refs: &mut cache_refs,
+                },
+                &opts,
+                &mut peer,
+                &c.torrent,
+            );
+            let taken = plan.state.blocks;
+            prop_assert!(!plan.disk_error);
+            prop_assert_eq!(peer.session.queue().len(), queue.len() - taken, "taken from the front");
+            prop_assert_eq!(peer.session.next_request().map(|q| q.request), queue.get(taken).copied());
+            if taken == 0 {
+                // Only a chain bound too small for one block, or a first block over budget.
+                prop_assert!(plan.unservable || !opts.budget.may_try(&BatchState::default(), queue[0].length) || read_kib * 1024 < queue[0].length as usize);
+                return Ok(());
+            }
+            for rd in scratch.reads.iter() {
+                // SAFETY: `dest` points into `slot` or a cache entry this test owns, with
+                // room for `len` bytes (the plan laid them out there); both live to the end.
+                let n = unsafe { libc::pread(rd.fd, rd.dest.cast(), rd.len as usize, rd.file_offset as i64) };
+                prop_assert_eq!(n, rd.len as isize);
+            }
+            let sent: Vec<u8> = if gather {
+                let mut v = Vec::new();
+                for iov in &send_iovs[..plan.send_iov_count] {
+                    // SAFETY: the gather list names bytes of `slot`, of cache entries and of
+                    // file mappings whose uses the plan holds; all alive here.
+                    v.extend_from_slice(unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) });
+                }
+                v
+            } else {
+                slot[..plan.state.slot_used].to_vec()
+            };
+            let want: Vec<u8> = queue[..taken].iter().flat_map(|r| piece_message(&c, *r)).collect();
+            prop_assert_eq!(sent.len(), plan.state.send_len);
+            prop_assert!(sent == want, "the batch's bytes differ from the piece messages");
+            prop_assert!(opts.budget.chain_fits(scratch.reads.len()));
+            for k in peer.batch_files.drain(..) {
+                files.release(&k);
+            }
+            if let Some((key, _, _, _)) = plan.readahead {
+                files.release(&key);
+            }
+            if let Some(bc) = cache.as_mut() {
+                for (entry, filling) in cache_refs.drain(..) {
+                    if filling {
+                        bc.fill_done(entry, true);
+                    }
+                    bc.release(entry);
+                }
+            }
+        }
     }
 
     proptest! {
