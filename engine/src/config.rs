@@ -94,6 +94,9 @@ pub const PEERS_PER_PREFIX_MAX_DEFAULT: usize =
 pub const RING_ENTRIES_FLOOR: u32 = 64;
 pub const RING_ENTRIES_CEILING: u32 = 32768;
 
+/// Default `send_stall_secs`: a live TCP connection whose receiver takes nothing for 10 s
+/// is not being served; its slot goes to peers that read.
+pub const SEND_STALL_SECS_DEFAULT: u64 = 10;
 /// Default `batch_chain_entries_max`: room for a full default batch of whole blocks in every
 /// mode (copy: up to 64 blocks read one by one, then the send, 65 entries; splice: 16 header
 /// writes and file splices, then the socket splice, 33), so at the defaults only blocks split
@@ -209,6 +212,11 @@ pub struct EngineConfig {
     pub handshake_timeout_secs: u64,
     /// A peer that sent nothing for this long is closed.
     pub idle_timeout_secs: u64,
+    /// A send to a peer (control bytes or a batch, its disk reads included) that makes no
+    /// progress for this long closes the peer, releasing its send slot, files and cache
+    /// references; also the sockets' TCP_USER_TIMEOUT. A peer that never reads must not hold
+    /// a slot forever.
+    pub send_stall_secs: u64,
     /// A keep-alive is sent after this long without sending anything.
     pub keepalive_interval_secs: u64,
     /// Longest message a peer may send us (length prefix); longer closes the peer.
@@ -293,6 +301,7 @@ impl Default for EngineConfig {
             peers_per_prefix_max: PEERS_PER_PREFIX_MAX_DEFAULT,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 180,
+            send_stall_secs: SEND_STALL_SECS_DEFAULT,
             keepalive_interval_secs: 90,
             message_len_max_bytes: 1 << 20,
             block_len_max_bytes: crate::BLOCK_LEN_BYTES,
@@ -472,6 +481,7 @@ impl EngineConfig {
         positive("peers_per_prefix_max", self.peers_per_prefix_max as u64)?;
         positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
+        positive("send_stall_secs", self.send_stall_secs)?;
         positive("keepalive_interval_secs", self.keepalive_interval_secs)?;
         positive(
             "request_queue_per_peer_max",

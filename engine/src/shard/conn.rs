@@ -10,7 +10,9 @@
 
 use crate::ring::token::{OpKind, Token};
 use crate::ring::Completion;
+use crate::shard::admission::Refusal;
 use crate::shard::peer::Peer;
+use crate::stats::CloseReason;
 use io_uring::{opcode, squeue, types};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -243,6 +245,15 @@ pub fn cancel_sqe(target: Token) -> squeue::Entry {
         .user_data(Token::new(OpKind::Ignore, 0, 0, 0).encode())
 }
 
+/// The close reason counted for an admission refusal.
+pub fn refusal_reason(refusal: Refusal) -> CloseReason {
+    match refusal {
+        Refusal::PeersLimit => CloseReason::PeersLimit,
+        Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
+        Refusal::PerPrefixLimit => CloseReason::PeersPerPrefixLimit,
+    }
+}
+
 /// A non-blocking-free TCP socket to dial `addr` from (the connect itself is an io_uring op).
 pub fn dial_socket(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
@@ -299,18 +310,28 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     }
 }
 
-pub fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from a valid pointer.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+/// A new connection's TCP options: no Nagle delay (blocks go out as soon as they are
+/// sent), and TCP_USER_TIMEOUT: data unacknowledged for `user_timeout_ms` ends the
+/// connection in the kernel too, so a peer that vanished cannot keep our sends queued.
+/// Failures cost only those savings and are ignored.
+pub fn tune_socket(fd: RawFd, user_timeout_ms: u32) {
+    let set = |name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt reads an int from a valid pointer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::TCP_NODELAY, 1);
+    set(
+        libc::TCP_USER_TIMEOUT,
+        user_timeout_ms.min(i32::MAX as u32) as libc::c_int,
+    );
 }
 
 pub fn pin_to_cpu(cpu: usize) {

@@ -42,8 +42,8 @@ use crate::stats::{CloseReason, RejectReason, ShardStats};
 use admission::Admission;
 use choker::{Choker, PeerKey};
 use conn::{
-    cancel_sqe, connect_sqe, dial_socket, peer_addr, pin_to_cpu, set_nodelay, Accepted, Listeners,
-    PeerTable, Waiting,
+    cancel_sqe, connect_sqe, dial_socket, peer_addr, pin_to_cpu, refusal_reason, tune_socket,
+    Accepted, Listeners, PeerTable, Waiting,
 };
 use crossbeam_channel::{Receiver, Sender};
 use env::ShardEnv;
@@ -358,7 +358,12 @@ impl Shard {
         // multishot: received bytes land in the shared ring, and the peer's buffer holds only
         // what is left of a partial message, so it starts empty and grows on demand.
         let recv_buf_bytes = self.recv.initial_buffer_bytes();
-        set_nodelay(fd.as_raw_fd());
+        let stall_ms = self
+            .config
+            .send_stall_secs
+            .saturating_mul(1000)
+            .min(u64::from(u32::MAX));
+        tune_socket(fd.as_raw_fd(), stall_ms as u32);
         let queue_max = self.limits.request_queue_max;
         let session = match outbound {
             Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
@@ -724,6 +729,7 @@ impl Shard {
             peer.control_inflight = true;
             peer.ops_inflight += 1;
             peer.session.on_send_started(now);
+            peer.send_progress_at = now;
             let sqe = control_send_sqe(peer, idx);
             self.push(&sqe);
             return;
@@ -757,6 +763,7 @@ impl Shard {
             return;
         }
         peer.control_sent += c.result as usize;
+        peer.send_progress_at = self.now;
         if peer.control_sent < peer.control_sending.len() {
             // Short send: send the rest before anything else goes out.
             let sqe = control_send_sqe(peer, idx);
@@ -939,6 +946,7 @@ impl Shard {
         self.next_tick_at = self.now + Duration::from_millis(TICK_INTERVAL_MS);
         let now = self.now;
         let limits = self.limits;
+        let stall = Duration::from_secs(self.config.send_stall_secs);
         for idx in 0..self.peers.slots() {
             let Some(peer) = self.peers.get_mut(idx) else {
                 continue;
@@ -947,6 +955,12 @@ impl Shard {
                 continue;
             }
             let send_busy = peer.send_busy();
+            if send_busy && now.duration_since(peer.send_progress_at) > stall {
+                // Closing wakes its ops (shutdown): the send fails and its batch gives back
+                // the slot, files and cache references it held.
+                self.close_peer(idx, CloseReason::SendStalled);
+                continue;
+            }
             match peer.session.on_tick(now, &limits, send_busy) {
                 Err(reason) => self.close_peer(idx, reason),
                 Ok(()) if peer.session.has_out() => self.pump(idx),
@@ -979,14 +993,5 @@ impl Shard {
 fn push_or_log(ring: &mut Ring, sqe: &squeue::Entry) {
     if let Err(e) = ring.push(sqe) {
         tracing::error!("io_uring push failed: {e}");
-    }
-}
-
-/// The close reason counted for an admission refusal.
-fn refusal_reason(refusal: admission::Refusal) -> CloseReason {
-    match refusal {
-        admission::Refusal::PeersLimit => CloseReason::PeersLimit,
-        admission::Refusal::PerIpLimit => CloseReason::PeersPerIpLimit,
-        admission::Refusal::PerPrefixLimit => CloseReason::PeersPerPrefixLimit,
     }
 }

@@ -82,6 +82,10 @@ pub struct Peer {
     pub waiting_for_slot: bool,
     /// Queued in the shard's ready list (pumped at the end of the loop turn).
     pub pump_queued: bool,
+    /// When the send in flight (control or batch) last made progress: started, or a read,
+    /// a partial send or a chain step completed. `send_stall_secs` after it, a busy peer is
+    /// closed (`send_stalled`).
+    pub send_progress_at: Instant,
     pub uploaded_bytes: u64,
     /// Outbound connections: the address the connect op reads (boxed: it must not move while
     /// the op is in flight).
@@ -111,6 +115,7 @@ impl Peer {
         session: Session,
         recv_buf_bytes: usize,
     ) -> Peer {
+        let now = session.connected_at();
         Peer {
             fd,
             addr,
@@ -133,6 +138,7 @@ impl Peer {
             zerocopy_disabled: false,
             waiting_for_slot: false,
             pump_queued: false,
+            send_progress_at: now,
             uploaded_bytes: 0,
             connect_addr: None,
             readahead_file: None,

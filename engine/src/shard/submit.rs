@@ -297,6 +297,7 @@ impl SendSlots {
         }
         peer.ops_inflight += chain.len() as u32;
         peer.session.on_send_started(now);
+        peer.send_progress_at = now;
         if use_zc {
             // The notification may come after the peer's next batch reused its own vectors:
             // keep this batch's request times with the slot.
@@ -625,6 +626,7 @@ impl SendParts<'_> {
     /// completed: a failed or short one marks the batch failed and reports the file.
     pub fn on_chain_step(&mut self, peer: &mut Peer, c: &Completion, seq: u16) {
         peer.ops_inflight -= 1;
+        peer.send_progress_at = self.now;
         let expected = peer.chain_expect.get(seq as usize).copied().unwrap_or(0);
         let Some(batch) = peer.batch.as_mut() else {
             return;
@@ -711,6 +713,7 @@ impl SendParts<'_> {
             }));
         }
         batch.sent_bytes += c.result as u32;
+        peer.send_progress_at = now;
         assert!(
             batch.sent_bytes <= batch.len_bytes,
             "sent more than the batch holds"

@@ -37,6 +37,7 @@ pub enum CloseReason {
     UnknownInfoHash,
     HandshakeTimeout,
     IdleTimeout,
+    SendStalled,
     MessageTooLong,
     MalformedMessage,
     InvalidRequest,
@@ -54,13 +55,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 20] = [
+    pub const ALL: [CloseReason; 21] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
         CloseReason::UnknownInfoHash,
         CloseReason::HandshakeTimeout,
         CloseReason::IdleTimeout,
+        CloseReason::SendStalled,
         CloseReason::MessageTooLong,
         CloseReason::MalformedMessage,
         CloseReason::InvalidRequest,
@@ -84,6 +86,7 @@ impl CloseReason {
             CloseReason::UnknownInfoHash => "unknown_info_hash",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::SendStalled => "send_stalled",
             CloseReason::MessageTooLong => "message_too_long",
             CloseReason::MalformedMessage => "malformed_message",
             CloseReason::InvalidRequest => "invalid_request",

@@ -1,0 +1,199 @@
+//! Issue 18, deadlines: peers that never read cannot hold the send slots forever.
+//!
+//! Proves: with every send slot held by peers that requested hundreds of blocks through a
+//! 4 KiB receive buffer and then stopped reading, an honest peer is still served: each stuck
+//! send makes no progress for `send_stall_secs`, its peer is closed (`send_stalled`), and the
+//! slot, files and cache references its batch held go back, so the honest peer's blocks
+//! arrive byte-identical within a bound. Before the deadline, the honest peer waited forever.
+//! Needs no external tools.
+
+mod common;
+
+use common::*;
+use squall_engine::wire::{
+    decode_frame, encode, parse_handshake, BlockRequest, Handshake, Message,
+};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+const BLOCK: u32 = 16384;
+const SLOTS: usize = 4;
+const STALL_SECS: u64 = 2;
+const PIECE_LEN: u32 = 256 * 1024;
+
+/// A connection to 127.0.0.1 whose receive buffer is set to 4 KiB before it connects (so
+/// the window it advertises stays small).
+fn small_window_connect(dst: SocketAddr) -> TcpStream {
+    // SAFETY: plain socket calls on a new fd, owned by the TcpStream built from it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let rcvbuf: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let SocketAddr::V4(d) = dst else {
+            panic!("IPv4 only")
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: d.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*d.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+fn send(s: &mut TcpStream, m: &Message<'_>) {
+    let mut out = Vec::new();
+    encode(m, &mut out);
+    s.write_all(&out).expect("write");
+}
+
+/// Handshake, interested, and reads until unchoked; returns what was read past it.
+fn join(s: &mut TcpStream, info_hash: [u8; 20]) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&Handshake::new(info_hash, *b"-TT0001-stallstallst", false, false).to_bytes())
+        .unwrap();
+    send(s, &Message::Interested);
+    let mut buf = Vec::new();
+    let mut handshaken = false;
+    loop {
+        if !handshaken {
+            if let Ok(Some(_)) = parse_handshake(&buf) {
+                buf.drain(..68);
+                handshaken = true;
+                continue;
+            }
+        } else if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
+            let unchoked = m == Message::Unchoke;
+            buf.drain(..used);
+            if unchoked {
+                return buf;
+            }
+            continue;
+        }
+        let mut tmp = [0u8; 4096];
+        let n = s.read(&mut tmp).expect("read before unchoke");
+        assert!(n > 0, "closed before unchoke");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn request(index: u32, begin: u32) -> BlockRequest {
+    BlockRequest {
+        index,
+        begin,
+        length: BLOCK,
+    }
+}
+
+#[test]
+fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern_bytes(16 << 20, 9);
+    let content = dir.path().join("data");
+    write_file(&content.join("f.bin"), &data);
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    let t = torrents.join("f.torrent");
+    let info_hash: [u8; 20] = hex::decode(squall_make(
+        &content.join("f.bin"),
+        &t,
+        &["--piece-length", "256K"],
+    ))
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let config = dir.path().join("squall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nsend_stall_secs = {STALL_SECS}\nbuffer_pool_slots_per_shard = {SLOTS}\n\
+             idle_timeout_secs = 600\n"
+        ),
+    )
+    .unwrap();
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .config(&config)
+        .admin()
+        .start();
+    // Twice as many stuck peers as slots, each asking for 512 blocks it will never read.
+    let mut stuck = Vec::new();
+    for p in 0..2 * SLOTS as u32 {
+        let mut s = small_window_connect(squall.addr);
+        join(&mut s, info_hash);
+        let mut out = Vec::new();
+        for b in 0..512u32 {
+            let at = (p * 512 + b) * BLOCK % (16 << 20);
+            encode(
+                &Message::Request(request(at / PIECE_LEN, at % PIECE_LEN)),
+                &mut out,
+            );
+        }
+        s.write_all(&out).expect("requests");
+        stuck.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The honest peer reads everything it is sent.
+    let started = Instant::now();
+    let mut honest = TcpStream::connect(squall.addr).unwrap();
+    let mut buf = join(&mut honest, info_hash);
+    let wanted: Vec<BlockRequest> = (0..4).map(|b| request(3, b * BLOCK)).collect();
+    for r in &wanted {
+        send(&mut honest, &Message::Request(*r));
+    }
+    let mut got = Vec::new();
+    while got.len() < wanted.len() {
+        if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
+            if let Message::Piece {
+                index,
+                begin,
+                data: block,
+            } = m
+            {
+                let at = (index * PIECE_LEN + begin) as usize;
+                assert_eq!(block, &data[at..at + block.len()], "block {index}/{begin}");
+                got.push((index, begin));
+            }
+            buf.drain(..used);
+            continue;
+        }
+        let mut tmp = [0u8; 65536];
+        let n = honest.read(&mut tmp).expect("honest read");
+        assert!(n > 0, "honest peer closed");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(STALL_SECS + 8),
+        "honest blocks took {waited:?}"
+    );
+    let admin = squall.admin.expect("admin");
+    let mut stalled = 0.0;
+    for _ in 0..40 {
+        let page = http_get(admin, "/metrics").1;
+        stalled = metric_sum_with_reason(&page, "squall_peers_closed_total", "send_stalled");
+        if stalled >= SLOTS as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(stalled >= SLOTS as f64, "send_stalled closes: {stalled}");
+    drop(stuck);
+}
