@@ -1,7 +1,7 @@
 //! Connection admission shared by all shards: the global peer count and aggregate counts per
 //! source address and per source network.
 //!
-//! Owns: fixed-size, lock-free tables of counters (atomics), at two levels:
+//! Owns: exact counts at two levels, kept in one keyed map behind a mutex:
 //! - per source: one IPv4 address, or one IPv6 /64 (the smallest network an ISP hands a
 //!   subscriber, so one host can pick any address in it for free);
 //! - per network: one IPv4 /24, or one IPv6 /48 (a site's allocation).
@@ -10,19 +10,20 @@
 //! distinct addresses of its /64; the network level bounds what many cheap sources in one
 //! network can hold. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) counts as `a.b.c.d`.
 //! It is touched only when a connection opens or closes, never per message, so it is not on
-//! the data path.
-//! Must never: grow, or let a peer choose whose count it shares. Counts live in `IP_BUCKETS`
-//! buckets per level, indexed by SipHash-1-3 (std's `RandomState`) under a key drawn once per
-//! process: two sources sharing a bucket share a limit (the strict side), and since the key
-//! is secret a peer cannot craft an address that lands in a victim's bucket.
+//! the data path (one short critical section per accept or close, across shards).
+//! Must never: let one source's count refuse another (counts are exact per group, not per
+//! hash bucket: an earlier design shared fixed buckets, so a full abuser's bucket refused
+//! the honest sources that hashed into it), or grow past the open connections: a group's
+//! entry exists only while it has one, so the map holds at most 2 x `peers_max` entries.
+//! The map's hasher is SipHash-1-3 under a key drawn once per process (std's
+//! `RandomState`), so a peer cannot craft addresses that collide into slow map buckets.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-
-/// Buckets per level (a power of two: the index is a mask of the hash). 2 x 256 KiB.
-pub const IP_BUCKETS: usize = 65_536;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Leading bits of an IPv6 address that name one source (counted against `per_ip_max`).
 pub const IPV6_SOURCE_PREFIX_BITS: u32 = 64;
@@ -31,23 +32,18 @@ pub const IPV4_NETWORK_PREFIX_BITS: u32 = 24;
 /// Leading bits of an IPv6 address that name one network (counted against `per_prefix_max`).
 pub const IPV6_NETWORK_PREFIX_BITS: u32 = 48;
 
-const _: () = assert!(IP_BUCKETS.is_power_of_two());
 const _: () = assert!(IPV6_NETWORK_PREFIX_BITS <= IPV6_SOURCE_PREFIX_BITS);
 
-/// `K` is the keyed bucket hash: `RandomState` (a secret per-process key) everywhere but
-/// the deterministic tests, which fix the key so that which addresses share a bucket is the
-/// same on every run.
+/// `K` is the map's hasher: `RandomState` (a secret per-process key) everywhere but the
+/// deterministic tests.
 pub struct Admission<K = RandomState> {
     peers: AtomicUsize,
     peers_max: usize,
-    /// Per source: an IPv4 address or an IPv6 /64.
-    per_ip: Box<[AtomicU32]>,
     per_ip_max: u32,
-    /// Per network: an IPv4 /24 or an IPv6 /48.
-    per_prefix: Box<[AtomicU32]>,
     per_prefix_max: u32,
-    /// The per-process secret key of the bucket hash.
-    bucket_key: K,
+    /// Open connections per source (IPv4 address, IPv6 /64) and per network (IPv4 /24,
+    /// IPv6 /48); a group with none has no entry.
+    counts: Mutex<HashMap<Group, u32, K>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,61 +148,60 @@ impl Admission<RandomState> {
 
 impl<K: BuildHasher> Admission<K> {
     fn with_key(peers_max: usize, per_ip_max: usize, per_prefix_max: usize, key: K) -> Self {
-        let counters = || (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect();
         Admission {
             peers: AtomicUsize::new(0),
             peers_max,
-            per_ip: counters(),
             per_ip_max: per_ip_max.min(u32::MAX as usize) as u32,
-            per_prefix: counters(),
             per_prefix_max: per_prefix_max.min(u32::MAX as usize) as u32,
-            bucket_key: key,
+            counts: Mutex::new(HashMap::with_hasher(key)),
         }
     }
 
-    fn bucket(&self, group: &Group) -> usize {
-        (self.bucket_key.hash_one(group) as usize) & (IP_BUCKETS - 1)
+    /// The counts; a panic elsewhere while holding them leaves them consistent (every
+    /// update is a whole admit or release), so a poisoned lock is used as it is.
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Group, u32, K>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// (source bucket, network bucket) of `ip`.
-    fn buckets(&self, ip: &IpAddr) -> (usize, usize) {
-        let (source, network) = groups(ip);
-        (self.bucket(&source), self.bucket(&network))
-    }
-
-    /// Counts a new connection, or refuses it without counting: each level is incremented
-    /// first and checked after, and a refusal undoes every increment it made, so two
-    /// concurrent admits can never both pass a limit (at worst both are refused).
+    /// Counts a new connection, or refuses it without counting.
     pub fn admit(&self, ip: &IpAddr) -> Result<(), Refusal> {
         if self.peers.fetch_add(1, Ordering::Relaxed) >= self.peers_max {
             self.peers.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::PeersLimit);
         }
-        let (source, network) = self.buckets(ip);
-        let source = &self.per_ip[source];
-        if source.fetch_add(1, Ordering::Relaxed) >= self.per_ip_max {
-            source.fetch_sub(1, Ordering::Relaxed);
+        let (source, network) = groups(ip);
+        let mut counts = self.counts();
+        let refusal = if counts.get(&source).copied().unwrap_or(0) >= self.per_ip_max {
+            Some(Refusal::PerIpLimit)
+        } else if counts.get(&network).copied().unwrap_or(0) >= self.per_prefix_max {
+            Some(Refusal::PerPrefixLimit)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.peers.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::PerIpLimit);
+            return Err(refusal);
         }
-        let network = &self.per_prefix[network];
-        if network.fetch_add(1, Ordering::Relaxed) >= self.per_prefix_max {
-            network.fetch_sub(1, Ordering::Relaxed);
-            source.fetch_sub(1, Ordering::Relaxed);
-            self.peers.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::PerPrefixLimit);
-        }
+        *counts.entry(source).or_insert(0) += 1;
+        *counts.entry(network).or_insert(0) += 1;
+        debug_assert!(counts.len() <= 2 * self.peers.load(Ordering::Relaxed).max(1));
         Ok(())
     }
 
-    /// Un-counts a connection that `admit` accepted (the same address: it hashes to the same
-    /// buckets, since the key is fixed for the life of this table).
+    /// Un-counts a connection that `admit` accepted (from the same address).
     pub fn release(&self, ip: &IpAddr) {
-        let (source, network) = self.buckets(ip);
-        let prev = self.per_prefix[network].fetch_sub(1, Ordering::Relaxed);
-        debug_assert!(prev > 0, "per-network count underflow");
-        let prev = self.per_ip[source].fetch_sub(1, Ordering::Relaxed);
-        debug_assert!(prev > 0, "per-source count underflow");
+        let (source, network) = groups(ip);
+        let mut counts = self.counts();
+        for group in [source, network] {
+            match counts.get_mut(&group) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    counts.remove(&group);
+                }
+                None => debug_assert!(false, "released {group:?} that was never admitted"),
+            }
+        }
+        drop(counts);
         let prev = self.peers.fetch_sub(1, Ordering::Relaxed);
         debug_assert!(prev > 0, "peer count underflow");
     }
@@ -226,17 +221,15 @@ mod tests {
         s.parse().unwrap()
     }
 
-    /// Admission with a fixed bucket key (SipHash-1-3 keyed with zeros): the hand-written
-    /// cases below name addresses that do not share buckets under it, on every run.
+    /// Admission with a fixed map key (SipHash-1-3 keyed with zeros): the same on every run.
     type Fixed = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
     fn fixed(peers_max: usize, per_ip_max: usize, per_prefix_max: usize) -> Admission<Fixed> {
         Admission::with_key(peers_max, per_ip_max, per_prefix_max, Fixed::default())
     }
 
-    /// Sum of every counter of both levels: zero when every admit was released.
-    fn counted<K>(a: &Admission<K>) -> (u64, u64) {
-        let sum = |t: &[AtomicU32]| t.iter().map(|c| u64::from(c.load(Ordering::Relaxed))).sum();
-        (sum(&a.per_ip), sum(&a.per_prefix))
+    /// Groups with a count: none once every admit was released.
+    fn counted<K: BuildHasher>(a: &Admission<K>) -> usize {
+        a.counts().len()
     }
 
     #[test]
@@ -321,17 +314,21 @@ mod tests {
     }
 
     #[test]
-    fn bucket_key_differs_per_table() {
-        // Proves: buckets come from a secret per-table key, not from the address alone (as
-        // the unkeyed FNV did), so nobody can precompute an address that shares a victim's
-        // bucket: two tables place the same 64 addresses differently.
-        let (a, b) = (Admission::new(1, 1), Admission::new(1, 1));
-        let place = |t: &Admission| -> Vec<(usize, usize)> {
-            (1..=64u8)
-                .map(|h| t.buckets(&ip(&format!("198.51.100.{h}"))))
-                .collect()
-        };
-        assert_ne!(place(&a), place(&b));
+    fn a_full_source_never_refuses_another() {
+        // Proves: counts are exact per source: with 200 sources each at its limit (as the
+        // hostile suite's idle connections are), every other source is still admitted.
+        let a = Admission::with_limits(100_000, 4, 100_000);
+        for h in 0..200u32 {
+            let full = ip(&format!("10.9.{}.{}", h / 250, h % 250 + 1));
+            for _ in 0..4 {
+                assert_eq!(a.admit(&full), Ok(()));
+            }
+            assert_eq!(a.admit(&full), Err(Refusal::PerIpLimit));
+        }
+        for h in 1..=250u8 {
+            let other = ip(&format!("10.10.0.{h}"));
+            assert_eq!(a.admit(&other), Ok(()), "{other}");
+        }
     }
 
     #[test]
@@ -391,21 +388,19 @@ mod tests {
             per_ip_max in 1..6usize,
             extra in 0..8usize,
         ) {
-            // Proves: against a model that counts per bucket (so a bucket shared by two
-            // groups, which the random key makes possible, is modelled exactly), every
-            // admit/refusal is predicted; per group, no limit is ever exceeded; and releasing
-            // every admitted connection returns every counter to zero.
+            // Proves: against a model that counts per group, every admit/refusal is
+            // predicted; per group, no limit is ever exceeded; and releasing every admitted
+            // connection leaves no count behind.
             let per_prefix_max = per_ip_max + extra;
             let a = Admission::with_limits(peers_max, per_ip_max, per_prefix_max);
-            let mut by_bucket: [HashMap<usize, usize>; 2] = [HashMap::new(), HashMap::new()];
             let mut by_group: HashMap<Group, usize> = HashMap::new();
             let mut open: Vec<IpAddr> = Vec::new();
             for op in ops {
                 match op {
                     Op::Admit(addr) => {
-                        let (sb, nb) = a.buckets(&addr);
-                        let s = by_bucket[0].get(&sb).copied().unwrap_or(0);
-                        let n = by_bucket[1].get(&nb).copied().unwrap_or(0);
+                        let (sg, ng) = groups(&addr);
+                        let s = by_group.get(&sg).copied().unwrap_or(0);
+                        let n = by_group.get(&ng).copied().unwrap_or(0);
                         let expect = if open.len() >= peers_max {
                             Err(Refusal::PeersLimit)
                         } else if s >= per_ip_max {
@@ -417,9 +412,6 @@ mod tests {
                         };
                         prop_assert_eq!(a.admit(&addr), expect);
                         if expect.is_ok() {
-                            *by_bucket[0].entry(sb).or_default() += 1;
-                            *by_bucket[1].entry(nb).or_default() += 1;
-                            let (sg, ng) = groups(&addr);
                             *by_group.entry(sg).or_default() += 1;
                             *by_group.entry(ng).or_default() += 1;
                             open.push(addr);
@@ -431,9 +423,6 @@ mod tests {
                         }
                         let addr = open.swap_remove(n % open.len());
                         a.release(&addr);
-                        let (sb, nb) = a.buckets(&addr);
-                        *by_bucket[0].entry(sb).or_default() -= 1;
-                        *by_bucket[1].entry(nb).or_default() -= 1;
                         let (sg, ng) = groups(&addr);
                         *by_group.entry(sg).or_default() -= 1;
                         *by_group.entry(ng).or_default() -= 1;
@@ -453,7 +442,7 @@ mod tests {
                 a.release(&addr);
             }
             prop_assert_eq!(a.peers(), 0);
-            prop_assert_eq!(counted(&a), (0, 0));
+            prop_assert_eq!(counted(&a), 0);
         }
     }
 }

@@ -12,6 +12,7 @@ use super::Shard;
 use crate::catalog::CatalogTorrent;
 use crate::metainfo::InfoHash;
 use crate::plane::{ErroredSet, HealthReport};
+use crate::shard::peer::Phase;
 use crate::stats::ShardStats;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -173,8 +174,27 @@ impl Shard {
 
     /// `ShardCommand::Health`: adopt the control plane's errored set.
     pub(super) fn on_health(&mut self, set: Arc<ErroredSet>) {
-        for h in self.health.on_published(set) {
-            self.forget_content(&h);
+        let changed = self.health.on_published(set);
+        for h in changed.iter() {
+            self.forget_content(h);
+        }
+        // Peers of a torrent that recovered and were choked for it ask for a slot again.
+        let recovered: Vec<InfoHash> = changed
+            .into_iter()
+            .filter(|h| !self.health.is_errored(h))
+            .collect();
+        if !recovered.is_empty() {
+            for idx in 0..self.peers.slots() {
+                let of_recovered = self.peers.get(idx).is_some_and(|p| {
+                    p.phase == Phase::Open
+                        && p.session
+                            .torrent()
+                            .is_some_and(|t| recovered.contains(&t.info_hash))
+                });
+                if of_recovered {
+                    self.with_session(idx, |s, _, actions| s.on_recovered(actions));
+                }
+            }
         }
         // Peers of a torrent that just became errored may hold queued requests: answer them.
         for idx in 0..self.peers.slots() {

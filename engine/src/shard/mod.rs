@@ -222,9 +222,8 @@ impl Shard {
             self.pump_ready();
             self.serve_slot_waiters();
         }
+        self.sync_stats();
         self.stats.accepting = false;
-        self.stats.peers_connected = self.peers.live() as u64;
-        self.sync_cache_stats();
         let inflight: u32 = self.peers.iter().map(|p| p.ops_inflight).sum();
         let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
@@ -245,7 +244,9 @@ impl Shard {
         stats
     }
 
-    fn sync_cache_stats(&mut self) {
+    fn sync_stats(&mut self) {
+        self.stats.peers_connected = self.peers.live() as u64;
+        self.stats.accepting = self.listeners.all_armed();
         self.files.copy_counters(&mut self.stats);
         self.slots.copy_counters(&mut self.stats);
         self.stats.extras_loads_refused = self.extras.loads_refused;
@@ -255,7 +256,13 @@ impl Shard {
         match cmd {
             ShardCommand::Shutdown => self.begin_shutdown(),
             ShardCommand::SwapCatalog(catalog) => {
-                self.catalog = catalog;
+                // Removed torrents' idle fds and mappings go now (ones in use, with their batch).
+                let old = std::mem::replace(&mut self.catalog, catalog);
+                for t in old.torrents() {
+                    if self.catalog.get(&t.info_hash).is_none() {
+                        self.forget_content(&t.info_hash);
+                    }
+                }
                 self.extras.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
                 // their own Arc); peers of removed torrents are closed.
@@ -376,10 +383,8 @@ impl Shard {
     /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
     /// that we send our handshake first and check that theirs names the same torrent.
     fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) {
-        if !self.listeners.accepting() {
-            return;
-        }
-        let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
+        let accepting = self.listeners.accepting();
+        let Some(torrent) = self.catalog.get(&info_hash).filter(|_| accepting).cloned() else {
             return;
         };
         if !self.admit(&addr) {
@@ -981,9 +986,7 @@ impl Shard {
         self.arm_accepts();
         if now >= self.next_stats_at {
             self.next_stats_at = now + Duration::from_millis(STATS_INTERVAL_MS);
-            self.stats.peers_connected = self.peers.live() as u64;
-            self.stats.accepting = self.listeners.all_armed();
-            self.sync_cache_stats();
+            self.sync_stats();
             self.stats.publish(&self.stats_tx);
         }
     }

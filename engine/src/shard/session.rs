@@ -397,7 +397,7 @@ impl Session {
             // No data from an errored torrent; the peer may stay (it recovers).
             self.reject(r, RejectReason::TorrentErrored, actions);
             if !self.fast {
-                self.choke(actions);
+                self.choke_for_errored(actions);
             }
         } else if self.am_choking {
             self.reject(r, RejectReason::Choked, actions);
@@ -463,7 +463,25 @@ impl Session {
                 actions.push(Action::Rejected(RejectReason::TorrentErrored));
             }
             self.queue.clear();
+            self.choke_for_errored(actions);
+        }
+    }
+
+    /// A plain peer of an errored torrent is choked (BEP 3: that discards its queue) and
+    /// gives its upload slot back, so the choker can serve others meanwhile; it asks for a
+    /// slot again when the torrent recovers (`on_recovered`).
+    fn choke_for_errored(&mut self, actions: &mut Vec<Action>) {
+        if !self.am_choking {
             self.choke(actions);
+            actions.push(Action::LeavesSlot);
+        }
+    }
+
+    /// The torrent recovered: an interested peer that is choked asks for a slot again (it
+    /// was choked for the error, or waits in line already: the choker keeps one place).
+    pub fn on_recovered(&mut self, actions: &mut Vec<Action>) {
+        if self.active && self.peer_interested && self.am_choking {
+            actions.push(Action::WantsSlot);
         }
     }
 
@@ -861,6 +879,35 @@ mod tests {
         p.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
             .unwrap();
         assert!(p.am_choking());
+    }
+
+    #[test]
+    fn a_plain_peer_choked_for_an_errored_torrent_is_unchoked_after_recovery() {
+        // Proves the choke-forever fix: the choke gives the slot back, recovery asks again.
+        let mut env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut p = active(&env, false, t0);
+        let mut a = Vec::new();
+        p.on_message(Message::Interested, &env, t0, &mut a).unwrap();
+        assert_eq!(a, vec![Action::WantsSlot]);
+        assert!(p.unchoke());
+        env.errored = true;
+        a.clear();
+        p.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
+            .unwrap();
+        assert!(p.am_choking());
+        assert_eq!(
+            a,
+            vec![
+                Action::Rejected(RejectReason::TorrentErrored),
+                Action::LeavesSlot
+            ]
+        );
+        env.errored = false;
+        a.clear();
+        p.on_recovered(&mut a);
+        assert_eq!(a, vec![Action::WantsSlot]);
+        assert!(p.unchoke(), "the choker's grant unchokes it again");
     }
 
     #[test]
