@@ -17,6 +17,7 @@
 //! on the disk (a block whose pages are not resident is read by io_uring, not faulted in).
 
 use crate::catalog::CatalogTorrent;
+use crate::config::{pipe_slots_of_file_splice, pipe_slots_of_pipe_write};
 use crate::shard::block_cache::{BlockCache, BlockKey, Lookup, CACHE_BLOCK_LEN_BYTES};
 use crate::shard::files::{AcquireError, FileCache, FileKey, FixedFileTable};
 use crate::shard::health::{self, ShardHealth};
@@ -52,6 +53,10 @@ pub struct BatchBudget {
     /// Splice mode: each read is a splice, with a pipe write before it, and the batch ends
     /// with a write and the socket splice.
     pub splice: bool,
+    /// Splice mode: the pipe's slots (`F_GETPIPE_SZ` / 4 KiB). The kernel bounds a pipe by
+    /// slots, not bytes: each header write and each page a file splice touches takes one,
+    /// and a batch must fit before its socket splice drains the pipe.
+    pub pipe_slots_max: usize,
 }
 
 /// Where a block's bytes come from.
@@ -210,8 +215,11 @@ pub struct Plan {
     /// A content file could not be opened (the peer is closed when no block made it).
     pub disk_error: bool,
     /// The first block alone spans more files than one chain can read
-    /// (`batch_chain_entries_max`): it cannot be served with this configuration.
+    /// (`batch_chain_entries_max`), or than its pipe holds (splice): it cannot be served
+    /// with this configuration.
     pub unservable: bool,
+    /// Splice mode: the pipe slots the batch takes at most.
+    pub pipe_slots: usize,
     /// (file, fd, file offset, length) of a readahead hint for the rest of a piece; the file
     /// is acquired and held until the hint completes.
     pub readahead: Option<(FileKey, RawFd, u64, u32)>,
@@ -249,6 +257,7 @@ pub fn lay_out<T: FixedFileTable>(
     peer.batch_request_times.clear();
     let mut plan = Plan::default();
     let mut st = BatchState::default();
+    let mut pipe_slots = 0usize;
     'blocks: while let Some(q) = peer.session.next_request() {
         let r = q.request;
         if !budget.may_try(&st, r.length) {
@@ -422,7 +431,23 @@ pub fn lay_out<T: FixedFileTable>(
                 }
             }
             debug_assert_eq!(dest_at, r.length as usize, "extents must cover the block");
-            if !budget.chain_fits(sc.reads.len()) {
+            // Splice mode: the pipe slots this block's header write, splices and pad writes
+            // take (an overestimate: writes may merge into the last slot).
+            let block_pipe_slots = if budget.splice {
+                1 + sc
+                    .extents
+                    .iter()
+                    .map(|e| match *e {
+                        Extent::File { len, .. } => pipe_slots_of_file_splice(len as usize),
+                        Extent::Zero { len } => pipe_slots_of_pipe_write(len as usize),
+                    })
+                    .sum::<usize>()
+            } else {
+                0
+            };
+            if !budget.chain_fits(sc.reads.len())
+                || pipe_slots + block_pipe_slots > budget.pipe_slots_max
+            {
                 // More reads than one chain holds: the batch ends before this block, and a
                 // block that alone needs more cannot be served (the caller refuses it).
                 let claim = cached.map(|c| c.0);
@@ -431,6 +456,7 @@ pub fn lay_out<T: FixedFileTable>(
                 plan.unservable = st.blocks == 0;
                 break 'blocks;
             }
+            pipe_slots += block_pipe_slots;
             if cached.is_none() {
                 at += dest_at;
             }
@@ -489,6 +515,7 @@ pub fn lay_out<T: FixedFileTable>(
         peer.batch_request_times.push(q.received_at);
     }
     plan.state = st;
+    plan.pipe_slots = pipe_slots;
     stats.page_cache_sends += u64::from(plan.mapped_blocks);
     plan
 }
@@ -681,6 +708,7 @@ mod tests {
             gather: true,
             chain_entries_max: 128,
             splice: false,
+            pipe_slots_max: usize::MAX,
         };
         let mut s = BatchState::default();
         while b.fits(&s, 16384, Placement::Resident) {
@@ -708,6 +736,7 @@ mod tests {
             gather: false,
             chain_entries_max: 8,
             splice,
+            pipe_slots_max: usize::MAX,
         };
         assert!(b(false).chain_fits(7) && !b(false).chain_fits(8));
         assert!(b(true).chain_fits(3) && !b(true).chain_fits(4));
@@ -867,11 +896,12 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Proves, on real files with pad files, a block cache holding random blocks and
-        /// page-cache sends on or off, for random budgets: when the planned reads are done
-        /// (pread into their destinations) the batch's send (the slot, or its gather list)
-        /// carries exactly the piece messages of the first requests of the queue, in order;
-        /// those requests and no others leave the queue; and every file use and cache
-        /// reference the plan took can be given back.
+        /// page-cache sends on or off (or splice mode with a random pipe), for random
+        /// budgets: when the planned reads are done (pread into their destinations) the
+        /// batch's send (the slot, or its gather list) carries exactly the piece messages of
+        /// the first requests of the queue, in order; those requests and no others leave the
+        /// queue; no chain or pipe bound is passed; and every file use and cache reference
+        /// the plan took can be given back.
         #[test]
         fn a_planned_batch_sends_the_queued_blocks_in_order(
             sizes in proptest::collection::vec((1u32..40_000, proptest::bool::weighted(0.15)), 1..12),
@@ -879,6 +909,8 @@ mod tests {
             cached in proptest::collection::vec(proptest::bool::ANY, 64),
             page_cache_sends: bool,
             with_cache: bool,
+            splice: bool,
+            pipe_slots_max in 6usize..80,
             blocks_max in 1usize..24,
             read_kib in 16usize..256,
             chain_entries_max in 3usize..64,
@@ -887,6 +919,8 @@ mod tests {
             let blocks = all_blocks(&c);
             let queue: Vec<BlockRequest> = picks.iter().map(|i| blocks[i % blocks.len()]).collect();
             let mut peer = peer_with(&c, &queue);
+            // Splice mode has neither a block cache nor page-cache sends.
+            let (page_cache_sends, with_cache) = (page_cache_sends && !splice, with_cache && !splice);
             let mut files = FileCache::new(64, false, false, page_cache_sends.then_some(1 << 30));
             let mut cache = with_cache.then(|| BlockCache::new(1 << 20, CACHE_BLOCK_LEN_BYTES).unwrap());
             if let Some(bc) = cache.as_mut() {
@@ -917,7 +951,8 @@ mod tests {
                     slot_len,
                     gather,
                     chain_entries_max,
-                    splice: false,
+                    splice,
+                    pipe_slots_max: if splice { pipe_slots_max } else { usize::MAX },
                 },
                 direct_io: false,
                 piece_readahead: true,
@@ -972,6 +1007,7 @@ mod tests {
             prop_assert_eq!(sent.len(), plan.state.send_len);
             prop_assert!(sent == want, "the batch's bytes differ from the piece messages");
             prop_assert!(opts.budget.chain_fits(scratch.reads.len()));
+            prop_assert!(plan.pipe_slots <= opts.budget.pipe_slots_max);
             for k in peer.batch_files.drain(..) {
                 files.release(&k);
             }
@@ -1004,7 +1040,7 @@ mod tests {
             gather: bool,
             queue in proptest::collection::vec((1u32..=16384, placement()), 0..80),
         ) {
-            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather, chain_entries_max: 128, splice: false };
+            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather, chain_entries_max: 128, splice: false, pipe_slots_max: usize::MAX };
             let mut s = BatchState::default();
             let mut taken = 0;
             for &(len, p) in queue.iter() {

@@ -522,9 +522,10 @@ impl SendParts<'_> {
         };
         let use_zc = mode == ServeMode::Zerocopy && !peer.zerocopy_disabled;
         let mut slot_len = self.slots.pool.slot_len_bytes();
+        let mut pipe_slots_max = usize::MAX;
         if mode == ServeMode::Splice {
             if peer.pipe.is_none() {
-                match make_pipe(slot_len) {
+                match make_pipe(self.config.splice_pipe_bytes_requested()) {
                     Ok(p) => peer.pipe = Some(p),
                     Err(e) => {
                         tracing::warn!("cannot create a pipe for splice: {e}");
@@ -533,8 +534,10 @@ impl SendParts<'_> {
                     }
                 }
             }
-            // A batch never holds more than its pipe can.
-            slot_len = slot_len.min(peer.pipe.as_ref().map(|p| p.2).unwrap_or(0));
+            // A batch never holds more than its pipe can, in bytes and in slots.
+            let capacity = peer.pipe.as_ref().map(|p| p.2).unwrap_or(0);
+            slot_len = slot_len.min(capacity);
+            pipe_slots_max = crate::config::pipe_slots(capacity);
         }
         let page_cache_sends = self.stats.page_cache_sends_on;
         let opts = PlanOptions {
@@ -545,6 +548,7 @@ impl SendParts<'_> {
                 gather: self.slots.cache.is_some() || page_cache_sends,
                 chain_entries_max: self.config.batch_chain_entries_max as usize,
                 splice: mode == ServeMode::Splice,
+                pipe_slots_max,
             },
             direct_io,
             piece_readahead: self.config.piece_readahead && !direct_io,
