@@ -153,16 +153,7 @@ fn fixture() -> Fixture {
     let content = dir.path().join("data");
     write_file(&content.join("f.bin"), &data);
     let torrents = dir.path().join("torrents");
-    std::fs::create_dir_all(&torrents).unwrap();
-    let t = torrents.join("f.torrent");
-    let info_hash: [u8; 20] = hex::decode(squall_make(
-        &content.join("f.bin"),
-        &t,
-        &["--piece-length", "256K"],
-    ))
-    .unwrap()
-    .try_into()
-    .unwrap();
+    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
     let squall = SeedArgs::catalog(&torrents, &content)
         .state(&dir.path().join("state"))
         .shards(1)
@@ -501,12 +492,7 @@ fn a_block_over_the_chain_bound_is_refused_not_fatal() {
         all.extend_from_slice(&bytes);
     }
     let torrents = dir.path().join("torrents");
-    std::fs::create_dir_all(&torrents).unwrap();
-    let t = torrents.join("tiny.torrent");
-    let info_hash: [u8; 20] = hex::decode(squall_make(&root, &t, &["--piece-length", "16K"]))
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let info_hash = make_catalog_torrent(&root, &torrents, "tiny", "16K");
     let config = dir.path().join("squall.toml");
     std::fs::write(
         &config,
@@ -549,16 +535,8 @@ fn a_block_over_the_chain_bound_is_refused_not_fatal() {
             data: all[..4000].to_vec()
         })
     );
-    // Shards publish their counters once a second.
     let admin = squall.admin.expect("admin");
-    let mut unservable = 0.0;
-    for _ in 0..40 {
-        let page = http_get(admin, "/metrics").1;
-        unservable = metric_sum_with_reason(&page, "squall_requests_rejected_total", "unservable");
-        if unservable >= 1.0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let unservable =
+        wait_metric_with_reason(admin, "squall_requests_rejected_total", "unservable", 1.0);
     assert_eq!(unservable, 1.0);
 }

@@ -108,16 +108,7 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
     let content = dir.path().join("data");
     write_file(&content.join("f.bin"), &data);
     let torrents = dir.path().join("torrents");
-    std::fs::create_dir_all(&torrents).unwrap();
-    let t = torrents.join("f.torrent");
-    let info_hash: [u8; 20] = hex::decode(squall_make(
-        &content.join("f.bin"),
-        &t,
-        &["--piece-length", "256K"],
-    ))
-    .unwrap()
-    .try_into()
-    .unwrap();
+    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
     let config = dir.path().join("squall.toml");
     std::fs::write(
         &config,
@@ -185,15 +176,12 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
         "honest blocks took {waited:?}"
     );
     let admin = squall.admin.expect("admin");
-    let mut stalled = 0.0;
-    for _ in 0..40 {
-        let page = http_get(admin, "/metrics").1;
-        stalled = metric_sum_with_reason(&page, "squall_peers_closed_total", "send_stalled");
-        if stalled >= SLOTS as f64 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let stalled = wait_metric_with_reason(
+        admin,
+        "squall_peers_closed_total",
+        "send_stalled",
+        SLOTS as f64,
+    );
     assert!(stalled >= SLOTS as f64, "send_stalled closes: {stalled}");
     drop(stuck);
 }

@@ -437,6 +437,34 @@ pub fn info_hash_hex(torrent: &Path) -> String {
     v["info_hash"].as_str().unwrap().to_string()
 }
 
+/// Makes `<torrents>/<name>.torrent` of `content` (a file or directory) with `piece_length`
+/// (e.g. "256K") and returns its info-hash: the catalog layout `SeedArgs::catalog` seeds.
+pub fn make_catalog_torrent(
+    content: &Path,
+    torrents: &Path,
+    name: &str,
+    piece_length: &str,
+) -> [u8; 20] {
+    std::fs::create_dir_all(torrents).unwrap();
+    let t = torrents.join(format!("{name}.torrent"));
+    let hex = squall_make(content, &t, &["--piece-length", piece_length]);
+    hex::decode(hex).unwrap().try_into().unwrap()
+}
+
+/// Polls `/metrics` on `admin` (shards publish their counters once a second) until the
+/// counter `name{reason}` reaches `want` or 10 s pass; returns the last value read.
+pub fn wait_metric_with_reason(admin: SocketAddr, name: &str, reason: &str, want: f64) -> f64 {
+    let mut got = 0.0;
+    for _ in 0..40 {
+        got = metric_sum_with_reason(&http_get(admin, "/metrics").1, name, reason);
+        if got >= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    got
+}
+
 /// A free loopback TCP port (bound, read back, released).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
