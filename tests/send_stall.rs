@@ -22,16 +22,16 @@ const BLOCK: u32 = 16384;
 const SLOTS: usize = 4;
 const STALL_SECS: u64 = 2;
 const PIECE_LEN: u32 = 256 * 1024;
+const STUCK_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
 
-/// A connection to 127.0.0.1 whose receive buffer is set to 4 KiB before it connects (so
-/// the window it advertises stays small).
-fn small_window_connect(dst: SocketAddr) -> TcpStream {
+/// A connection from `src` whose receive buffer is set to `rcvbuf` bytes before it
+/// connects (4 KiB: the window it advertises stays small).
+fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr, rcvbuf: libc::c_int) -> TcpStream {
     // SAFETY: plain socket calls on a new fd, owned by the TcpStream built from it.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let stream = TcpStream::from_raw_fd(fd);
-        let rcvbuf: libc::c_int = 4096;
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
@@ -51,6 +51,16 @@ fn small_window_connect(dst: SocketAddr) -> TcpStream {
             sin_zero: [0; 8],
         };
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(src).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
         let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), len);
         assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
         stream
@@ -101,8 +111,14 @@ fn request(index: u32, begin: u32) -> BlockRequest {
     }
 }
 
-#[test]
-fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
+/// Seeds a 16 MiB torrent under `engine_config` (one shard, `SLOTS` send slots), has twice
+/// as many peers from `STUCK_SOURCE` as slots ask for 512 blocks each through a 4 KiB window
+/// and stop reading, then times how long an honest peer from `honest_source` waits for 4
+/// blocks (checked byte for byte). Returns the wait, and squall for its metrics.
+fn honest_wait_beside_stuck_peers(
+    engine_config: &str,
+    honest_source: std::net::Ipv4Addr,
+) -> (Duration, SquallProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern_bytes(16 << 20, 9);
     let content = dir.path().join("data");
@@ -113,8 +129,8 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
     std::fs::write(
         &config,
         format!(
-            "[engine]\nsend_stall_secs = {STALL_SECS}\nbuffer_pool_slots_per_shard = {SLOTS}\n\
-             idle_timeout_secs = 600\n"
+            "[engine]\nbuffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n\
+             {engine_config}"
         ),
     )
     .unwrap();
@@ -124,10 +140,9 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
         .config(&config)
         .admin()
         .start();
-    // Twice as many stuck peers as slots, each asking for 512 blocks it will never read.
     let mut stuck = Vec::new();
     for p in 0..2 * SLOTS as u32 {
-        let mut s = small_window_connect(squall.addr);
+        let mut s = connect_from(STUCK_SOURCE, squall.addr, 4096);
         join(&mut s, info_hash);
         let mut out = Vec::new();
         for b in 0..512u32 {
@@ -143,14 +158,14 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
     std::thread::sleep(Duration::from_millis(500));
     // The honest peer reads everything it is sent.
     let started = Instant::now();
-    let mut honest = TcpStream::connect(squall.addr).unwrap();
+    let mut honest = connect_from(honest_source, squall.addr, 1 << 20);
     let mut buf = join(&mut honest, info_hash);
     let wanted: Vec<BlockRequest> = (0..4).map(|b| request(3, b * BLOCK)).collect();
     for r in &wanted {
         send(&mut honest, &Message::Request(*r));
     }
-    let mut got = Vec::new();
-    while got.len() < wanted.len() {
+    let mut got = 0;
+    while got < wanted.len() {
         if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
             if let Message::Piece {
                 index,
@@ -160,7 +175,7 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
             {
                 let at = (index * PIECE_LEN + begin) as usize;
                 assert_eq!(block, &data[at..at + block.len()], "block {index}/{begin}");
-                got.push((index, begin));
+                got += 1;
             }
             buf.drain(..used);
             continue;
@@ -171,6 +186,19 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
         buf.extend_from_slice(&tmp[..n]);
     }
     let waited = started.elapsed();
+    drop(stuck);
+    (waited, squall, dir)
+}
+
+/// Proves the deadline: every slot is held by stuck peers of the honest peer's own source
+/// (so no per-source bound helps); the honest peer is served once they are closed as
+/// `send_stalled`.
+#[test]
+fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
+    let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
+        &format!("send_stall_secs = {STALL_SECS}\nsend_slots_per_ip_max = {SLOTS}\n"),
+        STUCK_SOURCE,
+    );
     assert!(
         waited < Duration::from_secs(STALL_SECS + 8),
         "honest blocks took {waited:?}"
@@ -183,5 +211,32 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
         SLOTS as f64,
     );
     assert!(stalled >= SLOTS as f64, "send_stalled closes: {stalled}");
-    drop(stuck);
+}
+
+/// Proves the per-source bound: with a deadline far away (60 s), stuck peers of one source
+/// hold at most `send_slots_per_ip_max` (2 of 4) slots, so a peer from another source is
+/// served at once, and the waits are counted.
+#[test]
+fn one_source_cannot_take_every_send_slot() {
+    let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
+        "send_stall_secs = 60\nsend_slots_per_ip_max = 2\n",
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "honest blocks took {waited:?}"
+    );
+    let page = http_get(squall.admin.expect("admin"), "/metrics").1;
+    let closed = metric_sum_with_reason(&page, "squall_peers_closed_total", "send_stalled");
+    assert_eq!(closed, 0.0, "served without the deadline");
+    let mut limited = 0.0;
+    for _ in 0..40 {
+        let page = http_get(squall.admin.expect("admin"), "/metrics").1;
+        limited = metric_sum(&page, "squall_send_slots_per_ip_limited_total");
+        if limited >= 1.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(limited >= 1.0, "limited waits: {limited}");
 }

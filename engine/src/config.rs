@@ -94,6 +94,8 @@ pub const PEERS_PER_PREFIX_MAX_DEFAULT: usize =
 pub const RING_ENTRIES_FLOOR: u32 = 64;
 pub const RING_ENTRIES_CEILING: u32 = 32768;
 
+/// Default `send_slots_per_ip_max`: a quarter of the default send buffer pool (64 slots).
+pub const SEND_SLOTS_PER_IP_MAX_DEFAULT: usize = 16;
 /// Default `send_stall_secs`: a live TCP connection whose receiver takes nothing for 10 s
 /// is not being served; its slot goes to peers that read.
 pub const SEND_STALL_SECS_DEFAULT: u64 = 10;
@@ -212,6 +214,9 @@ pub struct EngineConfig {
     pub handshake_timeout_secs: u64,
     /// A peer that sent nothing for this long is closed.
     pub idle_timeout_secs: u64,
+    /// Send buffer slots the peers of one source (an IPv4 address or an IPv6 /64) may hold
+    /// at once on a shard: many connections from one source cannot take every slot.
+    pub send_slots_per_ip_max: usize,
     /// A send to a peer (control bytes or a batch, its disk reads included) that makes no
     /// progress for this long closes the peer, releasing its send slot, files and cache
     /// references; also the sockets' TCP_USER_TIMEOUT. A peer that never reads must not hold
@@ -302,6 +307,7 @@ impl Default for EngineConfig {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 180,
             send_stall_secs: SEND_STALL_SECS_DEFAULT,
+            send_slots_per_ip_max: SEND_SLOTS_PER_IP_MAX_DEFAULT,
             keepalive_interval_secs: 90,
             message_len_max_bytes: 1 << 20,
             block_len_max_bytes: crate::BLOCK_LEN_BYTES,
@@ -482,6 +488,7 @@ impl EngineConfig {
         positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("send_stall_secs", self.send_stall_secs)?;
+        positive("send_slots_per_ip_max", self.send_slots_per_ip_max as u64)?;
         positive("keepalive_interval_secs", self.keepalive_interval_secs)?;
         positive(
             "request_queue_per_peer_max",

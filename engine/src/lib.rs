@@ -10,6 +10,9 @@
 //! nothing below imports `shard`, and `shard` and `stats` never import `control`. `wire` and
 //! `metainfo` are pure: bytes in, typed values out.
 
+// serde_json's json! macro recurses once per field: the per-shard /stats object has many.
+#![recursion_limit = "256"]
+
 pub mod catalog;
 pub mod config;
 pub mod config_file;

@@ -84,6 +84,13 @@ fn masked(bits: u128, width: u32, prefix: u32) -> u128 {
     }
 }
 
+/// The source `ip` is counted as (an IPv4 address, or an IPv6 /64; a mapped address as its
+/// IPv4 address): the key other per-source bounds use too (`send_slots_per_ip_max`).
+pub fn source_key(ip: &IpAddr) -> (bool, u128) {
+    let (source, _) = groups(ip);
+    (source.v6, source.bits)
+}
+
 /// The source group and the network group `ip` is counted in.
 fn groups(ip: &IpAddr) -> (Group, Group) {
     // A mapped address is the IPv4 host it names (a dual-stack socket reports IPv4 peers so).

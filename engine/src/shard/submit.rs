@@ -16,6 +16,7 @@ use crate::config::{EngineConfig, ServeMode};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::token::{OpKind, Token};
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
+use crate::shard::admission::source_key;
 use crate::shard::block_cache::BlockCache;
 use crate::shard::conn::make_pipe;
 use crate::shard::files::FileCache;
@@ -75,6 +76,9 @@ pub struct SendSlots {
     chain: Vec<squeue::Entry>,
     /// Unservable blocks are logged once per shard (then only counted).
     warned_unservable: bool,
+    /// Slots held per source (`admission::source_key`), for `send_slots_per_ip_max`; a
+    /// source with none has no entry, so it holds at most one entry per slot.
+    per_source: std::collections::HashMap<(bool, u128), u16>,
 }
 
 impl SendSlots {
@@ -105,6 +109,7 @@ impl SendSlots {
                 .collect(),
             chain: Vec::with_capacity(128),
             warned_unservable: false,
+            per_source: std::collections::HashMap::new(),
         }
     }
 
@@ -390,6 +395,26 @@ impl SendSlots {
         }
     }
 
+    /// Slots the source holds now.
+    fn source_slots(&self, source: &(bool, u128)) -> u16 {
+        self.per_source.get(source).copied().unwrap_or(0)
+    }
+
+    /// A batch of `source` took a slot (`held`) or gave it back.
+    fn count_source(&mut self, source: (bool, u128), held: bool) {
+        let n = self.per_source.entry(source).or_insert(0);
+        if held {
+            *n += 1;
+        } else {
+            debug_assert!(*n > 0, "a source gave back a slot it did not hold");
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+        debug_assert!(self.per_source.len() <= self.pool.slots());
+    }
+
     /// zerocopy: a send of `slot` will be followed by a notification.
     pub fn notification_owed(&mut self, slot: u16) {
         self.notifs[slot as usize] += 1;
@@ -508,6 +533,11 @@ impl SendParts<'_> {
     /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
     /// submits its chain of reads and the send; a readahead hint may follow.
     pub fn start_batch(&mut self, peer: &mut Peer, idx: u32) -> BatchStart {
+        let source = source_key(&peer.addr.ip());
+        if usize::from(self.slots.source_slots(&source)) >= self.config.send_slots_per_ip_max {
+            self.stats.send_slots_per_ip_limited += 1;
+            return BatchStart::Wait;
+        }
         let Some(slot) = self.slots.pool.acquire() else {
             self.stats.buffer_pool_exhausted += 1;
             return BatchStart::Wait;
@@ -604,6 +634,7 @@ impl SendParts<'_> {
         }
         let generation = peer.generation;
         let reads = &self.scratch.reads;
+        self.slots.count_source(source, true);
         let pushed = self
             .slots
             .submit(self.ring, peer, idx, slot, &plan, reads, use_zc, now);
@@ -760,6 +791,7 @@ impl SendParts<'_> {
         let Some(batch) = peer.batch.take() else {
             return;
         };
+        self.slots.count_source(source_key(&peer.addr.ip()), false);
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }

@@ -168,6 +168,8 @@ pub struct ShardStats {
     pub accept_errors: u64,
     pub peers_dialed: u64,
     pub buffer_pool_exhausted: u64,
+    /// Times a peer waited because its source held `send_slots_per_ip_max` send slots.
+    pub send_slots_per_ip_limited: u64,
     pub open_files_limit_hit: u64,
     pub zc_sends_copied: u64,
     pub zc_sends_zerocopy: u64,
@@ -274,6 +276,7 @@ impl ShardStats {
             accept_errors: 0,
             peers_dialed: 0,
             buffer_pool_exhausted: 0,
+            send_slots_per_ip_limited: 0,
             open_files_limit_hit: 0,
             zc_sends_copied: 0,
             zc_sends_zerocopy: 0,
@@ -406,6 +409,7 @@ impl ShardStats {
         self.accept_errors += other.accept_errors;
         self.peers_dialed += other.peers_dialed;
         self.buffer_pool_exhausted += other.buffer_pool_exhausted;
+        self.send_slots_per_ip_limited += other.send_slots_per_ip_limited;
         self.open_files_limit_hit += other.open_files_limit_hit;
         self.zc_sends_copied += other.zc_sends_copied;
         self.zc_sends_zerocopy += other.zc_sends_zerocopy;
