@@ -493,18 +493,12 @@ fn a_block_over_the_chain_bound_is_refused_not_fatal() {
     }
     let torrents = dir.path().join("torrents");
     let info_hash = make_catalog_torrent(&root, &torrents, "tiny", "16K");
-    let config = dir.path().join("squall.toml");
-    std::fs::write(
-        &config,
-        "[engine]\nring_entries = 64\nbatch_chain_entries_max = 48\n",
-    )
-    .unwrap();
-    let squall = SeedArgs::catalog(&torrents, &content)
-        .state(&dir.path().join("state"))
-        .shards(1)
-        .config(&config)
-        .admin()
-        .start();
+    let squall = seed_catalog_with_engine(
+        dir.path(),
+        &torrents,
+        &content,
+        "ring_entries = 64\nbatch_chain_entries_max = 48\n",
+    );
     let mut c = Client::connect(squall.addr);
     c.handshake(info_hash, false, true);
     c.send_msg(&Message::Interested);

@@ -125,21 +125,12 @@ fn honest_wait_beside_stuck_peers(
     write_file(&content.join("f.bin"), &data);
     let torrents = dir.path().join("torrents");
     let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
-    let config = dir.path().join("squall.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[engine]\nbuffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n\
-             {engine_config}"
-        ),
-    )
-    .unwrap();
-    let squall = SeedArgs::catalog(&torrents, &content)
-        .state(&dir.path().join("state"))
-        .shards(1)
-        .config(&config)
-        .admin()
-        .start();
+    let squall = seed_catalog_with_engine(
+        dir.path(),
+        &torrents,
+        &content,
+        &format!("buffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n{engine_config}"),
+    );
     let mut stuck = Vec::new();
     for p in 0..2 * SLOTS as u32 {
         let mut s = connect_from(STUCK_SOURCE, squall.addr, 4096);

@@ -451,6 +451,24 @@ pub fn make_catalog_torrent(
     hex::decode(hex).unwrap().try_into().unwrap()
 }
 
+/// Starts one-shard squall with the admin endpoint on the catalog `torrents` + `content`,
+/// its state under `dir`, and `engine_toml` written as the `[engine]` table of its config.
+pub fn seed_catalog_with_engine(
+    dir: &Path,
+    torrents: &Path,
+    content: &Path,
+    engine_toml: &str,
+) -> SquallProcess {
+    let config = dir.join("squall.toml");
+    std::fs::write(&config, format!("[engine]\n{engine_toml}")).unwrap();
+    SeedArgs::catalog(torrents, content)
+        .state(&dir.join("state"))
+        .shards(1)
+        .config(&config)
+        .admin()
+        .start()
+}
+
 /// Polls `/metrics` on `admin` (shards publish their counters once a second) until the
 /// counter `name{reason}` reaches `want` or 10 s pass; returns the last value read.
 pub fn wait_metric_with_reason(admin: SocketAddr, name: &str, reason: &str, want: f64) -> f64 {
