@@ -54,6 +54,9 @@ pub struct GatherSend {
 pub struct Peer {
     pub fd: OwnedFd,
     pub addr: SocketAddr,
+    /// `addr`'s source as admission counts it (`admission::source_key`), derived once: the
+    /// send-slot bound per source looks it up for every batch.
+    pub source: (bool, u128),
     pub generation: u16,
     pub phase: Phase,
     pub ops_inflight: u32,
@@ -119,6 +122,7 @@ impl Peer {
         Peer {
             fd,
             addr,
+            source: crate::shard::admission::source_key(&addr.ip()),
             generation,
             phase: Phase::Open,
             ops_inflight: 0,

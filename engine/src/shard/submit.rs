@@ -16,7 +16,6 @@ use crate::config::{EngineConfig, ServeMode};
 use crate::ring::buffers::{BufferPool, SlotState};
 use crate::ring::token::{OpKind, Token};
 use crate::ring::{Completion, Ring, IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
-use crate::shard::admission::source_key;
 use crate::shard::block_cache::BlockCache;
 use crate::shard::conn::make_pipe;
 use crate::shard::files::FileCache;
@@ -533,7 +532,7 @@ impl SendParts<'_> {
     /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
     /// submits its chain of reads and the send; a readahead hint may follow.
     pub fn start_batch(&mut self, peer: &mut Peer, idx: u32) -> BatchStart {
-        let source = source_key(&peer.addr.ip());
+        let source = peer.source;
         if usize::from(self.slots.source_slots(&source)) >= self.config.send_slots_per_ip_max {
             self.stats.send_slots_per_ip_limited += 1;
             return BatchStart::Wait;
@@ -791,7 +790,7 @@ impl SendParts<'_> {
         let Some(batch) = peer.batch.take() else {
             return;
         };
-        self.slots.count_source(source_key(&peer.addr.ip()), false);
+        self.slots.count_source(peer.source, false);
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }
