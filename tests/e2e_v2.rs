@@ -235,6 +235,86 @@ fn hash_requests_get_verifiable_hashes_and_bad_ones_get_rejects() {
     assert_eq!(code, Some(0));
 }
 
+impl HashClient {
+    fn send(&mut self, m: &squall_engine::wire::Message) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        squall_engine::wire::message::encode(m, &mut out);
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// Waits for `Unchoke`, then for the answer to a block request: Ok(piece data length)
+    /// or Err(()) for a BEP 6 reject. Other messages are skipped.
+    fn next_block_answer(&mut self) -> Result<usize, ()> {
+        use squall_engine::wire::{decode_frame, Message};
+        use std::io::Read;
+        loop {
+            if let Ok(Some((m, used))) = decode_frame(&self.buf, 1 << 20) {
+                let got = match m {
+                    Message::Piece { data, .. } => Some(Ok(data.len())),
+                    Message::RejectRequest(_) => Some(Err(())),
+                    _ => None,
+                };
+                self.buf.drain(..used);
+                if let Some(g) = got {
+                    return g;
+                }
+                continue;
+            }
+            let mut tmp = [0u8; 65536];
+            match self.s.read(&mut tmp) {
+                Ok(0) | Err(_) => panic!("squall closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+}
+
+#[test]
+fn v2_block_requests_that_start_past_a_files_end_are_rejected() {
+    // Proves: in a v2-only torrent (implicit padding after each file), a block request that
+    // starts past a file's end gets a BEP 6 reject instead of zeros; one that starts inside
+    // the file and runs into the padding is served whole (libtorrent asks for those), and
+    // the peer stays connected.
+    use squall_engine::wire::{BlockRequest, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let squall = start_v2_seeder(dir.path());
+    let bytes = std::fs::read(dir.path().join("torrents/multi-v2.torrent")).unwrap();
+    let t = squall_engine::metainfo::torrent::parse(&bytes).unwrap();
+    // multi/a.bin (1,234,567 bytes) comes first: its last piece, 18, holds 54,919 bytes of
+    // it and 10,617 bytes of implicit padding.
+    assert_eq!(
+        (t.files[0].path.join("/"), t.files[0].length),
+        ("a.bin".into(), 1_234_567)
+    );
+    assert!(t.files[1].pad);
+    let in_file = 1_234_567 - 18 * 65_536;
+    let mut c = HashClient::connect(squall.addr, t.info_hash.0);
+    c.send(&Message::Interested);
+    let req = |begin: u32, length: u32| {
+        Message::Request(BlockRequest {
+            index: 18,
+            begin,
+            length,
+        })
+    };
+    for (begin, length, served) in [
+        (49_152, 16_384, true), // straddles the end: real bytes, then zeros
+        (in_file - 1, 1, true), // the file's last byte
+        (in_file, 1, false),    // the first byte of padding
+        (60_000, 5_536, false), // deep in the padding
+    ] {
+        c.send(&req(begin, length));
+        let answer = c.next_block_answer();
+        assert_eq!(answer.is_ok(), served, "begin {begin} length {length}");
+        if served {
+            assert_eq!(answer, Ok(length as usize));
+        }
+    }
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
+
 #[test]
 fn libtorrent_downloads_a_v2_only_torrent_from_a_bare_magnet() {
     // Proves: libtorrent, given only `magnet:?xt=urn:btmh:1220<hex>` and squall's address,

@@ -54,6 +54,12 @@ pub struct CatalogTorrent {
 }
 
 impl CatalogTorrent {
+    /// BEP 52 v2-only (not hybrid): the wire hash is the truncated SHA-256 one.
+    pub fn is_v2_only(&self) -> bool {
+        self.info_hash_v2
+            .is_some_and(|v2| v2[..20] == self.info_hash.0[..])
+    }
+
     /// Re-reads the .torrent and returns the raw info dictionary (BEP 9 metadata), after
     /// checking it still has this info-hash.
     pub fn read_info_bytes(&self) -> Result<Vec<u8>, CatalogError> {

@@ -15,6 +15,7 @@
 //! Must never: do I/O, read a clock, import `ring`, `io_uring`, sockets or files, allocate
 //! per message beyond `out` and the bounded queues, or panic on anything a peer sends.
 
+use super::requests::RequestQueue;
 use crate::catalog::CatalogTorrent;
 use crate::config::EngineConfig;
 use crate::metainfo::InfoHash;
@@ -25,7 +26,6 @@ use crate::wire::handshake::Handshake;
 use crate::wire::hashes::{self, HashRequest, HASH_REJECT, HASH_REQUEST};
 use crate::wire::message::{self, BlockRequest, Message};
 use crate::wire::metadata::{metadata_piece_range, MetadataMessage};
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +115,7 @@ pub struct Session {
     ut_metadata_id: u8,
     am_choking: bool,
     peer_interested: bool,
-    queue: VecDeque<QueuedRequest>,
+    queue: RequestQueue,
     /// Control bytes owed to the peer, in order; the shard sends them before any block.
     out: Vec<u8>,
     /// The peer shut its write side with answers owed: finish them, then close.
@@ -129,7 +129,7 @@ pub struct Session {
 
 impl Session {
     /// An inbound connection: the peer speaks first.
-    pub fn inbound(ip: IpAddr, now: Instant, queue_max: usize) -> Session {
+    pub fn inbound(ip: IpAddr, now: Instant) -> Session {
         Session {
             ip,
             active: false,
@@ -140,7 +140,7 @@ impl Session {
             ut_metadata_id: 0,
             am_choking: true,
             peer_interested: false,
-            queue: VecDeque::with_capacity(queue_max.min(1024)),
+            queue: RequestQueue::default(),
             out: Vec::new(),
             read_closed: false,
             pending_metadata: Vec::new(),
@@ -152,13 +152,8 @@ impl Session {
     }
 
     /// An outbound connection for `torrent`; `on_connected` writes our handshake.
-    pub fn outbound(
-        ip: IpAddr,
-        now: Instant,
-        queue_max: usize,
-        torrent: Arc<CatalogTorrent>,
-    ) -> Session {
-        let mut s = Session::inbound(ip, now, queue_max);
+    pub fn outbound(ip: IpAddr, now: Instant, torrent: Arc<CatalogTorrent>) -> Session {
+        let mut s = Session::inbound(ip, now);
         s.outbound = Some(torrent);
         s
     }
@@ -178,12 +173,12 @@ impl Session {
     pub fn peer_interested(&self) -> bool {
         self.peer_interested
     }
-    pub fn queue(&self) -> &VecDeque<QueuedRequest> {
+    pub fn queue(&self) -> &RequestQueue {
         &self.queue
     }
     /// The next queued request (the plan takes requests from the front, in order).
     pub fn next_request(&self) -> Option<QueuedRequest> {
-        self.queue.front().copied()
+        self.queue.front()
     }
     /// The front request was planned into a batch.
     pub fn pop_request(&mut self) -> Option<QueuedRequest> {
@@ -327,8 +322,7 @@ impl Session {
             }
             Message::Request(r) => self.on_request(r, &torrent, env, now, actions)?,
             Message::Cancel(r) => {
-                if let Some(pos) = self.queue.iter().position(|q| q.request == r) {
-                    self.queue.remove(pos);
+                if self.queue.cancel(r) {
                     // BEP 6: with the fast extension every request gets a piece or a reject.
                     self.reject(r, RejectReason::Cancelled, actions);
                 }
@@ -632,6 +626,9 @@ pub fn validate_request(
     if u64::from(r.begin) + u64::from(r.length) > piece_len {
         return Err(RejectReason::Invalid);
     }
+    if torrent.is_v2_only() && starts_in_implicit_pad(torrent, r) {
+        return Err(RejectReason::Invalid);
+    }
     let byte = torrent
         .have
         .get((r.index / 8) as usize)
@@ -641,6 +638,24 @@ pub fn validate_request(
         return Err(RejectReason::NotHave);
     }
     Ok(())
+}
+
+/// A v2-only torrent's files are piece-aligned and the padding between them is implicit
+/// (BEP 52): no v2 peer has a reason to ask for a block that starts past a file's end, and
+/// such a request is refused rather than answered with zeros. A block that starts inside a
+/// file and runs into the padding is served, zeros included: libtorrent 2.0 sizes its
+/// requests by the padded piece and asks for exactly those (measured: refusing them stalls
+/// its downloads; tests/e2e_v2.rs). Hybrids are not checked: their pad files are explicit
+/// and v1 peers request them as part of whole pieces.
+fn starts_in_implicit_pad(torrent: &CatalogTorrent, r: BlockRequest) -> bool {
+    let start = u64::from(r.index) * torrent.piece_length + u64::from(r.begin);
+    // Files are sorted by offset; the last one starting at or before `start` holds it
+    // (empty files share their successor's offset and sort before it).
+    let at = torrent.files.partition_point(|f| f.offset <= start);
+    match at.checked_sub(1).and_then(|i| torrent.files.get(i)) {
+        Some(f) => f.pad || start >= f.offset + f.length,
+        None => true,
+    }
 }
 
 #[cfg(test)]
@@ -730,7 +745,7 @@ mod tests {
 
     /// An active inbound session (handshake done, its answer drained).
     fn active(env: &FakeEnv, fast: bool, t0: Instant) -> Session {
-        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), t0);
         let mut a = Vec::new();
         s.on_handshake(&hs(fast, THEIR_ID), env, &mut a).unwrap();
         assert_eq!(a, vec![Action::Joined]);
@@ -763,11 +778,61 @@ mod tests {
     }
 
     #[test]
+    fn v2_only_requests_past_a_files_end_are_refused_and_hybrid_pads_are_served() {
+        // Proves: in a v2-only torrent a block starting in the implicit padding after a
+        // file is Invalid; one starting inside the file is valid even where it runs into
+        // the padding (libtorrent asks for those); the same layout as a hybrid (explicit
+        // pads, v1 wire hash) accepts every block.
+        let files = crate::storage::extents::layout([
+            (PathBuf::from("a"), 40_000, false),
+            (PathBuf::new(), 9_152, true),
+            (PathBuf::from("e"), 0, false),
+            (PathBuf::from("f"), 10, false),
+            (PathBuf::new(), 16_374, true),
+        ]);
+        let v2 = |hybrid: bool| CatalogTorrent {
+            info_hash: InfoHash(if hybrid { [2; 20] } else { [5; 20] }),
+            info_hash_v2: Some([5; 32]),
+            piece_length: 16_384,
+            total_length: 65_536,
+            num_pieces: 4,
+            files: files.clone(),
+            ..(*torrent()).clone()
+        };
+        let req = |index, begin, length| BlockRequest {
+            index,
+            begin,
+            length,
+        };
+        let only = v2(false);
+        assert!(only.is_v2_only() && !v2(true).is_v2_only() && !torrent().is_v2_only());
+        let cases = [
+            (req(0, 0, 16_384), true),
+            (req(2, 0, 7_232), true),
+            (req(2, 0, 16_384), true),
+            (req(2, 7_231, 16), true),
+            (req(2, 7_232, 16), false),
+            (req(2, 16_000, 384), false),
+            (req(3, 0, 16_384), true),
+            (req(3, 9, 1), true),
+            (req(3, 10, 16), false),
+        ];
+        for (r, ok) in cases {
+            assert_eq!(validate_request(&only, r, 16_384).is_ok(), ok, "{r:?}");
+            assert!(validate_request(&v2(true), r, 16_384).is_ok(), "{r:?}");
+        }
+        assert_eq!(
+            validate_request(&only, req(2, 7_232, 16), 16_384),
+            Err(RejectReason::Invalid)
+        );
+    }
+
+    #[test]
     fn an_inbound_handshake_is_answered_with_handshake_extensions_and_have_all() {
         // Proves: the answer to a fast, extended peer of a complete torrent is our handshake,
         // the BEP 10 handshake (metadata_size from the catalog, no file read) and HaveAll.
         let env = FakeEnv::new();
-        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), Instant::now(), 4);
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), Instant::now());
         let mut a = Vec::new();
         s.on_handshake(&hs(true, THEIR_ID), &env, &mut a).unwrap();
         assert!(s.is_active());
@@ -789,24 +854,24 @@ mod tests {
         let t0 = Instant::now();
         let ip = "127.0.0.1".parse().unwrap();
         let mut a = Vec::new();
-        let mut s = Session::inbound(ip, t0, 4);
+        let mut s = Session::inbound(ip, t0);
         assert_eq!(
             s.on_handshake(&hs(true, OUR_ID), &env, &mut a),
             Err(CloseReason::SelfConnection)
         );
-        let mut s = Session::inbound(ip, t0, 4);
+        let mut s = Session::inbound(ip, t0);
         let other = Handshake::new([2; 20], THEIR_ID, true, true);
         assert_eq!(
             s.on_handshake(&other, &env, &mut a),
             Err(CloseReason::UnknownInfoHash)
         );
-        let mut s = Session::outbound(ip, t0, 4, torrent());
+        let mut s = Session::outbound(ip, t0, torrent());
         assert_eq!(
             s.on_handshake(&other, &env, &mut a),
             Err(CloseReason::BadHandshake)
         );
         env.peers = 2;
-        let mut s = Session::inbound(ip, t0, 4);
+        let mut s = Session::inbound(ip, t0);
         assert_eq!(
             s.on_handshake(&hs(true, THEIR_ID), &env, &mut a),
             Err(CloseReason::PeersPerTorrentLimit)
@@ -937,7 +1002,7 @@ mod tests {
             plain.on_message(Message::Bitfield(&[0, 0]), &env, t0, &mut a),
             Err(CloseReason::MalformedMessage)
         );
-        let mut not_active = Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        let mut not_active = Session::inbound("127.0.0.1".parse().unwrap(), t0);
         assert_eq!(
             not_active.on_message(Message::Interested, &env, t0, &mut a),
             Err(CloseReason::ProtocolViolation)
@@ -1024,7 +1089,7 @@ mod tests {
         let env = FakeEnv::new();
         let t0 = Instant::now();
         let l = env.limits;
-        let waiting = &mut Session::inbound("127.0.0.1".parse().unwrap(), t0, 4);
+        let waiting = &mut Session::inbound("127.0.0.1".parse().unwrap(), t0);
         assert_eq!(waiting.on_tick(t0 + l.handshake_timeout, &l, false), Ok(()));
         assert_eq!(
             waiting.on_tick(
