@@ -28,6 +28,7 @@ pub mod health;
 pub mod peer;
 pub mod plan;
 pub mod recv;
+pub mod requests;
 pub mod session;
 pub mod setup;
 pub mod submit;
@@ -371,10 +372,9 @@ impl Shard {
             .saturating_mul(1000)
             .min(u64::from(u32::MAX));
         tune_socket(fd.as_raw_fd(), stall_ms as u32);
-        let queue_max = self.limits.request_queue_max;
         let session = match outbound {
-            Some(t) => Session::outbound(addr.ip(), self.now, queue_max, t),
-            None => Session::inbound(addr.ip(), self.now, queue_max),
+            Some(t) => Session::outbound(addr.ip(), self.now, t),
+            None => Session::inbound(addr.ip(), self.now),
         };
         self.peers
             .insert(|generation| Peer::new(fd, addr, generation, session, recv_buf_bytes))

@@ -844,7 +844,7 @@ mod tests {
         };
         let env = Env(c.torrent.clone(), limits);
         let now = Instant::now();
-        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), now, 1024);
+        let mut s = Session::inbound("127.0.0.1".parse().unwrap(), now);
         let hs = crate::wire::handshake::Handshake::new([5; 20], [2; 20], false, true);
         let mut a = Vec::new();
         s.on_handshake(&hs, &env, &mut a).unwrap();

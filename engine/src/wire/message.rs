@@ -69,7 +69,7 @@ pub const REQUEST_FRAME_LEN: usize = 17;
 pub const MESSAGE_LEN_MAX_DEFAULT_BYTES: u32 = 1 << 20;
 
 /// The body of request, cancel and reject (BEP 6) messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BlockRequest {
     pub index: u32,
     pub begin: u32,
