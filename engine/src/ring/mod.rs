@@ -98,6 +98,26 @@ pub struct Ring {
     /// Fallback notes to log once (e.g. "DEFER_TASKRUN refused: using plain ring").
     pub notes: Vec<String>,
     tick: types::Timespec,
+    /// Completions taken from the CQ outside `reap` (so the kernel can flush an overflowed
+    /// CQ while a push waits for SQ room), and completions made up for entries a push could
+    /// not queue. `reap` hands them out first: every SQE the shard meant to submit gets its
+    /// final completion, and the handler that counted it undoes what it counted.
+    stash: Vec<Completion>,
+    /// io_uring_enter calls that failed with a transient error (EAGAIN, ENOMEM) and were
+    /// retried, and pushes that failed (their entries completed with -ECANCELED).
+    pub enter_errors: u64,
+    pub push_failures: u64,
+}
+
+/// A push waits this many submit-and-drain rounds for SQ room before it fails.
+const PUSH_ROOM_ROUNDS_MAX: u32 = 1000;
+
+/// Errors of io_uring_enter that say "not now": the shard retries them, never stops on them.
+pub fn is_transient_enter_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::ENOMEM) | Some(libc::EINTR) | Some(libc::EBUSY)
+    )
 }
 
 impl Ring {
@@ -186,6 +206,9 @@ impl Ring {
             features,
             notes,
             tick: types::Timespec::new(),
+            stash: Vec::new(),
+            enter_errors: 0,
+            push_failures: 0,
         })
     }
 
@@ -265,23 +288,44 @@ impl Ring {
 
     /// Queues a linked chain (or any group) in one piece: when the SQ lacks room for all of
     /// it, submit what is queued first so the chain is never split across submits.
+    ///
+    /// When it fails (a broken ring, or no room after `PUSH_ROOM_ROUNDS_MAX` rounds), every
+    /// entry is completed with -ECANCELED through `reap`, as the kernel completes the rest
+    /// of a broken link chain: the caller's counts (ops in flight, slots, files) are undone
+    /// by the same handlers that undo a cancelled op, so nothing is stranded.
     pub fn push_chain(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
+        let pushed = self.try_push_chain(entries);
+        if pushed.is_err() {
+            self.push_failures += 1;
+            self.stash.extend(entries.iter().map(|e| Completion {
+                user_data: e.get_user_data(),
+                result: -libc::ECANCELED,
+                flags: 0,
+            }));
+        }
+        pushed
+    }
+
+    fn try_push_chain(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
         let capacity = self.sq_capacity();
-        assert!(
-            entries.len() <= capacity,
-            "a chain longer than the submission queue"
-        );
-        loop {
-            let free = capacity - self.sq_len();
-            if free >= entries.len() {
-                break;
+        if entries.len() > capacity {
+            // The shard caps chains below the SQ (batch_chain_entries_max is validated
+            // against ring_entries): refused here rather than aborted, should one slip by.
+            return Err(io::Error::other("a chain longer than the submission queue"));
+        }
+        let mut rounds = 0;
+        while capacity - self.sq_len() < entries.len() {
+            rounds += 1;
+            if rounds > PUSH_ROOM_ROUNDS_MAX {
+                return Err(io::Error::other(
+                    "the kernel took no submissions (CQ overflow not draining)",
+                ));
             }
             self.submit()?;
-            let still = capacity - self.sq_len();
-            if still < entries.len() {
-                // The kernel did not take the entries yet (e.g. CQ overflow back-pressure):
-                // reap nothing here, just wait briefly for it to consume them.
-                self.submitter.submit_and_wait(0)?;
+            if capacity - self.sq_len() < entries.len() {
+                // The kernel refused the entries (EBUSY: its CQ overflowed, or EAGAIN): move
+                // the CQ into the stash so it can flush, then submit again. No handler runs.
+                self.stash_completions();
             }
         }
         // SAFETY: the only SubmissionQueue of this ring is this local one (each method
@@ -294,6 +338,23 @@ impl Ring {
             .map_err(|_| io::Error::other("submission queue full after flush"))
     }
 
+    /// Copies every available completion into the stash (handed out by the next `reap`).
+    fn stash_completions(&mut self) {
+        let mut stash = std::mem::take(&mut self.stash);
+        // SAFETY: as in `reap`: the only CompletionQueue of this ring is a local one.
+        let mut cq = unsafe { self.uring().completion_shared() };
+        cq.sync();
+        for cqe in &mut cq {
+            stash.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
+        drop(cq);
+        self.stash = stash;
+    }
+
     fn sq_len(&self) -> usize {
         // SAFETY: as in `push_chain`: no other SubmissionQueue of this ring exists now.
         unsafe { self.uring().submission_shared() }.len()
@@ -304,7 +365,13 @@ impl Ring {
             match self.submitter.submit() {
                 Ok(n) => return Ok(n),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // EBUSY: the CQ overflowed and must be reaped first; EAGAIN/ENOMEM: the
+                // kernel is short of memory now. Nothing was taken; the caller retries.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(0),
+                Err(e) if is_transient_enter_error(&e) => {
+                    self.enter_errors += 1;
+                    return Ok(0);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -312,6 +379,12 @@ impl Ring {
 
     /// Submits everything queued and waits for at least one completion or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        // Stashed completions are waiting: do not sleep on the CQ.
+        let timeout = if self.stash.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
         self.tick = types::Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
@@ -324,6 +397,13 @@ impl Ring {
                     Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
                 ) =>
             {
+                Ok(())
+            }
+            Err(e) if is_transient_enter_error(&e) => {
+                // Out of memory for the moment: count it, give the kernel a breath, and let
+                // the loop come round (the SQEs stay queued).
+                self.enter_errors += 1;
+                std::thread::sleep(Duration::from_millis(1));
                 Ok(())
             }
             Err(e) => Err(e),
@@ -356,6 +436,9 @@ impl Ring {
     }
 
     pub fn completions_ready(&mut self) -> bool {
+        if !self.stash.is_empty() {
+            return true;
+        }
         // SAFETY: as in `reap`: the only CompletionQueue of this ring is a local one.
         let mut cq = unsafe { self.uring().completion_shared() };
         cq.sync();
@@ -365,6 +448,7 @@ impl Ring {
     /// Copies every available completion into `out` (cleared first).
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         out.clear();
+        out.append(&mut self.stash);
         // SAFETY: the only CompletionQueue of this ring is this local one (Ring is !Sync and
         // no other method makes one).
         let mut cq = unsafe { self.uring().completion_shared() };
@@ -427,6 +511,89 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    fn nops(n: u64, first: u64) -> Vec<squeue::Entry> {
+        (first..first + n)
+            .map(|i| opcode::Nop::new().build().user_data(i))
+            .collect()
+    }
+
+    #[test]
+    fn a_push_that_fails_completes_every_entry_as_cancelled() {
+        // Proves: entries a push could not queue are not lost: `reap` hands out one
+        // -ECANCELED completion per entry, with its user_data, so the shard's handlers
+        // undo what was counted for them; nothing reached the kernel.
+        let mut ring = Ring::new(8).unwrap();
+        let chain = nops(ring.sq_capacity() as u64 + 1, 100);
+        assert!(ring.push_chain(&chain).is_err());
+        assert_eq!(ring.push_failures, 1);
+        assert!(ring.completions_ready());
+        let mut out = Vec::new();
+        ring.reap(&mut out);
+        let got: Vec<(u64, i32)> = out.iter().map(|c| (c.user_data, c.result)).collect();
+        let want: Vec<(u64, i32)> = (100..100 + chain.len() as u64)
+            .map(|u| (u, -libc::ECANCELED))
+            .collect();
+        assert_eq!(got, want);
+        ring.submit_and_wait(Duration::ZERO).unwrap();
+        ring.reap(&mut out);
+        assert!(out.is_empty(), "nothing was submitted: {out:?}");
+    }
+
+    #[test]
+    fn pushes_past_a_full_completion_queue_lose_nothing() {
+        // Proves: with nobody reaping, pushing far more ops than the CQ holds (the kernel
+        // overflows it; this kernel keeps the overflow and takes more submits, an older one
+        // answers EBUSY, handled by `stash_completions`) never fails a push, and `reap`
+        // returns every op's completion exactly once.
+        let mut ring = Ring::new(4).unwrap();
+        let total = 2_000u64;
+        for e in nops(total, 0) {
+            ring.push(&e).unwrap();
+        }
+        let mut seen = vec![0u32; total as usize];
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.contains(&0) && std::time::Instant::now() < deadline {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.reap(&mut out);
+            for c in &out {
+                assert_eq!(c.result, 0);
+                seen[c.user_data as usize] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "lost or doubled: {seen:?}");
+        assert_eq!(ring.push_failures, 0);
+    }
+
+    #[test]
+    fn stashed_completions_come_out_of_reap_once_and_first() {
+        // Proves: completions moved aside while a push waits for room (the EBUSY path) are
+        // handed out by the next `reap` before newer ones, each exactly once.
+        let mut ring = Ring::new(8).unwrap();
+        for e in nops(3, 0) {
+            ring.push(&e).unwrap();
+        }
+        ring.submit_and_wait(Duration::from_millis(100)).unwrap();
+        while ring.stash.len() < 3 {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.stash_completions();
+        }
+        for e in nops(2, 3) {
+            ring.push(&e).unwrap();
+        }
+        let mut all = Vec::new();
+        let mut out = Vec::new();
+        while all.len() < 5 {
+            ring.submit_and_wait(Duration::from_millis(10)).unwrap();
+            ring.reap(&mut out);
+            all.extend(out.iter().map(|c| c.user_data));
+        }
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        ring.submit_and_wait(Duration::ZERO).unwrap();
+        ring.reap(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

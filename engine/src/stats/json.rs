@@ -62,6 +62,8 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "peers_closed": closed,
         "requests_rejected": rejected,
         "accept_errors": s.accept_errors,
+        "ring_enter_errors": s.ring_enter_errors,
+        "ring_push_failures": s.ring_push_failures,
         "buffer_pool_exhausted": s.buffer_pool_exhausted,
         "send_slots_per_ip_limited": s.send_slots_per_ip_limited,
         "open_files_limit_hit": s.open_files_limit_hit,

@@ -166,6 +166,10 @@ pub struct ShardStats {
     pub peers_closed: [u64; CloseReason::ALL.len()],
     pub requests_rejected: [u64; RejectReason::ALL.len()],
     pub accept_errors: u64,
+    /// io_uring_enter failures retried as transient (EAGAIN, ENOMEM), and pushes that
+    /// failed (their ops completed as cancelled, their peers' state undone).
+    pub ring_enter_errors: u64,
+    pub ring_push_failures: u64,
     pub peers_dialed: u64,
     pub buffer_pool_exhausted: u64,
     /// Times a peer waited because its source held `send_slots_per_ip_max` send slots.
@@ -274,6 +278,8 @@ impl ShardStats {
             peers_closed: [0; CloseReason::ALL.len()],
             requests_rejected: [0; RejectReason::ALL.len()],
             accept_errors: 0,
+            ring_enter_errors: 0,
+            ring_push_failures: 0,
             peers_dialed: 0,
             buffer_pool_exhausted: 0,
             send_slots_per_ip_limited: 0,
@@ -407,6 +413,8 @@ impl ShardStats {
             *a += b;
         }
         self.accept_errors += other.accept_errors;
+        self.ring_enter_errors += other.ring_enter_errors;
+        self.ring_push_failures += other.ring_push_failures;
         self.peers_dialed += other.peers_dialed;
         self.buffer_pool_exhausted += other.buffer_pool_exhausted;
         self.send_slots_per_ip_limited += other.send_slots_per_ip_limited;

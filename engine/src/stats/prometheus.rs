@@ -261,6 +261,22 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_ring_enter_errors_total",
+        "counter",
+        "io_uring_enter failures retried as transient (EAGAIN, ENOMEM).",
+        |s| s.ring_enter_errors,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_ring_push_failures_total",
+        "counter",
+        "Submissions the ring could not queue; their ops completed as cancelled.",
+        |s| s.ring_push_failures,
+    );
+    per_shard(
+        o,
+        view,
         "squall_block_cache_hits_total",
         "counter",
         "Blocks sent from the hot-block cache, with no disk read.",
