@@ -231,3 +231,62 @@ fn one_source_cannot_take_every_send_slot() {
     }
     assert!(limited >= 1.0, "limited waits: {limited}");
 }
+
+/// Proves the shutdown reap: with every send slot held by peers that never read (sends in
+/// flight, the deadline far away), SIGTERM ends squall with status 0 after the drain, and
+/// no shard exits with io_uring ops in flight (every op was cancelled or finished and
+/// reaped before the memory it names was freed).
+#[test]
+fn shutdown_with_stuck_sends_reaps_every_op_before_freeing() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("data");
+    write_file(&content.join("f.bin"), &pattern_bytes(16 << 20, 9));
+    let torrents = dir.path().join("torrents");
+    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
+    let mut squall = seed_catalog_with_engine(
+        dir.path(),
+        &torrents,
+        &content,
+        &format!(
+            "buffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n\
+             send_stall_secs = 600\nsend_slots_per_ip_max = {SLOTS}\n"
+        ),
+    );
+    let mut stuck = Vec::new();
+    for p in 0..2 * SLOTS as u32 {
+        let mut s = connect_from(STUCK_SOURCE, squall.addr, 4096);
+        join(&mut s, info_hash);
+        let mut out = Vec::new();
+        for b in 0..512u32 {
+            let at = (p * 512 + b) * BLOCK % (16 << 20);
+            encode(
+                &Message::Request(request(at / PIECE_LEN, at % PIECE_LEN)),
+                &mut out,
+            );
+        }
+        s.write_all(&out).expect("requests");
+        stuck.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(Some(status)) = squall.child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "squall did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // The reader thread forwards stderr until EOF, then hangs up.
+    let mut stderr = Vec::new();
+    while let Ok(line) = squall.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+        stderr.push(line);
+    }
+    assert!(
+        !stderr.iter().any(|l| l.contains("ops in flight")),
+        "{stderr:#?}"
+    );
+    drop(stuck);
+}

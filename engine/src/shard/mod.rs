@@ -31,6 +31,7 @@ pub mod recv;
 pub mod requests;
 pub mod session;
 pub mod setup;
+mod shutdown;
 pub mod submit;
 
 use crate::catalog::{Catalog, CatalogTorrent};
@@ -203,9 +204,11 @@ impl Shard {
                 idle_poll
             };
             if let Err(e) = self.ring.poll_then_wait(poll, wait) {
+                // Transient errors (EAGAIN, ENOMEM, EBUSY) never get here (the ring retries
+                // them); what does is a broken ring, so stop, reaping what can be reaped.
                 tracing::error!(
                     shard = self.index,
-                    "io_uring submit failed: {e}; shard stops"
+                    "io_uring_enter failed: {e}; shard stops"
                 );
                 break;
             }
@@ -223,26 +226,7 @@ impl Shard {
             self.pump_ready();
             self.serve_slot_waiters();
         }
-        self.sync_stats();
-        self.stats.accepting = false;
-        let inflight: u32 = self.peers.iter().map(|p| p.ops_inflight).sum();
-        let stats = self.stats.snapshot();
-        let _ = self.stats_tx.try_send(stats.clone());
-        if inflight > 0 || self.listeners.any_armed() {
-            // The kernel may still touch the pool while it tears the ring down: leak it.
-            tracing::warn!(
-                shard = self.index,
-                inflight,
-                "shard exits with ops in flight"
-            );
-            let Shard {
-                ring, slots, recv, ..
-            } = self;
-            drop(ring);
-            std::mem::forget(slots);
-            std::mem::forget(recv);
-        }
-        stats
+        self.finish()
     }
 
     fn sync_stats(&mut self) {
@@ -251,6 +235,8 @@ impl Shard {
         self.files.copy_counters(&mut self.stats);
         self.slots.copy_counters(&mut self.stats);
         self.stats.extras_loads_refused = self.extras.loads_refused;
+        self.stats.ring_enter_errors = self.ring.enter_errors;
+        self.stats.ring_push_failures = self.ring.push_failures;
     }
 
     fn on_command(&mut self, cmd: ShardCommand) {
@@ -281,31 +267,6 @@ impl Shard {
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
             ShardCommand::Extras(extras) => self.on_extras(extras),
-        }
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        self.shutdown_deadline = Some(self.now + Duration::from_millis(SHUTDOWN_DRAIN_MS));
-        self.stats.accepting = false;
-        let ring = &mut self.ring;
-        self.listeners.stop(&mut |sqe| push_or_log(ring, &sqe));
-        // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
-        // closed when it completes; idle peers are closed now. New requests are not served.
-        for idx in 0..self.peers.slots() {
-            let busy = self.peers.get_mut(idx).is_some_and(|p| p.send_busy());
-            if !busy {
-                self.close_peer(idx, CloseReason::Shutdown);
-            }
-        }
-    }
-
-    /// After the drain deadline: close whoever is left; their ops complete with errors.
-    fn force_close_all(&mut self) {
-        for idx in 0..self.peers.slots() {
-            self.close_peer(idx, CloseReason::Shutdown);
         }
     }
 

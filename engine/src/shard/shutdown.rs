@@ -1,0 +1,117 @@
+//! How a shard stops: the drain (busy peers finish their sends), the forced close, and the
+//! reap that makes sure the kernel no longer names any memory the shard is about to free.
+//!
+//! Owns: the order of the last steps of `Shard::run`. Must never: free a receive buffer,
+//! a mapping, an iovec array or a pool while an op that names it may still be in flight;
+//! when the kernel does not give every op back in time, that memory is leaked (once, at
+//! exit) instead.
+
+use super::{push_or_log, Shard, SHUTDOWN_DRAIN_MS};
+use crate::stats::{CloseReason, ShardStats};
+use io_uring::{opcode, types};
+use std::time::{Duration, Instant};
+
+/// After the loop ends, ops still in flight get this long to come back (after a cancel of
+/// every one of them) before the shard leaks what they may name.
+pub const SHUTDOWN_REAP_MS: u64 = 2000;
+/// One wait of the reap loop.
+const REAP_WAIT_MS: u64 = 10;
+
+impl Shard {
+    pub(super) fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(self.now + Duration::from_millis(SHUTDOWN_DRAIN_MS));
+        self.stats.accepting = false;
+        let ring = &mut self.ring;
+        self.listeners.stop(&mut |sqe| push_or_log(ring, &sqe));
+        // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
+        // closed when it completes; idle peers are closed now. New requests are not served.
+        for idx in 0..self.peers.slots() {
+            let busy = self.peers.get_mut(idx).is_some_and(|p| p.send_busy());
+            if !busy {
+                self.close_peer(idx, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// After the drain deadline: close whoever is left; their ops complete with errors.
+    pub(super) fn force_close_all(&mut self) {
+        for idx in 0..self.peers.slots() {
+            self.close_peer(idx, CloseReason::Shutdown);
+        }
+    }
+
+    /// Ops the kernel still holds: every peer's, plus armed accepts.
+    pub(super) fn ops_in_flight(&self) -> u64 {
+        let peers: u64 = self.peers.iter().map(|p| u64::from(p.ops_inflight)).sum();
+        peers + u64::from(self.listeners.any_armed())
+    }
+
+    /// The loop has ended (drained, past the force deadline, or the ring broke): cancel every
+    /// op still in flight and reap them, then free everything, or leak what an op that never
+    /// came back may still name.
+    pub(super) fn finish(mut self) -> ShardStats {
+        if self.ops_in_flight() > 0 {
+            self.cancel_and_reap();
+        }
+        self.sync_stats();
+        self.stats.accepting = false;
+        let inflight = self.ops_in_flight();
+        let stats = self.stats.snapshot();
+        let _ = self.stats_tx.try_send(stats.clone());
+        if inflight > 0 {
+            tracing::warn!(
+                shard = self.index,
+                inflight,
+                "shard exits with io_uring ops in flight; leaking the memory they may name"
+            );
+            let Shard {
+                ring,
+                slots,
+                recv,
+                peers,
+                files,
+                ..
+            } = self;
+            // Closing the ring makes the kernel cancel what is left, asynchronously: the
+            // buffers, iovecs, sockaddrs and mappings those ops name must outlive that.
+            drop(ring);
+            std::mem::forget(slots);
+            std::mem::forget(recv);
+            std::mem::forget(peers);
+            std::mem::forget(files);
+        }
+        stats
+    }
+
+    fn cancel_and_reap(&mut self) {
+        self.force_close_all();
+        let ring = &mut self.ring;
+        self.listeners.stop(&mut |sqe| push_or_log(ring, &sqe));
+        // IORING_ASYNC_CANCEL_ANY (Linux 5.19): every cancellable op ends now; disk reads
+        // already running finish on their own.
+        let cancel_all = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(super::Token::new(super::OpKind::Ignore, 0, 0, 0).encode());
+        push_or_log(&mut self.ring, &cancel_all);
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_REAP_MS);
+        let mut completions = Vec::new();
+        while self.ops_in_flight() > 0 && Instant::now() < deadline {
+            let wait = Duration::from_millis(REAP_WAIT_MS);
+            if let Err(e) = self.ring.poll_then_wait(Duration::ZERO, wait) {
+                tracing::error!(
+                    shard = self.index,
+                    "io_uring_enter failed while reaping: {e}"
+                );
+                return;
+            }
+            self.ring.reap(&mut completions);
+            self.now = Instant::now();
+            for c in completions.iter() {
+                self.dispatch(*c);
+            }
+        }
+    }
+}
