@@ -11,7 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real clients and tools we did not write.
-PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl)
+# man-db renders the generated man pages; prometheus brings promtool for the alert rules
+# (tests/monitoring.rs; on a machine booted with systemd it also starts a Prometheus server).
+PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl
+  man-db prometheus)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
