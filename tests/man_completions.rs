@@ -126,6 +126,10 @@ fn squall_man_pages_render_and_cover_every_command() {
         assert!(top.contains(&format!("squall-{sub}(1)")), "{top}");
     }
     assert!(top.contains(env!("CARGO_PKG_VERSION")), "no version: {top}");
+    assert!(
+        top.contains("FILES") && top.contains("/etc/squall/squall.toml"),
+        "{top}"
+    );
     let seed = render_man_page(&dir.path().join("squall-seed.1"));
     assert!(seed.contains("--config"), "{seed}");
 }

@@ -76,10 +76,54 @@ fn without_hidden_subcommands(mut cmd: clap::Command) -> clap::Command {
     visible
 }
 
-/// One page per visible command; clap_mangen leaves hidden ones (this one) out.
+/// One page per visible command (hidden ones, this one, get none), named as clap_mangen
+/// names them (`squall-config-check.1`); the top page also says where the package puts
+/// things.
 pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create man page directory {}: {e}", dir.display()))?;
-    clap_mangen::generate_to(cmd, dir)
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write_page(&cmd, dir, true)
         .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display()))
+}
+
+fn write_page(cmd: &clap::Command, dir: &Path, top: bool) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_page(sub, dir, false)?;
+    }
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    if top {
+        page.extend_from_slice(top_page_extra().as_bytes());
+    }
+    std::fs::write(dir.join(man.get_filename()), page)
+}
+
+/// Roff sections clap has no place for: the files of the Debian package (scripts/package.sh).
+fn top_page_extra() -> &'static str {
+    if BIN_NAME == "squall" {
+        r#".SH FILES
+.TP
+.I /etc/squall/squall.toml
+The configuration squall.service runs with (\fBsquall seed \-\-config\fR); check edits with
+\fBsquall config check\fR.
+.TP
+.I /var/lib/squall
+State: resume files, and the torrents \fBsquall seed\fR makes of a content directory.
+.TP
+.I /lib/systemd/system/squall.service
+The hardened systemd unit; enable it with \fBsystemctl enable \-\-now squall\fR.
+.TP
+.I /usr/share/doc/squall/operations.md
+Operating guide: system requirements, limits, metrics, alerts, troubleshooting.
+.SH SEE ALSO
+\fBsquall\-bench\fR(1), \fBsystemctl\fR(1)
+"#
+    } else {
+        r#".SH SEE ALSO
+\fBsquall\fR(1)
+"#
+    }
 }
