@@ -2,7 +2,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Squall: a thread-per-core io_uring BitTorrent seeding appliance.
@@ -47,6 +47,9 @@ enum Command {
     CatalogCheck(cli::catalog::CatalogCheckArgs),
     /// Live view of a running seeder (throughput, peers, latency, top torrents).
     Stats(cli::stats::StatsArgs),
+    /// Write the man pages or print a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(cli::generate::GenerateArgs),
 }
 
 /// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Config(args) => cli::config::run(args),
         Command::CatalogCheck(args) => cli::catalog::run(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Generate(args) => cli::generate::run(args, Cli::command()),
     };
     match result {
         Ok(code) => code,

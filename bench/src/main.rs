@@ -10,8 +10,13 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use squall_bench::{report, scenario, RunOptions, RunReport};
+
+// The same `generate` subcommand as squall's (man pages, completions for the .deb), one source
+// file for both binaries rather than a crate of its own for ~40 lines.
+#[path = "../../src/cli/generate.rs"]
+mod generate;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +68,9 @@ enum Cmd {
         out: PathBuf,
         runs: Vec<String>,
     },
+    /// Write the man pages or print a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Args)]
@@ -265,6 +273,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| format!("{}: {e}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Generate(args) => generate::run(args, Cli::command()),
         Cmd::Report { title, out, runs } => {
             let mut list = Vec::new();
             for spec in &runs {

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod generate;
 pub mod info;
 pub mod make;
 pub mod seed;
