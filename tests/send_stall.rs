@@ -117,6 +117,7 @@ fn request(index: u32, begin: u32) -> BlockRequest {
 /// blocks (checked byte for byte). Returns the wait, and squall for its metrics.
 fn honest_wait_beside_stuck_peers(
     engine_config: &str,
+    stuck_source: fn(u32) -> std::net::Ipv4Addr,
     honest_source: std::net::Ipv4Addr,
 ) -> (Duration, SquallProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -133,7 +134,7 @@ fn honest_wait_beside_stuck_peers(
     );
     let mut stuck = Vec::new();
     for p in 0..2 * SLOTS as u32 {
-        let mut s = connect_from(STUCK_SOURCE, squall.addr, 4096);
+        let mut s = connect_from(stuck_source(p), squall.addr, 4096);
         join(&mut s, info_hash);
         let mut out = Vec::new();
         for b in 0..512u32 {
@@ -188,6 +189,7 @@ fn honest_wait_beside_stuck_peers(
 fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
     let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
         &format!("send_stall_secs = {STALL_SECS}\nsend_slots_per_ip_max = {SLOTS}\n"),
+        |_| STUCK_SOURCE,
         STUCK_SOURCE,
     );
     assert!(
@@ -211,6 +213,7 @@ fn peers_that_never_read_release_their_slots_at_the_send_deadline() {
 fn one_source_cannot_take_every_send_slot() {
     let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
         "send_stall_secs = 60\nsend_slots_per_ip_max = 2\n",
+        |_| STUCK_SOURCE,
         std::net::Ipv4Addr::new(127, 0, 0, 2),
     );
     assert!(
@@ -230,6 +233,40 @@ fn one_source_cannot_take_every_send_slot() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(limited >= 1.0, "limited waits: {limited}");
+}
+
+/// Proves the per-network bound: stuck peers from eight addresses of one /24 (one peer
+/// each, so the per-source bound never bites) hold at most `send_slots_per_prefix_max` (2
+/// of 4) slots, so a peer from another /24 is served at once, and the waits are counted.
+#[test]
+fn one_network_cannot_take_every_send_slot() {
+    let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
+        &format!(
+            "send_stall_secs = 60\nsend_slots_per_ip_max = 2\nsend_slots_per_prefix_max = 2\n"
+        ),
+        |p| std::net::Ipv4Addr::new(127, 0, 0, 1 + p as u8),
+        std::net::Ipv4Addr::new(127, 0, 1, 1),
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "honest blocks took {waited:?}"
+    );
+    let admin = squall.admin.expect("admin");
+    let page = http_get(admin, "/metrics").1;
+    let closed = metric_sum_with_reason(&page, "squall_peers_closed_total", "send_stalled");
+    assert_eq!(closed, 0.0, "served without the deadline");
+    let mut limited = 0.0;
+    for _ in 0..40 {
+        let page = http_get(admin, "/metrics").1;
+        limited = metric_sum(&page, "squall_send_slots_per_prefix_limited_total");
+        if limited >= 1.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(limited >= 1.0, "limited waits: {limited}");
+    let per_ip = metric_sum(&page, "squall_send_slots_per_ip_limited_total");
+    assert_eq!(per_ip, 0.0, "no source reached its own bound");
 }
 
 /// Proves the shutdown reap: with every send slot held by peers that never read (sends in

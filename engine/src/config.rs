@@ -96,6 +96,9 @@ pub const RING_ENTRIES_CEILING: u32 = 32768;
 
 /// Default `send_slots_per_ip_max`: a quarter of the default send buffer pool (64 slots).
 pub const SEND_SLOTS_PER_IP_MAX_DEFAULT: usize = 16;
+/// Default `send_slots_per_prefix_max`: half the default pool (two sources' worth), so one
+/// network (IPv4 /24, IPv6 /48) of many addresses cannot take every slot either.
+pub const SEND_SLOTS_PER_PREFIX_MAX_DEFAULT: usize = 32;
 /// Default `send_stall_secs`: a live TCP connection whose receiver takes nothing for 10 s
 /// is not being served; its slot goes to peers that read.
 pub const SEND_STALL_SECS_DEFAULT: u64 = 10;
@@ -217,6 +220,9 @@ pub struct EngineConfig {
     /// Send buffer slots the peers of one source (an IPv4 address or an IPv6 /64) may hold
     /// at once on a shard: many connections from one source cannot take every slot.
     pub send_slots_per_ip_max: usize,
+    /// Send buffer slots the peers of one network (an IPv4 /24 or an IPv6 /48) may hold at
+    /// once on a shard: the same bound one level up, for sources that walk a prefix.
+    pub send_slots_per_prefix_max: usize,
     /// A send to a peer (control bytes or a batch, its disk reads included) that makes no
     /// progress for this long closes the peer, releasing its send slot, files and cache
     /// references; also the sockets' TCP_USER_TIMEOUT. A peer that never reads must not hold
@@ -308,6 +314,7 @@ impl Default for EngineConfig {
             idle_timeout_secs: 180,
             send_stall_secs: SEND_STALL_SECS_DEFAULT,
             send_slots_per_ip_max: SEND_SLOTS_PER_IP_MAX_DEFAULT,
+            send_slots_per_prefix_max: SEND_SLOTS_PER_PREFIX_MAX_DEFAULT,
             keepalive_interval_secs: 90,
             message_len_max_bytes: 1 << 20,
             block_len_max_bytes: crate::BLOCK_LEN_BYTES,
@@ -489,6 +496,10 @@ impl EngineConfig {
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("send_stall_secs", self.send_stall_secs)?;
         positive("send_slots_per_ip_max", self.send_slots_per_ip_max as u64)?;
+        positive(
+            "send_slots_per_prefix_max",
+            self.send_slots_per_prefix_max as u64,
+        )?;
         positive("keepalive_interval_secs", self.keepalive_interval_secs)?;
         positive(
             "request_queue_per_peer_max",
@@ -647,6 +658,17 @@ impl EngineConfig {
                  IPv6 /64); raise peers_per_prefix_max to at least {} or lower \
                  peers_per_ip_max",
                 self.peers_per_prefix_max, self.peers_per_ip_max, self.peers_per_ip_max
+            ));
+        }
+        if self.send_slots_per_prefix_max < self.send_slots_per_ip_max {
+            return Err(format!(
+                "send_slots_per_prefix_max = {} is below send_slots_per_ip_max = {}: one \
+                 network (IPv4 /24, IPv6 /48) must be able to hold one source's send slots \
+                 (IPv4 address, IPv6 /64); raise send_slots_per_prefix_max to at least {} \
+                 or lower send_slots_per_ip_max",
+                self.send_slots_per_prefix_max,
+                self.send_slots_per_ip_max,
+                self.send_slots_per_ip_max
             ));
         }
         if self.serve_mode == ServeMode::Splice {
@@ -1107,6 +1129,30 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("batch_chain_entries_max = 2: at least 3"));
+    }
+
+    #[test]
+    fn send_slots_per_prefix_hold_at_least_one_source() {
+        // Proves: a network's send-slot bound below its sources' is refused, naming both
+        // keys and the value to set; equal is fine; the default is two sources' worth.
+        let c = EngineConfig {
+            send_slots_per_ip_max: 40,
+            ..EngineConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.starts_with("send_slots_per_prefix_max = 32 is below send_slots_per_ip_max = 40")
+                && err.contains("at least 40"),
+            "{err}"
+        );
+        let c = EngineConfig {
+            send_slots_per_ip_max: 40,
+            send_slots_per_prefix_max: 40,
+            ..EngineConfig::default()
+        };
+        c.validate().unwrap();
+        let d = EngineConfig::default();
+        assert_eq!(d.send_slots_per_prefix_max, 2 * d.send_slots_per_ip_max);
     }
 
     #[test]

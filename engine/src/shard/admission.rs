@@ -91,6 +91,13 @@ pub fn source_key(ip: &IpAddr) -> (bool, u128) {
     (source.v6, source.bits)
 }
 
+/// The network `ip` is counted in (IPv4 /24, IPv6 /48): the key of the second-level
+/// per-network bounds (`peers_per_prefix_max`, `send_slots_per_prefix_max`).
+pub fn network_key(ip: &IpAddr) -> (bool, u128) {
+    let (_, network) = groups(ip);
+    (network.v6, network.bits)
+}
+
 /// The source group and the network group `ip` is counted in.
 fn groups(ip: &IpAddr) -> (Group, Group) {
     // A mapped address is the IPv4 host it names (a dual-stack socket reports IPv4 peers so).

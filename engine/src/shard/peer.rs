@@ -57,6 +57,8 @@ pub struct Peer {
     /// `addr`'s source as admission counts it (`admission::source_key`), derived once: the
     /// send-slot bound per source looks it up for every batch.
     pub source: (bool, u128),
+    /// `addr`'s network (`admission::network_key`), for `send_slots_per_prefix_max`.
+    pub network: (bool, u128),
     pub generation: u16,
     pub phase: Phase,
     pub ops_inflight: u32,
@@ -123,6 +125,7 @@ impl Peer {
             fd,
             addr,
             source: crate::shard::admission::source_key(&addr.ip()),
+            network: crate::shard::admission::network_key(&addr.ip()),
             generation,
             phase: Phase::Open,
             ops_inflight: 0,

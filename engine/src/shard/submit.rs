@@ -75,9 +75,10 @@ pub struct SendSlots {
     chain: Vec<squeue::Entry>,
     /// Unservable blocks are logged once per shard (then only counted).
     warned_unservable: bool,
-    /// Slots held per source (`admission::source_key`), for `send_slots_per_ip_max`; a
-    /// source with none has no entry, so it holds at most one entry per slot.
-    per_source: std::collections::HashMap<(bool, u128), u16>,
+    /// Slots held per source and per network (`admission::source_key`, `network_key`; the
+    /// first field says which), for `send_slots_per_ip_max` and `send_slots_per_prefix_max`.
+    /// A group holding none has no entry: at most two entries per slot.
+    held_by: std::collections::HashMap<(bool, bool, u128), u16>,
 }
 
 impl SendSlots {
@@ -108,7 +109,7 @@ impl SendSlots {
                 .collect(),
             chain: Vec::with_capacity(128),
             warned_unservable: false,
-            per_source: std::collections::HashMap::new(),
+            held_by: std::collections::HashMap::new(),
         }
     }
 
@@ -394,24 +395,26 @@ impl SendSlots {
         }
     }
 
-    /// Slots the source holds now.
-    fn source_slots(&self, source: &(bool, u128)) -> u16 {
-        self.per_source.get(source).copied().unwrap_or(0)
+    /// Slots the peer's source (`network` false) or network (true) holds now.
+    fn group_slots(&self, network: bool, (v6, bits): (bool, u128)) -> u16 {
+        self.held_by.get(&(network, v6, bits)).copied().unwrap_or(0)
     }
 
-    /// A batch of `source` took a slot (`held`) or gave it back.
-    fn count_source(&mut self, source: (bool, u128), held: bool) {
-        let n = self.per_source.entry(source).or_insert(0);
-        if held {
-            *n += 1;
-        } else {
-            debug_assert!(*n > 0, "a source gave back a slot it did not hold");
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&source);
+    /// A batch of a peer of `source` in `network` took a slot (`held`) or gave it back.
+    fn count_groups(&mut self, source: (bool, u128), network: (bool, u128), held: bool) {
+        for key in [(false, source.0, source.1), (true, network.0, network.1)] {
+            let n = self.held_by.entry(key).or_insert(0);
+            if held {
+                *n += 1;
+            } else {
+                debug_assert!(*n > 0, "a group gave back a slot it did not hold");
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.held_by.remove(&key);
+                }
             }
         }
-        debug_assert!(self.per_source.len() <= self.pool.slots());
+        debug_assert!(self.held_by.len() <= 2 * self.pool.slots());
     }
 
     /// zerocopy: a send of `slot` will be followed by a notification.
@@ -532,9 +535,15 @@ impl SendParts<'_> {
     /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
     /// submits its chain of reads and the send; a readahead hint may follow.
     pub fn start_batch(&mut self, peer: &mut Peer, idx: u32) -> BatchStart {
-        let source = peer.source;
-        if usize::from(self.slots.source_slots(&source)) >= self.config.send_slots_per_ip_max {
+        let (source, network) = (peer.source, peer.network);
+        if usize::from(self.slots.group_slots(false, source)) >= self.config.send_slots_per_ip_max {
             self.stats.send_slots_per_ip_limited += 1;
+            return BatchStart::Wait;
+        }
+        if usize::from(self.slots.group_slots(true, network))
+            >= self.config.send_slots_per_prefix_max
+        {
+            self.stats.send_slots_per_prefix_limited += 1;
             return BatchStart::Wait;
         }
         let Some(slot) = self.slots.pool.acquire() else {
@@ -633,7 +642,7 @@ impl SendParts<'_> {
         }
         let generation = peer.generation;
         let reads = &self.scratch.reads;
-        self.slots.count_source(source, true);
+        self.slots.count_groups(source, network, true);
         let pushed = self
             .slots
             .submit(self.ring, peer, idx, slot, &plan, reads, use_zc, now);
@@ -790,7 +799,7 @@ impl SendParts<'_> {
         let Some(batch) = peer.batch.take() else {
             return;
         };
-        self.slots.count_source(peer.source, false);
+        self.slots.count_groups(peer.source, peer.network, false);
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }

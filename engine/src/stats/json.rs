@@ -66,6 +66,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "ring_push_failures": s.ring_push_failures,
         "buffer_pool_exhausted": s.buffer_pool_exhausted,
         "send_slots_per_ip_limited": s.send_slots_per_ip_limited,
+        "send_slots_per_prefix_limited": s.send_slots_per_prefix_limited,
         "open_files_limit_hit": s.open_files_limit_hit,
         "zc_sends_copied": s.zc_sends_copied,
         "zc_sends_zerocopy": s.zc_sends_zerocopy,

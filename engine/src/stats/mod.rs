@@ -174,6 +174,8 @@ pub struct ShardStats {
     pub buffer_pool_exhausted: u64,
     /// Times a peer waited because its source held `send_slots_per_ip_max` send slots.
     pub send_slots_per_ip_limited: u64,
+    /// Times a peer waited because its network held `send_slots_per_prefix_max` slots.
+    pub send_slots_per_prefix_limited: u64,
     pub open_files_limit_hit: u64,
     pub zc_sends_copied: u64,
     pub zc_sends_zerocopy: u64,
@@ -283,6 +285,7 @@ impl ShardStats {
             peers_dialed: 0,
             buffer_pool_exhausted: 0,
             send_slots_per_ip_limited: 0,
+            send_slots_per_prefix_limited: 0,
             open_files_limit_hit: 0,
             zc_sends_copied: 0,
             zc_sends_zerocopy: 0,
@@ -418,6 +421,7 @@ impl ShardStats {
         self.peers_dialed += other.peers_dialed;
         self.buffer_pool_exhausted += other.buffer_pool_exhausted;
         self.send_slots_per_ip_limited += other.send_slots_per_ip_limited;
+        self.send_slots_per_prefix_limited += other.send_slots_per_prefix_limited;
         self.open_files_limit_hit += other.open_files_limit_hit;
         self.zc_sends_copied += other.zc_sends_copied;
         self.zc_sends_zerocopy += other.zc_sends_zerocopy;

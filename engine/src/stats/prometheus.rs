@@ -422,6 +422,15 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_send_slots_per_prefix_limited_total",
+        "counter",
+        "Times a peer waited because its network (IPv4 /24, IPv6 /48) held \
+         send_slots_per_prefix_max send slots.",
+        |s| s.send_slots_per_prefix_limited,
+    );
+    per_shard(
+        o,
+        view,
         "squall_open_files_limit_hit_total",
         "counter",
         "Times the per-shard open-file cache was full of files in use.",
