@@ -241,9 +241,7 @@ fn one_source_cannot_take_every_send_slot() {
 #[test]
 fn one_network_cannot_take_every_send_slot() {
     let (waited, squall, _dir) = honest_wait_beside_stuck_peers(
-        &format!(
-            "send_stall_secs = 60\nsend_slots_per_ip_max = 2\nsend_slots_per_prefix_max = 2\n"
-        ),
+        "send_stall_secs = 60\nsend_slots_per_ip_max = 2\nsend_slots_per_prefix_max = 2\n",
         |p| std::net::Ipv4Addr::new(127, 0, 0, 1 + p as u8),
         std::net::Ipv4Addr::new(127, 0, 1, 1),
     );
