@@ -211,6 +211,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             state_dir.display()
         )
     })?;
+    // Held until `run` returns: one squall per state directory (resume files, made torrents).
+    let _state_lock = squall_engine::instance::StateLock::acquire(&state_dir)?;
 
     let started = Instant::now();
     let mut source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
