@@ -79,3 +79,112 @@ fn second_instance_on_the_same_port_or_state_is_refused() {
     );
     drop(first);
 }
+
+/// Zero-config content with one good file and one empty directory (skipped at every build).
+fn content_with_a_skip(dir: &Path) -> std::path::PathBuf {
+    let content = dir.join("content");
+    write_file(&content.join("good.bin"), &pattern_bytes(60_000, 3));
+    std::fs::create_dir_all(content.join("hollow")).unwrap();
+    content
+}
+
+/// Logs captured from a pipe carry no ANSI escapes; in JSON every stderr line is one JSON
+/// object, the torrent-making and skip lines included, and each skip is logged once.
+#[test]
+fn logs_on_a_pipe_have_no_colour_and_json_is_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = content_with_a_skip(dir.path());
+    let state = dir.path().join("state");
+    let seed = |format: &str, level: &str, state: &Path| {
+        stderr_of_run(
+            &[
+                "--log-format",
+                format,
+                "--log-level",
+                level,
+                "seed",
+                content.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--state",
+                state.to_str().unwrap(),
+            ],
+            3,
+        )
+    };
+    let json = seed("json", "info", &state);
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.get("level").is_some(), "{l}");
+    }
+    assert!(json.contains("making a torrent of"), "{json}");
+    assert_eq!(json.matches("hollow").count(), 1, "one skip line: {json}");
+
+    // `warning` is `warn`: the skip warning still shows, the info lines do not; no colour.
+    let human = seed("human", "warning", &dir.path().join("state2"));
+    assert!(
+        !human.contains('\u{1b}'),
+        "ANSI escape on a pipe: {human:?}"
+    );
+    assert_eq!(human.matches("hollow").count(), 1, "{human}");
+    assert!(!human.contains("making a torrent"), "{human}");
+}
+
+/// An unknown level is refused (exit 2) with the list of valid ones, whether it comes from
+/// --log-level or SQUALL_LOG, instead of silently turning every log line off.
+#[test]
+fn unknown_log_level_is_refused_with_the_valid_ones() {
+    let out = Command::new(squall_bin())
+        .args(["--log-level", "verbose", "config", "default"])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("unknown log level `verbose` (from --log-level)")
+            && text.contains("error, warn, info, debug, trace, off"),
+        "{text}"
+    );
+    let out = Command::new(squall_bin())
+        .args(["config", "default"])
+        .env("SQUALL_LOG", "loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(output_text(&out).contains("(from SQUALL_LOG)"));
+}
+
+/// `--log-file`: lines go to the file, not stderr; after logrotate renames it and sends
+/// SIGHUP, squall opens the path again and goes on writing there.
+#[test]
+fn log_file_is_reopened_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (torrents, data) = small_catalog(dir.path());
+    let log = dir.path().join("squall.log");
+    let squall = SeedArgs::catalog(&torrents, &data)
+        .state(&dir.path().join("state"))
+        .args(&["--admin", "off", "--log-file", log.to_str().unwrap()])
+        .start();
+    let first = std::fs::read_to_string(&log).unwrap();
+    assert!(first.contains("catalog loaded"), "{first}");
+    assert!(!first.contains('\u{1b}'));
+    std::fs::rename(&log, dir.path().join("squall.log.1")).unwrap();
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGHUP) };
+    let reopened = wait_for(Duration::from_secs(10), "the log file reopened", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("catalog reloaded"))
+    });
+    assert!(!reopened.contains("catalog loaded"), "{reopened}");
+    assert!(squall
+        .stderr_lines
+        .try_iter()
+        .all(|l| !l.contains("catalog")));
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}

@@ -142,11 +142,8 @@ impl CatalogSource {
                 recheck,
             } => zero_config_catalog(dir, state_dir, *recheck),
             CatalogSource::Torrents(opts) => {
-                let (catalog, report) =
-                    Catalog::load(opts, &|_, _| {}).map_err(|e| e.to_string())?;
-                for (path, reason) in &report.skipped {
-                    eprintln!("warning: skipped {}: {reason}", path.display());
-                }
+                // The load logs each skipped torrent once.
+                let (catalog, _) = Catalog::load(opts, &|_, _| {}).map_err(|e| e.to_string())?;
                 Ok((catalog, HashMap::new()))
             }
         }
@@ -374,12 +371,12 @@ fn zero_config_catalog(
         let listed = match list_files(&entry) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("warning: skipped {}: {e}", entry.display());
+                tracing::warn!("skipping {}: {e}", entry.display());
                 continue;
             }
         };
         if listed.iter().map(|f| f.2).sum::<u64>() == 0 {
-            eprintln!("warning: skipped {}: no data (empty)", entry.display());
+            tracing::warn!("skipping {}: no data (empty)", entry.display());
             continue;
         }
         let fingerprint = fingerprint(&listed);
@@ -394,7 +391,7 @@ fn zero_config_catalog(
         let t = match reuse {
             Some(t) => t,
             None => {
-                eprintln!("making a torrent of {} ...", entry.display());
+                tracing::info!("making a torrent of {} ...", entry.display());
                 let opts = CreateOptions {
                     piece_length: None,
                     trackers: Vec::new(),
@@ -429,10 +426,7 @@ fn zero_config_catalog(
         hash_threads: 0,
         verify,
     };
-    let (catalog, report) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
-    for (path, reason) in &report.skipped {
-        eprintln!("warning: skipped {}: {reason}", path.display());
-    }
+    let (catalog, _) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
     Ok((catalog, trackers))
 }
 
@@ -449,7 +443,7 @@ fn sample_content(state_dir: &Path) -> Result<PathBuf, String> {
     if !ok {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        eprintln!(
+        tracing::info!(
             "writing a {} MiB sample to {} ...",
             SAMPLE_LEN_BYTES >> 20,
             file.display()
