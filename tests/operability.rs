@@ -188,3 +188,83 @@ fn log_file_is_reopened_on_sighup() {
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// Catalog health reaches monitoring: a torrent whose file is missing is skipped, listed in
+/// /stats with its file and reason, counted in `squall_torrents{state}` and makes /health 503
+/// "degraded" (200 with `?strict=0`); a corrupted one is `incomplete` (served in part, not
+/// degraded). Restoring the file and sending SIGHUP brings /health back to 200.
+#[test]
+fn health_follows_a_missing_file_and_its_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let torrents = dir.path().join("torrents");
+    let good = pattern_bytes(100_000, 1);
+    let gone = pattern_bytes(80_000, 2);
+    let mut bent = pattern_bytes(90_000, 3);
+    write_file(&data.join("good.bin"), &good);
+    write_file(&data.join("gone.bin"), &gone);
+    write_file(&data.join("bent.bin"), &bent);
+    for name in ["good", "gone", "bent"] {
+        make_catalog_torrent(&data.join(format!("{name}.bin")), &torrents, name, "16K");
+    }
+    std::fs::remove_file(data.join("gone.bin")).unwrap();
+    bent[40_000] ^= 0xff;
+    write_file(&data.join("bent.bin"), &bent);
+    let squall = SeedArgs::catalog(&torrents, &data)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .admin()
+        .start();
+    let admin = squall.admin.expect("admin endpoint");
+    let states = |page: &str| -> Vec<f64> {
+        ["seeding", "skipped", "errored", "incomplete"]
+            .iter()
+            .map(|s| metric_sum_with_label(page, "squall_torrents", "state", s))
+            .collect()
+    };
+    let (status, body) = wait_for(Duration::from_secs(10), "shards to report", || {
+        Some(http_get(admin, "/health")).filter(|(_, b)| !b.starts_with("starting"))
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("degraded") && body.contains("gone.torrent"),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "/health?strict=0").0, 200);
+    let page = http_get(admin, "/metrics").1;
+    assert_eq!(states(&page), vec![1.0, 1.0, 0.0, 1.0], "{page}");
+    assert_eq!(metric_sum(&page, "squall_build_info"), 1.0);
+    assert!(metric_sum(&page, "squall_process_start_time_seconds") > 1.6e9);
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").1).unwrap();
+    assert_eq!(stats["status"], "degraded");
+    let skipped = stats["skipped_torrents"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{stats}");
+    assert!(skipped[0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("gone.torrent"));
+    assert!(!skipped[0]["reason"].as_str().unwrap().is_empty());
+
+    write_file(&data.join("gone.bin"), &gone);
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGHUP) };
+    wait_for(
+        Duration::from_secs(20),
+        "/health 200 after the file returned",
+        || (http_get(admin, "/health").0 == 200).then_some(()),
+    );
+    let page = http_get(admin, "/metrics").1;
+    assert_eq!(states(&page), vec![2.0, 0.0, 0.0, 1.0], "{page}");
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// Sum of a metric's samples carrying `key="value"`.
+fn metric_sum_with_label(page: &str, name: &str, key: &str, value: &str) -> f64 {
+    let label = format!("{key}=\"{value}\"");
+    let prefix = format!("{name}{{");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}

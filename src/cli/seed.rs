@@ -13,6 +13,7 @@ use squall_engine::control::{AdminSetup, CatalogRebuild, Control, ControlSetup};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
+use squall_engine::stats::catalog_health::SkippedRow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -134,7 +135,9 @@ impl CatalogSource {
         }
     }
 
-    fn build(&self) -> Result<(Catalog, MadeTrackers), String> {
+    /// The catalog, the zero-config trackers, and what was left out (the catalog load has
+    /// logged each skip once already).
+    fn build(&self) -> Result<(Catalog, MadeTrackers, Vec<SkippedRow>), String> {
         match self {
             CatalogSource::Content {
                 dir,
@@ -142,9 +145,12 @@ impl CatalogSource {
                 recheck,
             } => zero_config_catalog(dir, state_dir, *recheck),
             CatalogSource::Torrents(opts) => {
-                // The load logs each skipped torrent once.
-                let (catalog, _) = Catalog::load(opts, &|_, _| {}).map_err(|e| e.to_string())?;
-                Ok((catalog, HashMap::new()))
+                let (catalog, report) = Catalog::load(opts, &|_, _| {}).map_err(|e| {
+                    format!(
+                        "{e} (check --torrents and --data, or [catalog] torrents_dir and data_dir)"
+                    )
+                })?;
+                Ok((catalog, HashMap::new(), skipped_rows(report.skipped)))
             }
         }
     }
@@ -212,14 +218,15 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     let _state_lock = squall_engine::instance::StateLock::acquire(&state_dir)?;
 
     let started = Instant::now();
-    let mut source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
-    let (catalog, made) = source.build()?;
+    let source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
+    let (catalog, made, skipped) = source.build()?;
     if catalog.torrents().is_empty() {
         return Err(
             "no torrent could be loaded, so there is nothing to seed (see the warnings above)"
                 .into(),
         );
     }
+    let mut source = SeedSource { source, skipped };
     tracing::info!(
         torrents = catalog.torrents().len(),
         secs = started.elapsed().as_secs_f64(),
@@ -241,6 +248,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         },
         catalog.clone(),
     )?;
+    control.set_skipped(source.skipped.clone());
     // Handlers go in before `ready` is printed: a supervisor (or test) that sends SIGHUP as
     // soon as it reads `ready` must not hit the default action, which ends the process.
     let stop = Arc::new(AtomicBool::new(false));
@@ -292,16 +300,34 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The catalog's source and what its latest build left out.
+struct SeedSource {
+    source: CatalogSource,
+    skipped: Vec<SkippedRow>,
+}
+
 /// SIGHUP builds the catalog again the way it was first built; torrents it adds are printed
 /// like the first ones (without a magnet link).
-impl CatalogRebuild for CatalogSource {
+impl CatalogRebuild for SeedSource {
     fn rebuild(&mut self) -> Result<Catalog, String> {
-        self.build().map(|(catalog, _)| catalog)
+        let (catalog, _, skipped) = self.source.build()?;
+        self.skipped = skipped;
+        Ok(catalog)
     }
 
     fn on_added(&mut self, t: &CatalogTorrent) {
         println!("seeding {} {}", t.info_hash, t.name);
     }
+
+    fn skipped(&self) -> Vec<SkippedRow> {
+        self.skipped.clone()
+    }
+}
+
+fn skipped_rows(list: Vec<(PathBuf, String)>) -> Vec<SkippedRow> {
+    list.into_iter()
+        .map(|(file, reason)| SkippedRow { file, reason })
+        .collect()
 }
 
 /// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.
@@ -328,13 +354,7 @@ fn zero_config_catalog(
     content: &Path,
     state_dir: &Path,
     recheck: bool,
-) -> Result<
-    (
-        Catalog,
-        HashMap<squall_engine::metainfo::InfoHash, Vec<String>>,
-    ),
-    String,
-> {
+) -> Result<(Catalog, MadeTrackers, Vec<SkippedRow>), String> {
     let content = content.canonicalize().map_err(|e| {
         format!(
             "{}: {e} (give an existing directory to seed)",
@@ -362,6 +382,14 @@ fn zero_config_catalog(
         .collect();
     entries.sort();
     let mut list = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |entry: &Path, reason: String| {
+        tracing::warn!("skipping {}: {reason}", entry.display());
+        skipped.push(SkippedRow {
+            file: entry.to_path_buf(),
+            reason,
+        });
+    };
     for entry in entries {
         let name = entry
             .file_name()
@@ -371,12 +399,12 @@ fn zero_config_catalog(
         let listed = match list_files(&entry) {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!("skipping {}: {e}", entry.display());
+                skip(&entry, e.to_string());
                 continue;
             }
         };
         if listed.iter().map(|f| f.2).sum::<u64>() == 0 {
-            tracing::warn!("skipping {}: no data (empty)", entry.display());
+            skip(&entry, "no data (empty)".into());
             continue;
         }
         let fingerprint = fingerprint(&listed);
@@ -426,8 +454,9 @@ fn zero_config_catalog(
         hash_threads: 0,
         verify,
     };
-    let (catalog, _) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
-    Ok((catalog, trackers))
+    let (catalog, report) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
+    skipped.extend(skipped_rows(report.skipped));
+    Ok((catalog, trackers, skipped))
 }
 
 /// Bytes of the built-in sample: big enough to see throughput, small enough to make fast.
