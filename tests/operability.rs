@@ -268,3 +268,68 @@ fn metric_sum_with_label(page: &str, name: &str, key: &str, value: &str) -> f64 
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// An empty catalog is not an error: squall starts, says it waits, and serves the torrents
+/// added before a SIGHUP; a unit with Restart=on-failure no longer loops.
+#[test]
+fn empty_catalog_starts_and_serves_after_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let squall = SeedArgs::catalog(&torrents, &data)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .admin()
+        .start();
+    assert!(squall.torrents.is_empty());
+    let admin = squall.admin.expect("admin endpoint");
+    let seeding = || {
+        let v: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").1).unwrap();
+        v["torrents"]["seeding"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(seeding(), 0);
+    write_file(&data.join("late.bin"), &pattern_bytes(70_000, 9));
+    make_catalog_torrent(&data.join("late.bin"), &torrents, "late", "16K");
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(squall.child.id() as i32, libc::SIGHUP) };
+    wait_for(
+        Duration::from_secs(20),
+        "the added torrent to be seeded",
+        || (seeding() == 1).then_some(()),
+    );
+    let warned: Vec<String> = squall.stderr_lines.try_iter().collect();
+    assert!(
+        warned.iter().any(|l| l.contains("no torrent to seed yet")),
+        "{warned:?}"
+    );
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
+
+/// Type=notify readiness: with NOTIFY_SOCKET naming a unix datagram socket, squall sends
+/// READY=1 once it serves (and STOPPING=1 when asked to stop), as systemd-notify would.
+#[test]
+fn notify_socket_receives_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (torrents, data) = small_catalog(dir.path());
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let child = seed_command(&torrents, &data, &dir.path().join("state"), "127.0.0.1:0")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(_guard.0.id() as i32, libc::SIGTERM) };
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod info;
 pub mod make;
+pub mod notify;
 pub mod seed;
 pub mod stats;
 pub mod verify;

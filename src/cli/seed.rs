@@ -36,6 +36,9 @@ use std::time::Instant;
 /// is under --data (single-file: DATA/NAME; multi-file: DATA/NAME/...). Pieces are verified
 /// once; the result is kept in the state directory, so restarts skip unchanged files.
 ///
+/// An empty catalog is not an error: squall warns and serves nothing until torrents are
+/// added and it gets SIGHUP. Under systemd (`Type=notify`) it sends READY=1 once it serves.
+///
 /// Stop with Ctrl-C or SIGTERM: peers are closed, resume state is kept, exit code 0.
 #[derive(clap::Args, Debug)]
 pub struct SeedArgs {
@@ -221,9 +224,12 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     let source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
     let (catalog, made, skipped) = source.build()?;
     if catalog.torrents().is_empty() {
-        return Err(
-            "no torrent could be loaded, so there is nothing to seed (see the warnings above)"
-                .into(),
+        // Not an error: a service waits for the operator to add torrents and send SIGHUP
+        // (a unit with Restart=on-failure would otherwise loop).
+        tracing::warn!(
+            skipped = skipped.len(),
+            "no torrent to seed yet: add .torrent files (or content) and send SIGHUP \
+             (`systemctl reload squall`); serving nothing until then"
         );
     }
     let mut source = SeedSource { source, skipped };
@@ -294,8 +300,12 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
     let _ = out.flush();
     drop(out);
+    // After the catalog loaded and the listeners accept: systemd (Type=notify) starts
+    // dependants and `systemctl start` returns only now.
+    super::notify::notify("READY=1");
 
     control.run(&stop, &reload, &mut source)?;
+    super::notify::notify("STOPPING=1");
     control.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -255,7 +255,9 @@ impl Control {
         tracing::info!("SIGHUP: reloading the catalog");
         let current = self.catalog.clone();
         match source.rebuild() {
-            Ok(catalog) if !catalog.is_empty() => {
+            // An empty result replaces only an empty catalog (one that started empty and
+            // waits for torrents): a directory briefly unmounted must not drop everything.
+            Ok(catalog) if !catalog.is_empty() || current.is_empty() => {
                 let is_new = |t: &&Arc<CatalogTorrent>| current.get(&t.info_hash).is_none();
                 let added = catalog.torrents().iter().filter(is_new).count();
                 let removed = current
