@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use std::process::Command;
 
-/// Every configs/*.toml passes `squall config check` (exit 0).
+/// Every configs/*.toml passes `squall config check --syntax-only` (exit 0): they name the
+/// directories of an installed box (/srv/squall), not of this checkout.
 #[test]
 fn shipped_configs_pass_config_check() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
@@ -15,8 +16,7 @@ fn shipped_configs_pass_config_check() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = Command::new(squall_bin())
-                .arg("config")
-                .arg("check")
+                .args(["config", "check", "--syntax-only"])
                 .arg(&path)
                 .output()
                 .unwrap();

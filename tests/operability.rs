@@ -333,3 +333,76 @@ fn notify_socket_receives_ready() {
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// Config and flag mistakes are told in words a person can act on: no Rust type names, the
+/// out-of-range port by number, a duplicate key with both lines, a missing directory by the
+/// key or flag that named it.
+#[test]
+fn config_errors_are_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(squall_bin())
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("type.toml", "[engine]\nshards = \"two\"\n");
+    assert!(
+        err.contains("line 2") && err.contains("expected a whole number, got the text \"two\""),
+        "{err}"
+    );
+    assert!(!err.contains("usize"), "{err}");
+    let err = check("port.toml", "[engine]\nlisten = [\"0.0.0.0:68810\"]\n");
+    assert!(err.contains("port 68810 is out of range 0-65535"), "{err}");
+    let err = check("dup.toml", "[engine]\nshards = 1\nshards = 2\n");
+    assert!(
+        err.contains("line 3") && err.contains("first set on line 2"),
+        "{err}"
+    );
+    let missing = dir.path().join("no-such-dir");
+    let err = check(
+        "dirs.toml",
+        &format!(
+            "[catalog]\ntorrents_dir = {:?}\n",
+            missing.to_str().unwrap()
+        ),
+    );
+    assert!(
+        err.contains("line 2")
+            && err.contains("[catalog] torrents_dir")
+            && err.contains("no such directory"),
+        "{err}"
+    );
+
+    let out = run_squall(&["seed", "--listen", "0.0.0.0:68810"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(output_text(&out).contains("port 68810 is out of range 0-65535"));
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = run_squall(
+        &[
+            "seed",
+            "--torrents",
+            missing.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--state",
+            dir.path().join("state").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "--torrents {}: no such directory",
+            missing.display()
+        )),
+        "{text}"
+    );
+}

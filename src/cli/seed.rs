@@ -9,6 +9,7 @@
 
 use squall_engine::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
 use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
+use squall_engine::config_file::check_dir;
 use squall_engine::control::{AdminSetup, CatalogRebuild, Control, ControlSetup};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
@@ -53,7 +54,7 @@ pub struct SeedArgs {
     pub data: Option<PathBuf>,
     /// Address to listen on; repeatable. Default: 0.0.0.0:6881 and [::]:6881 (when IPv6
     /// exists). Port 0 picks a free port (printed at start).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = squall_engine::config_file::parse_socket_addr)]
     pub listen: Vec<SocketAddr>,
     /// Shard threads, one io_uring each (default: one per online CPU).
     #[arg(long)]
@@ -101,11 +102,21 @@ type MadeTrackers = HashMap<squall_engine::metainfo::InfoHash, Vec<String>>;
 
 impl CatalogSource {
     fn from_args(args: &SeedArgs, file: &SeedConfig, state_dir: &Path) -> Result<Self, String> {
-        let torrents = args
-            .torrents
-            .clone()
-            .or_else(|| file.catalog.torrents_dir.clone());
-        let data = args.data.clone().or_else(|| file.catalog.data_dir.clone());
+        // Each directory is checked where it was named, so the error says which flag or key.
+        let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>, flag_name: &str, key_name| match (
+            flag, key,
+        ) {
+            (Some(p), _) => Some((p.clone(), flag_name.to_string())),
+            (None, Some(p)) => Some((p.clone(), format!("[catalog] {key_name} ="))),
+            (None, None) => None,
+        };
+        let torrents = pick(
+            &args.torrents,
+            &file.catalog.torrents_dir,
+            "--torrents",
+            "torrents_dir",
+        );
+        let data = pick(&args.data, &file.catalog.data_dir, "--data", "data_dir");
         if let Some(content) = &args.content {
             return Ok(CatalogSource::Content {
                 dir: content.clone(),
@@ -119,17 +130,21 @@ impl CatalogSource {
                 state_dir: state_dir.to_path_buf(),
                 recheck: args.recheck,
             }),
-            (Some(torrents_dir), Some(data_dir)) => Ok(CatalogSource::Torrents(CatalogOptions {
-                torrents_dir,
-                data_dir,
-                state_dir: state_dir.to_path_buf(),
-                hash_threads: 0,
-                verify: if args.recheck {
-                    VerifyPolicy::Always
-                } else {
-                    VerifyPolicy::IfChanged
-                },
-            })),
+            (Some((torrents_dir, torrents_named)), Some((data_dir, data_named))) => {
+                check_dir(&torrents_dir, &torrents_named, "the .torrent files")?;
+                check_dir(&data_dir, &data_named, "the torrents' content")?;
+                Ok(CatalogSource::Torrents(CatalogOptions {
+                    torrents_dir,
+                    data_dir,
+                    state_dir: state_dir.to_path_buf(),
+                    hash_threads: 0,
+                    verify: if args.recheck {
+                        VerifyPolicy::Always
+                    } else {
+                        VerifyPolicy::IfChanged
+                    },
+                }))
+            }
             _ => Err(
                 "give both --torrents DIR and --data DIR (or [catalog] torrents_dir and \
                       data_dir in the config), or a content directory (`squall seed ./content`)"
