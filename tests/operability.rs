@@ -406,3 +406,39 @@ fn config_errors_are_in_words() {
         "{text}"
     );
 }
+
+/// Magnets point where peers can reach the box: `--public-addr` goes into `x.pe`; without it
+/// a loopback-only magnet with no tracker is printed with a warning saying so.
+#[test]
+fn magnets_use_public_addr_and_warn_when_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    write_file(&content.join("m.bin"), &pattern_bytes(40_000, 5));
+    let warned = |squall: &SquallProcess| {
+        // The warning comes before `ready`; give the stderr reader a moment to catch up.
+        std::thread::sleep(Duration::from_millis(300));
+        squall
+            .stderr_lines
+            .try_iter()
+            .any(|l| l.contains("only this machine can use them"))
+    };
+    let local = SeedArgs::content(&content)
+        .state(&dir.path().join("state1"))
+        .args(&["--admin", "off"])
+        .start();
+    let magnet = &local.torrents[0].2;
+    assert!(magnet.contains("x.pe=127.0.0.1"), "{magnet}");
+    assert!(warned(&local));
+    drop(local);
+    let public = SeedArgs::content(&content)
+        .state(&dir.path().join("state2"))
+        .args(&["--admin", "off", "--public-addr", "192.0.2.7"])
+        .start();
+    let magnet = &public.torrents[0].2;
+    let port = public.addr.port();
+    assert!(
+        magnet.contains(&format!("x.pe=192.0.2.7%3A{port}")),
+        "{magnet}"
+    );
+    assert!(!warned(&public));
+}

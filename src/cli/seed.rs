@@ -78,6 +78,11 @@ pub struct SeedArgs {
     /// Print a one-line summary every N seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub summary_secs: u64,
+    /// The address peers reach this box at (IP, or IP:PORT when a NAT maps another port),
+    /// put in the printed magnet links as `x.pe`. Default: the listen address, with a
+    /// wildcard shown as loopback (only this machine can use such a link).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub public_addr: Option<String>,
     /// Admin endpoint (/metrics, /stats, /health): ADDR:PORT or "off". Default: config
     /// `[admin] listen`, else 127.0.0.1:7881. Port 0 picks a free port (printed as
     /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
@@ -287,9 +292,22 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(addr) = control.admin_addr() {
         let _ = writeln!(out, "admin on {addr}");
     }
-    let peer_addr = control.local_addrs().first().map(display_peer_addr);
+    let listen_addr = control.local_addrs().first().copied();
+    let peer_addr = match (&args.public_addr, listen_addr) {
+        (Some(public), Some(listen)) => Some(public_peer_addr(public, listen.port())?),
+        (None, Some(listen)) => Some(display_peer_addr(&listen)),
+        (_, None) => None,
+    };
+    let peer_is_loopback = peer_addr
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback());
+    let mut unreachable_magnets = 0usize;
     for t in catalog.torrents() {
         let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
+        if peer_is_loopback && trackers.is_empty() && t.trackers.is_empty() {
+            unreachable_magnets += 1;
+        }
         let magnet = Magnet {
             info_hash: t.info_hash,
             display_name: Some(t.name.clone()),
@@ -305,6 +323,15 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             has_v1,
         );
         let _ = writeln!(out, "seeding {} {} {}", t.info_hash, t.name, uri);
+    }
+    if unreachable_magnets > 0 {
+        // No DHT yet: such a link finds no peer anywhere but on this machine.
+        tracing::warn!(
+            "{unreachable_magnets} magnet link(s) carry only the loopback address {} and no \
+             tracker: only this machine can use them. Give --public-addr ADDR (the address \
+             peers reach this box at) or add trackers to the torrents",
+            peer_addr.as_deref().unwrap_or_default()
+        );
     }
     let _ = writeln!(
         out,
@@ -362,6 +389,16 @@ fn default_listen() -> Vec<SocketAddr> {
         v.push("[::]:6881".parse().unwrap_or(v[0]));
     }
     v
+}
+
+/// `--public-addr`: an IP (the listen port is added) or IP:PORT, as the magnet's `x.pe`.
+fn public_peer_addr(public: &str, listen_port: u16) -> Result<String, String> {
+    if let Ok(ip) = public.trim().parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, listen_port).to_string());
+    }
+    squall_engine::config_file::parse_socket_addr(public)
+        .map(|a| a.to_string())
+        .map_err(|why| format!("--public-addr {public}: {why}"))
 }
 
 /// The address a peer on this machine can dial: a wildcard becomes loopback.
@@ -545,4 +582,28 @@ fn sanitize(name: &str) -> String {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     squall_engine::storage::write_atomic(path, bytes)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_addr_takes_an_ip_or_an_address() {
+        // An IP gets the listen port; IP:PORT is kept (a NAT's port); a name is refused.
+        assert_eq!(
+            public_peer_addr("203.0.113.5", 6881).unwrap(),
+            "203.0.113.5:6881"
+        );
+        assert_eq!(
+            public_peer_addr("2001:db8::1", 6881).unwrap(),
+            "[2001:db8::1]:6881"
+        );
+        assert_eq!(
+            public_peer_addr("203.0.113.5:40000", 6881).unwrap(),
+            "203.0.113.5:40000"
+        );
+        let err = public_peer_addr("seed.example.org", 6881).unwrap_err();
+        assert!(err.starts_with("--public-addr seed.example.org"), "{err}");
+    }
 }
