@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real clients and tools we did not write.
-PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl)
+# systemd: systemd-analyze (verify, security) for the unit tests in tests/deploy.rs.
+PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl systemd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -99,6 +99,11 @@ fn systemd_unit_verifies() {
         "LimitMEMLOCK=",
         "CapabilityBoundingSet=\n",
         "User=squall",
+        "Type=notify",
+        "SystemCallFilter=@system-service",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
+        "UMask=0077",
     ] {
         assert!(unit.contains(needed), "unit lacks {needed:?}");
     }
@@ -149,4 +154,104 @@ fn install_dry_run_lists_steps() {
         "{text}"
     );
     assert!(!prefix.exists(), "a dry run must not create anything");
+}
+
+/// `systemd-analyze security` rates the unit's exposure at 2.0 or less (it was 3.2 before the
+/// syscall filter, ProtectProc, ProcSubset, UMask, PrivateMounts and RemoveIPC).
+#[test]
+fn systemd_unit_exposure_is_at_most_two() {
+    if !tool_available(
+        "systemd-analyze",
+        Command::new("systemd-analyze").arg("--version"),
+    ) {
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/squall.service"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("squall.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/squall", squall_bin())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for squall.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(level <= 2.0, "exposure {level}: {text}");
+}
+
+/// install.sh --destdir stages every file under DESTDIR with the real paths inside them: the
+/// binary, the unit pointing at PREFIX, the config 0640 naming the data root, and the data
+/// directories 0750. `--help` prints the usage.
+#[test]
+fn install_into_destdir_and_help() {
+    use std::os::unix::fs::PermissionsExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("stage");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["--destdir"])
+        .arg(&dest)
+        .args(["--bin", squall_bin()])
+        .env_remove("SYSTEMD_DIR")
+        .env_remove("CONFIG_DIR")
+        .env_remove("DATA_ROOT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let mode = |p: &str| {
+        std::fs::metadata(dest.join(p))
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("usr/local/bin/squall"), 0o755);
+    assert_eq!(mode("etc/squall/squall.toml"), 0o640);
+    assert_eq!(mode("srv/squall/torrents"), 0o750);
+    assert_eq!(mode("srv/squall/data"), 0o750);
+    let unit = std::fs::read_to_string(dest.join("etc/systemd/system/squall.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/squall seed"),
+        "{unit}"
+    );
+    assert!(
+        !unit.contains(dest.to_str().unwrap()),
+        "DESTDIR leaked into the unit"
+    );
+    let config = std::fs::read_to_string(dest.join("etc/squall/squall.toml")).unwrap();
+    assert!(
+        config.contains("torrents_dir = \"/srv/squall/torrents\""),
+        "{config}"
+    );
+
+    let help = Command::new("bash")
+        .arg(script)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.status.success() && text.starts_with("Installs Squall"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Usage: scripts/install.sh") && text.contains("--destdir"),
+        "{text}"
+    );
 }
