@@ -77,17 +77,9 @@ fn config_check_explains_mistakes_and_default_round_trips() {
 /// binary, since the test does not install it).
 #[test]
 fn systemd_unit_verifies() {
-    if !tool_available(
-        "systemd-analyze",
-        Command::new("systemd-analyze").arg("--version"),
-    ) {
+    let Some(unit) = unit_if_systemd_analyze() else {
         return;
-    }
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/squall.service"
-    ))
-    .unwrap();
+    };
     for needed in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -108,8 +100,7 @@ fn systemd_unit_verifies() {
         assert!(unit.contains(needed), "unit lacks {needed:?}");
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("squall.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/squall", squall_bin())).unwrap();
+    let path = write_unit_for_test(dir.path(), &unit);
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -160,20 +151,11 @@ fn install_dry_run_lists_steps() {
 /// syscall filter, ProtectProc, ProcSubset, UMask, PrivateMounts and RemoveIPC).
 #[test]
 fn systemd_unit_exposure_is_at_most_two() {
-    if !tool_available(
-        "systemd-analyze",
-        Command::new("systemd-analyze").arg("--version"),
-    ) {
+    let Some(unit) = unit_if_systemd_analyze() else {
         return;
-    }
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/squall.service"
-    ))
-    .unwrap();
+    };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("squall.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/squall", squall_bin())).unwrap();
+    let path = write_unit_for_test(dir.path(), &unit);
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&path)
@@ -254,4 +236,23 @@ fn install_into_destdir_and_help() {
         text.contains("Usage: scripts/install.sh") && text.contains("--destdir"),
         "{text}"
     );
+}
+
+/// configs/squall.service, or None (a SKIP) when systemd-analyze is missing.
+fn unit_if_systemd_analyze() -> Option<String> {
+    if !tool_available(
+        "systemd-analyze",
+        Command::new("systemd-analyze").arg("--version"),
+    ) {
+        return None;
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/squall.service");
+    Some(std::fs::read_to_string(path).unwrap())
+}
+
+/// The unit written into `dir` with ExecStart pointed at the built binary (not installed).
+fn write_unit_for_test(dir: &std::path::Path, unit: &str) -> std::path::PathBuf {
+    let path = dir.join("squall.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/squall", squall_bin())).unwrap();
+    path
 }

@@ -340,38 +340,29 @@ fn notify_socket_receives_ready() {
 #[test]
 fn config_errors_are_in_words() {
     let dir = tempfile::tempdir().unwrap();
-    let check = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(squall_bin())
-            .args(["config", "check"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+    let check = |text: &str| {
+        let (code, err) = config_check(text);
+        assert_eq!(code, Some(1), "{err}");
+        err
     };
-    let err = check("type.toml", "[engine]\nshards = \"two\"\n");
+    let err = check("[engine]\nshards = \"two\"\n");
     assert!(
         err.contains("line 2") && err.contains("expected a whole number, got the text \"two\""),
         "{err}"
     );
     assert!(!err.contains("usize"), "{err}");
-    let err = check("port.toml", "[engine]\nlisten = [\"0.0.0.0:68810\"]\n");
+    let err = check("[engine]\nlisten = [\"0.0.0.0:68810\"]\n");
     assert!(err.contains("port 68810 is out of range 0-65535"), "{err}");
-    let err = check("dup.toml", "[engine]\nshards = 1\nshards = 2\n");
+    let err = check("[engine]\nshards = 1\nshards = 2\n");
     assert!(
         err.contains("line 3") && err.contains("first set on line 2"),
         "{err}"
     );
     let missing = dir.path().join("no-such-dir");
-    let err = check(
-        "dirs.toml",
-        &format!(
-            "[catalog]\ntorrents_dir = {:?}\n",
-            missing.to_str().unwrap()
-        ),
-    );
+    let err = check(&format!(
+        "[catalog]\ntorrents_dir = {:?}\n",
+        missing.to_str().unwrap()
+    ));
     assert!(
         err.contains("line 2")
             && err.contains("[catalog] torrents_dir")

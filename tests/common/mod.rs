@@ -681,3 +681,19 @@ pub fn stderr_of_run(args: &[&str], secs: u64) -> String {
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs `squall config check` on `text`; returns (exit code, stderr).
+pub fn config_check(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("squall.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(squall_bin())
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
