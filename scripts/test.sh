@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive: real clients and tools we did not write.
 # man-db renders the generated man pages; dpkg-dev, binutils, lintian and adduser build, check
 # and install the .deb (tests/package.rs); prometheus brings promtool for the alert rules
-# (tests/monitoring.rs; on a machine booted with systemd it also starts a Prometheus server).
+# (tests/monitoring.rs; on a machine booted with systemd it also starts a Prometheus server);
+# systemd brings systemd-analyze (verify, security) for the unit tests in tests/deploy.rs.
 PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl
-  man-db dpkg-dev binutils lintian adduser prometheus)
+  man-db dpkg-dev binutils lintian adduser prometheus systemd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,6 +1,7 @@
 //! The `squall` command line: parse, load config, call into squall-engine. No seeding logic here.
 
 mod cli;
+mod logging;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -18,10 +19,15 @@ struct Cli {
     /// shippers). Also SQUALL_LOG_FORMAT.
     #[arg(long, global = true, value_enum, env = "SQUALL_LOG_FORMAT", default_value_t = LogFormat::Human)]
     log_format: LogFormat,
-    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such
-    /// as `squall_engine::shard=debug`). Default: SQUALL_LOG, else RUST_LOG, else `info`.
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, `off`, or a tracing
+    /// filter such as `info,squall_engine::shard=debug`; `warning` means `warn`; anything
+    /// else is refused). Default: SQUALL_LOG, else RUST_LOG, else `info`.
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Append log lines to FILE instead of stderr (no colour); SIGHUP reopens it, so
+    /// logrotate can rename the file and signal. Final `error:` lines still go to stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,26 +58,52 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
 }
 
-/// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON); the level
-/// comes from --log-level, else SQUALL_LOG or RUST_LOG (e.g. `SQUALL_LOG=debug`), else `info`.
-fn init_logging(format: LogFormat, level: Option<&str>) {
-    let filter = level
-        .map(str::to_string)
-        .or_else(|| std::env::var("SQUALL_LOG").ok())
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// Logs go to stderr (stdout carries results: listen addresses, magnets, JSON) or to
+/// `--log-file`; the level comes from --log-level, else SQUALL_LOG or RUST_LOG (e.g.
+/// `SQUALL_LOG=debug`), else `info`. An unknown level is an error, not silence.
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let (value, source) = match (
+        &cli.log_level,
+        std::env::var("SQUALL_LOG"),
+        std::env::var("RUST_LOG"),
+    ) {
+        (Some(l), _, _) => (l.clone(), "--log-level"),
+        (None, Ok(l), _) => (l, "SQUALL_LOG"),
+        (None, Err(_), Ok(l)) => (l, "RUST_LOG"),
+        (None, Err(_), Err(_)) => ("info".to_string(), "the default"),
     };
+    let filter = logging::check_filter(&value, source)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .map_err(|e| format!("log level `{value}` (from {source}): {e}"))?;
+    let colour = cli.log_file.is_none()
+        && logging::want_colour(
+            logging::stderr_is_terminal(),
+            std::env::var("NO_COLOR").ok().as_deref(),
+        );
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
+    let _ = match (&cli.log_file, cli.log_format) {
+        (None, LogFormat::Human) => builder.with_writer(std::io::stderr).try_init(),
+        (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).try_init(),
+        (Some(path), format) => {
+            let file = logging::LogFile::open(path.clone())?;
+            match format {
+                LogFormat::Human => builder.with_writer(file).try_init(),
+                LogFormat::Json => builder.json().with_writer(file).try_init(),
+            }
+        }
+    };
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log_level.as_deref());
+    if let Err(message) = init_logging(&cli) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let (log_format, log_file) = (cli.log_format, cli.log_file.is_some());
     let result = match cli.command {
         Command::Make(args) => cli::make::run(args),
         Command::Info(args) => cli::info::run(args),
@@ -85,7 +117,14 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            // In JSON the last line is a log object too; with a log file it is also kept
+            // there, and stderr still tells whoever started the command.
+            if log_format == LogFormat::Json || log_file {
+                tracing::error!("{message}");
+            }
+            if log_format == LogFormat::Human || log_file {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }

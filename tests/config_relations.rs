@@ -6,23 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
-
-/// Runs `squall config check` on `text`; returns (exit code, stderr).
-fn config_check(text: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("squall.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(squall_bin())
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Proves: `ring_entries = 64` with the default chain bound (the abort: a chain
 /// longer than the submission queue asserts and exits 134) is refused before start-up, at

@@ -7,7 +7,6 @@ use common::*;
 use squall_engine::wire::{parse_handshake, Handshake};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn make(content: &Path, out: &Path) -> [u8; 20] {
@@ -108,8 +107,9 @@ fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("content");
     write_file(&content.join("x.bin"), &pattern_bytes(50_000, 4));
-    let mut child = Command::new(squall_bin())
-        .args([
+    let state = dir.path().join("state");
+    let err = stderr_of_run(
+        &[
             "--log-format",
             "json",
             "seed",
@@ -118,24 +118,11 @@ fn json_logs_are_one_object_per_line() {
             "127.0.0.1:0",
             "--admin",
             "off",
-        ])
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    // SAFETY: plain kill(2) on our child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        2,
+    );
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with('{')).collect();
     assert!(!lines.is_empty(), "no JSON log lines in: {err}");
     for l in lines {

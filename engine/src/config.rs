@@ -862,8 +862,8 @@ impl AdminConfig {
         if text.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        let addr: SocketAddr = text.parse().map_err(|_| {
-            format!("admin.listen = {text:?}: expected ADDR:PORT (e.g. \"{ADMIN_LISTEN_DEFAULT}\") or \"off\"")
+        let addr: SocketAddr = crate::config_file::parse_socket_addr(text).map_err(|why| {
+            format!("admin.listen = {text:?}: {why}; expected ADDR:PORT (e.g. \"{ADMIN_LISTEN_DEFAULT}\") or \"off\"")
         })?;
         if matches!(&self.token, Some(t) if t.trim().is_empty()) {
             return Err("admin.token = \"\": give a non-empty token or leave it out".into());

@@ -28,6 +28,23 @@ fn check(ret: libc::c_int, what: &str, addr: &SocketAddr) -> Result<(), String> 
     Ok(())
 }
 
+/// A new close-on-exec TCP socket of `addr`'s family: what a listener, a probe or a dial
+/// starts from.
+pub fn tcp_socket(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the result is checked before use.
+    let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// A listening TCP socket bound with SO_REUSEADDR and SO_REUSEPORT, so every shard can bind
 /// the same address and the kernel spreads connections over them.
 pub fn reuseport_listener(addr: &SocketAddr) -> Result<OwnedFd, String> {

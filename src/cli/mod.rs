@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 pub mod info;
 pub mod make;
+pub mod notify;
 pub mod seed;
 pub mod stats;
 pub mod verify;

@@ -9,10 +9,12 @@
 
 use squall_engine::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
 use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
+use squall_engine::config_file::check_dir;
 use squall_engine::control::{AdminSetup, CatalogRebuild, Control, ControlSetup};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
 use squall_engine::metainfo::{torrent, Magnet};
+use squall_engine::stats::catalog_health::SkippedRow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,6 +37,9 @@ use std::time::Instant;
 /// is under --data (single-file: DATA/NAME; multi-file: DATA/NAME/...). Pieces are verified
 /// once; the result is kept in the state directory, so restarts skip unchanged files.
 ///
+/// An empty catalog is not an error: squall warns and serves nothing until torrents are
+/// added and it gets SIGHUP. Under systemd (`Type=notify`) it sends READY=1 once it serves.
+///
 /// Stop with Ctrl-C or SIGTERM: peers are closed, resume state is kept, exit code 0.
 #[derive(clap::Args, Debug)]
 pub struct SeedArgs {
@@ -49,7 +54,7 @@ pub struct SeedArgs {
     pub data: Option<PathBuf>,
     /// Address to listen on; repeatable. Default: 0.0.0.0:6881 and [::]:6881 (when IPv6
     /// exists). Port 0 picks a free port (printed at start).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = squall_engine::config_file::parse_socket_addr)]
     pub listen: Vec<SocketAddr>,
     /// Shard threads, one io_uring each (default: one per online CPU).
     #[arg(long)]
@@ -73,6 +78,11 @@ pub struct SeedArgs {
     /// Print a one-line summary every N seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub summary_secs: u64,
+    /// The address peers reach this box at (IP, or IP:PORT when a NAT maps another port),
+    /// put in the printed magnet links as `x.pe`. Default: the listen address, with a
+    /// wildcard shown as loopback (only this machine can use such a link).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub public_addr: Option<String>,
     /// Admin endpoint (/metrics, /stats, /health): ADDR:PORT or "off". Default: config
     /// `[admin] listen`, else 127.0.0.1:7881. Port 0 picks a free port (printed as
     /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
@@ -97,11 +107,21 @@ type MadeTrackers = HashMap<squall_engine::metainfo::InfoHash, Vec<String>>;
 
 impl CatalogSource {
     fn from_args(args: &SeedArgs, file: &SeedConfig, state_dir: &Path) -> Result<Self, String> {
-        let torrents = args
-            .torrents
-            .clone()
-            .or_else(|| file.catalog.torrents_dir.clone());
-        let data = args.data.clone().or_else(|| file.catalog.data_dir.clone());
+        // Each directory is checked where it was named, so the error says which flag or key.
+        let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>, flag_name: &str, key_name| match (
+            flag, key,
+        ) {
+            (Some(p), _) => Some((p.clone(), flag_name.to_string())),
+            (None, Some(p)) => Some((p.clone(), format!("[catalog] {key_name} ="))),
+            (None, None) => None,
+        };
+        let torrents = pick(
+            &args.torrents,
+            &file.catalog.torrents_dir,
+            "--torrents",
+            "torrents_dir",
+        );
+        let data = pick(&args.data, &file.catalog.data_dir, "--data", "data_dir");
         if let Some(content) = &args.content {
             return Ok(CatalogSource::Content {
                 dir: content.clone(),
@@ -115,17 +135,21 @@ impl CatalogSource {
                 state_dir: state_dir.to_path_buf(),
                 recheck: args.recheck,
             }),
-            (Some(torrents_dir), Some(data_dir)) => Ok(CatalogSource::Torrents(CatalogOptions {
-                torrents_dir,
-                data_dir,
-                state_dir: state_dir.to_path_buf(),
-                hash_threads: 0,
-                verify: if args.recheck {
-                    VerifyPolicy::Always
-                } else {
-                    VerifyPolicy::IfChanged
-                },
-            })),
+            (Some((torrents_dir, torrents_named)), Some((data_dir, data_named))) => {
+                check_dir(&torrents_dir, &torrents_named, "the .torrent files")?;
+                check_dir(&data_dir, &data_named, "the torrents' content")?;
+                Ok(CatalogSource::Torrents(CatalogOptions {
+                    torrents_dir,
+                    data_dir,
+                    state_dir: state_dir.to_path_buf(),
+                    hash_threads: 0,
+                    verify: if args.recheck {
+                        VerifyPolicy::Always
+                    } else {
+                        VerifyPolicy::IfChanged
+                    },
+                }))
+            }
             _ => Err(
                 "give both --torrents DIR and --data DIR (or [catalog] torrents_dir and \
                       data_dir in the config), or a content directory (`squall seed ./content`)"
@@ -134,7 +158,9 @@ impl CatalogSource {
         }
     }
 
-    fn build(&self) -> Result<(Catalog, MadeTrackers), String> {
+    /// The catalog, the zero-config trackers, and what was left out (the catalog load has
+    /// logged each skip once already).
+    fn build(&self) -> Result<(Catalog, MadeTrackers, Vec<SkippedRow>), String> {
         match self {
             CatalogSource::Content {
                 dir,
@@ -142,12 +168,12 @@ impl CatalogSource {
                 recheck,
             } => zero_config_catalog(dir, state_dir, *recheck),
             CatalogSource::Torrents(opts) => {
-                let (catalog, report) =
-                    Catalog::load(opts, &|_, _| {}).map_err(|e| e.to_string())?;
-                for (path, reason) in &report.skipped {
-                    eprintln!("warning: skipped {}: {reason}", path.display());
-                }
-                Ok((catalog, HashMap::new()))
+                let (catalog, report) = Catalog::load(opts, &|_, _| {}).map_err(|e| {
+                    format!(
+                        "{e} (check --torrents and --data, or [catalog] torrents_dir and data_dir)"
+                    )
+                })?;
+                Ok((catalog, HashMap::new(), skipped_rows(report.skipped)))
             }
         }
     }
@@ -211,16 +237,22 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             state_dir.display()
         )
     })?;
+    // Held until `run` returns: one squall per state directory (resume files, made torrents).
+    let _state_lock = squall_engine::instance::StateLock::acquire(&state_dir)?;
 
     let started = Instant::now();
-    let mut source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
-    let (catalog, made) = source.build()?;
+    let source = CatalogSource::from_args(&args, &file_config, &state_dir)?;
+    let (catalog, made, skipped) = source.build()?;
     if catalog.torrents().is_empty() {
-        return Err(
-            "no torrent could be loaded, so there is nothing to seed (see the warnings above)"
-                .into(),
+        // Not an error: a service waits for the operator to add torrents and send SIGHUP
+        // (a unit with Restart=on-failure would otherwise loop).
+        tracing::warn!(
+            skipped = skipped.len(),
+            "no torrent to seed yet: add .torrent files (or content) and send SIGHUP \
+             (`systemctl reload squall`); serving nothing until then"
         );
     }
+    let mut source = SeedSource { source, skipped };
     tracing::info!(
         torrents = catalog.torrents().len(),
         secs = started.elapsed().as_secs_f64(),
@@ -242,6 +274,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         },
         catalog.clone(),
     )?;
+    control.set_skipped(source.skipped.clone());
     // Handlers go in before `ready` is printed: a supervisor (or test) that sends SIGHUP as
     // soon as it reads `ready` must not hit the default action, which ends the process.
     let stop = Arc::new(AtomicBool::new(false));
@@ -259,9 +292,22 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(addr) = control.admin_addr() {
         let _ = writeln!(out, "admin on {addr}");
     }
-    let peer_addr = control.local_addrs().first().map(display_peer_addr);
+    let listen_addr = control.local_addrs().first().copied();
+    let peer_addr = match (&args.public_addr, listen_addr) {
+        (Some(public), Some(listen)) => Some(public_peer_addr(public, listen.port())?),
+        (None, Some(listen)) => Some(display_peer_addr(&listen)),
+        (_, None) => None,
+    };
+    let peer_is_loopback = peer_addr
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .is_some_and(|a| a.ip().is_loopback());
+    let mut unreachable_magnets = 0usize;
     for t in catalog.torrents() {
         let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
+        if peer_is_loopback && trackers.is_empty() && t.trackers.is_empty() {
+            unreachable_magnets += 1;
+        }
         let magnet = Magnet {
             info_hash: t.info_hash,
             display_name: Some(t.name.clone()),
@@ -278,6 +324,15 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         );
         let _ = writeln!(out, "seeding {} {} {}", t.info_hash, t.name, uri);
     }
+    if unreachable_magnets > 0 {
+        // No DHT yet: such a link finds no peer anywhere but on this machine.
+        tracing::warn!(
+            "{unreachable_magnets} magnet link(s) carry only the loopback address {} and no \
+             tracker: only this machine can use them. Give --public-addr ADDR (the address \
+             peers reach this box at) or add trackers to the torrents",
+            peer_addr.as_deref().unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         out,
         "ready: {} torrent(s), {} shard(s), serve mode {}",
@@ -287,22 +342,44 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
     let _ = out.flush();
     drop(out);
+    // After the catalog loaded and the listeners accept: systemd (Type=notify) starts
+    // dependants and `systemctl start` returns only now.
+    super::notify::notify("READY=1");
 
     control.run(&stop, &reload, &mut source)?;
+    super::notify::notify("STOPPING=1");
     control.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// The catalog's source and what its latest build left out.
+struct SeedSource {
+    source: CatalogSource,
+    skipped: Vec<SkippedRow>,
+}
+
 /// SIGHUP builds the catalog again the way it was first built; torrents it adds are printed
 /// like the first ones (without a magnet link).
-impl CatalogRebuild for CatalogSource {
+impl CatalogRebuild for SeedSource {
     fn rebuild(&mut self) -> Result<Catalog, String> {
-        self.build().map(|(catalog, _)| catalog)
+        let (catalog, _, skipped) = self.source.build()?;
+        self.skipped = skipped;
+        Ok(catalog)
     }
 
     fn on_added(&mut self, t: &CatalogTorrent) {
         println!("seeding {} {}", t.info_hash, t.name);
     }
+
+    fn skipped(&self) -> Vec<SkippedRow> {
+        self.skipped.clone()
+    }
+}
+
+fn skipped_rows(list: Vec<(PathBuf, String)>) -> Vec<SkippedRow> {
+    list.into_iter()
+        .map(|(file, reason)| SkippedRow { file, reason })
+        .collect()
 }
 
 /// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.
@@ -312,6 +389,16 @@ fn default_listen() -> Vec<SocketAddr> {
         v.push("[::]:6881".parse().unwrap_or(v[0]));
     }
     v
+}
+
+/// `--public-addr`: an IP (the listen port is added) or IP:PORT, as the magnet's `x.pe`.
+fn public_peer_addr(public: &str, listen_port: u16) -> Result<String, String> {
+    if let Ok(ip) = public.trim().parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, listen_port).to_string());
+    }
+    squall_engine::config_file::parse_socket_addr(public)
+        .map(|a| a.to_string())
+        .map_err(|why| format!("--public-addr {public}: {why}"))
 }
 
 /// The address a peer on this machine can dial: a wildcard becomes loopback.
@@ -329,13 +416,7 @@ fn zero_config_catalog(
     content: &Path,
     state_dir: &Path,
     recheck: bool,
-) -> Result<
-    (
-        Catalog,
-        HashMap<squall_engine::metainfo::InfoHash, Vec<String>>,
-    ),
-    String,
-> {
+) -> Result<(Catalog, MadeTrackers, Vec<SkippedRow>), String> {
     let content = content.canonicalize().map_err(|e| {
         format!(
             "{}: {e} (give an existing directory to seed)",
@@ -363,6 +444,14 @@ fn zero_config_catalog(
         .collect();
     entries.sort();
     let mut list = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |entry: &Path, reason: String| {
+        tracing::warn!("skipping {}: {reason}", entry.display());
+        skipped.push(SkippedRow {
+            file: entry.to_path_buf(),
+            reason,
+        });
+    };
     for entry in entries {
         let name = entry
             .file_name()
@@ -372,12 +461,12 @@ fn zero_config_catalog(
         let listed = match list_files(&entry) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("warning: skipped {}: {e}", entry.display());
+                skip(&entry, e.to_string());
                 continue;
             }
         };
         if listed.iter().map(|f| f.2).sum::<u64>() == 0 {
-            eprintln!("warning: skipped {}: no data (empty)", entry.display());
+            skip(&entry, "no data (empty)".into());
             continue;
         }
         let fingerprint = fingerprint(&listed);
@@ -392,7 +481,7 @@ fn zero_config_catalog(
         let t = match reuse {
             Some(t) => t,
             None => {
-                eprintln!("making a torrent of {} ...", entry.display());
+                tracing::info!("making a torrent of {} ...", entry.display());
                 let opts = CreateOptions {
                     piece_length: None,
                     trackers: Vec::new(),
@@ -428,10 +517,8 @@ fn zero_config_catalog(
         verify,
     };
     let (catalog, report) = Catalog::from_torrents(list, &opts).map_err(|e| e.to_string())?;
-    for (path, reason) in &report.skipped {
-        eprintln!("warning: skipped {}: {reason}", path.display());
-    }
-    Ok((catalog, trackers))
+    skipped.extend(skipped_rows(report.skipped));
+    Ok((catalog, trackers, skipped))
 }
 
 /// Bytes of the built-in sample: big enough to see throughput, small enough to make fast.
@@ -447,7 +534,7 @@ fn sample_content(state_dir: &Path) -> Result<PathBuf, String> {
     if !ok {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        eprintln!(
+        tracing::info!(
             "writing a {} MiB sample to {} ...",
             SAMPLE_LEN_BYTES >> 20,
             file.display()
@@ -495,4 +582,28 @@ fn sanitize(name: &str) -> String {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     squall_engine::storage::write_atomic(path, bytes)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_addr_takes_an_ip_or_an_address() {
+        // An IP gets the listen port; IP:PORT is kept (a NAT's port); a name is refused.
+        assert_eq!(
+            public_peer_addr("203.0.113.5", 6881).unwrap(),
+            "203.0.113.5:6881"
+        );
+        assert_eq!(
+            public_peer_addr("2001:db8::1", 6881).unwrap(),
+            "[2001:db8::1]:6881"
+        );
+        assert_eq!(
+            public_peer_addr("203.0.113.5:40000", 6881).unwrap(),
+            "203.0.113.5:40000"
+        );
+        let err = public_peer_addr("seed.example.org", 6881).unwrap_err();
+        assert!(err.starts_with("--public-addr seed.example.org"), "{err}");
+    }
 }

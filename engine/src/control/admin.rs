@@ -1,4 +1,6 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus), `GET /stats` (JSON), `GET /health`.
+//! The admin HTTP endpoint: `GET /metrics` (Prometheus), `GET /stats` (JSON), `GET /health`
+//! (200 `ok`; 503 `starting`, `a shard is not accepting` or `degraded` with one line per errored
+//! or skipped torrent; `GET /health?strict=0` answers 200 while degraded: liveness only).
 //!
 //! Owns: one std thread with a blocking listener, a minimal HTTP/1.1 reader (request line and
 //! headers only, no bodies) and the bearer-token check. Must never: run on or talk to a shard:
@@ -10,6 +12,7 @@
 //! `REQUEST_HEAD_MAX_BYTES`, `IO_TIMEOUT` on every read and write, `Connection: close` always.
 //! A scraper or `squall stats` makes one request a second; serial handling is plenty.
 
+use crate::stats::catalog_health::Health;
 use crate::stats::view::StatsView;
 use crate::stats::{json, prometheus};
 use std::io::{Read, Write};
@@ -104,6 +107,8 @@ impl Drop for AdminServer {
 pub struct RequestHead {
     pub method: String,
     pub path: String,
+    /// What follows `?` in the target ("" when none).
+    pub query: String,
     pub authorization: Option<String>,
 }
 
@@ -127,7 +132,8 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
         return Err(HeadError::Malformed);
     }
-    let path = target.split('?').next().unwrap_or(target).to_string();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let mut authorization = None;
     for line in lines {
         if line.is_empty() {
@@ -141,6 +147,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
     Ok(RequestHead {
         method: method.to_string(),
         path,
+        query,
         authorization,
     })
 }
@@ -204,13 +211,31 @@ pub fn route(head: &RequestHead, token: Option<&str>, view: &Mutex<StatsView>) -
             content_type: "application/json",
             body: json::render(&view).to_string(),
         },
-        "/health" if view.healthy() => Response::text(200, "ok\n"),
-        "/health" if !view.complete() => {
-            Response::text(503, "starting: not every shard has reported\n")
+        "/health" => {
+            // 503 while any torrent is errored or skipped; `?strict=0` is liveness only
+            // (shards up and accepting), for load balancers that must not drop a box over
+            // one missing file.
+            let health = view.health();
+            let liveness_only = query_value(&head.query, "strict") == Some("0");
+            let status = match health {
+                Health::Ok => 200,
+                Health::Degraded(_) if liveness_only => 200,
+                _ => 503,
+            };
+            Response::text(status, &health.body())
         }
-        "/health" => Response::text(503, "a shard is not accepting\n"),
         _ => Response::text(404, "not found: try /metrics, /stats or /health\n"),
     }
+}
+
+/// The value of `key` in a query string `a=1&b=2` (no percent-decoding: our keys and
+/// values are plain words).
+pub fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
 pub struct Response {
@@ -324,6 +349,37 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["total"]["uploaded_bytes"], 42);
         assert_eq!(get(addr, "/nope", Some("t0k")).0, 404);
+        server.stop();
+    }
+
+    #[test]
+    fn health_is_degraded_by_a_skipped_torrent_unless_liveness_only() {
+        // A skipped torrent turns 200 into 503 "degraded" naming its file; `?strict=0` still
+        // answers 200 (alive); other query parameters do not relax it.
+        let view: SharedView = Arc::new(Mutex::new(StatsView::new(1, 5, HashMap::new())));
+        let mut s = ShardStats::new(0);
+        s.accepting = true;
+        view.lock().unwrap().apply(s.snapshot(), Instant::now());
+        let server =
+            AdminServer::start("127.0.0.1:0".parse().unwrap(), None, view.clone()).unwrap();
+        let addr = server.local_addr();
+        assert_eq!(get(addr, "/health", None), (200, "ok\n".to_string()));
+        view.lock().unwrap().catalog_health_mut().skipped =
+            vec![crate::stats::catalog_health::SkippedRow {
+                file: "/t/gone.torrent".into(),
+                reason: "file missing".into(),
+            }];
+        let (status, body) = get(addr, "/health", None);
+        assert_eq!(status, 503);
+        assert!(
+            body.starts_with("degraded") && body.contains("/t/gone.torrent: file missing"),
+            "{body}"
+        );
+        assert_eq!(get(addr, "/health?strict=0", None).0, 200);
+        assert_eq!(get(addr, "/health?strict=1", None).0, 503);
+        assert_eq!(get(addr, "/health?x=0", None).0, 503);
+        assert_eq!(query_value("a=1&strict=0", "strict"), Some("0"));
+        assert_eq!(query_value("strict", "strict"), Some(""));
         server.stop();
     }
 

@@ -20,6 +20,7 @@ pub mod seeder;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, TrackerConfig};
+use crate::stats::catalog_health::{SkippedRow, TorrentStates, TrackerAnnounces};
 use crate::stats::view::StatsView;
 use crate::stats::ShardStats;
 use crate::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};
@@ -65,6 +66,10 @@ pub trait CatalogRebuild {
     fn rebuild(&mut self) -> Result<Catalog, String>;
     /// A reload added this torrent (called before the new catalog reaches the shards).
     fn on_added(&mut self, _torrent: &CatalogTorrent) {}
+    /// What the latest `rebuild` left out and why (shown in /stats, /health, /metrics).
+    fn skipped(&self) -> Vec<SkippedRow> {
+        Vec::new()
+    }
 }
 
 /// Any closure that builds a catalog is a source (tests, embedders).
@@ -85,6 +90,8 @@ pub struct Control {
     health: HealthMonitor,
     view: SharedView,
     catalog: Arc<Catalog>,
+    /// Torrents of `catalog` with every piece verified.
+    catalog_complete: u64,
     summary_every: Option<Duration>,
     summary_last_at: Instant,
     summary_last_uploaded_bytes: u64,
@@ -142,6 +149,7 @@ impl Control {
             trackers_started: false,
             health,
             view,
+            catalog_complete: complete_count(&catalog),
             catalog,
             summary_every: (setup.summary_secs > 0)
                 .then(|| Duration::from_secs(setup.summary_secs)),
@@ -236,6 +244,7 @@ impl Control {
         if reload.swap(false, Ordering::Relaxed) {
             self.reload(source);
         }
+        self.publish_catalog_health();
         self.log_summary_when_due();
     }
 
@@ -246,7 +255,9 @@ impl Control {
         tracing::info!("SIGHUP: reloading the catalog");
         let current = self.catalog.clone();
         match source.rebuild() {
-            Ok(catalog) if !catalog.is_empty() => {
+            // An empty result replaces only an empty catalog (one that started empty and
+            // waits for torrents): a directory briefly unmounted must not drop everything.
+            Ok(catalog) if !catalog.is_empty() || current.is_empty() => {
                 let is_new = |t: &&Arc<CatalogTorrent>| current.get(&t.info_hash).is_none();
                 let added = catalog.torrents().iter().filter(is_new).count();
                 let removed = current
@@ -260,7 +271,9 @@ impl Control {
                 let catalog = Arc::new(catalog);
                 self.seeder.swap_catalog(catalog.clone());
                 tracing::info!(torrents = catalog.len(), added, removed, "catalog reloaded");
+                self.catalog_complete = complete_count(&catalog);
                 self.catalog = catalog;
+                self.set_skipped(source.skipped());
             }
             Ok(_) => {
                 tracing::warn!("reload found no torrent to seed; keeping the current catalog")
@@ -282,6 +295,45 @@ impl Control {
                 .iter()
                 .map(|t| (t.info_hash, t.name.clone())),
         );
+    }
+
+    /// The torrents the catalog's load left out (the caller's report; reloads replace it).
+    pub fn set_skipped(&mut self, rows: Vec<SkippedRow>) {
+        lock_view(&self.view).catalog_health_mut().skipped = rows;
+        self.publish_catalog_health();
+    }
+
+    /// Torrents by state and announce results into the view: O(errored torrents) per turn
+    /// (the complete count is taken once per catalog).
+    fn publish_catalog_health(&mut self) {
+        let errored = self.health.rows();
+        let errored_complete = errored
+            .iter()
+            .filter(|r| self.catalog.get(&r.info_hash).is_some_and(|t| t.complete))
+            .count() as u64;
+        let complete = self.catalog_complete;
+        let incomplete = self.catalog.len() as u64 - complete;
+        let errored_incomplete = errored.len() as u64 - errored_complete;
+        let announces = self
+            .trackers
+            .as_ref()
+            .map(|t| {
+                let c = t.counters();
+                TrackerAnnounces {
+                    ok: c.announces_ok,
+                    failed: c.announces_failed,
+                }
+            })
+            .unwrap_or_default();
+        let mut view = lock_view(&self.view);
+        let health = view.catalog_health_mut();
+        health.states = TorrentStates {
+            seeding: complete.saturating_sub(errored_complete),
+            skipped: health.skipped.len() as u64,
+            errored: errored.len() as u64,
+            incomplete: incomplete.saturating_sub(errored_incomplete),
+        };
+        health.announces = announces;
     }
 
     /// The summary line, once every shard has reported and the period has passed.
@@ -328,6 +380,10 @@ impl Control {
         tracing::info!("stopped: {}", summary_line(&total, 0.0));
         Ok(total)
     }
+}
+
+fn complete_count(catalog: &Catalog) -> u64 {
+    catalog.torrents().iter().filter(|t| t.complete).count() as u64
 }
 
 /// What the tracker manager needs of each catalog torrent.

@@ -1,6 +1,7 @@
 //! Starting and stopping the shards: the control plane's handle on the data plane.
 //!
-//! Owns: binding every listen address once per shard (SO_REUSEPORT), spawning the shard
+//! Owns: binding every listen address once per shard (SO_REUSEPORT; after the exclusive
+//! probe of `crate::instance`, so a port another process listens on is refused), spawning the shard
 //! threads (each builds its own ring on its own thread, pinned to its core), the bounded
 //! channels to and from them, and the extras loader that answers the shards' .torrent reads
 //! (`control::extras`). Must never: touch a shard's state directly: commands go through
@@ -46,6 +47,11 @@ impl Seeder {
             .map(|n| n.get())
             .unwrap_or(1);
         // Port 0 means "any": the first bind picks the port, the other shards reuse it.
+        // Before any SO_REUSEPORT bind of ours: another listener on a port (a second squall)
+        // would otherwise share it silently and take most new connections.
+        for addr in &config.listen {
+            crate::instance::probe_port_free(addr)?;
+        }
         let mut listen: Vec<SocketAddr> = Vec::new();
         let mut listeners: Vec<Vec<std::os::fd::OwnedFd>> =
             (0..shard_count).map(|_| Vec::new()).collect();

@@ -256,18 +256,7 @@ pub fn refusal_reason(refusal: Refusal) -> CloseReason {
 
 /// A non-blocking-free TCP socket to dial `addr` from (the connect itself is an io_uring op).
 pub fn dial_socket(addr: &SocketAddr) -> std::io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain syscall; the result is checked before use.
-    let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    crate::net::tcp_socket(addr)
 }
 
 /// A pipe for splice mode, sized to hold a whole batch (the kernel may grant less, up to

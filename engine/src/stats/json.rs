@@ -1,8 +1,11 @@
 //! JSON rendering of the merged stats (`GET /stats`, read by `squall stats`).
 //!
-//! Owns: the JSON shape: `{ "total": SHARD, "shards": [SHARD...], "top_torrents": [...],
-//! "errored_torrents": [{info_hash, name, reason, since}] }` (`since`: Unix seconds),
-//! latencies as percentiles in microseconds. Must never: run on a shard.
+//! Owns: the JSON shape: `{ "version", "process_start_time_secs", "shard_count", "healthy"
+//! (every shard accepting), "status" ("ok" | "starting" | "not_accepting" | "degraded", as
+//! /health), "torrents": {seeding, skipped, errored, incomplete}, "skipped_torrents": [{file,
+//! reason}], "tracker_announces": {ok, failed}, "total": SHARD, "shards": [SHARD...],
+//! "top_torrents": [...], "errored_torrents": [{info_hash, name, reason, since}] }` (`since`:
+//! Unix seconds), latencies as percentiles in microseconds. Must never: run on a shard.
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
@@ -11,6 +14,7 @@
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`.
 
+use super::catalog_health::Health;
 use super::view::StatsView;
 use super::{CloseReason, RejectReason, ShardStats};
 use hdrhistogram::Histogram;
@@ -131,9 +135,33 @@ pub fn render(view: &StatsView) -> Value {
             })
         })
         .collect();
+    let health = view.catalog_health();
+    let skipped: Vec<Value> = health
+        .skipped
+        .iter()
+        .map(|s| json!({ "file": s.file.display().to_string(), "reason": s.reason }))
+        .collect();
+    let torrents: Map<String, Value> = health
+        .states
+        .labelled()
+        .iter()
+        .map(|(state, n)| (state.to_string(), json!(n)))
+        .collect();
+    let status = match view.health() {
+        Health::Ok => "ok",
+        Health::Starting => "starting",
+        Health::NotAccepting => "not_accepting",
+        Health::Degraded(_) => "degraded",
+    };
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "process_start_time_secs": health.process_start_secs,
         "shard_count": view.shard_count(),
         "healthy": view.healthy(),
+        "status": status,
+        "torrents": torrents,
+        "skipped_torrents": skipped,
+        "tracker_announces": { "ok": health.announces.ok, "failed": health.announces.failed },
         "total": shard_json(&view.total(), None, view.upload_bytes_per_sec()),
         "shards": shards,
         "top_torrents": top,

@@ -111,10 +111,62 @@ fn histogram(out: &mut String, view: &StatsView, name: &str, help: &str, pick: H
 
 type HistogramPick = fn(&ShardStats) -> &Histogram<u64>;
 
+/// Build, start time, catalog torrents by state and tracker announce results.
+fn catalog_metrics(o: &mut String, view: &StatsView) {
+    let health = view.catalog_health();
+    header(
+        o,
+        "squall_build_info",
+        "gauge",
+        "Always 1; the version label says which build runs.",
+    );
+    let _ = writeln!(
+        o,
+        "squall_build_info{{version=\"{}\"}} 1",
+        escape_label(env!("CARGO_PKG_VERSION"))
+    );
+    header(
+        o,
+        "squall_process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+    );
+    let _ = writeln!(
+        o,
+        "squall_process_start_time_seconds {}",
+        health.process_start_secs
+    );
+    header(
+        o,
+        "squall_torrents",
+        "gauge",
+        "Catalog torrents by state: seeding (complete), incomplete (some pieces failed verification; the rest are served), errored (a content file failed; not served until a recheck passes), skipped (left out by the last catalog load; see /stats).",
+    );
+    for (state, n) in health.states.labelled() {
+        let _ = writeln!(o, "squall_torrents{{state=\"{state}\"}} {n}");
+    }
+    header(
+        o,
+        "squall_tracker_announces_total",
+        "counter",
+        "Tracker announces by result (ok, failed), every tracker and torrent summed.",
+    );
+    for (result, n) in [
+        ("ok", health.announces.ok),
+        ("failed", health.announces.failed),
+    ] {
+        let _ = writeln!(
+            o,
+            "squall_tracker_announces_total{{result=\"{result}\"}} {n}"
+        );
+    }
+}
+
 /// Renders every metric of `view`.
 pub fn render(view: &StatsView) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let o = &mut out;
+    catalog_metrics(o, view);
     header(o, "squall_shards", "gauge", "Shard threads configured.");
     let _ = writeln!(o, "squall_shards {}", view.shard_count());
     header(
@@ -788,5 +840,61 @@ mod tests {
             json["errored_torrents"][0]["info_hash"],
             InfoHash([1; 20]).to_hex()
         );
+    }
+
+    #[test]
+    fn catalog_states_announces_build_and_start_time() {
+        // Torrents by state, announce results, build info and start time are exposed as the
+        // control loop set them, in JSON too (with the skipped torrents' files and reasons).
+        use crate::stats::catalog_health::{SkippedRow, TorrentStates, TrackerAnnounces};
+        let mut view = sample_view();
+        {
+            let h = view.catalog_health_mut();
+            h.states = TorrentStates {
+                seeding: 3,
+                skipped: 1,
+                errored: 0,
+                incomplete: 2,
+            };
+            h.announces = TrackerAnnounces { ok: 7, failed: 4 };
+            h.skipped = vec![SkippedRow {
+                file: "/t/x.torrent".into(),
+                reason: "missing".into(),
+            }];
+        }
+        let samples = parse(&render(&view));
+        let value = |name: &str, label: (&str, &str)| {
+            samples
+                .iter()
+                .find(|(n, l, _)| n == name && l.contains(&(label.0.into(), label.1.into())))
+                .map(|s| s.2)
+        };
+        assert_eq!(value("squall_torrents", ("state", "seeding")), Some(3.0));
+        assert_eq!(value("squall_torrents", ("state", "skipped")), Some(1.0));
+        assert_eq!(value("squall_torrents", ("state", "errored")), Some(0.0));
+        assert_eq!(value("squall_torrents", ("state", "incomplete")), Some(2.0));
+        assert_eq!(
+            value("squall_tracker_announces_total", ("result", "ok")),
+            Some(7.0)
+        );
+        assert_eq!(
+            value("squall_tracker_announces_total", ("result", "failed")),
+            Some(4.0)
+        );
+        assert_eq!(
+            value("squall_build_info", ("version", env!("CARGO_PKG_VERSION"))),
+            Some(1.0)
+        );
+        let start = samples
+            .iter()
+            .find(|(n, _, _)| n == "squall_process_start_time_seconds")
+            .unwrap()
+            .2;
+        assert!(start > 1.6e9, "{start}");
+        let json = crate::stats::json::render(&view);
+        assert_eq!(json["skipped_torrents"][0]["file"], "/t/x.torrent");
+        assert_eq!(json["torrents"]["incomplete"], 2);
+        assert_eq!(json["tracker_announces"]["failed"], 4);
+        assert_eq!(json["status"], "degraded");
     }
 }

@@ -9,6 +9,7 @@
 //! byte, so at most the catalog size (about 60 bytes each); exposition shows only the top
 //! `top_torrents` by uploaded bytes.
 
+use super::catalog_health::{CatalogHealth, Health};
 use super::{ShardStats, TorrentDelta};
 use crate::metainfo::InfoHash;
 use crate::plane::ErroredRow;
@@ -55,6 +56,8 @@ pub struct StatsView {
     torrents: HashMap<InfoHash, TorrentTotals>,
     /// Errored torrents as the health monitor last saw them (at most the catalog size).
     errored: Vec<ErroredRow>,
+    /// Torrents by state, skipped torrents, announce results (set by the control loop).
+    catalog_health: CatalogHealth,
 }
 
 impl StatsView {
@@ -71,7 +74,27 @@ impl StatsView {
             shards: BTreeMap::new(),
             torrents: HashMap::new(),
             errored: Vec::new(),
+            catalog_health: CatalogHealth::default(),
         }
+    }
+
+    pub fn catalog_health(&self) -> &CatalogHealth {
+        &self.catalog_health
+    }
+
+    /// The control loop's handle on the catalog's state, skipped torrents and announces.
+    pub fn catalog_health_mut(&mut self) -> &mut CatalogHealth {
+        &mut self.catalog_health
+    }
+
+    /// The /health verdict: shards first, then errored and skipped torrents.
+    pub fn health(&self) -> Health {
+        Health::judge(
+            self.complete(),
+            self.healthy(),
+            &self.errored,
+            &self.catalog_health.skipped,
+        )
     }
 
     /// Payload bytes uploaded for one torrent since start (for tracker `uploaded=`).
