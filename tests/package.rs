@@ -236,6 +236,8 @@ fn deb_installs_removes_and_purges_in_a_cow_root() {
         "{version_line}"
     );
     cow.run_ok(&["squall-bench", "--version"]);
+    // As an operator would: create the data root the config names, then check it whole.
+    cow.run_ok(&["mkdir", "-p", "/srv/squall/torrents", "/srv/squall/data"]);
     cow.run_ok(&["squall", "config", "check", "/etc/squall/squall.toml"]);
     let user = cow.run_ok(&["getent", "passwd", "squall"]);
     let fields: Vec<&str> = user.trim().split(':').collect();
