@@ -94,6 +94,10 @@ pub const PEERS_PER_PREFIX_MAX_DEFAULT: usize =
 pub const RING_ENTRIES_FLOOR: u32 = 64;
 pub const RING_ENTRIES_CEILING: u32 = 32768;
 
+/// Default `recv_buffer_bytes_per_shard_max`: 64 MiB, a thousand peers each halfway
+/// through a 64 KiB message at once.
+pub const RECV_BUFFER_BYTES_PER_SHARD_MAX_DEFAULT: usize = 64 << 20;
+
 /// Default `send_slots_per_ip_max`: a quarter of the default send buffer pool (64 slots).
 pub const SEND_SLOTS_PER_IP_MAX_DEFAULT: usize = 16;
 /// Default `send_slots_per_prefix_max`: half the default pool (two sources' worth), so one
@@ -232,6 +236,11 @@ pub struct EngineConfig {
     pub keepalive_interval_secs: u64,
     /// Longest message a peer may send us (length prefix); longer closes the peer.
     pub message_len_max_bytes: u32,
+    /// Receive-buffer bytes a shard's peers may hold beyond the first 4 KiB of each, all
+    /// together (partial large messages: bitfields, extension messages). A peer whose
+    /// message would take the shard past it is closed (`recv_memory_limit`): many peers
+    /// each sending part of a large message and stalling cannot grow memory without bound.
+    pub recv_buffer_bytes_per_shard_max: usize,
     /// Longest block a peer may request. Default 16 KiB, at most 128 KiB.
     pub block_len_max_bytes: u32,
     /// Requests queued per peer (advertised as BEP 10 `reqq`); more are rejected.
@@ -317,6 +326,7 @@ impl Default for EngineConfig {
             send_slots_per_prefix_max: SEND_SLOTS_PER_PREFIX_MAX_DEFAULT,
             keepalive_interval_secs: 90,
             message_len_max_bytes: 1 << 20,
+            recv_buffer_bytes_per_shard_max: RECV_BUFFER_BYTES_PER_SHARD_MAX_DEFAULT,
             block_len_max_bytes: crate::BLOCK_LEN_BYTES,
             request_queue_per_peer_max: 512,
             buffer_pool_slots_per_shard: 64,
@@ -486,6 +496,17 @@ impl EngineConfig {
                 "message_len_max_bytes = {}: must be at least {} (a block and its header)",
                 self.message_len_max_bytes,
                 crate::BLOCK_LEN_BYTES as usize + crate::wire::message::PIECE_HEADER_LEN
+            ));
+        }
+        if self.recv_buffer_bytes_per_shard_max < self.message_len_max_bytes as usize + 4 {
+            return Err(format!(
+                "recv_buffer_bytes_per_shard_max = {}: must hold at least one message of \
+                 message_len_max_bytes = {} and its 4-byte length; raise it to at least {} \
+                 (default {RECV_BUFFER_BYTES_PER_SHARD_MAX_DEFAULT}) or lower \
+                 message_len_max_bytes",
+                self.recv_buffer_bytes_per_shard_max,
+                self.message_len_max_bytes,
+                self.message_len_max_bytes as usize + 4
             ));
         }
         positive("peers_max", self.peers_max as u64)?;

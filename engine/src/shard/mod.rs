@@ -138,7 +138,11 @@ impl Shard {
             catalog: setup.catalog,
             ring,
             slots: send_slots,
-            recv: RecvPath::new(recv_ring, config.message_len_max_bytes),
+            recv: RecvPath::new(
+                recv_ring,
+                config.message_len_max_bytes,
+                config.recv_buffer_bytes_per_shard_max,
+            ),
             fixed_buffers_error,
             peers: PeerTable::default(),
             listeners: Listeners::new(setup.listeners),
@@ -236,6 +240,7 @@ impl Shard {
         self.slots.copy_counters(&mut self.stats);
         self.stats.extras_loads_refused = self.extras.loads_refused;
         self.stats.ring_enter_errors = self.ring.enter_errors;
+        self.stats.recv_buffer_bytes = self.recv.grown_bytes() as u64;
         self.stats.ring_push_failures = self.ring.push_failures;
     }
 
@@ -433,8 +438,10 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
-        if let Some(sqe) = self.recv.arm(peer, idx) {
-            self.push(&sqe);
+        match self.recv.arm(peer, idx) {
+            Ok(Some(sqe)) => self.push(&sqe),
+            Ok(None) => {}
+            Err(reason) => self.close_peer(idx, reason),
         }
     }
 
@@ -464,6 +471,10 @@ impl Shard {
             }
             Received::Failed => {
                 self.close_peer(idx, CloseReason::SocketError);
+                return;
+            }
+            Received::OverBudget => {
+                self.close_peer(idx, CloseReason::RecvMemoryLimit);
                 return;
             }
             Received::Bytes { ended } => ended,
@@ -887,9 +898,10 @@ impl Shard {
         if !ready {
             return;
         }
-        let Some(peer) = self.peers.remove(idx) else {
+        let Some(mut peer) = self.peers.remove(idx) else {
             return;
         };
+        self.recv.release(&mut peer);
         debug_assert!(peer.batch.is_none() && !peer.control_inflight && !peer.recv_armed);
         if let Some(t) = peer.session.torrent() {
             if let Some(n) = self.torrent_peers.get_mut(&t.info_hash) {

@@ -63,6 +63,9 @@ pub struct Peer {
     pub phase: Phase,
     pub ops_inflight: u32,
     pub recv_buf: Vec<u8>,
+    /// What `recv_buf` counts against the shard's receive budget (its bytes beyond the
+    /// initial size, as of the last resize).
+    pub recv_charged_bytes: usize,
     pub recv_len: usize,
     pub recv_armed: bool,
     /// The peer protocol: handshake, choking, queued requests, control bytes owed.
@@ -130,6 +133,7 @@ impl Peer {
             phase: Phase::Open,
             ops_inflight: 0,
             recv_buf: vec![0; recv_buf_bytes],
+            recv_charged_bytes: 0,
             recv_len: 0,
             recv_armed: false,
             session,

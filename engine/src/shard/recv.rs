@@ -6,9 +6,12 @@
 //! ring buffer is recycled at once; with single recvs, the kernel writes into the peer's
 //! buffer, which grows for a large message, bounded by `message_len_max_bytes`. Either way
 //! the buffer shrinks back once a large message has been parsed, so a peer that sent one
-//! and went idle holds no more than a small buffer.
+//! and went idle holds no more than a small buffer. What the shard's buffers hold beyond
+//! `RECV_BUF_INITIAL_BYTES` is counted against `recv_buffer_bytes_per_shard_max`; a peer whose
+//! message would pass it is closed (`recv_memory_limit`).
 //! Must never: resize a peer's buffer while a recv op names it (single recvs), keep a ring
-//! buffer past the completion that delivered it, or grow a buffer past one message.
+//! buffer past the completion that delivered it, grow a buffer past one message, or let
+//! the shard's buffers grow past their budget.
 
 use crate::ring::provided::RecvBufRing;
 use crate::ring::token::{OpKind, Token};
@@ -94,19 +97,57 @@ pub enum Received {
     Failed,
     /// Bytes were added to the peer's buffer; `ended`: the op is no longer armed.
     Bytes { ended: bool },
+    /// Holding the rest of the peer's message would take the shard's receive buffers past
+    /// `recv_buffer_bytes_per_shard_max`: close it.
+    OverBudget,
 }
 
 pub struct RecvPath {
     ring: Option<RecvBufRing>,
     message_len_max_bytes: usize,
+    /// Bytes the shard's peers' buffers hold beyond `RECV_BUF_INITIAL_BYTES` each, and its
+    /// bound. Below that a buffer is free: a handshake or a request never waits on the
+    /// budget, so a shard whose budget is full still takes new peers.
+    grown_bytes: usize,
+    grown_bytes_max: usize,
 }
 
 impl RecvPath {
-    pub fn new(ring: Option<RecvBufRing>, message_len_max_bytes: u32) -> RecvPath {
+    pub fn new(
+        ring: Option<RecvBufRing>,
+        message_len_max_bytes: u32,
+        grown_bytes_max: usize,
+    ) -> RecvPath {
         RecvPath {
             ring,
             message_len_max_bytes: message_len_max_bytes as usize,
+            grown_bytes: 0,
+            grown_bytes_max,
         }
+    }
+
+    /// Bytes the shard's peers' buffers hold beyond `RECV_BUF_INITIAL_BYTES` each, now.
+    pub fn grown_bytes(&self) -> usize {
+        self.grown_bytes
+    }
+
+    /// The peer's buffer may become `new_len` bytes within the shard's budget.
+    fn fits(&self, peer: &Peer, new_len: usize) -> bool {
+        let others = self.grown_bytes - peer.recv_charged_bytes;
+        others + new_len.saturating_sub(RECV_BUF_INITIAL_BYTES) <= self.grown_bytes_max
+    }
+
+    /// Counts the peer's buffer as it is now.
+    fn charge(&mut self, peer: &mut Peer) {
+        let now = peer.recv_buf.len().saturating_sub(RECV_BUF_INITIAL_BYTES);
+        self.grown_bytes = self.grown_bytes - peer.recv_charged_bytes + now;
+        peer.recv_charged_bytes = now;
+    }
+
+    /// The peer is freed: its buffer no longer counts.
+    pub fn release(&mut self, peer: &mut Peer) {
+        self.grown_bytes -= peer.recv_charged_bytes;
+        peer.recv_charged_bytes = 0;
     }
 
     pub fn multishot(&self) -> bool {
@@ -124,10 +165,10 @@ impl RecvPath {
     }
 
     /// The recv op to arm for the peer, with its state updated; None when it is closing or
-    /// already armed.
-    pub fn arm(&self, peer: &mut Peer, idx: u32) -> Option<squeue::Entry> {
+    /// already armed; Err when its buffer would have to grow past the shard's budget.
+    pub fn arm(&mut self, peer: &mut Peer, idx: u32) -> Result<Option<squeue::Entry>, CloseReason> {
         if peer.phase == Phase::Closing || peer.recv_armed {
-            return None;
+            return Ok(None);
         }
         let token = Token::new(OpKind::Recv, 0, idx, peer.generation).encode();
         let sqe = if let Some(bufs) = &self.ring {
@@ -144,7 +185,11 @@ impl RecvPath {
                     .max(RECV_BUF_INITIAL_BYTES)
                     .min(limit)
                     .max(peer.recv_len + 1);
+                if !self.fits(peer, new_len) {
+                    return Err(CloseReason::RecvMemoryLimit);
+                }
                 peer.recv_buf.resize(new_len, 0);
+                self.charge(peer);
             }
             let buf = &mut peer.recv_buf[peer.recv_len..];
             opcode::Recv::new(
@@ -157,33 +202,51 @@ impl RecvPath {
         };
         peer.recv_armed = true;
         peer.ops_inflight += 1;
-        Some(sqe)
+        Ok(Some(sqe))
     }
 
     /// Takes a recv completion: its bytes into the peer's buffer (multishot: the ring buffer
     /// is given back at once, whatever state the peer is in), and the op's bookkeeping.
     pub fn on_completion(&mut self, peer: Option<&mut Peer>, c: &Completion) -> Received {
         let mut appended = 0usize;
+        let mut over_budget = false;
         let multishot = self.multishot();
         let mut peer = peer;
-        if let (Some(bufs), Some(bid)) = (self.ring.as_mut(), cqueue::buffer_select(c.flags)) {
+        let bid = cqueue::buffer_select(c.flags).filter(|_| multishot);
+        if let (Some(bid), Some(bufs)) = (bid, self.ring.as_mut()) {
             bufs.taken(bid);
+        }
+        if let Some(bid) = bid {
             let len = usize::try_from(c.result).unwrap_or(0);
             if let Some(peer) = peer.as_deref_mut() {
                 if peer.phase != Phase::Closing && len > 0 {
                     // Bounded: the decoder closes a peer whose message exceeds
                     // message_len_max_bytes, so this holds at most one partial message
-                    // plus one receive buffer.
+                    // plus one receive buffer; the shard's budget bounds them all.
                     let need = peer.recv_len + len;
                     if peer.recv_buf.len() < need {
-                        peer.recv_buf.resize(need.max(peer.recv_buf.len() * 2), 0);
+                        let doubled = need.max(peer.recv_buf.len() * 2);
+                        let new_len = if self.fits(peer, doubled) {
+                            doubled
+                        } else {
+                            need
+                        };
+                        over_budget = !self.fits(peer, new_len);
+                        if !over_budget {
+                            peer.recv_buf.resize(new_len, 0);
+                            self.charge(peer);
+                        }
                     }
-                    peer.recv_buf[peer.recv_len..need].copy_from_slice(bufs.buffer(bid, len));
-                    peer.recv_len = need;
-                    appended = len;
+                    if let (false, Some(bufs)) = (over_budget, self.ring.as_ref()) {
+                        peer.recv_buf[peer.recv_len..need].copy_from_slice(bufs.buffer(bid, len));
+                        peer.recv_len = need;
+                        appended = len;
+                    }
                 }
             }
-            bufs.recycle(bid);
+            if let Some(bufs) = self.ring.as_mut() {
+                bufs.recycle(bid);
+            }
         }
         let Some(peer) = peer else {
             return Received::Ignored;
@@ -199,6 +262,9 @@ impl RecvPath {
         }
         if multishot && c.result == -libc::ENOBUFS {
             return Received::OutOfBuffers;
+        }
+        if over_budget {
+            return Received::OverBudget;
         }
         match c.result {
             0 => Received::Eof,
@@ -220,10 +286,11 @@ impl RecvPath {
 
     /// After its messages were parsed: a buffer that grew for a large message and is now
     /// empty shrinks back (never while a single recv names it).
-    pub fn after_parse(&self, peer: &mut Peer) {
+    pub fn after_parse(&mut self, peer: &mut Peer) {
         let named_by_op = !self.multishot() && peer.recv_armed;
         if peer.recv_len == 0 && peer.recv_buf.len() > RECV_BUF_KEEP_MAX_BYTES && !named_by_op {
             peer.recv_buf = vec![0; self.initial_buffer_bytes()];
+            self.charge(peer);
         }
     }
 }

@@ -49,6 +49,7 @@ pub enum CloseReason {
     PeersPerPrefixLimit,
     PeersPerTorrentLimit,
     SendBacklog,
+    RecvMemoryLimit,
     ConnectFailed,
     SelfConnection,
     TorrentRemoved,
@@ -56,7 +57,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 21] = [
+    pub const ALL: [CloseReason; 22] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -74,6 +75,7 @@ impl CloseReason {
         CloseReason::PeersPerPrefixLimit,
         CloseReason::PeersPerTorrentLimit,
         CloseReason::SendBacklog,
+        CloseReason::RecvMemoryLimit,
         CloseReason::ConnectFailed,
         CloseReason::SelfConnection,
         CloseReason::TorrentRemoved,
@@ -98,6 +100,7 @@ impl CloseReason {
             CloseReason::PeersPerPrefixLimit => "peers_per_prefix_limit",
             CloseReason::PeersPerTorrentLimit => "peers_per_torrent_limit",
             CloseReason::SendBacklog => "send_backlog",
+            CloseReason::RecvMemoryLimit => "recv_memory_limit",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::SelfConnection => "self_connection",
             CloseReason::TorrentRemoved => "torrent_removed",
@@ -214,6 +217,9 @@ pub struct ShardStats {
     pub maps_over_budget: u64,
     /// `page_cache_sends`: total length of the content files mapped now (gauge).
     pub mapped_bytes: u64,
+    /// Receive-buffer bytes the shard's peers hold beyond the first 4 KiB of each (gauge;
+    /// at most `recv_buffer_bytes_per_shard_max`).
+    pub recv_buffer_bytes: u64,
     /// `multishot_recv`: multishot recvs the kernel ended because the shard's receive
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
@@ -307,6 +313,7 @@ impl ShardStats {
             page_cache_send_faults: 0,
             maps_over_budget: 0,
             mapped_bytes: 0,
+            recv_buffer_bytes: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
             extras_loads_refused: 0,
@@ -443,6 +450,7 @@ impl ShardStats {
         self.page_cache_send_faults += other.page_cache_send_faults;
         self.maps_over_budget += other.maps_over_budget;
         self.mapped_bytes += other.mapped_bytes;
+        self.recv_buffer_bytes += other.recv_buffer_bytes;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.extras_loads_refused += other.extras_loads_refused;

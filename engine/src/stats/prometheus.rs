@@ -441,6 +441,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_recv_buffer_bytes",
+        "gauge",
+        "Receive-buffer bytes the shard's peers hold beyond the first 4 KiB of each (partial large messages; at most recv_buffer_bytes_per_shard_max).",
+        |s| s.recv_buffer_bytes,
+    );
+    per_shard(
+        o,
+        view,
         "squall_recv_buffers_exhausted_total",
         "counter",
         "Multishot recvs ended because the shard's receive buffer ring was empty (re-armed at once; raise recv_buffers_per_shard if it climbs).",
