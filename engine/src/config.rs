@@ -106,6 +106,10 @@ pub const SEND_SLOTS_PER_PREFIX_MAX_DEFAULT: usize = 32;
 /// Default `send_stall_secs`: a live TCP connection whose receiver takes nothing for 10 s
 /// is not being served; its slot goes to peers that read.
 pub const SEND_STALL_SECS_DEFAULT: u64 = 10;
+/// Default `batch_files_max`: a batch of many small files holds at most 32 (plus one
+/// block's) open, so the 32 slots one network may hold pin at most ~1,024 files.
+pub const BATCH_FILES_MAX_DEFAULT: usize = 32;
+
 /// Default `batch_chain_entries_max`: room for a full default batch of whole blocks in every
 /// mode (copy: up to 64 blocks read one by one, then the send, 65 entries; splice: 16 header
 /// writes and file splices, then the socket splice, 33), so at the defaults only blocks split
@@ -273,6 +277,10 @@ pub struct EngineConfig {
     /// submission queue; the shard ends a batch early rather than build a longer chain.
     /// At least 3; `ring_entries` must hold it plus 16 entries for other ops. Default 128.
     pub batch_chain_entries_max: u32,
+    /// Files one batch may hold open: no block is added to a batch holding this many, so
+    /// a batch holds at most this plus one block's files, and batches stuck on peers that
+    /// do not read pin a bounded share of `open_files_per_shard_max`.
+    pub batch_files_max: usize,
     /// Info dictionaries cached per shard for BEP 9 metadata serving.
     pub metadata_cache_entries_max: usize,
     /// v2/hybrid torrents whose merkle trees (built from the piece layers in the .torrent,
@@ -338,6 +346,7 @@ impl Default for EngineConfig {
             choke_rotation_secs: 30,
             ring_entries: 4_096,
             batch_chain_entries_max: BATCH_CHAIN_ENTRIES_MAX_DEFAULT,
+            batch_files_max: BATCH_FILES_MAX_DEFAULT,
             metadata_cache_entries_max: 256,
             v2_layer_cache_entries_max: 64,
             stats_channel_capacity: 16,
@@ -517,6 +526,7 @@ impl EngineConfig {
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("send_stall_secs", self.send_stall_secs)?;
         positive("send_slots_per_ip_max", self.send_slots_per_ip_max as u64)?;
+        positive("batch_files_max", self.batch_files_max as u64)?;
         positive(
             "send_slots_per_prefix_max",
             self.send_slots_per_prefix_max as u64,

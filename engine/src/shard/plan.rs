@@ -57,6 +57,10 @@ pub struct BatchBudget {
     /// slots, not bytes: each header write and each page a file splice touches takes one,
     /// and a batch must fit before its socket splice drains the pipe.
     pub pipe_slots_max: usize,
+    /// Files a batch may hold open (`batch_files_max`): no block is added to a batch that
+    /// holds this many already, so a batch holds at most this plus one block's files, and
+    /// stuck batches pin a bounded share of the shard's open files.
+    pub files_max: usize,
 }
 
 /// Where a block's bytes come from.
@@ -258,9 +262,22 @@ pub fn lay_out<T: FixedFileTable>(
     let mut plan = Plan::default();
     let mut st = BatchState::default();
     let mut pipe_slots = 0usize;
+    // Files the batch holds, counted as changes of file along `batch_files` (a file the
+    // batch comes back to counts again: an overestimate, never an underestimate).
+    let (mut files_counted, mut files_held, mut last_file) = (0usize, 0usize, None);
     'blocks: while let Some(q) = peer.session.next_request() {
         let r = q.request;
         if !budget.may_try(&st, r.length) {
+            break;
+        }
+        for k in &peer.batch_files[files_counted..] {
+            if last_file != Some(*k) {
+                files_held += 1;
+                last_file = Some(*k);
+            }
+        }
+        files_counted = peer.batch_files.len();
+        if st.blocks > 0 && files_held >= budget.files_max {
             break;
         }
         // A claim may evict a block: only within the read budget.
@@ -709,6 +726,7 @@ mod tests {
             chain_entries_max: 128,
             splice: false,
             pipe_slots_max: usize::MAX,
+            files_max: usize::MAX,
         };
         let mut s = BatchState::default();
         while b.fits(&s, 16384, Placement::Resident) {
@@ -737,6 +755,7 @@ mod tests {
             chain_entries_max: 8,
             splice,
             pipe_slots_max: usize::MAX,
+            files_max: usize::MAX,
         };
         assert!(b(false).chain_fits(7) && !b(false).chain_fits(8));
         assert!(b(true).chain_fits(3) && !b(true).chain_fits(4));
@@ -914,6 +933,7 @@ mod tests {
             blocks_max in 1usize..24,
             read_kib in 16usize..256,
             chain_entries_max in 3usize..64,
+            files_max in 1usize..8,
         ) {
             let c = content(&sizes);
             let blocks = all_blocks(&c);
@@ -953,6 +973,7 @@ mod tests {
                     chain_entries_max,
                     splice,
                     pipe_slots_max: if splice { pipe_slots_max } else { usize::MAX },
+                    files_max,
                 },
                 direct_io: false,
                 piece_readahead: true,
@@ -1008,6 +1029,13 @@ mod tests {
             prop_assert!(sent == want, "the batch's bytes differ from the piece messages");
             prop_assert!(opts.budget.chain_fits(scratch.reads.len()));
             prop_assert!(plan.pipe_slots <= opts.budget.pipe_slots_max);
+            // The file bound: every block but the last was added while the batch held
+            // fewer than `files_max` files, so without the last block's files it is below.
+            let last = queue[taken - 1];
+            let mut last_block_files = Vec::new();
+            map_range(&c.torrent.files, u64::from(last.index) * c.torrent.piece_length + u64::from(last.begin), last.length, &mut last_block_files);
+            let changes = peer.batch_files.windows(2).filter(|w| w[0] != w[1]).count() + usize::from(!peer.batch_files.is_empty());
+            prop_assert!(changes <= files_max + last_block_files.len(), "{} file changes, bound {}", changes, files_max);
             for k in peer.batch_files.drain(..) {
                 files.release(&k);
             }
@@ -1040,7 +1068,7 @@ mod tests {
             gather: bool,
             queue in proptest::collection::vec((1u32..=16384, placement()), 0..80),
         ) {
-            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather, chain_entries_max: 128, splice: false, pipe_slots_max: usize::MAX };
+            let b = BatchBudget { blocks_max, read_bytes_max, slot_len, gather, chain_entries_max: 128, splice: false, pipe_slots_max: usize::MAX, files_max: usize::MAX };
             let mut s = BatchState::default();
             let mut taken = 0;
             for &(len, p) in queue.iter() {

@@ -587,6 +587,7 @@ impl SendParts<'_> {
                 chain_entries_max: self.config.batch_chain_entries_max as usize,
                 splice: mode == ServeMode::Splice,
                 pipe_slots_max,
+                files_max: self.config.batch_files_max,
             },
             direct_io,
             piece_readahead: self.config.piece_readahead && !direct_io,
