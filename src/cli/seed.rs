@@ -78,6 +78,13 @@ pub struct SeedArgs {
     /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub admin: Option<String>,
+    /// Announce every public torrent to the Mainline DHT (BEP 5), so trackerless magnets
+    /// find this seeder. Default: config `[dht] enabled`, else off.
+    #[arg(long, conflicts_with = "no_dht")]
+    pub dht: bool,
+    /// Do not join the DHT, whatever the config says.
+    #[arg(long)]
+    pub no_dht: bool,
 }
 
 /// Where the catalog comes from; kept so SIGHUP can build it again.
@@ -194,6 +201,11 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(a) = &args.admin {
         admin_config.listen = a.clone();
     }
+    let mut dht_config = file_config.dht.clone();
+    if args.dht || args.no_dht {
+        dht_config.enabled = args.dht;
+    }
+    dht_config.validate().map_err(|e| format!("config: {e}"))?;
     let admin_addr = admin_config
         .listen_addr()
         .map_err(|e| format!("admin: {e}"))?;
@@ -259,6 +271,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(addr) = control.admin_addr() {
         let _ = writeln!(out, "admin on {addr}");
     }
+    control.start_dht(&dht_config, Some(state_dir.clone()))?;
+    let _ = writeln!(out, "{}", dht_line(&dht_config, &catalog));
     let peer_addr = control.local_addrs().first().map(display_peer_addr);
     for t in catalog.torrents() {
         let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
@@ -303,6 +317,22 @@ impl CatalogRebuild for CatalogSource {
     fn on_added(&mut self, t: &CatalogTorrent) {
         println!("seeding {} {}", t.info_hash, t.name);
     }
+}
+
+/// The one line that says whether this run announces to the DHT.
+fn dht_line(dht: &squall_engine::dht::DhtConfig, catalog: &Catalog) -> String {
+    if !dht.enabled {
+        return "dht: off (trackerless magnets will not find this seeder; --dht or [dht] \
+                enabled = true to announce)"
+            .to_string();
+    }
+    let public = squall_engine::dht::public_torrents(catalog).len();
+    let private = catalog.torrents().len() - public;
+    format!(
+        "dht: on, announcing {public} public torrent(s) from UDP {} ({private} private not \
+         announced)",
+        dht.listen
+    )
 }
 
 /// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.

@@ -1,7 +1,8 @@
 //! JSON rendering of the merged stats (`GET /stats`, read by `squall stats`).
 //!
 //! Owns: the JSON shape: `{ "total": SHARD, "shards": [SHARD...], "top_torrents": [...],
-//! "errored_torrents": [{info_hash, name, reason, since}] }` (`since`: Unix seconds),
+//! "errored_torrents": [{info_hash, name, reason, since}], "dht": null | {...} }` (`since`:
+//! Unix seconds; `dht`: see `super::dht`),
 //! latencies as percentiles in microseconds. Must never: run on a shard.
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
@@ -135,6 +136,7 @@ pub fn render(view: &StatsView) -> Value {
         "shards": shards,
         "top_torrents": top,
         "errored_torrents": errored,
+        "dht": super::dht::json(view.dht()),
     })
 }
 

@@ -16,6 +16,7 @@
 //!
 //! Submodules: `view` (the control thread's merged view), `prometheus` and `json` (renderers).
 
+pub mod dht;
 pub mod json;
 pub mod prometheus;
 pub mod view;

@@ -55,6 +55,8 @@ pub struct StatsView {
     torrents: HashMap<InfoHash, TorrentTotals>,
     /// Errored torrents as the health monitor last saw them (at most the catalog size).
     errored: Vec<ErroredRow>,
+    /// The DHT node's numbers (process-level), when it was started.
+    dht: Option<crate::dht::DhtStats>,
 }
 
 impl StatsView {
@@ -71,6 +73,7 @@ impl StatsView {
             shards: BTreeMap::new(),
             torrents: HashMap::new(),
             errored: Vec::new(),
+            dht: None,
         }
     }
 
@@ -136,6 +139,15 @@ impl StatsView {
 
     pub fn errored(&self) -> &[ErroredRow] {
         &self.errored
+    }
+
+    /// The DHT node's latest numbers (None: the DHT is off).
+    pub fn set_dht(&mut self, dht: Option<crate::dht::DhtStats>) {
+        self.dht = dht;
+    }
+
+    pub fn dht(&self) -> Option<&crate::dht::DhtStats> {
+        self.dht.as_ref()
     }
 
     pub fn shard_count(&self) -> usize {
