@@ -987,7 +987,7 @@ impl TrackerConfig {
     }
 }
 
-/// A whole config file: `[catalog]`, `[engine]`, `[admin]` and `[tracker]` tables.
+/// A whole config file: `[catalog]`, `[engine]`, `[admin]`, `[tracker]` and `[dht]` tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SeedConfig {
@@ -995,6 +995,7 @@ pub struct SeedConfig {
     pub engine: EngineConfig,
     pub admin: AdminConfig,
     pub tracker: TrackerConfig,
+    pub dht: crate::dht::DhtConfig,
 }
 
 impl SeedConfig {
@@ -1010,6 +1011,7 @@ impl SeedConfig {
         self.engine.validate()?;
         self.admin.listen_addr()?;
         self.tracker.validate()?;
+        self.dht.validate()?;
         Ok(())
     }
 }
@@ -1417,6 +1419,16 @@ mod shipped_configs {
         let b = toml::to_string(&EngineConfig::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(parsed.tracker, TrackerConfig::default());
+        // The shipped config turns the DHT on; everything else is the built-in default.
+        let dht_on = crate::dht::DhtConfig {
+            enabled: true,
+            ..Default::default()
+        };
+        assert_eq!(parsed.dht, dht_on);
+        assert!(
+            !SeedConfig::default().dht.enabled,
+            "a bare `squall seed` announces nothing"
+        );
         assert!(text.contains("[tracker]") && text.contains("[admin]"));
     }
 }

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod config;
 pub mod config_file;
 pub mod control;
+pub mod dht;
 pub mod instance;
 pub mod keyhash;
 pub mod make;

@@ -88,6 +88,13 @@ pub struct SeedArgs {
     /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub admin: Option<String>,
+    /// Announce every public torrent to the Mainline DHT (BEP 5), so trackerless magnets
+    /// find this seeder. Default: config `[dht] enabled`, else off.
+    #[arg(long, conflicts_with = "no_dht")]
+    pub dht: bool,
+    /// Do not join the DHT, whatever the config says.
+    #[arg(long)]
+    pub no_dht: bool,
 }
 
 /// Where the catalog comes from; kept so SIGHUP can build it again.
@@ -220,6 +227,11 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(a) = &args.admin {
         admin_config.listen = a.clone();
     }
+    let mut dht_config = file_config.dht.clone();
+    if args.dht || args.no_dht {
+        dht_config.enabled = args.dht;
+    }
+    dht_config.validate().map_err(|e| format!("config: {e}"))?;
     let admin_addr = admin_config
         .listen_addr()
         .map_err(|e| format!("admin: {e}"))?;
@@ -292,6 +304,8 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(addr) = control.admin_addr() {
         let _ = writeln!(out, "admin on {addr}");
     }
+    control.start_dht(&dht_config, Some(state_dir.clone()))?;
+    let _ = writeln!(out, "{}", dht_line(&dht_config, &catalog));
     let listen_addr = control.local_addrs().first().copied();
     let peer_addr = match (&args.public_addr, listen_addr) {
         (Some(public), Some(listen)) => Some(public_peer_addr(public, listen.port())?),
@@ -305,7 +319,9 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     let mut unreachable_magnets = 0usize;
     for t in catalog.torrents() {
         let trackers = made.get(&t.info_hash).cloned().unwrap_or_default();
-        if peer_is_loopback && trackers.is_empty() && t.trackers.is_empty() {
+        // The DHT finds a public torrent's seeder by the address peers see, not the magnet's.
+        let in_dht = dht_config.enabled && !t.private;
+        if peer_is_loopback && trackers.is_empty() && t.trackers.is_empty() && !in_dht {
             unreachable_magnets += 1;
         }
         let magnet = Magnet {
@@ -325,11 +341,12 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
         let _ = writeln!(out, "seeding {} {} {}", t.info_hash, t.name, uri);
     }
     if unreachable_magnets > 0 {
-        // No DHT yet: such a link finds no peer anywhere but on this machine.
+        // Neither a tracker nor the DHT: such a link finds no peer but on this machine.
         tracing::warn!(
             "{unreachable_magnets} magnet link(s) carry only the loopback address {} and no \
              tracker: only this machine can use them. Give --public-addr ADDR (the address \
-             peers reach this box at) or add trackers to the torrents",
+             peers reach this box at), add trackers to the torrents, or turn the DHT on \
+             (--dht)",
             peer_addr.as_deref().unwrap_or_default()
         );
     }
@@ -380,6 +397,22 @@ fn skipped_rows(list: Vec<(PathBuf, String)>) -> Vec<SkippedRow> {
     list.into_iter()
         .map(|(file, reason)| SkippedRow { file, reason })
         .collect()
+}
+
+/// The one line that says whether this run announces to the DHT.
+fn dht_line(dht: &squall_engine::dht::DhtConfig, catalog: &Catalog) -> String {
+    if !dht.enabled {
+        return "dht: off (trackerless magnets will not find this seeder; --dht or [dht] \
+                enabled = true to announce)"
+            .to_string();
+    }
+    let public = squall_engine::dht::public_torrents(catalog).len();
+    let private = catalog.torrents().len() - public;
+    format!(
+        "dht: on, announcing {public} public torrent(s) from UDP {} ({private} private not \
+         announced)",
+        dht.listen
+    )
 }
 
 /// 0.0.0.0:6881, plus [::]:6881 when this machine has IPv6.

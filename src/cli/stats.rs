@@ -206,7 +206,44 @@ ERRORED torrents (requests rejected until a recheck passes)
             );
         }
     }
+    out.push_str(&dht_line(&v["dht"]));
     out
+}
+
+/// One line about the DHT node: absent when the DHT is off.
+fn dht_line(d: &serde_json::Value) -> String {
+    if !d.is_object() {
+        return String::new();
+    }
+    let u = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    if let Some(why) = d["error"].as_str() {
+        return format!(
+            "
+dht: NOT running: {why}
+"
+        );
+    }
+    let pass = match d["last_pass_secs"].as_f64() {
+        Some(s) => format!("{s:.0} s"),
+        None => "not yet".to_string(),
+    };
+    format!(
+        "
+dht: {} on {} | nodes {} | torrents {} | announces ok {} failed {} | queue {} | last full pass {}
+",
+        if d["running"].as_bool().unwrap_or(false) {
+            "running"
+        } else {
+            "starting"
+        },
+        d["listen"].as_str().unwrap_or("-"),
+        u(&d["nodes"]),
+        u(&d["torrents"]),
+        u(&d["announces_ok"]),
+        u(&d["announces_failed"]),
+        u(&d["queue_len"]),
+        pass,
+    )
 }
 
 #[cfg(test)]
@@ -249,6 +286,18 @@ mod tests {
         let text = render_table(&json::render(&view));
         assert!(
             text.contains("ERRORED") && text.contains("file /d/movie.mkv: short read"),
+            "{text}"
+        );
+        assert!(!text.contains("dht:"), "DHT off: no line\n{text}");
+        view.set_dht(Some(squall_engine::dht::DhtStats {
+            running: true,
+            nodes: 12,
+            announces_ok: 5,
+            ..Default::default()
+        }));
+        let text = render_table(&json::render(&view));
+        assert!(
+            text.contains("dht: running") && text.contains("nodes 12") && text.contains("ok 5"),
             "{text}"
         );
     }

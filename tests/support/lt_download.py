@@ -3,17 +3,25 @@
 
 Usage: lt_download.py --save DIR (--torrent FILE | --magnet URI) --peer HOST:PORT [--peer ...]
                       [--timeout SECS] [--rate-limit BYTES_PER_SEC] [--abort-after-bytes N]
+                      [--dht-node 127.0.0.1:PORT ...]
 Prints one JSON line: {"ok": bool, "state": ..., "downloaded": n, "seconds": s, "error": ...}
 and exits 0 only when the download completed (or was aborted as asked).
 
 Loopback only: DHT, LSD, UPnP, NAT-PMP and uTP are off; peers are dialed with connect_peer.
+With --dht-node (loopback addresses only; anything else is refused), the DHT is on and
+bootstrapped from exactly those nodes, with libtorrent's loopback/private-IP restrictions off;
+then --peer may be left out and peers come from the DHT alone.
 """
 import argparse
 import json
 import sys
 import time
+import warnings
 
 import libtorrent as lt
+
+# session.status() (dht_nodes) is deprecated in 2.0 but still the simplest probe.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def main():
@@ -25,7 +33,13 @@ def main():
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--rate-limit", type=int, default=0)
     ap.add_argument("--abort-after-bytes", type=int, default=0)
+    ap.add_argument("--dht-node", action="append", default=[])
+    ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    for node in args.dht_node:
+        if not node.startswith("127."):
+            print(json.dumps({"ok": False, "error": "--dht-node must be a 127.x address: " + node}))
+            return 2
 
     settings = {
         "listen_interfaces": "127.0.0.1:0",
@@ -40,7 +54,23 @@ def main():
     }
     if args.rate_limit:
         settings["download_rate_limit"] = args.rate_limit
+    if args.dht_node:
+        settings.update({
+            "enable_dht": True,
+            # Never the public routers (libtorrent's default): only the local nodes given.
+            "dht_bootstrap_nodes": ",".join(args.dht_node),
+            "dht_restrict_routing_ips": False,
+            "dht_restrict_search_ips": False,
+            "dht_ignore_dark_internet": False,
+            "dht_enforce_node_id": False,
+            "dht_prefer_verified_node_ids": False,
+        })
+    if args.verbose:
+        settings["alert_mask"] = lt.alert.category_t.all_categories
     ses = lt.session(settings)
+    for node in args.dht_node:
+        host, port = node.rsplit(":", 1)
+        ses.add_dht_node((host, int(port)))
     params = lt.add_torrent_params()
     if args.torrent:
         params.ti = lt.torrent_info(args.torrent)
@@ -70,14 +100,22 @@ def main():
         if time.time() - last_connect > 2 and s.num_peers == 0:
             for p in peers:
                 h.connect_peer(p)
+            if args.dht_node:
+                # A torrent added before the DHT is up waits for the 15-minute announce
+                # timer; ask the DHT for peers now (get_peers, then announce).
+                h.force_dht_announce()
             last_connect = time.time()
         if args.abort_after_bytes and s.total_payload_download >= args.abort_after_bytes:
             print(json.dumps({"ok": True, "aborted": True, "downloaded": s.total_payload_download,
                               "seconds": time.time() - start}))
             return 0
+        if args.verbose and int(time.time() - start) != int(time.time() - start - 0.05):
+            print("t=%.0f dht_nodes=%d peers=%d state=%s" % (time.time() - start, ses.status().dht_nodes, s.num_peers, s.state), file=sys.stderr)
         if s.is_seeding or (s.has_metadata and s.progress >= 1.0 and s.state == lt.torrent_status.seeding):
             break
         for a in ses.pop_alerts():
+            if args.verbose:
+                print("alert: " + a.message(), file=sys.stderr)
             if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
                 print(json.dumps({"ok": False, "error": a.message()}))
                 return 1

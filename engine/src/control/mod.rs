@@ -2,7 +2,8 @@
 //!
 //! Owns: the control loop (`Control`): starting and stopping the shards (`seeder`), torrent
 //! health and rechecks (`health`), the admin endpoint (`admin`), the shards' .torrent reads
-//! (`extras`), tracker announces (`crate::tracker`, started and reloaded here), folding the
+//! (`extras`), tracker announces (`crate::tracker`, started and reloaded here), the DHT node
+//! (`crate::dht`, started and reloaded here), folding the
 //! shards' stats snapshots into the `StatsView` the admin endpoint reads, catalog swaps on
 //! reload, and the periodic summary line. Must never: run on a shard thread, reach a shard
 //! other than through the `plane` messages over bounded channels, or build catalogs (that is
@@ -20,6 +21,7 @@ pub mod seeder;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::{EngineConfig, TrackerConfig};
+use crate::dht::{DhtConfig, DhtNode, DhtSetup};
 use crate::stats::catalog_health::{SkippedRow, TorrentStates, TrackerAnnounces};
 use crate::stats::view::StatsView;
 use crate::stats::ShardStats;
@@ -87,6 +89,7 @@ pub struct Control {
     tracker_config: TrackerConfig,
     trackers: Option<TrackerManager>,
     trackers_started: bool,
+    dht: Option<DhtNode>,
     health: HealthMonitor,
     view: SharedView,
     catalog: Arc<Catalog>,
@@ -147,6 +150,7 @@ impl Control {
             tracker_config: setup.tracker,
             trackers: None,
             trackers_started: false,
+            dht: None,
             health,
             view,
             catalog_complete: complete_count(&catalog),
@@ -205,6 +209,33 @@ impl Control {
         Ok(())
     }
 
+    /// Starts the DHT node (its own threads) announcing every public torrent with the peer
+    /// port. Binding happens on the DHT thread: a port in use is logged there once and
+    /// seeding goes on without the DHT. Does nothing when disabled or already started.
+    pub fn start_dht(
+        &mut self,
+        config: &DhtConfig,
+        state_dir: Option<std::path::PathBuf>,
+    ) -> Result<(), String> {
+        if self.dht.is_some() || !config.enabled {
+            return Ok(());
+        }
+        let addrs = self.seeder.local_addrs();
+        let peer_port = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .map(|a| a.port())
+            .ok_or("internal error: no peer listen address to announce")?;
+        self.dht = Some(DhtNode::start(DhtSetup {
+            config: config.clone(),
+            state_dir,
+            peer_port,
+            torrents: crate::dht::public_torrents(&self.catalog),
+        })?);
+        Ok(())
+    }
+
     /// Starts the trackers, then turns the loop until `stop` is set. `reload` (SIGHUP) is
     /// cleared when seen and rebuilds the catalog through `source`.
     pub fn run(
@@ -241,6 +272,9 @@ impl Control {
         let seeder = &self.seeder;
         self.health.publish(|set| seeder.publish_health(set));
         lock_view(&self.view).set_errored(self.health.rows());
+        if let Some(d) = &self.dht {
+            lock_view(&self.view).set_dht(Some(d.stats()));
+        }
         if reload.swap(false, Ordering::Relaxed) {
             self.reload(source);
         }
@@ -288,6 +322,9 @@ impl Control {
                 removed,
                 "tracker announces follow the reloaded catalog"
             );
+        }
+        if let Some(d) = &self.dht {
+            d.set_torrents(crate::dht::public_torrents(&self.catalog));
         }
         lock_view(&self.view).add_names(
             self.catalog
@@ -367,6 +404,9 @@ impl Control {
     pub fn shutdown(self) -> Result<ShardStats, String> {
         if let Some(t) = self.trackers {
             t.stop();
+        }
+        if let Some(d) = self.dht {
+            d.stop();
         }
         tracing::info!("stopping: closing peers");
         if let Some(server) = self.admin {

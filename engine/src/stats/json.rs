@@ -4,8 +4,9 @@
 //! (every shard accepting), "status" ("ok" | "starting" | "not_accepting" | "degraded", as
 //! /health), "torrents": {seeding, skipped, errored, incomplete}, "skipped_torrents": [{file,
 //! reason}], "tracker_announces": {ok, failed}, "total": SHARD, "shards": [SHARD...],
-//! "top_torrents": [...], "errored_torrents": [{info_hash, name, reason, since}] }` (`since`:
-//! Unix seconds), latencies as percentiles in microseconds. Must never: run on a shard.
+//! "top_torrents": [...], "errored_torrents": [{info_hash, name, reason, since}], "dht": null
+//! | {...} }` (`since`: Unix seconds; `dht`: see `super::dht`), latencies as percentiles in
+//! microseconds. Must never: run on a shard.
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
@@ -167,6 +168,7 @@ pub fn render(view: &StatsView) -> Value {
         "shards": shards,
         "top_torrents": top,
         "errored_torrents": errored,
+        "dht": super::dht::json(view.dht()),
     })
 }
 

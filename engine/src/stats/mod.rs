@@ -17,6 +17,7 @@
 //! Submodules: `view` (the control thread's merged view), `prometheus` and `json` (renderers).
 
 pub mod catalog_health;
+pub mod dht;
 pub mod json;
 pub mod prometheus;
 pub mod view;

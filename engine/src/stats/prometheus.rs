@@ -629,6 +629,7 @@ pub fn render(view: &StatsView) -> String {
             t.peers
         );
     }
+    super::dht::prometheus(o, view.dht());
     out
 }
 

@@ -58,6 +58,8 @@ pub struct StatsView {
     errored: Vec<ErroredRow>,
     /// Torrents by state, skipped torrents, announce results (set by the control loop).
     catalog_health: CatalogHealth,
+    /// The DHT node's numbers (process-level), when it was started.
+    dht: Option<crate::dht::DhtStats>,
 }
 
 impl StatsView {
@@ -75,6 +77,7 @@ impl StatsView {
             torrents: HashMap::new(),
             errored: Vec::new(),
             catalog_health: CatalogHealth::default(),
+            dht: None,
         }
     }
 
@@ -159,6 +162,15 @@ impl StatsView {
 
     pub fn errored(&self) -> &[ErroredRow] {
         &self.errored
+    }
+
+    /// The DHT node's latest numbers (None: the DHT is off).
+    pub fn set_dht(&mut self, dht: Option<crate::dht::DhtStats>) {
+        self.dht = dht;
+    }
+
+    pub fn dht(&self) -> Option<&crate::dht::DhtStats> {
+        self.dht.as_ref()
     }
 
     pub fn shard_count(&self) -> usize {
