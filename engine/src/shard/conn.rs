@@ -121,6 +121,11 @@ impl Waiting {
     }
 
     /// The next peer waiting for a slot still alive (its mark cleared).
+    /// Peers waiting for a send slot now (some may have left since they queued).
+    pub fn slot_waiters(&self) -> usize {
+        self.for_slot.len()
+    }
+
     pub fn next_for_slot(&mut self, peers: &mut PeerTable) -> Option<u32> {
         while let Some((idx, generation)) = self.for_slot.pop_front() {
             if let Some(peer) = peers.get_mut(idx).filter(|p| p.generation == generation) {

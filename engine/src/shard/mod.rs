@@ -824,20 +824,17 @@ impl Shard {
     }
 
     fn serve_slot_waiters(&mut self) {
-        while self.slots.pool.free_slots() > 0 {
+        // Each waiter gets one try per turn while slots are free. One that goes back to
+        // waiting (its source or network at its send-slot bound, every cached file busy)
+        // goes to the back, and the next is tried: a limited waiter must not leave free
+        // slots idle for the peers behind it.
+        let mut tries = self.waiting.slot_waiters();
+        while tries > 0 && self.slots.pool.free_slots() > 0 {
+            tries -= 1;
             let Some(idx) = self.waiting.next_for_slot(&mut self.peers) else {
                 return;
             };
             self.pump(idx);
-            if self
-                .peers
-                .get_mut(idx)
-                .map(|p| p.waiting_for_slot)
-                .unwrap_or(false)
-            {
-                // It went back to waiting (e.g. every cached file busy): stop for this turn.
-                return;
-            }
         }
     }
 
