@@ -34,3 +34,13 @@ pub mod wire;
 /// The block length every mainstream client requests (BEP 3's de-facto 16 KiB; BEP 52's merkle
 /// leaf). The one constant for it: config defaults, the block cache, v2 trees use this.
 pub const BLOCK_LEN_BYTES: u32 = 16 * 1024;
+
+/// Ends the process at once in debug builds (tests, `cargo run`): for invariant audits
+/// whose failure must fail the test that ran the binary, where a panic on a shard thread
+/// would only be logged. Release builds log and go on.
+pub fn abort_in_debug_builds(what: &str) {
+    if cfg!(debug_assertions) {
+        eprintln!("{what} failed: aborting (debug build)");
+        std::process::abort();
+    }
+}

@@ -35,6 +35,9 @@ pub struct Seeder {
     local_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
     next_dial: std::sync::atomic::AtomicUsize,
+    /// The admission counts every shard shares: all back to 0 once every shard has freed
+    /// its peers (checked in `join`).
+    admission: Arc<Admission>,
 }
 
 impl Seeder {
@@ -135,6 +138,7 @@ impl Seeder {
             local_addrs: listen,
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),
+            admission,
         };
         let mut fallbacks = Vec::new();
         for _ in 0..shard_count {
@@ -233,11 +237,21 @@ impl Seeder {
     pub fn join(mut self) -> ShardStats {
         let mut total = ShardStats::new(0);
         total.accepting = true;
+        let mut all_clean = true;
         for (_, handle) in self.shards {
             match handle.join() {
                 Ok(stats) => total.merge(&stats),
-                Err(_) => tracing::error!("a shard thread panicked"),
+                Err(_) => {
+                    all_clean = false;
+                    tracing::error!("a shard thread panicked");
+                }
             }
+        }
+        // Every shard freed every peer: each admission it counted must have been released.
+        let admitted = self.admission.peers();
+        if all_clean && total.peers_connected == 0 && admitted > 0 {
+            tracing::error!("leak audit: {admitted} admission counts still held after every shard freed its peers");
+            crate::abort_in_debug_builds("leak audit");
         }
         if let Some(loader) = self.extras.take() {
             loader.join();

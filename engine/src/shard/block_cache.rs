@@ -274,6 +274,11 @@ impl BlockCache {
         }
     }
 
+    /// References sends hold, all entries together (0 once every send is done).
+    pub fn refs_held(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.refs)).sum()
+    }
+
     /// A send that named the entry is done with it.
     pub fn release(&mut self, entry: u32) {
         let e = &mut self.entries[entry as usize];

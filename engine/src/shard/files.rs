@@ -353,6 +353,12 @@ impl FileCache {
         (now < mapped).then_some((now, mapped))
     }
 
+    /// Uses `acquire` counted that no `release` has given back, all files together (0 once
+    /// every batch and readahead is done: the shutdown leak audit checks it).
+    pub fn uses_held(&self) -> u64 {
+        self.entries.values().map(|e| u64::from(e.inflight)).sum()
+    }
+
     /// The read(s) counted by `acquire` completed.
     pub fn release(&mut self, key: &FileKey) {
         if let Some(e) = self.entries.get_mut(key) {

@@ -59,6 +59,15 @@ impl Shard {
         self.sync_stats();
         self.stats.accepting = false;
         let inflight = self.ops_in_flight();
+        if inflight == 0 && self.peers.live() == 0 {
+            let leaks = self.leak_audit();
+            if !leaks.is_empty() {
+                tracing::error!(shard = self.index, "leak audit: {}", leaks.join("; "));
+                // Loud in debug builds, which every end-to-end test runs: the process dies
+                // with a non-zero status instead of exiting 0 with a log line.
+                crate::abort_in_debug_builds("leak audit");
+            }
+        }
         let stats = self.stats.snapshot();
         let _ = self.stats_tx.try_send(stats.clone());
         if inflight > 0 {
@@ -84,6 +93,36 @@ impl Shard {
             std::mem::forget(files);
         }
         stats
+    }
+
+    /// With every peer freed and no op in flight, everything a peer or an op could hold
+    /// must be back: send slots and their per-group counts, cache references, file uses,
+    /// receive-buffer budget, choker places and extras waiters. One line per leak.
+    pub(super) fn leak_audit(&self) -> Vec<String> {
+        let mut leaks = self.slots.leaks();
+        let uses = self.files.uses_held();
+        if uses > 0 {
+            leaks.push(format!("{uses} file uses still held"));
+        }
+        if self.recv.grown_bytes() > 0 {
+            leaks.push(format!(
+                "{} receive-buffer bytes still counted",
+                self.recv.grown_bytes()
+            ));
+        }
+        let (unchoked, waiting) = (self.choker.unchoked_count(), self.choker.waiting_count());
+        if unchoked + waiting > 0 {
+            leaks.push(format!(
+                "choker still holds {unchoked} unchoked and {waiting} waiting peers"
+            ));
+        }
+        if !self.torrent_peers.is_empty() {
+            leaks.push(format!(
+                "peer counts kept for {} torrents",
+                self.torrent_peers.len()
+            ));
+        }
+        leaks
     }
 
     fn cancel_and_reap(&mut self) {

@@ -395,6 +395,40 @@ impl SendSlots {
         }
     }
 
+    /// What a shard with no peer and no op in flight must not still hold: a slot taken, a
+    /// slot or cache reference counted to a group, a cache reference. One line per leak.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.pool.free_slots() != self.pool.slots() {
+            out.push(format!(
+                "send slots: {} of {} still taken",
+                self.pool.slots() - self.pool.free_slots(),
+                self.pool.slots()
+            ));
+        }
+        if !self.held_by.is_empty() {
+            out.push(format!(
+                "send slots still counted to {} source/network groups",
+                self.held_by.len()
+            ));
+        }
+        let refs: usize = self.cache_refs.iter().map(Vec::len).sum();
+        if refs > 0 {
+            out.push(format!(
+                "{refs} block cache references still named by slots"
+            ));
+        }
+        if let Some(held) = self
+            .cache
+            .as_ref()
+            .map(|c| c.refs_held())
+            .filter(|n| *n > 0)
+        {
+            out.push(format!("{held} block cache references still held"));
+        }
+        out
+    }
+
     /// Slots the peer's source (`network` false) or network (true) holds now.
     fn group_slots(&self, network: bool, (v6, bits): (bool, u128)) -> u16 {
         self.held_by.get(&(network, v6, bits)).copied().unwrap_or(0)
