@@ -11,6 +11,7 @@
 //! nor take `&mut` to the `IoUring` (the kept `Submitter` borrows it, see `Ring`).
 
 pub mod buffers;
+pub mod chaos;
 pub mod provided;
 pub mod token;
 
@@ -107,7 +108,13 @@ pub struct Ring {
     /// retried, and pushes that failed (their entries completed with -ECANCELED).
     pub enter_errors: u64,
     pub push_failures: u64,
+    /// `SQUALL_CHAOS_SEED` in a debug build: completions delayed and failed on purpose
+    /// (`chaos.rs`); None otherwise.
+    chaos: Option<chaos::Chaos>,
 }
+
+/// Tells the rings of one process apart in chaos mode (each gets its own schedule).
+static RINGS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A push waits this many submit-and-drain rounds for SQ room before it fails.
 const PUSH_ROOM_ROUNDS_MAX: u32 = 1000;
@@ -209,6 +216,9 @@ impl Ring {
             stash: Vec::new(),
             enter_errors: 0,
             push_failures: 0,
+            chaos: chaos::Chaos::from_env(
+                RINGS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
         })
     }
 
@@ -379,11 +389,14 @@ impl Ring {
 
     /// Submits everything queued and waits for at least one completion or `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
-        // Stashed completions are waiting: do not sleep on the CQ.
-        let timeout = if self.stash.is_empty() {
-            timeout
-        } else {
+        // Stashed completions are waiting: do not sleep on the CQ (nor long while chaos
+        // holds some back: they are due at the next reaps).
+        let timeout = if !self.stash.is_empty() {
             Duration::ZERO
+        } else if self.chaos.as_ref().is_some_and(|c| c.holding()) {
+            timeout.min(Duration::from_millis(1))
+        } else {
+            timeout
         };
         self.tick = types::Timespec::new()
             .sec(timeout.as_secs())
@@ -459,6 +472,10 @@ impl Ring {
                 result: cqe.result(),
                 flags: cqe.flags(),
             });
+        }
+        drop(cq);
+        if let Some(chaos) = self.chaos.as_mut() {
+            chaos.filter(out);
         }
     }
 

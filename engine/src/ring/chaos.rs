@@ -1,0 +1,202 @@
+//! Seeded fault injection between the kernel's completion queue and the shard, for tests:
+//! the VOPR idea at the size of one shard, driven by real sockets and files.
+//!
+//! With `SQUALL_CHAOS_SEED=N` in a debug build (tests, `cargo run`), every ring delays some
+//! completions by a few reaps (in order: the kernel never reorders one op's completions, and
+//! a later op may depend on an earlier one) and turns some successful socket results into
+//! what the kernel could also have answered: a recv or a send that fails with ECONNRESET or
+//! EPIPE. The shard must then still answer or close every peer, and free every slot, file
+//! use, cache reference and admission count: the shutdown leak audit (`shard/shutdown.rs`)
+//! aborts a debug build that leaks, so a chaos run that exits 0 leaked nothing.
+//!
+//! Owns: the held completions and the seeded generator. Must never: run in a release build,
+//! drop or duplicate a completion, reorder two completions, or fake a result for an op
+//! whose resource the kernel handed over (an accepted fd, a connect): only delays those.
+
+use super::token::{OpKind, Token};
+use super::Completion;
+use std::collections::VecDeque;
+
+/// One completion in this many is held back, for 1 to `HOLD_REAPS_MAX` reaps.
+const HOLD_ONE_IN: u64 = 6;
+const HOLD_REAPS_MAX: u64 = 4;
+/// One socket completion in this many fails (its peer is then closed).
+const FAIL_ONE_IN: u64 = 200;
+
+pub struct Chaos {
+    state: u64,
+    /// Completions held back, in arrival order, with the reap they may go out at.
+    held: VecDeque<(u64, Completion)>,
+    reap: u64,
+    pub delayed: u64,
+    pub failed: u64,
+}
+
+impl Chaos {
+    /// The chaos of this build and environment: None in release builds or without
+    /// `SQUALL_CHAOS_SEED`. `salt` tells rings of one process apart.
+    pub fn from_env(salt: u64) -> Option<Chaos> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let seed: u64 = std::env::var("SQUALL_CHAOS_SEED")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        tracing::warn!(
+            seed,
+            "chaos mode: io_uring completions are delayed and some socket results failed on \
+             purpose (SQUALL_CHAOS_SEED, debug builds only)"
+        );
+        Some(Chaos::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+
+    pub fn new(seed: u64) -> Chaos {
+        Chaos {
+            state: seed | 1,
+            held: VecDeque::new(),
+            reap: 0,
+            delayed: 0,
+            failed: 0,
+        }
+    }
+
+    /// xorshift64*: small, seeded, good enough to pick faults.
+    fn next(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Completions are being held: the shard should not sleep long on the CQ.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Takes this reap's completions (`out`, in kernel order) and leaves in `out` what goes
+    /// to the shard now: the held ones that are due, then the new ones, in order, each
+    /// possibly failed.
+    pub fn filter(&mut self, out: &mut Vec<Completion>) {
+        self.reap += 1;
+        // A new completion may not pass one held before it: its due reap is at least the
+        // last held one's.
+        let mut floor = self.held.back().map_or(0, |(due, _)| *due);
+        for c in out.drain(..) {
+            let due = if self.next().is_multiple_of(HOLD_ONE_IN) {
+                self.delayed += 1;
+                self.reap + 1 + self.next() % HOLD_REAPS_MAX
+            } else {
+                self.reap
+            };
+            floor = floor.max(due);
+            self.held.push_back((floor, c));
+        }
+        while let Some((due, _)) = self.held.front() {
+            if *due > self.reap {
+                break;
+            }
+            let Some((_, mut c)) = self.held.pop_front() else {
+                break;
+            };
+            self.maybe_fail(&mut c);
+            out.push(c);
+        }
+    }
+
+    fn maybe_fail(&mut self, c: &mut Completion) {
+        if c.result <= 0 || !self.next().is_multiple_of(FAIL_ONE_IN) {
+            return;
+        }
+        let errno = match Token::decode(c.user_data).map(|t| t.kind) {
+            Some(OpKind::Recv) => libc::ECONNRESET,
+            // A zero-copy send's notification keeps its own meaning; only sends fail.
+            Some(OpKind::SendControl) => libc::EPIPE,
+            Some(OpKind::SendBatch) if !c.is_notif() => libc::EPIPE,
+            _ => return,
+        };
+        self.failed += 1;
+        c.result = -errno;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(user_data: u64) -> Completion {
+        Completion {
+            user_data,
+            result: 1,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn holds_back_but_never_drops_duplicates_or_reorders() {
+        // Proves: over many reaps, every completion comes out exactly once and in the
+        // order it went in; some were held back; the same seed gives the same schedule.
+        let run = |seed| {
+            let mut chaos = Chaos::new(seed);
+            let mut seen = Vec::new();
+            let mut next = 0u64;
+            let mut out = Vec::new();
+            for round in 0..2_000u64 {
+                if round < 1_900 {
+                    for _ in 0..(round % 5) {
+                        out.push(c(next));
+                        next += 1;
+                    }
+                }
+                chaos.filter(&mut out);
+                seen.extend(out.iter().map(|x| x.user_data));
+                out.clear();
+            }
+            assert!(!chaos.holding());
+            assert!(chaos.delayed > 0);
+            (seen, next)
+        };
+        let (seen, sent) = run(7);
+        assert_eq!(seen, (0..sent).collect::<Vec<_>>());
+        assert_eq!(run(7).0, seen);
+    }
+
+    #[test]
+    fn fails_only_socket_results() {
+        // Proves: injected failures land only on recvs and sends (never on an accept, a
+        // read, a connect or a notification), as errors those ops really return.
+        let mut chaos = Chaos::new(3);
+        let kinds = [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::SendControl,
+            OpKind::ReadBlock,
+            OpKind::SendBatch,
+            OpKind::Connect,
+        ];
+        let mut out = Vec::new();
+        let mut failed = 0;
+        for i in 0..60_000u32 {
+            let kind = kinds[i as usize % kinds.len()];
+            out.push(c(Token::new(kind, 0, i % 1000, 0).encode()));
+            chaos.filter(&mut out);
+            for x in out.drain(..) {
+                if x.result < 0 {
+                    failed += 1;
+                    let kind = Token::decode(x.user_data).map(|t| t.kind);
+                    assert!(
+                        matches!(
+                            kind,
+                            Some(OpKind::Recv | OpKind::SendControl | OpKind::SendBatch)
+                        ),
+                        "{kind:?}"
+                    );
+                }
+            }
+        }
+        assert!(failed > 0 && failed == chaos.failed);
+    }
+}
