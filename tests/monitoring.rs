@@ -200,6 +200,27 @@ fn dashboard_and_rules_name_only_exported_metrics() {
         missing.is_empty(),
         "named by the monitoring kit but not exported by squall: {missing:?}"
     );
+    // Tracker, catalog, build and DHT health are in the kit (dashboard and alerts).
+    for name in [
+        "squall_tracker_announces_total",
+        "squall_torrents",
+        "squall_build_info",
+        "squall_process_start_time_seconds",
+        "squall_dht_up",
+        "squall_dht_nodes",
+        "squall_ring_push_failures_total",
+    ] {
+        assert!(dash_metrics.contains(name), "{name}: not on the dashboard");
+    }
+    for name in [
+        "squall_tracker_announces_total",
+        "squall_torrents",
+        "squall_dht_up",
+        "squall_dht_nodes",
+        "squall_ring_push_failures_total",
+    ] {
+        assert!(rule_metrics.contains(name), "{name}: no alert uses it");
+    }
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
