@@ -8,7 +8,10 @@
 # memory is VmRSS less RssFile (= RssAnon + RssShmem): with page_cache_sends, VmRSS also
 # counts the content's page-cache pages that sends were made from (shared, reclaimable, at
 # most the content's size), which says nothing about a leak. Under load the fd
-# count swings with the hostile connections, so it is compared idle to idle.
+# count swings with the hostile connections, so it is compared idle to idle. The hostile mix
+# includes peers that never read what they asked for and peers that send 1 MiB messages
+# (issue 18); at the end the admin /metrics must show them closed for the reasons meant
+# (send_stalled, message_too_long) and no torrent errored.
 # Loopback only. Usage: scripts/soak.sh [SECONDS]   (default 60)
 set -euo pipefail
 SECONDS_TOTAL=${1:-60}
@@ -41,11 +44,12 @@ idle_timeout_secs = 10
 peers_per_ip_max = 64
 TOML
 "$SQUALL" seed "$WORK/content" --state "$WORK/state" --listen 127.0.0.1:0 \
-  --config "$WORK/squall.toml" --shards 2 > "$WORK/squall.out" 2> "$WORK/squall.err" &
+  --config "$WORK/squall.toml" --shards 2 --admin 127.0.0.1:0 > "$WORK/squall.out" 2> "$WORK/squall.err" &
 SQ_PID=$!
 for _ in $(seq 1 600); do grep -q '^ready:' "$WORK/squall.out" 2>/dev/null && break; sleep 0.1; done
 grep -q '^ready:' "$WORK/squall.out" || { echo "soak: squall did not start" >&2; cat "$WORK/squall.err" >&2; exit 1; }
 PEER=$(sed -n 's/^listening on //p' "$WORK/squall.out" | head -1)
+ADMIN=$(sed -n 's/^admin on //p' "$WORK/squall.out" | head -1)
 HASH=$(sed -n 's/^seeding \([0-9a-f]*\) .*/\1/p' "$WORK/squall.out" | head -1)
 TORRENT="$WORK/state/zero-config/soak.bin.torrent"
 echo "soak: squall pid $SQ_PID on $PEER for ${SECONDS_TOTAL}s ($SQUALL)"
@@ -111,6 +115,16 @@ echo "soak: idle fds before $FD_IDLE_BEFORE after $FD_IDLE_AFTER (limit $FD_LIMI
 if (( FD_IDLE_AFTER > FD_LIMIT )); then echo "soak: FAIL: fds did not return to the idle level (leak)" >&2; STATUS=1; fi
 if (( RSS_MAX > RSS_LIMIT )); then echo "soak: FAIL: own RSS (anon + shmem) grew more than 10% after warm-up" >&2; STATUS=1; fi
 if [[ -f "$WORK/failures" ]]; then cat "$WORK/failures" >&2; fi
+# The issue 18 peers were closed for the reasons meant, and no torrent was marked errored.
+METRICS=$($PY -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=10).read().decode())' "$ADMIN" 2>/dev/null || true)
+closed() { echo "$METRICS" | awk -v r="reason=\"$1\"" '/^squall_peers_closed_total\{/ && index($0, r) {n += $NF} END {print n + 0}'; }
+STALLED=$(closed send_stalled); TOO_LONG=$(closed message_too_long)
+ERRORED=$(echo "$METRICS" | awk '/^squall_torrents_errored / {print $2}')
+echo "soak: closed send_stalled=$STALLED message_too_long=$TOO_LONG; torrents errored ${ERRORED:-?}"
+if [[ -z "$METRICS" ]]; then echo "soak: FAIL: no /metrics from $ADMIN" >&2; STATUS=1; fi
+if (( STALLED < 1 )); then echo "soak: FAIL: no never-reading peer was closed at the send deadline" >&2; STATUS=1; fi
+if (( TOO_LONG < 1 )); then echo "soak: FAIL: no 1 MiB message was refused at its length prefix" >&2; STATUS=1; fi
+if [[ "${ERRORED:-1}" != 0 ]]; then echo "soak: FAIL: a torrent was marked errored" >&2; STATUS=1; fi
 if ! kill -0 "$SQ_PID" 2>/dev/null; then echo "soak: FAIL: squall died" >&2; STATUS=1; fi
 kill -TERM "$SQ_PID"; wait "$SQ_PID" || { echo "soak: FAIL: squall did not exit cleanly" >&2; STATUS=1; }
 SQ_PID=

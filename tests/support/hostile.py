@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Hostile raw peers for scripts/soak.sh: garbage handshakes, slowloris handshakes, request
-floods that never read, idle connections and connect/close churn, in a loop.
+floods that never read, idle connections, connect/close churn, peers that ask for 512 blocks
+through a 4 KiB receive window and never read them (held until squall's send deadline closes
+them), and peers that send one 1 MiB message of an unknown id (refused at its length prefix),
+in a loop.
 
 Loopback only (the target must be in 127.0.0.0/8), bounded: at most --conns-max sockets
 open at once, and it stops after --seconds. Prints one JSON line of counts at the end.
@@ -25,8 +28,11 @@ def frame(msg_id, payload=b""):
     return struct.pack(">IB", len(payload) + 1, msg_id) + payload
 
 
-def connect(host, port, src):
+def connect(host, port, src, rcvbuf=0):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        # Before connect, so the window squall sees stays this small.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.settimeout(2)
     s.bind((src, 0))
     s.connect((host, port))
@@ -47,16 +53,18 @@ def main():
     info_hash = bytes.fromhex(args.info_hash)
     rng = random.Random(7)
     held = []  # [socket, kind, next_action_at, bytes_sent, opened_at]
-    counts = {"garbage": 0, "slowloris": 0, "flood": 0, "idle": 0, "churn": 0, "errors": 0}
+    counts = {"garbage": 0, "slowloris": 0, "flood": 0, "idle": 0, "churn": 0, "never_reads": 0,
+              "giant": 0, "giant_closed": 0, "errors": 0}
     deadline = time.time() + args.seconds
     n = 0
     while time.time() < deadline:
         n += 1
         src = "127.9.%d.%d" % ((n // 200) % 250 + 1, n % 200 + 1)
-        kind = rng.choice(["garbage", "slowloris", "flood", "idle", "churn"])
+        kind = rng.choice(["garbage", "slowloris", "flood", "idle", "churn", "never_reads",
+                           "giant"])
         try:
             if len(held) < args.conns_max:
-                s = connect(host, port, src)
+                s = connect(host, port, src, 4096 if kind == "never_reads" else 0)
                 counts[kind] += 1
                 if kind == "garbage":
                     s.sendall(rng.randbytes(68))
@@ -71,6 +79,24 @@ def main():
                     for _ in range(20):
                         s.sendall(reqs)
                     s.close()
+                elif kind == "never_reads":
+                    # Interested, then 512 requests; held without reading (never recv'd below)
+                    # for 20 s, past squall's 10 s send deadline.
+                    reqs = b"".join(frame(6, struct.pack(">III", i, 0, 16384)) for i in range(512))
+                    s.sendall(handshake(info_hash, False) + frame(2) + reqs)
+                    s.setblocking(False)
+                    held.append([s, kind, time.time() + 1, 0, time.time()])
+                elif kind == "giant":
+                    # One 1 MiB message of an unknown id, then idle: squall closes at the prefix,
+                    # so the send may fail part way.
+                    s.sendall(handshake(info_hash, False))
+                    try:
+                        s.sendall(struct.pack(">IB", 1 << 20, 99) + bytes((1 << 20) - 1))
+                        s.setblocking(False)
+                        held.append([s, kind, time.time() + 1, 0, time.time()])
+                    except OSError:
+                        counts["giant_closed"] += 1
+                        s.close()
                 else:
                     s.setblocking(False)
                     held.append([s, kind, time.time() + 1, 0, time.time()])
@@ -86,12 +112,25 @@ def main():
                         hs = handshake(info_hash, False)
                         s.send(hs[state:state + 1])
                         h[3] = state + 1
+                    elif kind == "never_reads":
+                        pass
                     else:
-                        s.recv(1)
+                        # Drain what squall sent (handshake, bitfield); b"" is its close.
+                        while True:
+                            got = s.recv(65536)
+                            if not got:
+                                if kind == "giant":
+                                    counts["giant_closed"] += 1
+                                s.close()
+                                break
                 except (BlockingIOError, InterruptedError):
                     pass
                 except OSError:
+                    if kind == "giant":
+                        counts["giant_closed"] += 1
                     s.close()
+                    continue
+                if s.fileno() < 0:
                     continue
                 h[2] = now + 1
                 if now - opened > 20 or h[3] >= 60:
