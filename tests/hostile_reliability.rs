@@ -542,16 +542,13 @@ fn peers_that_never_read_are_held_to_their_slot_bounds() {
     s.finish();
 }
 
-/// Proves (fails today, issue 18): once the send deadline frees the slots that 64 spread
-/// never-reading peers held, a peer that waited for a slot gets one at once, even with 112
-/// peers ahead of it in the slot queue that their source's or network's bound holds back.
-/// Today `serve_slot_waiters` stops its turn at the first waiter that goes back to waiting
-/// (here: held back by `send_slots_per_ip_max` / `send_slots_per_prefix_max`) and requeues
-/// it; idle turns come ~4 a second, so the free slots stay unused while the honest peer
-/// waits its turn: measured 17-27 s after the deadline instead of at once.
+/// Proves: once the send deadline frees the slots that 64 spread never-reading peers held,
+/// a peer that waited for a slot gets one at once, even with 112 peers ahead of it in the
+/// slot queue that their source's or network's bound holds back. (Before the fix,
+/// `serve_slot_waiters` ended its turn at the first waiter that went back to waiting and
+/// idle turns come ~4 a second, so the free slots stayed unused: 17-27 s after the
+/// deadline instead of at once.)
 #[test]
-#[ignore = "issue 18: serve_slot_waiters stops at a waiter held back by its slot bound; \
-            free slots stay idle while peers behind it wait (head-of-line blocking)"]
 fn an_honest_peer_is_not_queued_behind_limited_waiters() {
     let c = Catalog::new();
     let data = pattern_bytes(HONEST_BYTES, 77);
