@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus), `GET /stats` (JSON), `GET /health`
+//! The admin HTTP endpoint: `GET /` (the dashboard), `GET /metrics` (Prometheus), `GET /stats`
+//! (JSON), `/api/v1/` (the runtime catalog API, `control::api`), `GET /health`
 //! (200 `ok`; 503 `starting`, `a shard is not accepting` or `degraded` with one line per errored
 //! or skipped torrent; `GET /health?strict=0` answers 200 while degraded: liveness only).
 //!
@@ -200,6 +201,9 @@ fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
     }
 }
 
+/// The dashboard page at `/` (polls `/stats`, `/metrics`, `/api/v1/torrents`; draws SVG).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
 /// Failed token attempts one client may make a minute before 429s (`start` without config).
 pub const AUTH_FAILURES_PER_MIN_DEFAULT: u32 = 10;
 
@@ -261,6 +265,12 @@ pub fn route(head: &RequestHead, view: &Mutex<StatsView>) -> Response {
             content_type: "application/json",
             body: json::render(&view).to_string(),
         },
+        // The live dashboard: our own HTML, JS and SVG, compiled in (works offline).
+        "/" | "/dashboard" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: DASHBOARD_HTML.to_string(),
+        },
         "/health" => {
             // 503 while any torrent is errored or skipped; `?strict=0` is liveness only
             // (shards up and accepting), for load balancers that must not drop a box over
@@ -274,7 +284,10 @@ pub fn route(head: &RequestHead, view: &Mutex<StatsView>) -> Response {
             };
             Response::text(status, &health.body())
         }
-        _ => Response::text(404, "not found: try /metrics, /stats or /health\n"),
+        _ => Response::text(
+            404,
+            "not found: try / (dashboard), /metrics, /stats, /health or /api/v1/torrents\n",
+        ),
     }
 }
 
@@ -472,6 +485,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["total"]["uploaded_bytes"], 42);
         assert_eq!(get(addr, "/nope", Some("t0k")).0, 404);
+        let (status, page) = get(addr, "/", Some("t0k"));
+        assert!(status == 200 && page.contains("chart-throughput"), "{page}");
         server.stop();
     }
 
