@@ -749,23 +749,15 @@ pub struct AdminConfig {
     /// Bearer token required on every request (`Authorization: Bearer TOKEN`). Required when
     /// `listen` is not a loopback address (or `token_file`).
     pub token: Option<String>,
-    /// File holding the API's bearer token, created (0600, 32 random bytes as hex) on first
-    /// start when missing. Default `STATE_DIR/admin.token`. Used when `token` is not set:
-    /// `/api/v1/` changes always need it, reads only when `listen` is not loopback.
+    /// The API's token file (made 0600 when missing); default `STATE_DIR/admin.token`.
     pub token_file: Option<std::path::PathBuf>,
-    /// Directories (besides the catalog's data directory) a data directory given to the API
-    /// must be inside. Default [].
+    /// More roots an API data directory may lie under (besides the catalog's). Default [].
     pub data_roots: Vec<std::path::PathBuf>,
-    /// Largest request body (an uploaded .torrent) the API reads; larger ones get 413.
-    /// Default 8 MiB.
+    /// Largest API request body (an uploaded .torrent); larger: 413. Default 8 MiB.
     pub api_body_bytes_max: usize,
-    /// Failed token attempts one client address may make a minute; then 429 until the minute
-    /// passes. Default 10.
+    /// Wrong-token attempts per client address a minute, then 429. Default 10.
     pub auth_failures_per_min_max: u32,
 }
-
-/// Default `[admin] api_body_bytes_max`: a .torrent of a very large multi-file torrent fits.
-pub const ADMIN_API_BODY_BYTES_DEFAULT: usize = 8 << 20;
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -774,7 +766,7 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             data_roots: Vec::new(),
-            api_body_bytes_max: ADMIN_API_BODY_BYTES_DEFAULT,
+            api_body_bytes_max: 8 << 20,
             auth_failures_per_min_max: 10,
         }
     }
@@ -890,21 +882,11 @@ impl AdminConfig {
         }
         if !addr.ip().is_loopback() && self.token.is_none() && self.token_file.is_none() {
             return Err(format!(
-                "admin.listen = {addr}: not a loopback address, so admin.token (or \
-                 admin.token_file) must be set (clients then send `Authorization: Bearer \
-                 TOKEN`), or listen on 127.0.0.1"
+                "admin.listen = {addr}: not a loopback address, so set admin.token or \
+                 admin.token_file (clients send `Authorization: Bearer TOKEN`), or use 127.0.0.1"
             ));
         }
-        if self.api_body_bytes_max == 0 || self.api_body_bytes_max > 256 << 20 {
-            return Err(format!(
-                "admin.api_body_bytes_max = {}: give 1 to {} (256 MiB)",
-                self.api_body_bytes_max,
-                256 << 20
-            ));
-        }
-        if self.auth_failures_per_min_max == 0 {
-            return Err("admin.auth_failures_per_min_max = 0: must be at least 1".into());
-        }
+        self.check_api_limits()?;
         Ok(Some(addr))
     }
 }
