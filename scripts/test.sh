@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 # man-db renders the generated man pages; dpkg-dev, binutils, lintian and adduser build, check
 # and install the .deb (tests/package.rs); prometheus brings promtool for the alert rules
 # (tests/monitoring.rs; on a machine booted with systemd it also starts a Prometheus server);
-# systemd brings systemd-analyze (verify, security) for the unit tests in tests/deploy.rs.
+# systemd brings systemd-analyze (verify, security) for the unit tests in tests/deploy.rs;
+# chromium (headless) loads the dashboard in tests/dashboard.rs (chromium-driver: WebDriver).
 PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl
-  man-db dpkg-dev binutils lintian adduser prometheus systemd)
+  man-db dpkg-dev binutils lintian adduser prometheus systemd chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

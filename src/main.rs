@@ -53,6 +53,8 @@ enum Command {
     CatalogCheck(cli::catalog::CatalogCheckArgs),
     /// Live view of a running seeder (throughput, peers, latency, top torrents).
     Stats(cli::stats::StatsArgs),
+    /// Add, remove, pause, resume, recheck and list a running seeder's torrents (its API).
+    Torrents(cli::torrents::TorrentsArgs),
     /// Write the man pages or print a shell's completions (for packaging).
     #[command(hide = true)]
     Generate(cli::generate::GenerateArgs),
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
         Command::Config(args) => cli::config::run(args),
         Command::CatalogCheck(args) => cli::catalog::run(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Torrents(args) => cli::torrents::run(args),
         Command::Generate(args) => cli::generate::run(args, Cli::command()),
     };
     match result {

@@ -8,7 +8,9 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SQUALL_SUBCOMMANDS: [&str; 6] = ["make", "info", "seed", "config", "verify", "stats"];
+const SQUALL_SUBCOMMANDS: [&str; 7] = [
+    "make", "info", "seed", "config", "verify", "stats", "torrents",
+];
 const BENCH_SUBCOMMANDS: [&str; 6] = [
     "run",
     "scenario",

@@ -778,8 +778,16 @@ pub struct AdminConfig {
     /// 127.0.0.1:7881. Port 0 picks a free port (printed as `admin on ADDR`).
     pub listen: String,
     /// Bearer token required on every request (`Authorization: Bearer TOKEN`). Required when
-    /// `listen` is not a loopback address.
+    /// `listen` is not a loopback address (or `token_file`).
     pub token: Option<String>,
+    /// The API's token file (made 0600 when missing); default `STATE_DIR/admin.token`.
+    pub token_file: Option<std::path::PathBuf>,
+    /// More roots an API data directory may lie under (besides the catalog's). Default [].
+    pub data_roots: Vec<std::path::PathBuf>,
+    /// Largest API request body (an uploaded .torrent); larger: 413. Default 8 MiB.
+    pub api_body_bytes_max: usize,
+    /// Wrong-token attempts per client address a minute, then 429. Default 10.
+    pub auth_failures_per_min_max: u32,
 }
 
 impl Default for AdminConfig {
@@ -787,6 +795,10 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: ADMIN_LISTEN_DEFAULT.to_string(),
             token: None,
+            token_file: None,
+            data_roots: Vec::new(),
+            api_body_bytes_max: 8 << 20,
+            auth_failures_per_min_max: 10,
         }
     }
 }
@@ -899,12 +911,13 @@ impl AdminConfig {
         if matches!(&self.token, Some(t) if t.trim().is_empty()) {
             return Err("admin.token = \"\": give a non-empty token or leave it out".into());
         }
-        if !addr.ip().is_loopback() && self.token.is_none() {
+        if !addr.ip().is_loopback() && self.token.is_none() && self.token_file.is_none() {
             return Err(format!(
-                "admin.listen = {addr}: not a loopback address, so admin.token must be set \
-                 (clients then send `Authorization: Bearer TOKEN`), or listen on 127.0.0.1"
+                "admin.listen = {addr}: not a loopback address, so set admin.token or \
+                 admin.token_file (clients send `Authorization: Bearer TOKEN`), or use 127.0.0.1"
             ));
         }
+        self.check_api_limits()?;
         Ok(Some(addr))
     }
 }

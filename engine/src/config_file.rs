@@ -6,6 +6,22 @@
 
 use crate::config::SeedConfig;
 
+impl crate::config::AdminConfig {
+    /// The API's bounds in `[admin]` (called by `listen_addr`, so every config check runs it).
+    pub fn check_api_limits(&self) -> Result<(), String> {
+        let body = self.api_body_bytes_max;
+        if !(1..=256 << 20).contains(&body) {
+            return Err(format!(
+                "admin.api_body_bytes_max = {body}: give 1 to 268435456 (256 MiB)"
+            ));
+        }
+        if self.auth_failures_per_min_max == 0 {
+            return Err("admin.auth_failures_per_min_max = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Parses and validates `text` (read from `label`, used in messages).
 pub fn load(label: &str, text: &str) -> Result<SeedConfig, String> {
     let config: SeedConfig = match toml::from_str(text) {

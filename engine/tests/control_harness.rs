@@ -155,12 +155,16 @@ fn control_plane_serves_blocks_and_metadata_then_stops_with_the_stats() {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 token: None,
                 optional: false,
+                reads_need_token: false,
+                auth_failures_per_min_max: 10,
+                api_body_bytes_max: 1 << 20,
             }),
             tracker: TrackerConfig {
                 enabled: false,
                 ..TrackerConfig::default()
             },
             summary_secs: 0,
+            api: None,
         },
         catalog.clone(),
     )

@@ -9,4 +9,5 @@ pub mod make;
 pub mod notify;
 pub mod seed;
 pub mod stats;
+pub mod torrents;
 pub mod verify;

@@ -8,8 +8,11 @@
 //! (stats, health, trackers, catalog swaps live in `squall_engine::control`).
 
 use squall_engine::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
+use squall_engine::config::AdminConfig;
 use squall_engine::config::{EngineConfig, SeedConfig, ServeMode, ADMIN_LISTEN_DEFAULT};
 use squall_engine::config_file::check_dir;
+use squall_engine::control::auth::load_or_create_token;
+use squall_engine::control::runtime::RuntimeSetup;
 use squall_engine::control::{AdminSetup, CatalogRebuild, Control, ControlSetup};
 use squall_engine::make::make_torrent;
 use squall_engine::metainfo::create::{list_files, CreateOptions};
@@ -272,10 +275,19 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     );
 
     let catalog = Arc::new(catalog);
-    let admin = admin_addr.map(|listen| AdminSetup {
-        listen,
-        token: admin_config.token.clone(),
-        optional: admin_is_default,
+    let admin = admin_addr
+        .map(|listen| admin_setup(&admin_config, listen, admin_is_default, &state_dir))
+        .transpose()?;
+    // The API may add torrents whose content lies under the catalog's data directory (or the
+    // zero-config content directory) and under `[admin] data_roots`.
+    let mut data_roots = admin_config.data_roots.clone();
+    match &source.source {
+        CatalogSource::Torrents(opts) => data_roots.push(opts.data_dir.clone()),
+        CatalogSource::Content { dir, .. } => data_roots.push(dir.clone()),
+    }
+    let api = admin.as_ref().map(|_| RuntimeSetup {
+        state_dir: state_dir.clone(),
+        data_roots,
     });
     let mut control = Control::start(
         ControlSetup {
@@ -283,6 +295,7 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             admin,
             tracker: file_config.tracker.clone(),
             summary_secs: args.summary_secs,
+            api,
         },
         catalog.clone(),
     )?;
@@ -368,6 +381,41 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     control.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The admin endpoint's setup: the token from `[admin] token` (guards every route, as it always
+/// did) or else from the token file (created on first start; guards `/api/v1/` changes, and
+/// reads too when the listener is not loopback).
+fn admin_setup(
+    admin: &AdminConfig,
+    listen: SocketAddr,
+    optional: bool,
+    state_dir: &Path,
+) -> Result<AdminSetup, String> {
+    let (token, reads_need_token) = match &admin.token {
+        Some(t) => (t.clone(), true),
+        None => {
+            let path = admin
+                .token_file
+                .clone()
+                .unwrap_or_else(|| state_dir.join(ADMIN_TOKEN_FILE));
+            (
+                load_or_create_token(&path).map_err(|e| format!("admin: {e}"))?,
+                !listen.ip().is_loopback(),
+            )
+        }
+    };
+    Ok(AdminSetup {
+        listen,
+        token: Some(token),
+        optional,
+        reads_need_token,
+        auth_failures_per_min_max: admin.auth_failures_per_min_max,
+        api_body_bytes_max: admin.api_body_bytes_max,
+    })
+}
+
+/// The token file's name in the state directory when `[admin] token_file` is not set.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// The catalog's source and what its latest build left out.
 struct SeedSource {

@@ -697,3 +697,53 @@ pub fn config_check(text: &str) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One request to an admin endpoint with an optional bearer token and body; (status, JSON
+/// body, or Null when the body is not JSON).
+pub fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Sends a BitTorrent handshake for `info_hash` (hex); true when squall answers with its own
+/// handshake (it serves the torrent), false when it closes instead.
+pub fn handshake_accepted(addr: SocketAddr, info_hash: &str) -> bool {
+    let mut s = raw_connect(addr);
+    let mut hs = Vec::with_capacity(68);
+    hs.push(19u8);
+    hs.extend_from_slice(b"BitTorrent protocol");
+    hs.extend_from_slice(&[0u8; 8]);
+    hs.extend_from_slice(&hex::decode(info_hash).expect("hex info-hash"));
+    hs.extend_from_slice(b"-TT0001-abcdefghijkl");
+    write_all(&mut s, &hs);
+    let mut reply = [0u8; 68];
+    s.read_exact(&mut reply).is_ok() && reply[28..48] == hs[28..48]
+}

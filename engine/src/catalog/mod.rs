@@ -231,6 +231,58 @@ impl Catalog {
         )
     }
 
+    /// A catalog of torrents already loaded (the runtime API's merge of the directory's
+    /// catalog with its own torrents), indexed like `load` does: a hybrid also by its
+    /// truncated v2 hash. A duplicate info-hash keeps the first entry.
+    pub fn from_loaded(entries: impl IntoIterator<Item = Arc<CatalogTorrent>>) -> Catalog {
+        let mut catalog = Catalog::default();
+        for e in entries {
+            if catalog.index.contains_key(&e.info_hash) {
+                continue;
+            }
+            let index = catalog.torrents.len() as u32;
+            catalog.index.insert(e.info_hash, index);
+            if let Some(v2) = e.info_hash_v2 {
+                let mut truncated = [0u8; 20];
+                truncated.copy_from_slice(&v2[..20]);
+                catalog.index.entry(InfoHash(truncated)).or_insert(index);
+            }
+            catalog.torrents.push(e);
+        }
+        catalog
+    }
+
+    /// One torrent checked as `load` checks it (files resolved under `opts.data_dir`, sizes,
+    /// resume state), hashed when `opts.verify` says so on `opts.hash_threads` threads with
+    /// `progress` (bytes hashed so far), its resume file written. For the runtime API, which
+    /// adds torrents one at a time off the control thread.
+    pub fn load_one(
+        t: &Torrent,
+        torrent_path: PathBuf,
+        opts: &CatalogOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<CatalogTorrent, String> {
+        let data_root = canonical_data_root(&opts.data_dir).map_err(|e| e.to_string())?;
+        let mut p = prepare(t, torrent_path, &data_root, &opts.state_dir, opts.verify)?;
+        if !p.needs_verify {
+            return Ok(p.entry);
+        }
+        let threads = opts.hash_threads.max(1);
+        let v = verify_torrent_content(t, &p.entry.files, threads, progress)
+            .map_err(|e| e.to_string())?;
+        p.entry.have = v.have_bitfield();
+        p.entry.complete = v.is_complete();
+        let state = ResumeState {
+            num_pieces: p.entry.num_pieces,
+            have: p.entry.have.clone(),
+            stamps: p.stamps,
+        };
+        if let Err(e) = resume::write_all(&opts.state_dir, &[(p.entry.info_hash, state)]) {
+            tracing::warn!("cannot write resume state of {}: {e}", p.entry.info_hash);
+        }
+        Ok(p.entry)
+    }
+
     pub fn get(&self, info_hash: &InfoHash) -> Option<&Arc<CatalogTorrent>> {
         self.index
             .get(info_hash)

@@ -1,10 +1,13 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus), `GET /stats` (JSON), `GET /health`
+//! The admin HTTP endpoint: `GET /` (the dashboard), `GET /metrics` (Prometheus), `GET /stats`
+//! (JSON), `/api/v1/` (the runtime catalog API, `control::api`), `GET /health`
 //! (200 `ok`; 503 `starting`, `a shard is not accepting` or `degraded` with one line per errored
 //! or skipped torrent; `GET /health?strict=0` answers 200 while degraded: liveness only).
 //!
 //! Owns: one std thread with a blocking listener, a minimal HTTP/1.1 reader (request line and
-//! headers only, no bodies) and the bearer-token check. Must never: run on or talk to a shard:
-//! it reads the control thread's `StatsView` behind a mutex the shards never see.
+//! headers; a body only for `/api/v1/`, at most `[admin] api_body_bytes_max`), asking
+//! `control::auth` whether a request may pass, and handing `/api/v1/` to `control::api`.
+//! Must never: run on or talk to a shard: it reads the control thread's `StatsView` behind a
+//! mutex the shards never see.
 //!
 //! Hand-written instead of `tiny_http`/`hyper`: three GET routes on a scrape endpoint do not
 //! need keep-alive, chunking or bodies, and the bounds are easier to state on 150 lines we own:
@@ -12,6 +15,8 @@
 //! `REQUEST_HEAD_MAX_BYTES`, `IO_TIMEOUT` on every read and write, `Connection: close` always.
 //! A scraper or `squall stats` makes one request a second; serial handling is plenty.
 
+use super::api::{self, Api};
+use super::auth::{AdminAuth, Verdict};
 use crate::stats::catalog_health::Health;
 use crate::stats::view::StatsView;
 use crate::stats::{json, prometheus};
@@ -37,11 +42,23 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` and serves on a new thread. `token`: required bearer token, if any.
+    /// Binds `addr` and serves on a new thread. `token`: required bearer token on every
+    /// request, if any; no API.
     pub fn start(
         addr: SocketAddr,
         token: Option<String>,
         view: SharedView,
+    ) -> Result<AdminServer, String> {
+        let auth = AdminAuth::new(token, true, AUTH_FAILURES_PER_MIN_DEFAULT);
+        AdminServer::start_with(addr, Arc::new(auth), view, None)
+    }
+
+    /// Binds `addr` and serves the stats routes and, with `api`, `/api/v1/` on a new thread.
+    pub fn start_with(
+        addr: SocketAddr,
+        auth: Arc<AdminAuth>,
+        view: SharedView,
+        api: Option<Api>,
     ) -> Result<AdminServer, String> {
         let listener = TcpListener::bind(addr).map_err(|e| {
             format!("admin endpoint: cannot listen on {addr}: {e} (choose another with --admin ADDR, or --admin off)")
@@ -57,7 +74,7 @@ impl AdminServer {
                         break;
                     }
                     match conn {
-                        Ok(stream) => serve(stream, token.as_deref(), &view),
+                        Ok(stream) => serve(stream, &auth, &view, api.as_ref()),
                         Err(e) => {
                             tracing::debug!("admin accept failed: {e}");
                             // EMFILE and friends: back off instead of spinning.
@@ -110,6 +127,8 @@ pub struct RequestHead {
     /// What follows `?` in the target ("" when none).
     pub query: String,
     pub authorization: Option<String>,
+    pub content_length: Option<usize>,
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -135,13 +154,20 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (path, query) = (path.to_string(), query.to_string());
     let mut authorization = None;
+    let mut content_length = None;
+    let mut content_type = None;
     for line in lines {
         if line.is_empty() {
             break;
         }
         let (name, value) = line.split_once(':').ok_or(HeadError::Malformed)?;
-        if name.trim().eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.trim().to_string());
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(value.parse().map_err(|_| HeadError::Malformed)?);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(value.to_ascii_lowercase());
         }
     }
     Ok(RequestHead {
@@ -149,11 +175,14 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
         path,
         query,
         authorization,
+        content_length,
+        content_type,
     })
 }
 
-/// Reads up to the blank line ending the head, at most `REQUEST_HEAD_MAX_BYTES`.
-fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+/// Reads up to the blank line ending the head, at most `REQUEST_HEAD_MAX_BYTES`; returns the
+/// head and the body bytes read with it.
+fn read_head(stream: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -163,8 +192,8 @@ fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end + 4);
-            return Ok(buf);
+            let rest = buf.split_off(end + 4);
+            return Ok((buf, rest));
         }
         if buf.len() > REQUEST_HEAD_MAX_BYTES {
             return Err(HeadError::TooLarge);
@@ -172,44 +201,75 @@ fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
     }
 }
 
-/// Compares without an early exit, so response time does not leak how much of it matched.
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0
-}
+/// The dashboard page at `/` (polls `/stats`, `/metrics`, `/api/v1/torrents`; draws SVG).
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
-/// (status, content type, body) for one request.
-pub fn route(head: &RequestHead, token: Option<&str>, view: &Mutex<StatsView>) -> Response {
-    if let Some(expected) = token {
-        let ok = head
-            .authorization
-            .as_deref()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|given| token_matches(given.trim(), expected))
-            .unwrap_or(false);
-        if !ok {
-            return Response::text(401, "unauthorized: send Authorization: Bearer TOKEN\n");
+/// Failed token attempts one client may make a minute before 429s (`start` without config).
+pub const AUTH_FAILURES_PER_MIN_DEFAULT: u32 = 10;
+
+/// Reads the request body after the head: exactly `Content-Length` bytes, at most `max`.
+fn read_body(stream: &mut TcpStream, mut body: Vec<u8>, len: usize) -> Result<Vec<u8>, ()> {
+    body.truncate(len);
+    let mut chunk = [0u8; 16 * 1024];
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
+    Ok(body)
+}
+
+/// The answer to a request the token check refused, or None to go on.
+fn refused(verdict: Verdict, is_api: bool) -> Option<Response> {
+    let (status, message) = match verdict {
+        Verdict::Allowed => return None,
+        Verdict::Unauthorized => (
+            401,
+            "unauthorized: send Authorization: Bearer TOKEN (the token is in [admin] \
+             token_file, default STATE_DIR/admin.token)",
+        ),
+        Verdict::Limited => (
+            429,
+            "too many failed token attempts from this address: wait a minute",
+        ),
+    };
+    Some(if is_api {
+        Response::json(status, &serde_json::json!({ "error": message }))
+    } else {
+        Response::text(status, &format!("{message}\n"))
+    })
+}
+
+/// (status, content type, body) for one request of the stats routes (`/metrics`, `/stats`,
+/// `/health`), after the token check.
+pub fn route(head: &RequestHead, view: &Mutex<StatsView>) -> Response {
     if head.method != "GET" {
         return Response::text(405, "only GET is served\n");
     }
     // A poisoned lock means the control loop panicked; the data is still the last good view.
     let view = view.lock().unwrap_or_else(|p| p.into_inner());
     match head.path.as_str() {
-        "/metrics" => Response {
-            status: 200,
-            content_type: prometheus::CONTENT_TYPE,
-            body: prometheus::render(&view),
-        },
+        "/metrics" => {
+            let mut body = prometheus::render(&view);
+            super::auth::render_metrics(&mut body);
+            Response {
+                status: 200,
+                content_type: prometheus::CONTENT_TYPE,
+                body,
+            }
+        }
         "/stats" => Response {
             status: 200,
             content_type: "application/json",
             body: json::render(&view).to_string(),
+        },
+        // The live dashboard: our own HTML, JS and SVG, compiled in (works offline).
+        "/" | "/dashboard" => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: DASHBOARD_HTML.to_string(),
         },
         "/health" => {
             // 503 while any torrent is errored or skipped; `?strict=0` is liveness only
@@ -224,7 +284,10 @@ pub fn route(head: &RequestHead, token: Option<&str>, view: &Mutex<StatsView>) -
             };
             Response::text(status, &health.body())
         }
-        _ => Response::text(404, "not found: try /metrics, /stats or /health\n"),
+        _ => Response::text(
+            404,
+            "not found: try / (dashboard), /metrics, /stats, /health or /api/v1/torrents\n",
+        ),
     }
 }
 
@@ -245,6 +308,14 @@ pub struct Response {
 }
 
 impl Response {
+    fn json(status: u16, body: &serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: format!("{body}\n"),
+        }
+    }
+
     fn text(status: u16, body: &str) -> Response {
         Response {
             status,
@@ -257,22 +328,87 @@ impl Response {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         _ => "Error",
     }
 }
 
-fn serve(mut stream: TcpStream, token: Option<&str>, view: &Mutex<StatsView>) {
+/// Authenticates, reads the body (API only, bounded) and routes one parsed request.
+fn respond(
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    early_body: Vec<u8>,
+    auth: &AdminAuth,
+    view: &Mutex<StatsView>,
+    api: Option<&Api>,
+) -> Response {
+    let is_api = head.path.starts_with(api::PREFIX);
+    let mutating = is_api && api::is_mutating(&head.method);
+    let client = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let verdict = auth.check(
+        client,
+        head.authorization.as_deref(),
+        mutating,
+        std::time::Instant::now(),
+    );
+    if let Some(r) = refused(verdict, is_api) {
+        return r;
+    }
+    let Some(api) = api.filter(|_| is_api) else {
+        return route(head, view);
+    };
+    let len = head.content_length.unwrap_or(0);
+    if len > api.body_bytes_max {
+        return Response::json(
+            413,
+            &serde_json::json!({ "error": format!(
+                "body of {len} bytes is over [admin] api_body_bytes_max = {}", api.body_bytes_max
+            ) }),
+        );
+    }
+    let body = match read_body(stream, early_body, len) {
+        Ok(b) => b,
+        Err(()) => {
+            return Response::json(
+                400,
+                &serde_json::json!({ "error": "the body ended before Content-Length bytes" }),
+            )
+        }
+    };
+    let r = api::handle(
+        api,
+        view,
+        &head.method,
+        &head.path,
+        &head.query,
+        head.content_type.as_deref(),
+        &body,
+    );
+    Response::json(r.status, &r.body)
+}
+
+fn serve(mut stream: TcpStream, auth: &AdminAuth, view: &Mutex<StatsView>, api: Option<&Api>) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let response = match read_head(&mut stream) {
-        Ok(head) => match parse_head(&head) {
-            Ok(head) => route(&head, token, view),
+        Ok((head, early_body)) => match parse_head(&head) {
+            Ok(head) => respond(&mut stream, &head, early_body, auth, view, api),
             Err(_) => Response::text(400, "malformed request\n"),
         },
         Err(HeadError::TooLarge) => Response::text(431, "request head too large\n"),
@@ -349,6 +485,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["total"]["uploaded_bytes"], 42);
         assert_eq!(get(addr, "/nope", Some("t0k")).0, 404);
+        let (status, page) = get(addr, "/", Some("t0k"));
+        assert!(status == 200 && page.contains("chart-throughput"), "{page}");
         server.stop();
     }
 
@@ -402,7 +540,5 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.1 431"), "{out}");
-        assert!(token_matches("abc", "abc") && !token_matches("abd", "abc"));
-        assert!(!token_matches("ab", "abc") && !token_matches("", "abc"));
     }
 }

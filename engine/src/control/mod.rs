@@ -15,8 +15,11 @@
 //! `POLL_PERIOD`.
 
 pub mod admin;
+pub mod api;
+pub mod auth;
 pub mod extras;
 pub mod health;
+pub mod runtime;
 pub mod seeder;
 
 use crate::catalog::{Catalog, CatalogTorrent};
@@ -28,6 +31,7 @@ use crate::stats::ShardStats;
 use crate::tracker::{TorrentAnnounce, TrackerManager, TrackerSetup};
 use admin::{AdminServer, SharedView};
 use health::HealthMonitor;
+use runtime::{Runtime, RuntimeSetup, SharedRuntime};
 use seeder::Seeder;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +51,12 @@ pub struct AdminSetup {
     /// A failed bind is only a warning (the built-in default port may be taken by another
     /// squall or a test); an address the operator chose must work.
     pub optional: bool,
+    /// Read-only routes need the token too (non-loopback listener, or `[admin] token`).
+    pub reads_need_token: bool,
+    /// `[admin] auth_failures_per_min_max`.
+    pub auth_failures_per_min_max: u32,
+    /// `[admin] api_body_bytes_max`.
+    pub api_body_bytes_max: usize,
 }
 
 /// Everything the control plane needs to start.
@@ -58,6 +68,8 @@ pub struct ControlSetup {
     pub tracker: TrackerConfig,
     /// Seconds between summary lines in the log; 0: never.
     pub summary_secs: u64,
+    /// The runtime catalog API (`/api/v1/` on the admin endpoint); None: no API.
+    pub api: Option<RuntimeSetup>,
 }
 
 /// Where a reload (SIGHUP) gets the new catalog: the control plane swaps catalogs, its
@@ -92,6 +104,9 @@ pub struct Control {
     dht: Option<DhtNode>,
     health: HealthMonitor,
     view: SharedView,
+    /// The API's torrents merged with the source's (`runtime`), when the API runs.
+    runtime: Option<SharedRuntime>,
+    /// The catalog the shards serve (the source's merged with the API's).
     catalog: Arc<Catalog>,
     /// Torrents of `catalog` with every piece verified.
     catalog_complete: u64,
@@ -107,6 +122,14 @@ impl Control {
     pub fn start(setup: ControlSetup, catalog: Arc<Catalog>) -> Result<Control, String> {
         let recheck = Duration::from_secs(setup.engine.errored_recheck_secs);
         let top_torrents = setup.engine.stats_top_torrents;
+        let runtime: Option<SharedRuntime> = match setup.api {
+            Some(rs) => Some(Arc::new(Mutex::new(Runtime::start(rs, catalog.clone())?))),
+            None => None,
+        };
+        let catalog = match &runtime {
+            Some(r) => Arc::new(runtime::lock(r).served()),
+            None => catalog,
+        };
         let seeder = Seeder::start(setup.engine, catalog.clone())?;
         let names = catalog
             .torrents()
@@ -124,7 +147,19 @@ impl Control {
         };
         let admin = match setup.admin {
             None => None,
-            Some(a) => match AdminServer::start(a.listen, a.token, view.clone()) {
+            Some(a) => match AdminServer::start_with(
+                a.listen,
+                Arc::new(auth::AdminAuth::new(
+                    a.token,
+                    a.reads_need_token,
+                    a.auth_failures_per_min_max,
+                )),
+                view.clone(),
+                runtime.as_ref().map(|r| api::Api {
+                    runtime: r.clone(),
+                    body_bytes_max: a.api_body_bytes_max,
+                }),
+            ) {
                 Ok(server) => Some(server),
                 Err(e) if a.optional => {
                     tracing::warn!("{e}; running without the admin endpoint");
@@ -153,6 +188,7 @@ impl Control {
             dht: None,
             health,
             view,
+            runtime,
             catalog_complete: complete_count(&catalog),
             catalog,
             summary_every: (setup.summary_secs > 0)
@@ -278,6 +314,12 @@ impl Control {
         if reload.swap(false, Ordering::Relaxed) {
             self.reload(source);
         }
+        let api_changed = self.runtime.as_ref().and_then(|r| runtime::lock(r).poll());
+        if let Some(served) = api_changed {
+            tracing::info!(torrents = served.len(), "the admin API changed the catalog");
+            self.install(served);
+            self.follow_catalog();
+        }
         self.publish_catalog_health();
         self.log_summary_when_due();
     }
@@ -302,11 +344,9 @@ impl Control {
                 for t in catalog.torrents().iter().filter(is_new) {
                     source.on_added(t);
                 }
-                let catalog = Arc::new(catalog);
-                self.seeder.swap_catalog(catalog.clone());
+                let catalog = self.merge_api(Arc::new(catalog));
                 tracing::info!(torrents = catalog.len(), added, removed, "catalog reloaded");
-                self.catalog_complete = complete_count(&catalog);
-                self.catalog = catalog;
+                self.install(catalog);
                 self.set_skipped(source.skipped());
             }
             Ok(_) => {
@@ -314,6 +354,29 @@ impl Control {
             }
             Err(e) => tracing::warn!("reload failed ({e}); keeping the current catalog"),
         }
+        self.follow_catalog();
+    }
+
+    /// The source's new catalog merged with the API's torrents (the rule in `runtime`).
+    fn merge_api(&mut self, base: Arc<Catalog>) -> Arc<Catalog> {
+        let Some(r) = &self.runtime else {
+            return base;
+        };
+        let mut rt = runtime::lock(r);
+        rt.set_base(base.clone());
+        rt.poll().unwrap_or(base)
+    }
+
+    /// Hands the shards a new catalog (new handshakes use it; peers of torrents it lacks are
+    /// closed).
+    fn install(&mut self, catalog: Arc<Catalog>) {
+        self.seeder.swap_catalog(catalog.clone());
+        self.catalog_complete = complete_count(&catalog);
+        self.catalog = catalog;
+    }
+
+    /// Health, trackers and stats names follow the catalog just installed.
+    fn follow_catalog(&mut self) {
         self.health.on_reload(&self.catalog);
         if let Some(t) = &self.trackers {
             let (added, removed) = t.reload(&announces(&self.catalog));

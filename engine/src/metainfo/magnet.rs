@@ -171,7 +171,9 @@ fn percent_decode(s: &str) -> Result<String, MetainfoError> {
         .map_err(|_| MetainfoError::Invalid(format!("magnet value {s:?} is not UTF-8")))
 }
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (also used by the admin
+/// API's clients for query values).
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -108,6 +108,11 @@ impl StatsView {
             .unwrap_or(0)
     }
 
+    /// One torrent's summed numbers, if it ever had a peer or uploaded a byte.
+    pub fn torrent_totals(&self, info_hash: &InfoHash) -> Option<&TorrentTotals> {
+        self.torrents.get(info_hash)
+    }
+
     /// Names for torrents added by a catalog reload.
     pub fn add_names(&mut self, names: impl IntoIterator<Item = (InfoHash, String)>) {
         for (h, n) in names {
