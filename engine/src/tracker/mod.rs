@@ -10,6 +10,7 @@
 //! bounds, or wait at shutdown longer than `stop_timeout_secs` (plus one request timeout
 //! for the scheduler's final wake-up).
 
+pub mod config;
 pub mod dial;
 pub mod http;
 pub mod response;
