@@ -5,7 +5,9 @@
 //! completions by a few reaps (in order: the kernel never reorders one op's completions, and
 //! a later op may depend on an earlier one) and turns some successful socket results into
 //! what the kernel could also have answered: a recv or a send that fails with ECONNRESET or
-//! EPIPE. The shard must then still answer or close every peer, and free every slot, file
+//! EPIPE; with `SQUALL_CHAOS_DISK=1` also some block reads, which fail with EIO (the torrent
+//! is then errored until its recheck clears it). The shard must then still answer or close
+//! every peer, and free every slot, file
 //! use, cache reference and admission count: the shutdown leak audit (`shard/shutdown.rs`)
 //! aborts a debug build that leaks, so a chaos run that exits 0 leaked nothing.
 //!
@@ -22,12 +24,16 @@ const HOLD_ONE_IN: u64 = 6;
 const HOLD_REAPS_MAX: u64 = 4;
 /// One socket completion in this many fails (its peer is then closed).
 const FAIL_ONE_IN: u64 = 200;
+/// `SQUALL_CHAOS_DISK=1`: one block read in this many fails with EIO.
+const READ_FAIL_ONE_IN: u64 = 100;
 
 pub struct Chaos {
     state: u64,
     /// Completions held back, in arrival order, with the reap they may go out at.
     held: VecDeque<(u64, Completion)>,
     reap: u64,
+    /// Fail block reads too (`SQUALL_CHAOS_DISK=1`).
+    disk: bool,
     pub delayed: u64,
     pub failed: u64,
 }
@@ -49,7 +55,9 @@ impl Chaos {
             "chaos mode: io_uring completions are delayed and some socket results failed on \
              purpose (SQUALL_CHAOS_SEED, debug builds only)"
         );
-        Some(Chaos::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        let mut chaos = Chaos::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        chaos.disk = std::env::var("SQUALL_CHAOS_DISK").is_ok_and(|v| v == "1");
+        Some(chaos)
     }
 
     pub fn new(seed: u64) -> Chaos {
@@ -57,6 +65,7 @@ impl Chaos {
             state: seed | 1,
             held: VecDeque::new(),
             reap: 0,
+            disk: false,
             delayed: 0,
             failed: 0,
         }
@@ -108,10 +117,21 @@ impl Chaos {
     }
 
     fn maybe_fail(&mut self, c: &mut Completion) {
-        if c.result <= 0 || !self.next().is_multiple_of(FAIL_ONE_IN) {
+        if c.result <= 0 {
             return;
         }
-        let errno = match Token::decode(c.user_data).map(|t| t.kind) {
+        let kind = Token::decode(c.user_data).map(|t| t.kind);
+        if self.disk && kind == Some(OpKind::ReadBlock) {
+            if self.next().is_multiple_of(READ_FAIL_ONE_IN) {
+                self.failed += 1;
+                c.result = -libc::EIO;
+            }
+            return;
+        }
+        if !self.next().is_multiple_of(FAIL_ONE_IN) {
+            return;
+        }
+        let errno = match kind {
             Some(OpKind::Recv) => libc::ECONNRESET,
             // A zero-copy send's notification keeps its own meaning; only sends fail.
             Some(OpKind::SendControl) => libc::EPIPE,
