@@ -2,22 +2,23 @@
 //! the VOPR idea at the size of one shard, driven by real sockets and files.
 //!
 //! With `SQUALL_CHAOS_SEED=N` in a debug build (tests, `cargo run`), every ring delays some
-//! completions by a few reaps (in order: the kernel never reorders one op's completions, and
-//! a later op may depend on an earlier one) and turns some successful socket results into
-//! what the kernel could also have answered: a recv or a send that fails with ECONNRESET or
-//! EPIPE; with `SQUALL_CHAOS_DISK=1` also some block reads, which fail with EIO (the torrent
-//! is then errored until its recheck clears it). The shard must then still answer or close
-//! every peer, and free every slot, file
-//! use, cache reference and admission count: the shutdown leak audit (`shard/shutdown.rs`)
-//! aborts a debug build that leaks, so a chaos run that exits 0 leaked nothing.
+//! completions by a few reaps, so different peers' completions arrive in a shuffled order
+//! (one peer's keep theirs: a later op of a peer, like the send linked after its reads, may
+//! depend on an earlier one), and turns some successful socket results into what the kernel
+//! could also have answered: a recv or a send that fails with ECONNRESET or EPIPE; with
+//! `SQUALL_CHAOS_DISK=1` also some block reads, which fail with EIO or come back short (the
+//! torrent is then errored until its recheck clears it). The shard must then still answer or
+//! close every peer, and free every slot, file use, cache reference and admission count: the
+//! shutdown leak audit (`shard/shutdown.rs`) aborts a debug build that leaks, so a chaos run
+//! that exits 0 leaked nothing.
 //!
 //! Owns: the held completions and the seeded generator. Must never: run in a release build,
-//! drop or duplicate a completion, reorder two completions, or fake a result for an op
-//! whose resource the kernel handed over (an accepted fd, a connect): only delays those.
+//! drop or duplicate a completion, reorder two completions of one peer, or fake a result for
+//! an op whose resource the kernel handed over (an accepted fd, a connect): only delays those.
 
 use super::token::{OpKind, Token};
 use super::Completion;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// One completion in this many is held back, for 1 to `HOLD_REAPS_MAX` reaps.
 const HOLD_ONE_IN: u64 = 6;
@@ -87,13 +88,12 @@ impl Chaos {
     }
 
     /// Takes this reap's completions (`out`, in kernel order) and leaves in `out` what goes
-    /// to the shard now: the held ones that are due, then the new ones, in order, each
-    /// possibly failed.
+    /// to the shard now, each possibly failed. Completions of one peer (or one listener)
+    /// keep their order: one is never handed out while an earlier one of the same peer is
+    /// still held. Completions of different peers overtake each other freely, as the
+    /// kernel's own can.
     pub fn filter(&mut self, out: &mut Vec<Completion>) {
         self.reap += 1;
-        // A new completion may not pass one held before it: its due reap is at least the
-        // last held one's.
-        let mut floor = self.held.back().map_or(0, |(due, _)| *due);
         for c in out.drain(..) {
             let due = if self.next().is_multiple_of(HOLD_ONE_IN) {
                 self.delayed += 1;
@@ -101,19 +101,21 @@ impl Chaos {
             } else {
                 self.reap
             };
-            floor = floor.max(due);
-            self.held.push_back((floor, c));
+            self.held.push_back((due, c));
         }
-        while let Some((due, _)) = self.held.front() {
-            if *due > self.reap {
-                break;
+        let mut blocked: HashSet<(bool, u32)> = HashSet::new();
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        while let Some((due, mut c)) = self.held.pop_front() {
+            let key = order_key(&c);
+            if due > self.reap || blocked.contains(&key) {
+                blocked.insert(key);
+                kept.push_back((due, c));
+                continue;
             }
-            let Some((_, mut c)) = self.held.pop_front() else {
-                break;
-            };
             self.maybe_fail(&mut c);
             out.push(c);
         }
+        self.held = kept;
     }
 
     fn maybe_fail(&mut self, c: &mut Completion) {
@@ -124,7 +126,12 @@ impl Chaos {
         if self.disk && kind == Some(OpKind::ReadBlock) {
             if self.next().is_multiple_of(READ_FAIL_ONE_IN) {
                 self.failed += 1;
-                c.result = -libc::EIO;
+                // A failed read, or a short one (the file shrank under it).
+                c.result = if self.next().is_multiple_of(2) {
+                    -libc::EIO
+                } else {
+                    c.result / 2
+                };
             }
             return;
         }
@@ -143,6 +150,16 @@ impl Chaos {
     }
 }
 
+/// What must stay in order: the ops of one peer (its recvs, sends, reads, in the order the
+/// kernel completed them) and the accepts of one listener; (true, listener) or (false, peer).
+fn order_key(c: &Completion) -> (bool, u32) {
+    match Token::decode(c.user_data) {
+        Some(t) if t.kind == OpKind::Accept => (true, u32::from(t.slot)),
+        Some(t) => (false, t.peer),
+        None => (true, u32::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,19 +173,24 @@ mod tests {
     }
 
     #[test]
-    fn holds_back_but_never_drops_duplicates_or_reorders() {
-        // Proves: over many reaps, every completion comes out exactly once and in the
-        // order it went in; some were held back; the same seed gives the same schedule.
+    fn shuffles_peers_but_keeps_each_peers_order_and_drops_nothing() {
+        // Proves: over many reaps every completion comes out exactly once; one peer's come
+        // out in the order they went in; different peers' overtake each other (the order
+        // seen is not the order sent); the same seed gives the same schedule.
         let run = |seed| {
             let mut chaos = Chaos::new(seed);
-            let mut seen = Vec::new();
-            let mut next = 0u64;
+            let (mut seen, mut sent) = (Vec::new(), Vec::new());
+            let mut per_peer = [0u16; 7];
             let mut out = Vec::new();
-            for round in 0..2_000u64 {
+            for round in 0..2_000u32 {
                 if round < 1_900 {
-                    for _ in 0..(round % 5) {
-                        out.push(c(next));
-                        next += 1;
+                    for k in 0..(round % 5) {
+                        let peer = (round + k) % 7;
+                        let seq = per_peer[peer as usize];
+                        per_peer[peer as usize] += 1;
+                        let token = Token::new(OpKind::ReadBlock, seq, peer, 0).encode();
+                        out.push(c(token));
+                        sent.push(token);
                     }
                 }
                 chaos.filter(&mut out);
@@ -177,10 +199,24 @@ mod tests {
             }
             assert!(!chaos.holding());
             assert!(chaos.delayed > 0);
-            (seen, next)
+            (seen, sent)
         };
         let (seen, sent) = run(7);
-        assert_eq!(seen, (0..sent).collect::<Vec<_>>());
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        let mut want = sent.clone();
+        want.sort_unstable();
+        assert_eq!(sorted, want, "every completion exactly once");
+        assert_ne!(seen, sent, "peers overtake each other");
+        for peer in 0..7u32 {
+            let of = |v: &[u64]| -> Vec<u64> {
+                v.iter()
+                    .copied()
+                    .filter(|t| Token::decode(*t).map(|t| t.peer) == Some(peer))
+                    .collect()
+            };
+            assert_eq!(of(&seen), of(&sent), "peer {peer} kept its order");
+        }
         assert_eq!(run(7).0, seen);
     }
 
