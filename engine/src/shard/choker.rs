@@ -17,6 +17,7 @@
 //! peer in two places, or let tombstones grow a queue past twice its live entries (plus a
 //! small constant).
 
+use crate::keyhash::KeyHashBuilder;
 use std::collections::{HashMap, VecDeque};
 
 /// A peer as the choker knows it: its slab index and generation.
@@ -38,7 +39,7 @@ pub struct Choker {
     unchoked: VecDeque<(PeerKey, u64)>,
     waiting: VecDeque<(PeerKey, u64)>,
     /// Where each known peer is, and the stamp of its live queue entry.
-    places: HashMap<PeerKey, (Place, u64)>,
+    places: HashMap<PeerKey, (Place, u64), KeyHashBuilder>,
     unchoked_live: usize,
     waiting_live: usize,
     next_stamp: u64,
@@ -58,7 +59,7 @@ impl Choker {
             slots,
             unchoked: VecDeque::new(),
             waiting: VecDeque::new(),
-            places: HashMap::new(),
+            places: HashMap::default(),
             unchoked_live: 0,
             waiting_live: 0,
             next_stamp: 0,

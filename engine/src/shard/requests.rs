@@ -12,6 +12,7 @@
 //! grow the queue past twice its live length (plus a small constant).
 
 use super::session::QueuedRequest;
+use crate::keyhash::KeyHashBuilder;
 use crate::wire::message::BlockRequest;
 use std::collections::{HashMap, VecDeque};
 
@@ -30,8 +31,11 @@ pub struct RequestQueue {
     /// Sequence number of `slots[0]`; slot `i` has sequence `front_seq + i`.
     front_seq: u64,
     /// The newest live copy of each queued request, by sequence number. An older duplicate
-    /// (a peer asking twice for one block) is served but cannot be cancelled.
-    index: HashMap<BlockRequest, u64>,
+    /// (a peer asking twice for one block) is served but cannot be cancelled. Every request
+    /// is hashed in and out, so the hot-map hasher (`keyhash`): the map holds at most
+    /// `request_queue_per_peer_max` keys, so crafted collisions could only slow one peer's
+    /// own cancels to the linear scan this replaced.
+    index: HashMap<BlockRequest, u64, KeyHashBuilder>,
     live: usize,
 }
 
