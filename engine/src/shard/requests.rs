@@ -2,10 +2,11 @@
 //!
 //! A Cancel names a request by value. Finding it by scanning the queue costs up to
 //! `request_queue_per_peer_max` comparisons per 17-byte message, which lets one peer spend a
-//! shard's core on cancels. Here a cancel looks the request up in an index and leaves a
-//! tombstone in place; tombstones at the front are dropped at once, and the queue is
-//! compacted when they outnumber the live entries, so every operation is amortized O(1) and
-//! the memory stays within a constant factor of the live requests.
+//! shard's core on cancels. Here a cancel looks the request up in an index (built at the
+//! peer's first Cancel, so peers that never cancel hash nothing) and leaves a tombstone in
+//! place; tombstones at the front are dropped at once, and the queue is compacted when they
+//! outnumber the live entries, so every operation is amortized O(1) and the memory stays
+//! within a constant factor of the live requests.
 //!
 //! Owns: the queued requests, their index and the tombstones. Pure: no I/O, no clock.
 //! Must never: hand out a cancelled request, lose or duplicate a live one, or let tombstones
@@ -31,11 +32,13 @@ pub struct RequestQueue {
     /// Sequence number of `slots[0]`; slot `i` has sequence `front_seq + i`.
     front_seq: u64,
     /// The newest live copy of each queued request, by sequence number. An older duplicate
-    /// (a peer asking twice for one block) is served but cannot be cancelled. Every request
-    /// is hashed in and out, so the hot-map hasher (`keyhash`): the map holds at most
-    /// `request_queue_per_peer_max` keys, so crafted collisions could only slow one peer's
-    /// own cancels to the linear scan this replaced.
-    index: HashMap<BlockRequest, u64, KeyHashBuilder>,
+    /// (a peer asking twice for one block) is served but cannot be cancelled. Built at the
+    /// peer's first Cancel (most peers never send one, and then no request is hashed at
+    /// all), kept up to date from then on, dropped when the queue is cleared. The hot-map
+    /// hasher (`keyhash`): the map holds at most `request_queue_per_peer_max` keys, so
+    /// crafted collisions could only slow one peer's own cancels to the linear scan this
+    /// replaced.
+    index: Option<HashMap<BlockRequest, u64, KeyHashBuilder>>,
     live: usize,
 }
 
@@ -50,7 +53,9 @@ impl RequestQueue {
     pub fn push_back(&mut self, queued: QueuedRequest) {
         let seq = self.front_seq + self.slots.len() as u64;
         self.slots.push_back(Slot { queued, live: true });
-        self.index.insert(queued.request, seq);
+        if let Some(index) = self.index.as_mut() {
+            index.insert(queued.request, seq);
+        }
         self.live += 1;
     }
 
@@ -65,8 +70,10 @@ impl RequestQueue {
         debug_assert!(slot.live);
         let seq = self.front_seq;
         self.front_seq += 1;
-        if self.index.get(&slot.queued.request) == Some(&seq) {
-            self.index.remove(&slot.queued.request);
+        if let Some(index) = self.index.as_mut() {
+            if index.get(&slot.queued.request) == Some(&seq) {
+                index.remove(&slot.queued.request);
+            }
         }
         self.live -= 1;
         self.drop_dead_front();
@@ -75,7 +82,17 @@ impl RequestQueue {
 
     /// Removes the newest queued copy of `r`; false when none is queued.
     pub fn cancel(&mut self, r: BlockRequest) -> bool {
-        let Some(seq) = self.index.remove(&r) else {
+        let front_seq = self.front_seq;
+        let slots = &self.slots;
+        let index = self.index.get_or_insert_with(|| {
+            // The first Cancel: index every live request, the newest copy last (it wins).
+            let mut index = HashMap::with_capacity_and_hasher(slots.len(), KeyHashBuilder::new());
+            for (i, s) in slots.iter().enumerate().filter(|(_, s)| s.live) {
+                index.insert(s.queued.request, front_seq + i as u64);
+            }
+            index
+        });
+        let Some(seq) = index.remove(&r) else {
             return false;
         };
         let at = (seq - self.front_seq) as usize;
@@ -96,11 +113,10 @@ impl RequestQueue {
     pub fn clear(&mut self) {
         self.front_seq += self.slots.len() as u64;
         self.slots.clear();
-        self.index.clear();
+        self.index = None;
         self.live = 0;
         // A queue that once held hundreds of requests gives its memory back when idle.
         self.slots.shrink_to(COMPACT_SLACK_ENTRIES);
-        self.index.shrink_to(COMPACT_SLACK_ENTRIES);
     }
 
     /// Live requests, oldest first.
@@ -119,15 +135,18 @@ impl RequestQueue {
     /// at least `live + COMPACT_SLACK_ENTRIES` cancels that made the tombstones).
     fn compact(&mut self) {
         self.slots.retain(|s| s.live);
+        debug_assert_eq!(self.slots.len(), self.live);
+        let Some(index) = self.index.as_mut() else {
+            return;
+        };
         for (i, s) in self.slots.iter().enumerate() {
             let seq = self.front_seq + i as u64;
-            if let Some(indexed) = self.index.get_mut(&s.queued.request) {
+            if let Some(indexed) = index.get_mut(&s.queued.request) {
                 // Only the newest copy is indexed; an older duplicate keeps the entry of the
                 // newer one, which comes later and overwrites this.
                 *indexed = seq;
             }
         }
-        debug_assert_eq!(self.slots.len(), self.live);
     }
 }
 
