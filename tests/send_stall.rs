@@ -111,6 +111,32 @@ fn request(index: u32, begin: u32) -> BlockRequest {
     }
 }
 
+/// Twice as many peers as send slots, peer `p` from `source(p)`, each asking for 512 blocks
+/// through a 4 KiB window and then never reading; returned open (their sends stay stuck).
+fn stuck_peers(
+    addr: SocketAddr,
+    info_hash: [u8; 20],
+    source: fn(u32) -> std::net::Ipv4Addr,
+) -> Vec<TcpStream> {
+    let mut stuck = Vec::new();
+    for p in 0..2 * SLOTS as u32 {
+        let mut s = connect_from(source(p), addr, 4096);
+        join(&mut s, info_hash);
+        let mut out = Vec::new();
+        for b in 0..512u32 {
+            let at = (p * 512 + b) * BLOCK % (16 << 20);
+            encode(
+                &Message::Request(request(at / PIECE_LEN, at % PIECE_LEN)),
+                &mut out,
+            );
+        }
+        s.write_all(&out).expect("requests");
+        stuck.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stuck
+}
+
 /// Seeds a 16 MiB torrent under `engine_config` (one shard, `SLOTS` send slots), has twice
 /// as many peers from `STUCK_SOURCE` as slots ask for 512 blocks each through a 4 KiB window
 /// and stop reading, then times how long an honest peer from `honest_source` waits for 4
@@ -132,22 +158,7 @@ fn honest_wait_beside_stuck_peers(
         &content,
         &format!("buffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n{engine_config}"),
     );
-    let mut stuck = Vec::new();
-    for p in 0..2 * SLOTS as u32 {
-        let mut s = connect_from(stuck_source(p), squall.addr, 4096);
-        join(&mut s, info_hash);
-        let mut out = Vec::new();
-        for b in 0..512u32 {
-            let at = (p * 512 + b) * BLOCK % (16 << 20);
-            encode(
-                &Message::Request(request(at / PIECE_LEN, at % PIECE_LEN)),
-                &mut out,
-            );
-        }
-        s.write_all(&out).expect("requests");
-        stuck.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let stuck = stuck_peers(squall.addr, info_hash, stuck_source);
     // The honest peer reads everything it is sent.
     let started = Instant::now();
     let mut honest = connect_from(honest_source, squall.addr, 1 << 20);
@@ -287,22 +298,7 @@ fn shutdown_with_stuck_sends_reaps_every_op_before_freeing() {
              send_stall_secs = 600\nsend_slots_per_ip_max = {SLOTS}\n"
         ),
     );
-    let mut stuck = Vec::new();
-    for p in 0..2 * SLOTS as u32 {
-        let mut s = connect_from(STUCK_SOURCE, squall.addr, 4096);
-        join(&mut s, info_hash);
-        let mut out = Vec::new();
-        for b in 0..512u32 {
-            let at = (p * 512 + b) * BLOCK % (16 << 20);
-            encode(
-                &Message::Request(request(at / PIECE_LEN, at % PIECE_LEN)),
-                &mut out,
-            );
-        }
-        s.write_all(&out).expect("requests");
-        stuck.push(s);
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let stuck = stuck_peers(squall.addr, info_hash, |_| STUCK_SOURCE);
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(squall.child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(15);
