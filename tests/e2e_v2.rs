@@ -105,33 +105,15 @@ impl HashClient {
         self.s.write_all(&out).unwrap();
     }
 
-    /// The next hashes (Ok) or hash reject (Err) message; other messages are skipped.
-    fn next_answer(
+    /// The first message `pick` maps to Some, read as it arrives; others are skipped.
+    fn next_where<T>(
         &mut self,
-    ) -> Result<
-        (squall_engine::wire::hashes::HashRequest, Vec<[u8; 32]>),
-        squall_engine::wire::hashes::HashRequest,
-    > {
-        use squall_engine::metainfo::merkle::split_hashes;
-        use squall_engine::wire::hashes::{parse_hash_request, parse_hashes, HASHES, HASH_REJECT};
-        use squall_engine::wire::{decode_frame, Message};
+        mut pick: impl FnMut(squall_engine::wire::Message<'_>) -> Option<T>,
+    ) -> T {
         use std::io::Read;
         loop {
-            if let Ok(Some((m, used))) = decode_frame(&self.buf, 1 << 20) {
-                let got = match m {
-                    Message::Unknown {
-                        id: HASHES,
-                        payload,
-                    } => {
-                        let (r, h) = parse_hashes(payload).expect("well-formed hashes");
-                        Some(Ok((r, split_hashes(h).unwrap())))
-                    }
-                    Message::Unknown {
-                        id: HASH_REJECT,
-                        payload,
-                    } => Some(Err(parse_hash_request(HASH_REJECT, payload).unwrap())),
-                    _ => None,
-                };
+            if let Ok(Some((m, used))) = squall_engine::wire::decode_frame(&self.buf, 1 << 20) {
+                let got = pick(m);
                 self.buf.drain(..used);
                 if let Some(g) = got {
                     return g;
@@ -144,6 +126,32 @@ impl HashClient {
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }
         }
+    }
+
+    /// The next hashes (Ok) or hash reject (Err) message; other messages are skipped.
+    fn next_answer(
+        &mut self,
+    ) -> Result<
+        (squall_engine::wire::hashes::HashRequest, Vec<[u8; 32]>),
+        squall_engine::wire::hashes::HashRequest,
+    > {
+        use squall_engine::metainfo::merkle::split_hashes;
+        use squall_engine::wire::hashes::{parse_hash_request, parse_hashes, HASHES, HASH_REJECT};
+        use squall_engine::wire::Message;
+        self.next_where(|m| match m {
+            Message::Unknown {
+                id: HASHES,
+                payload,
+            } => {
+                let (r, h) = parse_hashes(payload).expect("well-formed hashes");
+                Some(Ok((r, split_hashes(h).unwrap())))
+            }
+            Message::Unknown {
+                id: HASH_REJECT,
+                payload,
+            } => Some(Err(parse_hash_request(HASH_REJECT, payload).unwrap())),
+            _ => None,
+        })
     }
 }
 
@@ -243,30 +251,15 @@ impl HashClient {
         self.s.write_all(&out).unwrap();
     }
 
-    /// Waits for `Unchoke`, then for the answer to a block request: Ok(piece data length)
-    /// or Err(()) for a BEP 6 reject. Other messages are skipped.
+    /// The answer to a block request: Ok(piece data length) or Err(()) for a BEP 6
+    /// reject. Other messages are skipped.
     fn next_block_answer(&mut self) -> Result<usize, ()> {
-        use squall_engine::wire::{decode_frame, Message};
-        use std::io::Read;
-        loop {
-            if let Ok(Some((m, used))) = decode_frame(&self.buf, 1 << 20) {
-                let got = match m {
-                    Message::Piece { data, .. } => Some(Ok(data.len())),
-                    Message::RejectRequest(_) => Some(Err(())),
-                    _ => None,
-                };
-                self.buf.drain(..used);
-                if let Some(g) = got {
-                    return g;
-                }
-                continue;
-            }
-            let mut tmp = [0u8; 65536];
-            match self.s.read(&mut tmp) {
-                Ok(0) | Err(_) => panic!("squall closed the connection"),
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-            }
-        }
+        use squall_engine::wire::Message;
+        self.next_where(|m| match m {
+            Message::Piece { data, .. } => Some(Ok(data.len())),
+            Message::RejectRequest(_) => Some(Err(())),
+            _ => None,
+        })
     }
 }
 
