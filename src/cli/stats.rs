@@ -4,8 +4,8 @@
 //! read anything but the admin endpoint (it works against any `squall seed --admin ADDR`).
 
 use squall_engine::config::ADMIN_LISTEN_DEFAULT;
-use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,8 +28,6 @@ pub struct StatsArgs {
 
 /// Connect and I/O timeout for one fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest response accepted (a /stats document is a few KiB per shard).
-const RESPONSE_MAX_BYTES: u64 = 16 << 20;
 
 pub fn run(args: StatsArgs) -> Result<ExitCode, String> {
     let addr = resolve(&args.admin)?;
@@ -68,36 +66,19 @@ fn resolve(admin: &str) -> Result<SocketAddr, String> {
 
 /// GET /stats and parse it.
 pub fn fetch_stats(addr: SocketAddr, token: Option<&str>) -> Result<serde_json::Value, String> {
-    let unreachable = |e: std::io::Error| {
-        format!(
-            "cannot reach the admin endpoint at {addr}: {e} (is `squall seed` running with \
-             --admin {addr}?)"
-        )
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, FETCH_TIMEOUT).map_err(unreachable)?;
-    let _ = stream.set_read_timeout(Some(FETCH_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(FETCH_TIMEOUT));
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET /stats HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .map_err(unreachable)?;
-    let mut raw = Vec::new();
-    stream
-        .take(RESPONSE_MAX_BYTES)
-        .read_to_end(&mut raw)
-        .map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: not an HTTP response (is it a squall admin endpoint?)"))?;
-    let status = head.split(' ').nth(1).unwrap_or("");
+    let (status, body) = super::admin_client::request(
+        addr,
+        token,
+        "GET",
+        "/stats",
+        None,
+        FETCH_TIMEOUT,
+        &format!("is `squall seed` running with --admin {addr}?"),
+    )?;
+    let body = body.as_str();
     match status {
-        "200" => {}
-        "401" => {
+        200 => {}
+        401 => {
             return Err(format!(
                 "{addr}: unauthorized: set SQUALL_ADMIN_TOKEN to the seeder's [admin] token"
             ))

@@ -8,8 +8,7 @@
 
 use squall_engine::config::{SeedConfig, ADMIN_LISTEN_DEFAULT};
 use squall_engine::control::api::percent_encode;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -77,8 +76,6 @@ pub enum TorrentsCommand {
 
 /// Connect and I/O timeout of one request (an upload of a large .torrent included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest response read (a page of at most 1000 rows is well below it).
-const RESPONSE_MAX_BYTES: u64 = 16 << 20;
 /// Rows asked per page while `ls` walks the whole list.
 const LS_PAGE_ROWS: usize = 1000;
 
@@ -284,45 +281,20 @@ fn call(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<serde_json::Value, String> {
-    let addr = ep.addr;
-    let unreachable = |e: std::io::Error| {
-        format!(
-            "cannot reach the admin endpoint at {addr}: {e} (is `squall seed` running with \
-             --admin {addr}? else give --admin ADDR or --config FILE)"
-        )
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(unreachable)?;
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-    let auth = ep
-        .token
-        .as_deref()
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.unwrap_or(&[]);
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: \
-         application/x-bittorrent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body))
-        .map_err(unreachable)?;
-    let mut raw = Vec::new();
-    stream
-        .take(RESPONSE_MAX_BYTES)
-        .read_to_end(&mut raw)
-        .map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: not an HTTP response (is it a squall admin endpoint?)"))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, body) = super::admin_client::request(
+        ep.addr,
+        ep.token.as_deref(),
+        method,
+        path,
+        // Every request carries a body (empty for reads), as the API has always been sent.
+        Some(body.unwrap_or(&[])),
+        REQUEST_TIMEOUT,
+        &format!(
+            "is `squall seed` running with --admin {}? else give --admin ADDR or --config FILE",
+            ep.addr
+        ),
+    )?;
+    let body = body.as_str();
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     if (200..300).contains(&status) {
         return Ok(v);
