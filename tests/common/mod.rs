@@ -394,13 +394,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("admin response");
+    let (status, body) = split_response(&raw);
+    (status, body.to_string())
+}
+
+/// An HTTP response's status code and body.
+pub fn split_response(raw: &str) -> (u16, &str) {
     let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    (status, body.to_string())
+    (status, body)
 }
 
 pub fn write_all(stream: &mut TcpStream, bytes: &[u8]) {
@@ -721,12 +727,7 @@ pub fn admin_request(
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
+    let (status, body) = split_response(&raw);
     (
         status,
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
