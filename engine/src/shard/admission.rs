@@ -85,17 +85,12 @@ fn masked(bits: u128, width: u32, prefix: u32) -> u128 {
 }
 
 /// The source `ip` is counted as (an IPv4 address, or an IPv6 /64; a mapped address as its
-/// IPv4 address): the key other per-source bounds use too (`send_slots_per_ip_max`).
-pub fn source_key(ip: &IpAddr) -> (bool, u128) {
-    let (source, _) = groups(ip);
-    (source.v6, source.bits)
-}
-
-/// The network `ip` is counted in (IPv4 /24, IPv6 /48): the key of the second-level
-/// per-network bounds (`peers_per_prefix_max`, `send_slots_per_prefix_max`).
-pub fn network_key(ip: &IpAddr) -> (bool, u128) {
-    let (_, network) = groups(ip);
-    (network.v6, network.bits)
+/// IPv4 address) and the network it is counted in (IPv4 /24, IPv6 /48): the keys other
+/// per-source and per-network bounds use too (`send_slots_per_ip_max`,
+/// `send_slots_per_prefix_max`).
+pub fn group_keys(ip: &IpAddr) -> ((bool, u128), (bool, u128)) {
+    let (source, network) = groups(ip);
+    ((source.v6, source.bits), (network.v6, network.bits))
 }
 
 /// The source group and the network group `ip` is counted in.

@@ -54,10 +54,10 @@ pub struct GatherSend {
 pub struct Peer {
     pub fd: OwnedFd,
     pub addr: SocketAddr,
-    /// `addr`'s source as admission counts it (`admission::source_key`), derived once: the
+    /// `addr`'s source as admission counts it (`admission::group_keys`), derived once: the
     /// send-slot bound per source looks it up for every batch.
     pub source: (bool, u128),
-    /// `addr`'s network (`admission::network_key`), for `send_slots_per_prefix_max`.
+    /// `addr`'s network (`admission::group_keys`), for `send_slots_per_prefix_max`.
     pub network: (bool, u128),
     pub generation: u16,
     pub phase: Phase,
@@ -124,11 +124,12 @@ impl Peer {
         recv_buf_bytes: usize,
     ) -> Peer {
         let now = session.connected_at();
+        let (source, network) = crate::shard::admission::group_keys(&addr.ip());
         Peer {
             fd,
             addr,
-            source: crate::shard::admission::source_key(&addr.ip()),
-            network: crate::shard::admission::network_key(&addr.ip()),
+            source,
+            network,
             generation,
             phase: Phase::Open,
             ops_inflight: 0,

@@ -75,7 +75,7 @@ pub struct SendSlots {
     chain: Vec<squeue::Entry>,
     /// Unservable blocks are logged once per shard (then only counted).
     warned_unservable: bool,
-    /// Slots held per source and per network (`admission::source_key`, `network_key`; the
+    /// Slots held per source and per network (`admission::group_keys`; the
     /// first field says which), for `send_slots_per_ip_max` and `send_slots_per_prefix_max`.
     /// A group holding none has no entry: at most two entries per slot.
     held_by: std::collections::HashMap<(bool, bool, u128), u16>,
