@@ -153,6 +153,13 @@ pub struct EngineConfig {
     /// Pin shard i to CPU i (mod online CPUs).
     pub pin_shards: bool,
     pub serve_mode: ServeMode,
+    /// MSE/PE (encrypted peers): off | allow | prefer | require (`wire::mse`).
+    pub encryption: crate::wire::mse::EncryptionMode,
+    /// MSE handshakes (DH key exchanges) a shard starts per second, all peers together;
+    /// more are closed at once (`encryption_failures{reason="rate_limited"}`).
+    pub encryption_handshakes_per_sec_max: u32,
+    /// MSE handshakes a shard starts per second for one IPv4 address or IPv6 /64.
+    pub encryption_handshakes_per_ip_per_sec_max: u32,
     /// zerocopy mode: a connection whose sends the kernel reports as copied (loopback, NICs
     /// without the offloads) switches to plain sends.
     pub zerocopy_adaptive: bool,
@@ -309,6 +316,10 @@ impl Default for EngineConfig {
             shards: 0,
             pin_shards: true,
             serve_mode: ServeMode::Copy,
+            encryption: crate::wire::mse::EncryptionMode::Allow,
+            encryption_handshakes_per_sec_max: crate::shard::transport::HANDSHAKES_PER_SEC_DEFAULT,
+            encryption_handshakes_per_ip_per_sec_max:
+                crate::shard::transport::HANDSHAKES_PER_IP_PER_SEC_DEFAULT,
             zerocopy_adaptive: true,
             vectored_reads: true,
             register_ring_fd: true,
@@ -524,6 +535,7 @@ impl EngineConfig {
         positive("peers_per_ip_max", self.peers_per_ip_max as u64)?;
         positive("peers_per_prefix_max", self.peers_per_prefix_max as u64)?;
         positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
+        crate::shard::transport::validate_config(self)?;
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("send_stall_secs", self.send_stall_secs)?;
         positive("send_slots_per_ip_max", self.send_slots_per_ip_max as u64)?;

@@ -33,6 +33,7 @@ pub mod session;
 pub mod setup;
 mod shutdown;
 pub mod submit;
+pub mod transport;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::EngineConfig;
@@ -113,6 +114,8 @@ pub struct Shard {
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
     plan_scratch: PlanScratch,
+    /// MSE/PE: the SKEY index and the DH budget (`transport`).
+    crypto: transport::ShardCrypto,
 }
 
 impl Shard {
@@ -171,6 +174,7 @@ impl Shard {
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
             plan_scratch: PlanScratch::default(),
+            crypto: Default::default(),
             config,
         })
     }
@@ -384,6 +388,7 @@ impl Shard {
         }
         peer.phase = Phase::Open;
         self.with_session(idx, |s, env, _| s.on_connected(env));
+        self.start_outbound_transport(idx);
         self.pump(idx);
         self.arm_recv(idx);
     }
@@ -447,6 +452,7 @@ impl Shard {
 
     fn on_recv(&mut self, idx: u32, c: Completion) {
         let now = self.now;
+        let before = self.peers.get(idx).map_or(0, |p| p.recv_len);
         let ended = match self.recv.on_completion(self.peers.get_mut(idx), &c) {
             Received::Ignored => return,
             Received::OutOfBuffers => {
@@ -482,7 +488,10 @@ impl Shard {
         if let Some(peer) = self.peers.get_mut(idx) {
             peer.session.on_received(now);
         }
-        if let Err(reason) = self.process_input(idx) {
+        let input = self.transport_input(idx, before);
+        if let Err(reason) =
+            input.and_then(|plain| plain.then(|| self.process_input(idx)).unwrap_or(Ok(())))
+        {
             self.close_peer(idx, reason);
             return;
         }
@@ -701,6 +710,7 @@ impl Shard {
         }
         if peer.session.has_out() {
             std::mem::swap(peer.session.out_mut(), &mut peer.control_sending);
+            self.stats.encrypted_bytes += peer.crypto.seal_control(&mut peer.control_sending);
             peer.session.out_mut().clear();
             peer.control_sent = 0;
             peer.control_inflight = true;

@@ -104,6 +104,8 @@ pub struct Peer {
     /// `page_cache_sends`: this peer's last residency check, reused for its next blocks
     /// while fresh (see `shard::Residency`).
     pub residency: Option<Residency>,
+    /// Plaintext or MSE/RC4, and an encrypted batch's held send (`shard::transport`).
+    pub crypto: crate::shard::transport::PeerCrypto,
 }
 
 /// A `mincore` answer: `file`'s bytes [start, end) were in the page cache at `checked_at`.
@@ -155,6 +157,7 @@ impl Peer {
             connect_addr: None,
             readahead_file: None,
             residency: None,
+            crypto: Default::default(),
         }
     }
 

@@ -23,6 +23,7 @@ pub mod prometheus;
 pub mod view;
 
 use crate::metainfo::InfoHash;
+pub use crate::wire::mse::MseError;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 
@@ -55,10 +56,13 @@ pub enum CloseReason {
     SelfConnection,
     TorrentRemoved,
     Shutdown,
+    /// An MSE/PE handshake failed (its reason: `encryption_failures`), or plaintext was
+    /// refused under `encryption = "require"`.
+    EncryptionFailed,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 22] = [
+    pub const ALL: [CloseReason; 23] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -81,6 +85,7 @@ impl CloseReason {
         CloseReason::SelfConnection,
         CloseReason::TorrentRemoved,
         CloseReason::Shutdown,
+        CloseReason::EncryptionFailed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +111,7 @@ impl CloseReason {
             CloseReason::SelfConnection => "self_connection",
             CloseReason::TorrentRemoved => "torrent_removed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::EncryptionFailed => "encryption_failed",
         }
     }
     fn index(self) -> usize {
@@ -225,6 +231,12 @@ pub struct ShardStats {
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
     pub metadata_pieces_served: u64,
+    /// MSE/PE: connections that finished the handshake with RC4 selected.
+    pub encrypted_connections: u64,
+    /// MSE/PE: bytes encrypted (sent) and decrypted (received) with RC4.
+    pub encrypted_bytes: u64,
+    /// MSE/PE: handshakes that failed, by reason (`MseError::ALL` order).
+    pub encryption_failures: [u64; MseError::ALL.len()],
     /// Extras loads (BEP 9 info, BEP 52 trees) refused or timed out: the waiting peers got
     /// rejects.
     pub extras_loads_refused: u64,
@@ -317,6 +329,9 @@ impl ShardStats {
             recv_buffer_bytes: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
+            encrypted_connections: 0,
+            encrypted_bytes: 0,
+            encryption_failures: [0; MseError::ALL.len()],
             extras_loads_refused: 0,
             stats_snapshots_dropped: 0,
             health_reports_dropped: 0,
@@ -454,6 +469,15 @@ impl ShardStats {
         self.recv_buffer_bytes += other.recv_buffer_bytes;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
+        self.encrypted_connections += other.encrypted_connections;
+        self.encrypted_bytes += other.encrypted_bytes;
+        for (a, b) in self
+            .encryption_failures
+            .iter_mut()
+            .zip(other.encryption_failures.iter())
+        {
+            *a += b;
+        }
         self.extras_loads_refused += other.extras_loads_refused;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.health_reports_dropped += other.health_reports_dropped;

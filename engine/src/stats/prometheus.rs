@@ -541,6 +541,39 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_encrypted_connections_total",
+        "counter",
+        "MSE/PE connections that finished the handshake with RC4.",
+        |s| s.encrypted_connections,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_encrypted_bytes_total",
+        "counter",
+        "Bytes encrypted (sent) and decrypted (received) with RC4.",
+        |s| s.encrypted_bytes,
+    );
+    header(
+        o,
+        "squall_encryption_failures_total",
+        "counter",
+        "MSE/PE handshakes that failed, by reason (the peer was closed).",
+    );
+    for s in view.shards() {
+        for r in super::MseError::ALL {
+            let _ = writeln!(
+                o,
+                "squall_encryption_failures_total{{shard=\"{}\",reason=\"{}\"}} {}",
+                s.stats.shard,
+                r.as_str(),
+                s.stats.encryption_failures[r.index()]
+            );
+        }
+    }
+    per_shard(
+        o,
+        view,
         "squall_extras_loads_refused_total",
         "counter",
         "Loads of a torrent's info dictionary or v2 trees refused (queue full) or timed out; \
