@@ -91,7 +91,8 @@ impl Crypt {
     /// Encrypts what the peer queued since the last call (in place, once).
     pub fn seal(&mut self, tx: &mut [u8]) {
         if let Some(pair) = self.pair.as_mut() {
-            pair.send.apply(&mut tx[self.sealed.min(tx.len())..]);
+            let from = self.sealed.min(tx.len());
+            pair.send.apply(&mut tx[from..]);
             self.sealed = tx.len();
         }
     }

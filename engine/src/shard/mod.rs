@@ -462,6 +462,7 @@ impl Shard {
                 return;
             }
             Received::Eof => {
+                self.on_transport_eof(idx);
                 let owed = self.peers.get_mut(idx).is_some_and(|p| {
                     let send_busy = p.send_busy();
                     p.session.on_read_closed(send_busy)
@@ -488,10 +489,12 @@ impl Shard {
         if let Some(peer) = self.peers.get_mut(idx) {
             peer.session.on_received(now);
         }
-        let input = self.transport_input(idx, before);
-        if let Err(reason) =
-            input.and_then(|plain| plain.then(|| self.process_input(idx)).unwrap_or(Ok(())))
-        {
+        // MSE: what arrived is decrypted, or taken by the handshake (then nothing to parse).
+        let parsed = match self.transport_input(idx, before) {
+            Ok(true) => self.process_input(idx),
+            other => other.map(|_| ()),
+        };
+        if let Err(reason) = parsed {
             self.close_peer(idx, reason);
             return;
         }

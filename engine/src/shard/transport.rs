@@ -276,6 +276,19 @@ impl Shard {
         peer.recv_len = rest + ia.len();
     }
 
+    /// The peer shut its side: in the middle of a handshake, that is a failure (`truncated`).
+    pub(super) fn on_transport_eof(&mut self, idx: u32) {
+        let handshaking = self.peers.get(idx).is_some_and(|p| {
+            matches!(
+                p.crypto.transport,
+                Transport::Responding(_) | Transport::Initiating(_)
+            )
+        });
+        if handshaking {
+            fail(&mut self.stats, MseError::Truncated);
+        }
+    }
+
     /// A dial-out connected: under `prefer` and `require` its BitTorrent handshake becomes
     /// the initial payload of an MSE handshake it starts.
     pub(super) fn start_outbound_transport(&mut self, idx: u32) {

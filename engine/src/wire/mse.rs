@@ -72,10 +72,13 @@ pub enum MseError {
     /// No method both sides accept (`crypto_provide` vs the configured `encryption`), or a
     /// `crypto_select` that was not offered.
     NoCommonMethod,
+    /// The peer closed its side in the middle of the handshake (e.g. a truncated DH key);
+    /// counted by the shard, which sees the end of the stream.
+    Truncated,
 }
 
 impl MseError {
-    pub const ALL: [MseError; 8] = [
+    pub const ALL: [MseError; 9] = [
         MseError::RateLimited,
         MseError::PlaintextRefused,
         MseError::BadPublicKey,
@@ -84,6 +87,7 @@ impl MseError {
         MseError::BadVerification,
         MseError::PadTooLong,
         MseError::NoCommonMethod,
+        MseError::Truncated,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -95,6 +99,7 @@ impl MseError {
             MseError::BadVerification => "bad_verification",
             MseError::PadTooLong => "pad_too_long",
             MseError::NoCommonMethod => "no_common_method",
+            MseError::Truncated => "truncated",
         }
     }
     pub fn index(self) -> usize {
