@@ -387,6 +387,64 @@ fn hostile_handshakes_are_closed_and_counted() {
     assert_eq!(code, Some(0));
 }
 
+/// A libtorrent leecher that refuses plaintext and never dials anyone is dialed by squall
+/// under `encryption = "require"` (peer from the tracker): squall starts the MSE handshake
+/// (its BitTorrent handshake as the initial payload) and the download completes over RC4.
+#[test]
+fn dial_outs_start_mse_under_require() {
+    if !libtorrent_available() || !opentracker_available() {
+        return;
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/announce");
+    let content = dir.path().join("content");
+    standard_content(&content);
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    let torrent = torrents.join("single.bin.torrent");
+    let hash = squall_make(&content.join("single.bin"), &torrent, &["--tracker", &url]);
+    let _tracker = start_opentracker(dir.path(), port, &[hash]);
+    let save = dir.path().join("lt");
+    let mut leech = Command::new(SYSTEM_PYTHON)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/lt_tracker_leech.py"
+        ))
+        .arg("--save")
+        .arg(&save)
+        .arg("--torrent")
+        .arg(&torrent)
+        .args(["--timeout", "90", "--encryption", "forced"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(leech.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(first, "announced", "libtorrent did not announce: {first}");
+    let leech = KillOnDrop(leech);
+    let config = write_config(dir.path(), "[engine]\nencryption = \"require\"\n");
+    let squall = SeedArgs::catalog(&torrents, &content)
+        .state(&dir.path().join("state"))
+        .config(&config)
+        .admin()
+        .start();
+    let admin = squall.admin.expect("admin");
+    let result = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    drop(leech);
+    assert!(result.contains("\"ok\": true"), "libtorrent: {result}");
+    assert_same_tree(&content.join("single.bin"), &save.join("single.bin"));
+    let page = wait_page(admin, |p| {
+        metric_sum(p, "squall_encrypted_connections_total") >= 1.0
+    });
+    assert!(
+        metric_sum(&page, "squall_encrypted_connections_total") >= 1.0,
+        "{page}"
+    );
+}
+
 /// `squall config check` names a bad `encryption` value and bad DH budgets.
 #[test]
 fn config_check_explains_encryption_values() {

@@ -374,3 +374,69 @@ pub fn seal_now(peer: &mut Peer, bytes: &mut [u8]) -> u64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dh_budget_bounds_each_source_and_the_shard() {
+        // Proves: a source gets at most its per-IP share per window, the shard at most its
+        // total, and both start again in the next window.
+        let config = EngineConfig {
+            encryption_handshakes_per_sec_max: 3,
+            encryption_handshakes_per_ip_per_sec_max: 2,
+            ..EngineConfig::default()
+        };
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+        );
+        let mut crypto = ShardCrypto::default();
+        let t0 = Instant::now();
+        assert_eq!(crypto.admit(&a, t0, &config), Ok(()));
+        assert_eq!(crypto.admit(&a, t0, &config), Ok(()));
+        assert_eq!(crypto.admit(&a, t0, &config), Err(MseError::RateLimited));
+        assert_eq!(crypto.admit(&b, t0, &config), Ok(()));
+        assert_eq!(crypto.admit(&c, t0, &config), Err(MseError::RateLimited));
+        let t1 = t0 + Duration::from_millis(BUDGET_WINDOW_MS);
+        assert_eq!(crypto.admit(&c, t1, &config), Ok(()));
+        assert!(crypto.window_per_ip.len() <= crypto.window_total as usize);
+    }
+
+    #[test]
+    fn config_refuses_zero_and_inverted_budgets() {
+        // Proves: each refusal names its key and says what is accepted.
+        let zero = EngineConfig {
+            encryption_handshakes_per_sec_max: 0,
+            ..EngineConfig::default()
+        };
+        assert!(validate_config(&zero)
+            .unwrap_err()
+            .starts_with("encryption_handshakes_per_sec_max = 0"));
+        let inverted = EngineConfig {
+            encryption_handshakes_per_sec_max: 10,
+            encryption_handshakes_per_ip_per_sec_max: 11,
+            ..EngineConfig::default()
+        };
+        assert!(validate_config(&inverted)
+            .unwrap_err()
+            .starts_with("encryption_handshakes_per_ip_per_sec_max = 11"));
+        validate_config(&EngineConfig::default()).unwrap();
+    }
+
+    #[test]
+    fn control_bytes_in_wire_form_are_not_encrypted_again() {
+        // Proves: bytes the handshake wrote are sent as they are; only the session's bytes
+        // after them are encrypted, once (a second call encrypts nothing already sealed).
+        let mut plain = PeerCrypto {
+            ready_out_bytes: 3,
+            ..PeerCrypto::default()
+        };
+        let mut bytes = *b"abcdef";
+        assert_eq!(plain.seal_control(&mut bytes), 0);
+        assert_eq!(&bytes, b"abcdef");
+        assert_eq!(plain.ready_out_bytes, 0);
+    }
+}
