@@ -262,7 +262,7 @@ impl Progress {
 enum RespState {
     /// Waiting for the 96 bytes of Ya.
     PublicKey,
-    /// Ya read, Yb sent: looking for `HASH('req1', S)` in PadA (searched `scanned` bytes).
+    /// Ya read, Yb sent: looking for `HASH('req1', S)` in PadA.
     Sync {
         secret: Box<[u8; DH_KEY_BYTES]>,
         req1: [u8; 20],
@@ -275,7 +275,7 @@ enum RespState {
     /// PadC and len(IA) (`ia_len` None), then IA.
     Payload {
         info_hash: InfoHash,
-        pair: Rc4Pair,
+        pair: Box<Rc4Pair>,
         select: u32,
         pad_c: usize,
         ia_len: Option<usize>,
@@ -354,10 +354,10 @@ impl Responder {
                         *b = rest[i] ^ req3[i];
                     }
                     let info_hash = skey(&req2).ok_or(MseError::UnknownTorrent)?;
-                    let mut pair = Rc4Pair {
+                    let mut pair = Box::new(Rc4Pair {
                         send: Rc4Stream::new(b"keyB", secret, &info_hash),
                         recv: Rc4Stream::new(b"keyA", secret, &info_hash),
-                    };
+                    });
                     let mut head = [0u8; VC_PROVIDE_PADLEN_BYTES];
                     head.copy_from_slice(&rest[20..20 + VC_PROVIDE_PADLEN_BYTES]);
                     pair.recv.apply(&mut head);
@@ -425,7 +425,7 @@ impl Responder {
                         consumed: at,
                         established: Some(Established {
                             info_hash,
-                            cipher: (select == CRYPTO_RC4).then_some(pair),
+                            cipher: (select == CRYPTO_RC4).then_some(*pair),
                             initial_payload,
                         }),
                     });
@@ -441,15 +441,15 @@ enum InitState {
     PublicKey,
     /// Looking for ENCRYPT(VC) in PadB.
     Sync {
-        pair: Rc4Pair,
+        pair: Box<Rc4Pair>,
         vc: [u8; 8],
     },
     /// ENCRYPT(VC) found: crypto_select and len(PadD), then PadD.
     Select {
-        pair: Rc4Pair,
+        pair: Box<Rc4Pair>,
     },
     PadD {
-        pair: Rc4Pair,
+        pair: Box<Rc4Pair>,
         select: u32,
         pad_d: usize,
     },
@@ -500,10 +500,10 @@ impl Initiator {
                     let secret = shared_secret(&self.private, &rest[..DH_KEY_BYTES])?;
                     at += DH_KEY_BYTES;
                     let skey = self.info_hash;
-                    let mut pair = Rc4Pair {
+                    let mut pair = Box::new(Rc4Pair {
                         send: Rc4Stream::new(b"keyA", &secret, &skey),
                         recv: Rc4Stream::new(b"keyB", &secret, &skey),
-                    };
+                    });
                     out.extend_from_slice(&sha1_parts(&[b"req1", &secret]));
                     let req2 = req2_hash(&skey);
                     let req3 = sha1_parts(&[b"req3", &secret]);
@@ -584,7 +584,7 @@ impl Initiator {
                         consumed: at,
                         established: Some(Established {
                             info_hash: self.info_hash,
-                            cipher: (select == CRYPTO_RC4).then_some(pair),
+                            cipher: (select == CRYPTO_RC4).then_some(*pair),
                             initial_payload: Vec::new(),
                         }),
                     });
