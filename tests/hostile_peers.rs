@@ -28,7 +28,10 @@ const PEERS_PER_IP_MAX: usize = 32;
 const RSS_GROWTH_MAX_KIB: u64 = 160 * 1024;
 // The idle-connection case opens 2,000 connections from one /24 (127.3.0.0/24): the
 // per-prefix bound is raised so they are admitted and then idle-closed.
-const CONFIG: &str = "[engine]\nhandshake_timeout_secs = 2\nidle_timeout_secs = 4\n\
+// MSE is off: the garbage-handshake cases check the plaintext parser's fail-fast (with MSE
+// allowed, garbage is taken for an encrypted handshake; tests/e2e_encryption.rs has those).
+const CONFIG: &str =
+    "[engine]\nencryption = \"off\"\nhandshake_timeout_secs = 2\nidle_timeout_secs = 4\n\
                       keepalive_interval_secs = 2\npeers_per_ip_max = 32\n\
                       peers_per_prefix_max = 4096\npeers_max = 5000\n";
 

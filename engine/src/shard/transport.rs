@@ -39,8 +39,10 @@ pub const HANDSHAKES_PER_IP_PER_SEC_DEFAULT: u32 = 20;
 pub const HANDSHAKES_PER_SEC_CEILING: u32 = 10_000;
 /// The budget's window.
 const BUDGET_WINDOW_MS: u64 = 1000;
-/// The BitTorrent handshake's first 20 bytes: anything else is taken for MSE.
-const BT_PROTOCOL_PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";
+/// A stream starting with these 2 bytes (pstrlen 19, 'B') is taken for plaintext BitTorrent
+/// and parsed as such (a malformed one fails fast as `bad_handshake`); anything else for MSE.
+/// A random Ya starts with them once in 65,536 handshakes (that peer's retry succeeds).
+const BT_PROTOCOL_PREFIX: &[u8; 2] = b"\x13B";
 
 /// `[engine] encryption*` rules; messages start with `key = value:`.
 pub fn validate_config(c: &EngineConfig) -> Result<(), String> {
