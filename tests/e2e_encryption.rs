@@ -253,7 +253,7 @@ fn hostile_handshakes_are_closed_and_counted() {
     }
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("content");
-    let big = pattern_bytes(8 << 20, 21);
+    let big = pattern_bytes(12 << 20, 21);
     write_file(&content.join("honest.bin"), &big);
     let config = write_config(
         dir.path(),
@@ -340,12 +340,18 @@ fn hostile_handshakes_are_closed_and_counted() {
         Source::Torrent(&torrent),
         &save,
         &squall.peer(),
-        &["--encryption", "forced"],
+        &["--encryption", "forced", "--rate-limit", "2000000"],
     )
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
     .spawn()
     .expect("spawn libtorrent");
+    // The flood starts once the honest peer's encrypted connection is up (the garbage case
+    // above made the first one), so it lands in the middle of its download.
+    let before = metric_sum(&page, "squall_encrypted_connections_total");
+    wait_page(admin, |p| {
+        metric_sum(p, "squall_encrypted_connections_total") > before
+    });
     let flooders: Vec<_> = (0..16u8)
         .map(|i| {
             std::thread::spawn(move || {
