@@ -266,6 +266,9 @@ enum RespState {
     Sync {
         secret: Box<[u8; DH_KEY_BYTES]>,
         req1: [u8; 20],
+        /// PadA bytes already searched (no match starts before this): each byte is searched
+        /// once however the bytes arrive.
+        scanned: usize,
     },
     /// `HASH('req1', S)` found and taken: the 20 bytes naming SKEY, then the encrypted VC,
     /// crypto_provide and len(PadC).
@@ -327,21 +330,30 @@ impl Responder {
                     self.state = RespState::Sync {
                         req1: sha1_parts(&[b"req1", &secret]),
                         secret: Box::new(secret),
+                        scanned: 0,
                     };
                 }
-                RespState::Sync { secret, req1 } => {
+                RespState::Sync {
+                    secret,
+                    req1,
+                    scanned,
+                } => {
                     // The hash starts within PadA: at offset <= 512 after Ya.
                     let window = rest.len().min(PAD_MAX_BYTES + 20);
-                    match find(&rest[..window], req1) {
+                    let from = (*scanned).min(window);
+                    match find(&rest[from..window], req1) {
                         Some(pos) => {
-                            at += pos + 20;
+                            at += from + pos + 20;
                             let secret = std::mem::replace(secret, Box::new([0; DH_KEY_BYTES]));
                             self.state = RespState::Skey { secret };
                         }
                         None if rest.len() >= PAD_MAX_BYTES + 20 => {
                             return Err(MseError::SyncNotFound)
                         }
-                        None => return Progress::wait(at),
+                        None => {
+                            *scanned = window.saturating_sub(req1.len() - 1);
+                            return Progress::wait(at);
+                        }
                     }
                 }
                 RespState::Skey { secret } => {
@@ -443,6 +455,8 @@ enum InitState {
     Sync {
         pair: Box<Rc4Pair>,
         vc: [u8; 8],
+        /// PadB bytes already searched (as the responder's `scanned`).
+        scanned: usize,
     },
     /// ENCRYPT(VC) found: crypto_select and len(PadD), then PadD.
     Select {
@@ -519,13 +533,18 @@ impl Initiator {
                     self.initial_payload = Vec::new();
                     let mut vc = VC;
                     pair.recv.apply(&mut vc);
-                    self.state = InitState::Sync { pair, vc };
+                    self.state = InitState::Sync {
+                        pair,
+                        vc,
+                        scanned: 0,
+                    };
                 }
-                InitState::Sync { vc, .. } => {
+                InitState::Sync { vc, scanned, .. } => {
                     let window = rest.len().min(PAD_MAX_BYTES + VC.len());
-                    match find(&rest[..window], vc) {
+                    let from = (*scanned).min(window);
+                    match find(&rest[from..window], vc) {
                         Some(pos) => {
-                            at += pos + VC.len();
+                            at += from + pos + VC.len();
                             let InitState::Sync { pair, .. } =
                                 std::mem::replace(&mut self.state, InitState::Done)
                             else {
@@ -536,7 +555,10 @@ impl Initiator {
                         None if rest.len() >= PAD_MAX_BYTES + VC.len() => {
                             return Err(MseError::SyncNotFound)
                         }
-                        None => return Progress::wait(at),
+                        None => {
+                            *scanned = window.saturating_sub(VC.len() - 1);
+                            return Progress::wait(at);
+                        }
                     }
                 }
                 InitState::Select { pair } => {
