@@ -36,7 +36,7 @@ run() { # label extra-bench-args...
     > "$out" 2> "$WORK/err-$label.txt" &
   local sp=$!
   for _ in $(seq 600); do grep -q '^ready' "$out" 2>/dev/null && break; sleep 0.1; done
-  local port; port=$(grep -o '127.0.0.1:[0-9]*' "$out" | head -1)
+  local port; port=$(grep -o -m1 '127.0.0.1:[0-9]*' "$out")
   # shellcheck disable=SC2086 # ARGS is a word list on purpose
   taskset -c 1 "$BENCH" run --target "$port" --torrents "$TORRENTS" $ARGS "$@" \
     --target-pid "$sp" --json "$WORK/$label.json" > /dev/null
