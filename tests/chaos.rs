@@ -262,7 +262,16 @@ fn chaos_run(seed: u64, disk: bool) {
         let torrent = torrents.join("f.torrent");
         let save = dir.path().join("honest");
         let peer = squall.peer();
-        std::thread::spawn(move || lt_download(Source::Torrent(&torrent), &save, &peer, &[]))
+        // Chaos resets its connection now and then (one socket result in 200); libtorrent
+        // would wait 60 s and more before redialing, and give up after 3 drops.
+        std::thread::spawn(move || {
+            lt_download(
+                Source::Torrent(&torrent),
+                &save,
+                &peer,
+                &["--reconnect-secs", "1"],
+            )
+        })
     });
     let peers: Vec<_> = (0..CHAOS_PEERS)
         .map(|p| {

@@ -3,7 +3,7 @@
 
 Usage: lt_download.py --save DIR (--torrent FILE | --magnet URI) --peer HOST:PORT [--peer ...]
                       [--timeout SECS] [--rate-limit BYTES_PER_SEC] [--abort-after-bytes N]
-                      [--dht-node 127.0.0.1:PORT ...]
+                      [--dht-node 127.0.0.1:PORT ...] [--reconnect-secs N]
 Prints one JSON line: {"ok": bool, "state": ..., "downloaded": n, "seconds": s, "error": ...}
 and exits 0 only when the download completed (or was aborted as asked).
 
@@ -11,6 +11,10 @@ Loopback only: DHT, LSD, UPnP, NAT-PMP and uTP are off; peers are dialed with co
 With --dht-node (loopback addresses only; anything else is refused), the DHT is on and
 bootstrapped from exactly those nodes, with libtorrent's loopback/private-IP restrictions off;
 then --peer may be left out and peers come from the DHT alone.
+
+--reconnect-secs N: redial a peer that dropped the connection after N seconds, however often
+it dropped. libtorrent's own default waits 60 s times (failures + 1) and stops dialing after 3
+failures, longer than a test's timeout: for tests whose seeder drops connections on purpose.
 """
 import argparse
 import json
@@ -34,6 +38,7 @@ def main():
     ap.add_argument("--rate-limit", type=int, default=0)
     ap.add_argument("--abort-after-bytes", type=int, default=0)
     ap.add_argument("--dht-node", action="append", default=[])
+    ap.add_argument("--reconnect-secs", type=int, default=0)
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     for node in args.dht_node:
@@ -54,6 +59,9 @@ def main():
     }
     if args.rate_limit:
         settings["download_rate_limit"] = args.rate_limit
+    if args.reconnect_secs:
+        settings["min_reconnect_time"] = args.reconnect_secs
+        settings["max_failcount"] = 1000
     if args.dht_node:
         settings.update({
             "enable_dht": True,
