@@ -17,7 +17,6 @@
 
 use crate::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
 use crate::metainfo::torrent::{self, InfoHash};
-use crate::storage::verify_torrent_content;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -756,14 +755,8 @@ fn run_job(job: &Job, state_dir: &Path) -> Result<CatalogTorrent, String> {
             };
             Catalog::load_one(&t, torrent_path.clone(), &opts, &progress)
         }
-        JobKind::Recheck(old) => {
-            let t = old.read_torrent().map_err(|e| e.to_string())?;
-            let report = verify_torrent_content(&t, &old.files, VERIFY_HASH_THREADS, &progress)
-                .map_err(|e| e.to_string())?;
-            let mut new = (**old).clone();
-            new.have = report.have_bitfield();
-            new.complete = report.is_complete();
-            Ok(new)
-        }
+        // Its resume file is written like an added torrent's, so a restart (or a reload,
+        // which loads the source again) keeps what the recheck found.
+        JobKind::Recheck(old) => old.recheck(state_dir, VERIFY_HASH_THREADS, &progress),
     }
 }
