@@ -158,6 +158,7 @@ impl Control {
                 runtime.as_ref().map(|r| api::Api {
                     runtime: r.clone(),
                     body_bytes_max: a.api_body_bytes_max,
+                    shards: seeder.command_senders(),
                 }),
             ) {
                 Ok(server) => Some(server),

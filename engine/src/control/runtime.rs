@@ -143,6 +143,11 @@ pub struct TorrentInfo {
     pub data_dir: Option<PathBuf>,
     pub peers: u64,
     pub uploaded_bytes: u64,
+    /// Recent upload rate (the stats view's per-torrent meter).
+    pub upload_bytes_per_sec: f64,
+    /// Request latency percentiles of its blocks since start, microseconds.
+    pub request_p50_us: f64,
+    pub request_p99_us: f64,
 }
 
 pub struct Runtime {
@@ -672,6 +677,9 @@ impl Runtime {
                 data_dir: Some(a.data_dir.clone()),
                 peers: 0,
                 uploaded_bytes: 0,
+                upload_bytes_per_sec: 0.0,
+                request_p50_us: 0.0,
+                request_p99_us: 0.0,
             });
         }
         let t = self.base_torrent(h)?;
@@ -694,6 +702,9 @@ impl Runtime {
             data_dir: None,
             peers: 0,
             uploaded_bytes: 0,
+            upload_bytes_per_sec: 0.0,
+            request_p50_us: 0.0,
+            request_p99_us: 0.0,
         })
     }
 
@@ -724,6 +735,9 @@ fn unreachable_info(h: InfoHash) -> TorrentInfo {
         data_dir: None,
         peers: 0,
         uploaded_bytes: 0,
+        upload_bytes_per_sec: 0.0,
+        request_p50_us: 0.0,
+        request_p99_us: 0.0,
     }
 }
 

@@ -25,6 +25,7 @@ pub mod env;
 pub mod extras;
 pub mod files;
 pub mod health;
+mod inspect;
 pub mod peer;
 pub mod plan;
 pub mod recv;
@@ -269,6 +270,7 @@ impl Shard {
                     }
                 }
             }
+            ShardCommand::Peers(request) => self.on_peers_request(request),
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
             ShardCommand::Extras(extras) => self.on_extras(extras),

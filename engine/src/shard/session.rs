@@ -125,6 +125,22 @@ pub struct Session {
     connected_at: Instant,
     last_recv_at: Instant,
     last_send_at: Instant,
+    /// The peer's handshake id (zeros before the handshake), for the API's peer list.
+    peer_id: [u8; 20],
+    /// The `v` of its BEP 10 handshake (at most `CLIENT_NAME_LEN_MAX_BYTES`), if it sent one.
+    client: Option<Box<str>>,
+}
+
+/// Longest client name (BEP 10 `v`) a session keeps: a peer cannot make it hold more.
+pub const CLIENT_NAME_LEN_MAX_BYTES: usize = 64;
+
+/// `s` cut to at most `max_bytes` on a character boundary.
+fn truncate_chars(s: &str, max_bytes: usize) -> Box<str> {
+    let mut end = s.len().min(max_bytes);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].into()
 }
 
 impl Session {
@@ -148,6 +164,8 @@ impl Session {
             connected_at: now,
             last_recv_at: now,
             last_send_at: now,
+            peer_id: [0; 20],
+            client: None,
         }
     }
 
@@ -197,6 +215,10 @@ impl Session {
     /// Blocks are owed and may be served now.
     pub fn wants_blocks(&self) -> bool {
         !self.am_choking && !self.queue.is_empty()
+    }
+    /// The peer's handshake id and its BEP 10 client name, if any (the API's peer list).
+    pub fn identity(&self) -> (&[u8; 20], Option<&str>) {
+        (&self.peer_id, self.client.as_deref())
     }
     pub fn awaiting_extras(&self) -> bool {
         !self.pending_metadata.is_empty() || !self.pending_hashes.is_empty()
@@ -250,6 +272,7 @@ impl Session {
         self.fast = hs.supports_fast();
         self.extended = hs.supports_extended();
         self.active = true;
+        self.peer_id = hs.peer_id;
         if self.outbound.is_none() {
             // Inbound: the dialer spoke first; answer. (Outbound sent ours at connect.)
             let ours = Handshake::new(hs.info_hash, env.peer_id(), true, true)
@@ -345,6 +368,7 @@ impl Session {
                     let hs = ExtendedHandshake::parse(payload)
                         .map_err(|_| CloseReason::MalformedMessage)?;
                     self.ut_metadata_id = hs.extension_id(extended::UT_METADATA).unwrap_or(0);
+                    self.client = hs.v.map(|v| truncate_chars(&v, CLIENT_NAME_LEN_MAX_BYTES));
                 } else if id == UT_METADATA_LOCAL_ID {
                     let m = MetadataMessage::parse(payload)
                         .map_err(|_| CloseReason::MalformedMessage)?;
