@@ -70,6 +70,8 @@ pub struct PeerRow {
     pub uploaded_bytes: u64,
     /// Block requests queued, not yet sent.
     pub queued_requests: usize,
+    /// Its torrent was removed: it takes no new requests and closes when its queue is sent.
+    pub draining: bool,
 }
 
 /// Extras requests queued from all shards to the control plane's loader. A shard asks once

@@ -65,7 +65,8 @@ pub enum TorrentsCommand {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
     },
-    /// Remove a torrent: its peers are closed; its content is never touched.
+    /// Remove a torrent: its peers drain (no new requests; queued blocks still go out), then
+    /// close; its content is never touched.
     Rm { hash: String },
     /// Hash a torrent's content again.
     Recheck { hash: String },

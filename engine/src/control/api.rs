@@ -261,6 +261,7 @@ fn peer_list(
                 "upload_bytes_per_sec": p.upload_bytes_per_sec,
                 "uploaded_bytes": p.uploaded_bytes,
                 "queued_requests": p.queued_requests,
+                "draining": p.draining,
             })
         })
         .collect();
@@ -609,6 +610,15 @@ mod tests {
             handle(&api, &view, "DELETE", &one, "", None, b"").status,
             200
         );
+        // Listed as draining until the control loop sees its peers gone, then unknown.
+        let shown = handle(&api, &view, "GET", &one, "", None, b"");
+        assert_eq!(shown.body["state"], "draining", "{:?}", shown.body);
+        assert_eq!(shown.body["peer_list"]["total"], 0);
+        let listed = handle(&api, &view, "GET", "/api/v1/torrents", "", None, b"");
+        assert_eq!(listed.body["torrents"][0]["state"], "draining");
+        let draining = lock(&api.runtime).draining();
+        assert_eq!(draining.len(), 1);
+        lock(&api.runtime).drained(&[draining[0].0]);
         assert_eq!(handle(&api, &view, "GET", &one, "", None, b"").status, 404);
         assert_eq!(lock(&api.runtime).served().len(), 0);
         let saved = std::fs::read_to_string(tmp.path().join("state/api/catalog.json")).unwrap();

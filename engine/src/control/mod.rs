@@ -130,6 +130,10 @@ impl Control {
             Some(r) => Arc::new(runtime::lock(r).served()),
             None => catalog,
         };
+        let drain = Duration::from_secs(setup.engine.remove_drain_secs);
+        if let Some(r) = &runtime {
+            runtime::lock(r).set_drain(drain);
+        }
         let seeder = Seeder::start(setup.engine, catalog.clone())?;
         let names = catalog
             .torrents()
@@ -321,6 +325,7 @@ impl Control {
             self.install(served);
             self.follow_catalog();
         }
+        self.follow_drains();
         self.publish_catalog_health();
         self.log_summary_when_due();
     }
@@ -356,6 +361,34 @@ impl Control {
             Err(e) => tracing::warn!("reload failed ({e}); keeping the current catalog"),
         }
         self.follow_catalog();
+    }
+
+    /// Removed torrents stop being listed as `draining` once every shard has reported
+    /// since the swap (a snapshot a stats interval after the removal) and none has a peer of
+    /// it left, or at their deadline. O(draining torrents) per turn.
+    fn follow_drains(&mut self) {
+        let Some(r) = &self.runtime else {
+            return;
+        };
+        let pending = runtime::lock(r).draining();
+        if pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // Past this, a snapshot was taken after the swap reached the shard.
+        let settle = POLL_PERIOD + Duration::from_millis(crate::shard::STATS_INTERVAL_MS);
+        let done: Vec<_> = {
+            let view = lock_view(&self.view);
+            pending
+                .iter()
+                .filter(|(h, since, deadline)| {
+                    let gone = view.torrent_totals(h).is_none_or(|t| t.peers() == 0);
+                    now >= *deadline || (gone && view.all_reported_since(*since + settle))
+                })
+                .map(|(h, _, _)| *h)
+                .collect()
+        };
+        runtime::lock(r).drained(&done);
     }
 
     /// The source's new catalog merged with the API's torrents (the rule in `runtime`).

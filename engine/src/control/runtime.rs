@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Torrents the API adds, and separately info-hashes it removes or pauses: each table is
 /// refused past this (a 409-free 507 naming the limit), so a client loop cannot grow them.
@@ -150,6 +151,19 @@ pub struct TorrentInfo {
     pub request_p99_us: f64,
 }
 
+/// A removed torrent whose peers are draining: listed as `draining` until the shards report
+/// none left, or `deadline` (the shards' `remove_drain_secs` plus a report's grace).
+#[derive(Debug, Clone)]
+struct Draining {
+    row: TorrentInfo,
+    since: Instant,
+    deadline: Instant,
+}
+
+/// After the shards' drain deadline, how long the API waits for their stats to show the
+/// peers gone before it stops listing the torrent as draining anyway.
+pub const DRAIN_REPORT_GRACE_MS: u64 = 3000;
+
 pub struct Runtime {
     state_dir: PathBuf,
     api_dir: PathBuf,
@@ -167,6 +181,11 @@ pub struct Runtime {
     results: Receiver<JobResult>,
     /// The served catalog must be rebuilt (an add finished, a remove, a pause ...).
     changed: bool,
+    /// Removed torrents whose peers drain (at most `API_TORRENTS_MAX`; each leaves within
+    /// `drain` plus `DRAIN_REPORT_GRACE_MS`).
+    draining: BTreeMap<InfoHash, Draining>,
+    /// `[engine] remove_drain_secs`.
+    drain: Duration,
 }
 
 impl Runtime {
@@ -221,6 +240,8 @@ impl Runtime {
             jobs: jobs_tx,
             results: results_rx,
             changed: false,
+            draining: BTreeMap::new(),
+            drain: Duration::from_secs(crate::config::REMOVE_DRAIN_SECS_DEFAULT),
         };
         rt.load_persisted()?;
         Ok(rt)
@@ -446,6 +467,8 @@ impl Runtime {
             return Err(undo(self, e));
         }
         let was_removed = self.removed.remove(&h);
+        // Added again while its old peers drain: the new entry is what the API shows.
+        self.draining.remove(&h);
         if let Err(e) = self.persist() {
             if was_removed {
                 self.removed.insert(h);
@@ -458,6 +481,45 @@ impl Runtime {
     /// Removes a torrent: the shards close its peers when the new catalog reaches them. The
     /// content is never touched; the API's copy of its .torrent goes.
     pub fn remove(&mut self, h: &InfoHash) -> Result<(), ApiError> {
+        let row = self.info(h);
+        self.remove_entry(h)?;
+        if let Some(mut row) = row.filter(|_| !self.drain.is_zero()) {
+            row.state = "draining";
+            let since = Instant::now();
+            let deadline = since + self.drain + Duration::from_millis(DRAIN_REPORT_GRACE_MS);
+            self.draining.insert(
+                *h,
+                Draining {
+                    row,
+                    since,
+                    deadline,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// `[engine] remove_drain_secs`: how long removed torrents are listed as draining at most.
+    pub fn set_drain(&mut self, drain: Duration) {
+        self.drain = drain;
+    }
+
+    /// Removed torrents still draining: (info-hash, removed at, give up at).
+    pub fn draining(&self) -> Vec<(InfoHash, Instant, Instant)> {
+        self.draining
+            .iter()
+            .map(|(h, d)| (*h, d.since, d.deadline))
+            .collect()
+    }
+
+    /// The shards report these drained (no peer left) or their deadline passed.
+    pub fn drained(&mut self, done: &[InfoHash]) {
+        for h in done {
+            self.draining.remove(h);
+        }
+    }
+
+    fn remove_entry(&mut self, h: &InfoHash) -> Result<(), ApiError> {
         if let Some(a) = self.added.remove(h) {
             let was_paused = self.paused.remove(h);
             // Added after the source's copy was removed: the source's must not come back.
@@ -645,6 +707,12 @@ impl Runtime {
             })
             .filter_map(|t| self.info(&t.info_hash))
             .chain(self.added.keys().filter_map(|h| self.info(h)))
+            .chain(
+                self.draining
+                    .iter()
+                    .filter(|(h, _)| !self.added.contains_key(h) && !self.serves_from_base(h))
+                    .map(|(_, d)| d.row.clone()),
+            )
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
         rows
@@ -682,7 +750,9 @@ impl Runtime {
                 request_p99_us: 0.0,
             });
         }
-        let t = self.base_torrent(h)?;
+        let Some(t) = self.base_torrent(h) else {
+            return self.draining.get(h).map(|d| d.row.clone());
+        };
         let rechecking = self.rechecking.get(h);
         let state = match () {
             _ if rechecking.is_some() => "verifying",

@@ -47,6 +47,7 @@ fn peer_row(p: &Peer, now: Instant) -> PeerRow {
         upload_bytes_per_sec: p.upload_rate.rate(p.uploaded_bytes, now),
         uploaded_bytes: p.uploaded_bytes,
         queued_requests: p.session.queue().len(),
+        draining: p.session.draining(),
     }
 }
 

@@ -132,10 +132,12 @@ pub enum RejectReason {
     /// The block spans more files than one io_uring chain may read
     /// (`batch_chain_entries_max`).
     Unservable,
+    /// The torrent was removed (or paused): its peers drain, taking no new requests.
+    TorrentRemoved,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
@@ -143,6 +145,7 @@ impl RejectReason {
         RejectReason::NotHave,
         RejectReason::TorrentErrored,
         RejectReason::Unservable,
+        RejectReason::TorrentRemoved,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -153,6 +156,7 @@ impl RejectReason {
             RejectReason::NotHave => "not_have",
             RejectReason::TorrentErrored => "torrent_errored",
             RejectReason::Unservable => "unservable",
+            RejectReason::TorrentRemoved => "torrent_removed",
         }
     }
     fn index(self) -> usize {
