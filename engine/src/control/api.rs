@@ -625,6 +625,67 @@ mod tests {
         assert!(!saved.contains(&h), "{saved}");
     }
 
+    /// A shard that answers `Peers` requests for `peers` peers (port = shard * 1000 + i).
+    fn fake_shard(shard: usize, peers: usize) -> Sender<ShardCommand> {
+        let (tx, rx) = bounded::<ShardCommand>(4);
+        std::thread::spawn(move || {
+            for cmd in rx.iter() {
+                let ShardCommand::Peers(r) = cmd else {
+                    continue;
+                };
+                let rows = (r.offset..peers)
+                    .take(r.limit.min(PEERS_PAGE_MAX))
+                    .map(|i| PeerRow {
+                        addr: ([127, 0, 0, 1], (shard * 1000 + i) as u16).into(),
+                        client: "test".into(),
+                        upload_bytes_per_sec: 0.0,
+                        uploaded_bytes: 0,
+                        queued_requests: i,
+                        draining: false,
+                    })
+                    .collect();
+                let _ = r.reply.try_send(PeersPage {
+                    shard,
+                    total: peers,
+                    peers: rows,
+                });
+            }
+        });
+        tx
+    }
+
+    #[test]
+    fn peer_pages_run_over_the_shards_in_order() {
+        // Proves: a page starts at `offset` counted over shard 0's peers, then shard 1's;
+        // `total` sums the shards; a deep page (past PEERS_PAGE_MAX) skips whole shards; a
+        // shard that never answers is counted as missing, not waited on forever.
+        let shards = vec![fake_shard(0, 240), fake_shard(1, 100)];
+        let h = InfoHash([3; 20]);
+        let ports = |v: &serde_json::Value| -> Vec<u64> {
+            v["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let a: std::net::SocketAddr = p["address"].as_str().unwrap().parse().unwrap();
+                    u64::from(a.port())
+                })
+                .collect()
+        };
+        let v = peer_list(&shards, &h, 238, 4);
+        assert_eq!(v["total"], 340);
+        assert_eq!(ports(&v), vec![238, 239, 1000, 1001]);
+        let v = peer_list(&shards, &h, 250, 3);
+        assert_eq!(ports(&v), vec![1010, 1011, 1012]);
+        assert_eq!(v["shards_missing"], 0);
+        let (silent, _keep) = bounded::<ShardCommand>(4);
+        let v = peer_list(&[silent], &h, 0, 5);
+        assert_eq!(
+            (v["total"].as_u64(), v["shards_missing"].as_u64()),
+            (Some(0), Some(1))
+        );
+    }
+
     #[test]
     fn adds_persist_and_come_back_verified_after_a_restart() {
         // A torrent added (and paused) is listed again by a new runtime on the same state
