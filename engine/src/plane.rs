@@ -20,7 +20,8 @@ use std::time::SystemTime;
 pub enum ShardCommand {
     /// Stop accepting, close every peer, drain, exit.
     Shutdown,
-    /// Use this catalog for new handshakes; existing peers keep their torrent.
+    /// Use this catalog for new handshakes; existing peers keep their torrent, and those of
+    /// torrents it lacks drain (`shard/drain.rs`).
     SwapCatalog(Arc<Catalog>),
     /// Dial a peer (from a tracker) and serve it like an inbound one.
     Connect {

@@ -331,7 +331,7 @@ impl Control {
     }
 
     /// SIGHUP: build the catalog again and hand it to the shards. Peers of unchanged
-    /// torrents are not disturbed; peers of removed torrents are closed; a failed reload keeps
+    /// torrents are not disturbed; peers of removed torrents drain; a failed reload keeps
     /// the current catalog. Every errored torrent is rechecked now, and the trackers follow.
     fn reload(&mut self, source: &mut dyn CatalogRebuild) {
         tracing::info!("SIGHUP: reloading the catalog");
@@ -401,8 +401,8 @@ impl Control {
         rt.poll().unwrap_or(base)
     }
 
-    /// Hands the shards a new catalog (new handshakes use it; peers of torrents it lacks are
-    /// closed).
+    /// Hands the shards a new catalog (new handshakes use it; peers of torrents it lacks
+    /// drain, then close).
     fn install(&mut self, catalog: Arc<Catalog>) {
         self.seeder.swap_catalog(catalog.clone());
         self.catalog_complete = complete_count(&catalog);

@@ -478,8 +478,9 @@ impl Runtime {
         Ok(self.info(&h).unwrap_or_else(|| unreachable_info(h)))
     }
 
-    /// Removes a torrent: the shards close its peers when the new catalog reaches them. The
-    /// content is never touched; the API's copy of its .torrent goes.
+    /// Removes a torrent: its peers drain when the new catalog reaches the shards (listed as
+    /// `draining` meanwhile). The content is never touched; the API's copy of its .torrent
+    /// goes.
     pub fn remove(&mut self, h: &InfoHash) -> Result<(), ApiError> {
         let row = self.info(h);
         self.remove_entry(h)?;
