@@ -764,3 +764,46 @@ pub fn handshake_accepted(addr: SocketAddr, info_hash: &str) -> bool {
     let mut reply = [0u8; 68];
     s.read_exact(&mut reply).is_ok() && reply[28..48] == hs[28..48]
 }
+
+/// A connection from `src` whose receive buffer is set to `rcvbuf` bytes before it
+/// connects (4 KiB: the window it advertises stays small).
+pub fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr, rcvbuf: libc::c_int) -> TcpStream {
+    // SAFETY: plain socket calls on a new fd, owned by the TcpStream built from it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::os::fd::FromRawFd::from_raw_fd(fd);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let SocketAddr::V4(d) = dst else {
+            panic!("IPv4 only")
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: d.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*d.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(src).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
