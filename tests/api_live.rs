@@ -193,7 +193,8 @@ fn removing_a_torrent_drains_its_peers() {
     let hash = squall.torrents[0].0.clone();
     let mut info_hash = [0u8; 20];
     info_hash.copy_from_slice(&hex::decode(&hash).unwrap());
-    let mut s = connect_from(std::net::Ipv4Addr::LOCALHOST, squall.addr, 4096);
+    let mut s =
+        connect_from(std::net::Ipv4Addr::LOCALHOST, squall.addr, Some(4096)).expect("connect");
     let mut buf = join_fast(&mut s, info_hash);
     // Zero config makes 16 KiB pieces for 8 MiB: block i is piece i.
     let asked = 256u32;
