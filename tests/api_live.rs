@@ -7,11 +7,9 @@
 mod common;
 
 use common::*;
-use squall_engine::wire::{
-    decode_frame, encode, parse_handshake, BlockRequest, Handshake, Message,
-};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use squall_engine::wire::{decode_frame, BlockRequest, Message};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -134,43 +132,6 @@ fn api_shows_per_torrent_figures_and_libtorrent_in_the_peer_list() {
     assert!(text.contains("Gb/s") && text.contains("p99 us"), "{text}");
 }
 
-fn send(s: &mut TcpStream, m: &Message<'_>) {
-    let mut out = Vec::new();
-    encode(m, &mut out);
-    s.write_all(&out).expect("write");
-}
-
-/// Handshake (fast extension on), interested, and reads until unchoked; returns the bytes
-/// read past the unchoke.
-fn join_fast(s: &mut TcpStream, info_hash: [u8; 20]) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&Handshake::new(info_hash, *b"-TT0001-draindraindr", false, true).to_bytes())
-        .unwrap();
-    send(s, &Message::Interested);
-    let mut buf = Vec::new();
-    let mut handshaken = false;
-    loop {
-        if !handshaken {
-            if let Ok(Some(_)) = parse_handshake(&buf) {
-                buf.drain(..68);
-                handshaken = true;
-                continue;
-            }
-        } else if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
-            let unchoked = m == Message::Unchoke;
-            buf.drain(..used);
-            if unchoked {
-                return buf;
-            }
-            continue;
-        }
-        let mut tmp = [0u8; 4096];
-        let n = s.read(&mut tmp).expect("read before unchoke");
-        assert!(n > 0, "closed before unchoke");
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
 #[test]
 fn removing_a_torrent_drains_its_peers() {
     // A peer with 256 blocks requested through a 4 KiB window is mid-download when the
@@ -195,11 +156,11 @@ fn removing_a_torrent_drains_its_peers() {
     info_hash.copy_from_slice(&hex::decode(&hash).unwrap());
     let mut s =
         connect_from(std::net::Ipv4Addr::LOCALHOST, squall.addr, Some(4096)).expect("connect");
-    let mut buf = join_fast(&mut s, info_hash);
+    let mut buf = join_unchoked(&mut s, info_hash, *b"-TT0001-draindraindr", true);
     // Zero config makes 16 KiB pieces for 8 MiB: block i is piece i.
     let asked = 256u32;
     for i in 0..asked {
-        send(
+        send_message(
             &mut s,
             &Message::Request(BlockRequest {
                 index: i,
@@ -225,7 +186,7 @@ fn removing_a_torrent_drains_its_peers() {
         "{v}"
     );
     assert!(!handshake_accepted(squall.addr, &hash), "new peers refused");
-    send(
+    send_message(
         &mut s,
         &Message::Request(BlockRequest {
             index: 300,

@@ -10,9 +10,7 @@
 mod common;
 
 use common::*;
-use squall_engine::wire::{
-    decode_frame, encode, parse_handshake, BlockRequest, Handshake, Message,
-};
+use squall_engine::wire::{decode_frame, encode, BlockRequest, Message};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -22,42 +20,6 @@ const SLOTS: usize = 4;
 const STALL_SECS: u64 = 2;
 const PIECE_LEN: u32 = 256 * 1024;
 const STUCK_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
-
-fn send(s: &mut TcpStream, m: &Message<'_>) {
-    let mut out = Vec::new();
-    encode(m, &mut out);
-    s.write_all(&out).expect("write");
-}
-
-/// Handshake, interested, and reads until unchoked; returns what was read past it.
-fn join(s: &mut TcpStream, info_hash: [u8; 20]) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&Handshake::new(info_hash, *b"-TT0001-stallstallst", false, false).to_bytes())
-        .unwrap();
-    send(s, &Message::Interested);
-    let mut buf = Vec::new();
-    let mut handshaken = false;
-    loop {
-        if !handshaken {
-            if let Ok(Some(_)) = parse_handshake(&buf) {
-                buf.drain(..68);
-                handshaken = true;
-                continue;
-            }
-        } else if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
-            let unchoked = m == Message::Unchoke;
-            buf.drain(..used);
-            if unchoked {
-                return buf;
-            }
-            continue;
-        }
-        let mut tmp = [0u8; 4096];
-        let n = s.read(&mut tmp).expect("read before unchoke");
-        assert!(n > 0, "closed before unchoke");
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
 
 fn request(index: u32, begin: u32) -> BlockRequest {
     BlockRequest {
@@ -77,7 +39,7 @@ fn stuck_peers(
     let mut stuck = Vec::new();
     for p in 0..2 * SLOTS as u32 {
         let mut s = connect_from(source(p), addr, Some(4096)).expect("connect");
-        join(&mut s, info_hash);
+        join_unchoked(&mut s, info_hash, *b"-TT0001-stallstallst", false);
         let mut out = Vec::new();
         for b in 0..512u32 {
             let at = (p * 512 + b) * BLOCK % (16 << 20);
@@ -114,10 +76,10 @@ fn honest_wait_beside_stuck_peers(
     // The honest peer reads everything it is sent.
     let started = Instant::now();
     let mut honest = connect_from(honest_source, squall.addr, Some(1 << 20)).expect("connect");
-    let mut buf = join(&mut honest, info_hash);
+    let mut buf = join_unchoked(&mut honest, info_hash, *b"-TT0001-stallstallst", false);
     let wanted: Vec<BlockRequest> = (0..4).map(|b| request(3, b * BLOCK)).collect();
     for r in &wanted {
-        send(&mut honest, &Message::Request(*r));
+        send_message(&mut honest, &Message::Request(*r));
     }
     let mut got = 0;
     while got < wanted.len() {

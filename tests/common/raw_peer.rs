@@ -3,6 +3,7 @@
 //! hand (a test must be able to send what the engine's own encoder never would), and a small
 //! frame reader. Owns nothing but the socket; never reaches outside 127.0.0.0/8.
 
+use squall_engine::wire::{decode_frame, encode, parse_handshake, Handshake, Message};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -179,5 +180,49 @@ impl Raw {
             }
         }
         None
+    }
+}
+
+/// Encodes `m` with the engine's encoder and writes it; panics when the write fails.
+pub fn send_message(s: &mut TcpStream, m: &Message<'_>) {
+    let mut out = Vec::new();
+    encode(m, &mut out);
+    s.write_all(&out).expect("write");
+}
+
+/// Handshake as `peer_id` (with the fast extension when `fast`), interested, and reads until
+/// unchoked; returns the bytes read past the unchoke. Panics when squall closes first or
+/// stays silent for 10 s.
+pub fn join_unchoked(
+    s: &mut TcpStream,
+    info_hash: [u8; 20],
+    peer_id: [u8; 20],
+    fast: bool,
+) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&Handshake::new(info_hash, peer_id, false, fast).to_bytes())
+        .unwrap();
+    send_message(s, &Message::Interested);
+    let mut buf = Vec::new();
+    let mut handshaken = false;
+    loop {
+        if !handshaken {
+            if let Ok(Some(_)) = parse_handshake(&buf) {
+                buf.drain(..68);
+                handshaken = true;
+                continue;
+            }
+        } else if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
+            let unchoked = m == Message::Unchoke;
+            buf.drain(..used);
+            if unchoked {
+                return buf;
+            }
+            continue;
+        }
+        let mut tmp = [0u8; 4096];
+        let n = s.read(&mut tmp).expect("read before unchoke");
+        assert!(n > 0, "closed before unchoke");
+        buf.extend_from_slice(&tmp[..n]);
     }
 }
