@@ -140,6 +140,12 @@ pub const SPLICE_PIPE_BYTES_MIN: usize = 64 * 1024;
 /// 64 KiB, so the checks assume this bound (the shipped service runs without capabilities).
 pub const PIPE_BYTES_MAX_UNPRIVILEGED: usize = 1 << 20;
 
+/// Default `remove_drain_secs`: long enough for a full request queue (512 x 16 KiB) at a
+/// slow peer's rate, short enough that a removal is done within seconds.
+pub const REMOVE_DRAIN_SECS_DEFAULT: u64 = 10;
+/// Largest `remove_drain_secs`: a removal must finish within minutes.
+pub const REMOVE_DRAIN_SECS_MAX: u64 = 600;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -305,6 +311,10 @@ pub struct EngineConfig {
     /// An errored torrent (a content file failed) is rechecked this often: files reopened
     /// read-only and size-checked, then every piece hashed; a pass serves it again.
     pub errored_recheck_secs: u64,
+    /// A removed (or paused) torrent's peers drain: they take no new requests, get the
+    /// blocks they had queued, then close; at this deadline the rest are closed. 0 = close
+    /// at once.
+    pub remove_drain_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -365,6 +375,7 @@ impl Default for EngineConfig {
             stats_histograms: true,
             stats_top_torrents: 20,
             errored_recheck_secs: 10,
+            remove_drain_secs: REMOVE_DRAIN_SECS_DEFAULT,
         }
     }
 }
@@ -567,6 +578,13 @@ impl EngineConfig {
         positive("upload_slots_max", self.upload_slots_max as u64)?;
         positive("choke_rotation_secs", self.choke_rotation_secs)?;
         positive("errored_recheck_secs", self.errored_recheck_secs)?;
+        if self.remove_drain_secs > REMOVE_DRAIN_SECS_MAX {
+            return Err(format!(
+                "remove_drain_secs = {}: at most {REMOVE_DRAIN_SECS_MAX} (a removed torrent's \
+                 peers must be gone within minutes; 0 closes them at once)",
+                self.remove_drain_secs
+            ));
+        }
         positive(
             "metadata_cache_entries_max",
             self.metadata_cache_entries_max as u64,

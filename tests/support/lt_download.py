@@ -3,7 +3,7 @@
 
 Usage: lt_download.py --save DIR (--torrent FILE | --magnet URI) --peer HOST:PORT [--peer ...]
                       [--timeout SECS] [--rate-limit BYTES_PER_SEC] [--abort-after-bytes N]
-                      [--dht-node 127.0.0.1:PORT ...] [--encryption forced]
+                      [--dht-node 127.0.0.1:PORT ...] [--reconnect-secs N] [--encryption forced]
 Prints one JSON line: {"ok": bool, "state": ..., "downloaded": n, "seconds": s, "error": ...}
 and exits 0 only when the download completed (or was aborted as asked).
 
@@ -13,6 +13,10 @@ bootstrapped from exactly those nodes, with libtorrent's loopback/private-IP res
 then --peer may be left out and peers come from the DHT alone.
 With --encryption forced, MSE/PE is forced both ways with RC4 as the only level (a peer set to
 "require encryption"); the JSON line then says how many connected peers were RC4-encrypted.
+
+--reconnect-secs N: redial a peer that dropped the connection after N seconds, however often
+it dropped. libtorrent's own default waits 60 s times (failures + 1) and stops dialing after 3
+failures, longer than a test's timeout: for tests whose seeder drops connections on purpose.
 """
 import argparse
 import json
@@ -36,6 +40,7 @@ def main():
     ap.add_argument("--rate-limit", type=int, default=0)
     ap.add_argument("--abort-after-bytes", type=int, default=0)
     ap.add_argument("--dht-node", action="append", default=[])
+    ap.add_argument("--reconnect-secs", type=int, default=0)
     ap.add_argument("--encryption", choices=["forced"])
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
@@ -57,6 +62,9 @@ def main():
     }
     if args.rate_limit:
         settings["download_rate_limit"] = args.rate_limit
+    if args.reconnect_secs:
+        settings["min_reconnect_time"] = args.reconnect_secs
+        settings["max_failcount"] = 1000
     if args.encryption == "forced":
         settings.update({
             "out_enc_policy": int(lt.enc_policy.pe_forced),

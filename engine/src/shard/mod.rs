@@ -21,10 +21,12 @@ pub mod admission;
 pub mod block_cache;
 pub mod choker;
 pub mod conn;
+mod drain;
 pub mod env;
 pub mod extras;
 pub mod files;
 pub mod health;
+mod inspect;
 pub mod peer;
 pub mod plan;
 pub mod recv;
@@ -261,18 +263,10 @@ impl Shard {
                 }
                 self.extras.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
-                // their own Arc); peers of removed torrents are closed.
-                for idx in 0..self.peers.slots() {
-                    let removed = self
-                        .peers
-                        .get_mut(idx)
-                        .and_then(|p| p.session.torrent().map(|t| t.info_hash))
-                        .is_some_and(|h| self.catalog.get(&h).is_none());
-                    if removed {
-                        self.close_peer(idx, CloseReason::TorrentRemoved);
-                    }
-                }
+                // their own Arc); peers of removed torrents drain (`drain.rs`).
+                self.drain_removed();
             }
+            ShardCommand::Peers(request) => self.on_peers_request(request),
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
             ShardCommand::Extras(extras) => self.on_extras(extras),
@@ -724,9 +718,9 @@ impl Shard {
             self.push(&sqe);
             return;
         }
-        if peer.session.finished() {
-            // A half-closed peer got every answer it was owed.
-            self.close_peer(idx, CloseReason::PeerClosed);
+        if let Some(reason) = peer.session.finished() {
+            // Half-closed, or draining, and every answer it was owed went out.
+            self.close_peer(idx, reason);
             return;
         }
         if !peer.session.wants_blocks() || peer.waiting_for_slot {

@@ -840,12 +840,15 @@ impl SendParts<'_> {
             }
         }
         if let Some(t) = peer.session.torrent() {
+            let times = self.config.stats_histograms;
+            let times = times.then_some(peer.batch_request_times.as_slice());
             self.stats
-                .torrent_uploaded(t.info_hash, batch.payload_bytes);
+                .torrent_batch_sent(t.info_hash, batch.payload_bytes, times, now);
         }
         self.stats.uploaded_bytes += batch.payload_bytes;
         self.stats.blocks_served += u64::from(batch.blocks);
         peer.uploaded_bytes += batch.payload_bytes;
+        peer.upload_rate.update(peer.uploaded_bytes, now);
         self.finish_batch(peer);
         BatchSent::Done
     }

@@ -128,6 +128,9 @@ pub fn render(view: &StatsView) -> Value {
                 "name": t.name,
                 "uploaded_bytes": t.uploaded_bytes,
                 "peers": t.peers,
+                "upload_bytes_per_sec": t.upload_bytes_per_sec,
+                "request_p50_us": t.request_p50_us,
+                "request_p99_us": t.request_p99_us,
             })
         })
         .collect();

@@ -20,12 +20,15 @@ pub mod catalog_health;
 pub mod dht;
 pub mod json;
 pub mod prometheus;
+pub mod torrent;
 pub mod view;
 
 use crate::metainfo::InfoHash;
 pub use crate::wire::mse::MseError;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
+use std::time::Instant;
+use torrent::LatencyBuckets;
 
 /// Highest latency the histograms track; anything above is clamped (and shows as max).
 pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -135,10 +138,12 @@ pub enum RejectReason {
     /// The block spans more files than one io_uring chain may read
     /// (`batch_chain_entries_max`).
     Unservable,
+    /// The torrent was removed (or paused): its peers drain, taking no new requests.
+    TorrentRemoved,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
@@ -146,6 +151,7 @@ impl RejectReason {
         RejectReason::NotHave,
         RejectReason::TorrentErrored,
         RejectReason::Unservable,
+        RejectReason::TorrentRemoved,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -156,6 +162,7 @@ impl RejectReason {
             RejectReason::NotHave => "not_have",
             RejectReason::TorrentErrored => "torrent_errored",
             RejectReason::Unservable => "unservable",
+            RejectReason::TorrentRemoved => "torrent_removed",
         }
     }
     fn index(self) -> usize {
@@ -281,6 +288,9 @@ pub struct TorrentDelta {
     pub uploaded_bytes: u64,
     /// Peers of this torrent on this shard now, when it changed (absolute, not increment).
     pub peers: Option<u32>,
+    /// Request latencies of this torrent's blocks sent since the previous shipped snapshot
+    /// (increments; `torrent::LATENCY_BUCKETS_BYTES` per entry, inline: no allocation).
+    pub latency: LatencyBuckets,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -356,6 +366,25 @@ impl ShardStats {
         self.pending_torrent(info_hash).uploaded_bytes += bytes;
     }
 
+    /// Shard: a batch of `info_hash` went out at `now`: its bytes, and with `requested_at`
+    /// (histograms on) the latency of each of its blocks. One map lookup per batch.
+    pub fn torrent_batch_sent(
+        &mut self,
+        info_hash: InfoHash,
+        bytes: u64,
+        requested_at: Option<&[Instant]>,
+        now: Instant,
+    ) {
+        let entry = self.pending_torrent(info_hash);
+        entry.uploaded_bytes += bytes;
+        for t in requested_at.unwrap_or(&[]) {
+            let ns = now.saturating_duration_since(*t).as_nanos();
+            entry
+                .latency
+                .record_ns(u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Shard: the number of peers of `info_hash` on this shard is now `peers`.
     pub fn torrent_peers(&mut self, info_hash: InfoHash, peers: usize) {
         self.pending_torrent(info_hash).peers = Some(u32::try_from(peers).unwrap_or(u32::MAX));
@@ -368,6 +397,7 @@ impl ShardStats {
                 info_hash,
                 uploaded_bytes: 0,
                 peers: None,
+                latency: LatencyBuckets::default(),
             })
     }
 
@@ -398,6 +428,7 @@ impl ShardStats {
         for d in snap.torrents {
             let entry = self.pending_torrent(d.info_hash);
             entry.uploaded_bytes += d.uploaded_bytes;
+            entry.latency.merge(&d.latency);
             // A newer peer count recorded since the snapshot wins over the shipped one.
             if entry.peers.is_none() {
                 entry.peers = d.peers;

@@ -662,6 +662,38 @@ pub fn render(view: &StatsView) -> String {
             t.peers
         );
     }
+    header(
+        o,
+        "squall_torrent_upload_bytes_per_second",
+        "gauge",
+        "Recent upload rate per torrent (top N torrents by uploaded bytes only).",
+    );
+    for t in &top {
+        let _ = writeln!(
+            o,
+            "squall_torrent_upload_bytes_per_second{{info_hash=\"{}\",name=\"{}\"}} {}",
+            t.info_hash.to_hex(),
+            escape_label(&t.name),
+            t.upload_bytes_per_sec
+        );
+    }
+    header(
+        o,
+        "squall_torrent_request_latency_seconds",
+        "gauge",
+        "Request latency percentiles per torrent since start (top N torrents only; log buckets, +-11%).",
+    );
+    for t in &top {
+        for (q, us) in [("0.5", t.request_p50_us), ("0.99", t.request_p99_us)] {
+            let _ = writeln!(
+                o,
+                "squall_torrent_request_latency_seconds{{info_hash=\"{}\",name=\"{}\",quantile=\"{q}\"}} {}",
+                t.info_hash.to_hex(),
+                escape_label(&t.name),
+                us / 1e6
+            );
+        }
+    }
     super::dht::prometheus(o, view.dht());
     out
 }
