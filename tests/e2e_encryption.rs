@@ -14,7 +14,6 @@ use squall_engine::metainfo::InfoHash;
 use squall_engine::wire::mse::{Initiator, MseError, CRYPTO_RC4};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -209,40 +208,6 @@ fn mse_handshake(addr: SocketAddr, info_hash: [u8; 20], ia: Vec<u8>) -> Result<T
     }
 }
 
-/// Connects from `src` (any 127.x address), so per-source limits see another source.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
-    // SAFETY: plain socket calls on a new fd owned by the TcpStream built from it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = sin(src, 0);
-        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let SocketAddr::V4(d) = dst else {
-            return Err(std::io::Error::other("IPv4 only"));
-        };
-        let remote = sin(*d.ip(), d.port());
-        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(stream)
-    }
-}
-
 /// Hostile handshakes each close their connection under their reason; `require` refuses a
 /// plaintext handshake; a flood of handshakes from many sources is cut by the DH budget while
 /// an honest encrypted libtorrent download finishes byte-identical.
@@ -358,7 +323,7 @@ fn hostile_handshakes_are_closed_and_counted() {
                 let mut held = Vec::new();
                 for k in 0..40u8 {
                     let src = Ipv4Addr::new(127, 0, 3, i + 1);
-                    let Ok(mut s) = connect_from(src, addr) else {
+                    let Ok(mut s) = connect_from(src, addr, None) else {
                         continue;
                     };
                     let mut ya = Vec::new();
