@@ -132,6 +132,9 @@ pub struct Session {
     /// Its torrent left the catalog: new requests are refused, queued ones are served, then
     /// the connection closes (`finished`), or at this deadline at the latest (`on_tick`).
     drain_deadline: Option<Instant>,
+    /// The torrent an encrypted peer named in its MSE handshake (SKEY): its BitTorrent
+    /// handshake must name the same one.
+    skey: Option<InfoHash>,
 }
 
 /// Longest client name (BEP 10 `v`) a session keeps: a peer cannot make it hold more.
@@ -170,6 +173,7 @@ impl Session {
             peer_id: [0; 20],
             client: None,
             drain_deadline: None,
+            skey: None,
         }
     }
 
@@ -252,6 +256,13 @@ impl Session {
         self.last_send_at = now;
     }
 
+    /// The peer finished an MSE handshake naming `info_hash` (its SKEY): the BitTorrent
+    /// handshake inside the encrypted stream must name that torrent too, or it is refused.
+    pub fn expect_info_hash(&mut self, info_hash: InfoHash) {
+        debug_assert!(!self.active, "an MSE handshake after the BitTorrent one");
+        self.skey = Some(info_hash);
+    }
+
     /// The peer's handshake. On success the session is active and our answer is in `out`.
     pub fn on_handshake(
         &mut self,
@@ -263,6 +274,10 @@ impl Session {
         let info_hash = InfoHash(hs.info_hash);
         if hs.peer_id == env.peer_id() {
             return Err(CloseReason::SelfConnection);
+        }
+        if self.skey.is_some_and(|k| k != info_hash) {
+            // Encrypted under one torrent's key, asking for another.
+            return Err(CloseReason::BadHandshake);
         }
         let torrent = match self.outbound.as_ref() {
             // We dialed for one torrent: the answer must name it.
@@ -930,6 +945,25 @@ mod tests {
             Err(CloseReason::PeersPerTorrentLimit)
         );
         assert!(a.is_empty(), "no refused handshake joins");
+    }
+
+    #[test]
+    fn an_encrypted_peer_must_name_the_torrent_of_its_mse_key() {
+        // Proves: after an MSE handshake under one torrent's SKEY, a BitTorrent handshake
+        // naming another torrent is refused, and one naming the same torrent joins.
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut a = Vec::new();
+        let mut s = Session::inbound(ip, t0);
+        s.expect_info_hash(InfoHash([2; 20]));
+        assert_eq!(
+            s.on_handshake(&hs(true, THEIR_ID), &env, &mut a),
+            Err(CloseReason::BadHandshake)
+        );
+        let mut s = Session::inbound(ip, t0);
+        s.expect_info_hash(InfoHash([1; 20]));
+        assert_eq!(s.on_handshake(&hs(true, THEIR_ID), &env, &mut a), Ok(()));
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
+        peer.session.expect_info_hash(done.info_hash);
         let ia = done.initial_payload;
         let rest = peer.recv_len;
         match done.cipher {
