@@ -1269,6 +1269,7 @@ mod shipped_configs {
         let b = toml::to_string(&EngineConfig::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(parsed.tracker, TrackerConfig::default());
+        assert_eq!(parsed.http, crate::http::HttpConfig::default());
         // The shipped config turns the DHT on; everything else is the built-in default.
         let dht_on = crate::dht::DhtConfig {
             enabled: true,
