@@ -81,6 +81,10 @@ pub struct HttpConn {
     body: Option<BodyLeft>,
     chunk: Option<Chunk>,
     waiting: bool,
+    /// The last answer said `Connection: close`: our side is shut for writing and what the
+    /// client still sends is read and dropped until it closes (or `request_timeout_secs`),
+    /// so unread bytes do not make the kernel reset the connection under that answer.
+    lingering: bool,
     /// When the first byte of a head not yet complete arrived.
     head_started_at: Option<Instant>,
     request_at: Instant,
@@ -203,6 +207,7 @@ impl Shard {
             body: None,
             chunk: None,
             waiting: false,
+            lingering: false,
             head_started_at: None,
             request_at: now,
             last_activity: now,
@@ -276,6 +281,16 @@ impl Shard {
             self.http_close(idx);
             return;
         }
+        if conn.lingering {
+            if result == 0 {
+                self.http_close(idx);
+            } else {
+                conn.recv_len += result as usize;
+                conn.parsed = conn.recv_len;
+                self.http_arm_recv(idx);
+            }
+            return;
+        }
         if result == 0 {
             // Half-closed: answer what was asked, then close (`http_next`).
             conn.read_closed = true;
@@ -303,6 +318,7 @@ impl Shard {
         enum Next {
             Wait,
             Close,
+            Linger,
             Compact,
             Respond(u16),
         }
@@ -340,7 +356,8 @@ impl Shard {
                 Err(e) => Some(response::parse_refusal(e, now_secs, &mut conn.head)),
             };
             match answer {
-                None if !conn.keep_alive || conn.read_closed => Next::Close,
+                None if conn.read_closed => Next::Close,
+                None if !conn.keep_alive => Next::Linger,
                 None if conn.recv_len == conn.buf.len() && conn.parsed > 0 => Next::Compact,
                 None => Next::Wait,
                 Some(answer) => {
@@ -362,12 +379,28 @@ impl Shard {
         match next {
             Next::Wait => {}
             Next::Close => self.http_close(idx),
+            Next::Linger => self.http_linger(idx),
             Next::Compact => self.http_arm_recv(idx),
             Next::Respond(status) => {
                 self.stats.http.responded(status);
                 self.http_send_head(idx);
             }
         }
+    }
+
+    /// After a `Connection: close` answer: shut our side for writing and drain the client's
+    /// until it closes (see `HttpConn::lingering`); the tick ends it at the head deadline.
+    fn http_linger(&mut self, idx: u32) {
+        let now = self.now;
+        let Some(conn) = self.http.get_mut(idx) else {
+            return;
+        };
+        conn.lingering = true;
+        conn.head_started_at = Some(now);
+        conn.parsed = conn.recv_len;
+        // SAFETY: plain syscall on an fd we own.
+        unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+        self.http_arm_recv(idx);
     }
 
     fn http_send_head(&mut self, idx: u32) {
@@ -707,7 +740,14 @@ impl Shard {
                 continue;
             }
             let stats = &mut self.stats.http;
-            if conn.responding {
+            if conn.lingering {
+                if conn
+                    .head_started_at
+                    .is_some_and(|t| now.duration_since(t) > slow)
+                {
+                    self.http_close(idx);
+                }
+            } else if conn.responding {
                 if now.duration_since(conn.progress_at) > stall {
                     stats.closed_send_stalled += 1;
                     self.http_close(idx);
