@@ -8,6 +8,16 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+/// Sum of `squall_http_responses_total` series of one status class.
+fn metric_sum_with_class(page: &str, class: &str) -> f64 {
+    let label = format!("class=\"{class}\"");
+    page.lines()
+        .filter(|l| l.starts_with("squall_http_responses_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
 
 fn curl_available() -> bool {
     tool_available("curl", Command::new("curl").arg("--version"))
@@ -17,6 +27,7 @@ fn start_http(content: &Path, state: &Path) -> (SquallProcess, SocketAddr) {
     let squall = SeedArgs::content(content)
         .state(state)
         .shards(2)
+        .admin()
         .args(&["--http", "127.0.0.1:0"])
         .start();
     let http = squall.http.expect("an `http on` line");
@@ -158,6 +169,24 @@ fn curl_ranges_heads_conditionals_and_errors() {
     assert_eq!(status(&[&long]), 414);
     let huge = format!("X-Big: {}", "b".repeat(20_000));
     assert_eq!(status(&["-H", &huge, &url]), 431);
+
+    // Metrics: responses by class and the HTTP latency histogram (protocol="http"), and
+    // `squall stats` shows the HTTP line. Shards publish once a second.
+    let admin = squall.admin.expect("admin address");
+    let page = wait_for(Duration::from_secs(5), "http metrics", || {
+        let (_, page) = http_get(admin, "/metrics");
+        let errors = metric_sum_with_class(&page, "4xx");
+        (errors >= 7.0).then_some(page)
+    });
+    assert!(metric_sum_with_class(&page, "2xx") >= 10.0);
+    assert!(metric_sum(&page, "squall_http_body_bytes_total") > single.len() as f64);
+    assert!(page.contains("squall_request_latency_seconds_count{shard=\"0\",protocol=\"http\"}"));
+    let stats = run_squall(&["stats", "--once", "--admin", &admin.to_string()], dir.path());
+    assert!(
+        output_text(&stats).contains("http: "),
+        "{}",
+        output_text(&stats)
+    );
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
