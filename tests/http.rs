@@ -181,7 +181,10 @@ fn curl_ranges_heads_conditionals_and_errors() {
     assert!(metric_sum_with_class(&page, "2xx") >= 10.0);
     assert!(metric_sum(&page, "squall_http_body_bytes_total") > single.len() as f64);
     assert!(page.contains("squall_request_latency_seconds_count{shard=\"0\",protocol=\"http\"}"));
-    let stats = run_squall(&["stats", "--once", "--admin", &admin.to_string()], dir.path());
+    let stats = run_squall(
+        &["stats", "--once", "--admin", &admin.to_string()],
+        dir.path(),
+    );
     assert!(
         output_text(&stats).contains("http: "),
         "{}",

@@ -131,6 +131,14 @@ fn histogram_series(
 
 type HistogramPick = fn(&ShardStats) -> &Histogram<u64>;
 
+/// (name, type, help, value) of one per-shard series.
+type PerShardMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> u64,
+);
+
 /// The HTTP front-end's counters (`stats::http`), per shard.
 fn http_metrics(o: &mut String, view: &StatsView) {
     let name = "squall_http_responses_total";
@@ -166,7 +174,7 @@ fn http_metrics(o: &mut String, view: &StatsView) {
             let _ = writeln!(o, "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {n}");
         }
     }
-    let counters: [(&str, &str, &str, fn(&ShardStats) -> u64); 6] = [
+    let counters: [PerShardMetric; 6] = [
         ("squall_http_body_bytes_total", "counter", "HTTP response body bytes handed to the kernel.", |s| s.http.body_bytes_sent),
         ("squall_http_connections_accepted_total", "counter", "HTTP connections accepted.", |s| s.http.connections_accepted),
         ("squall_http_connections_refused_total", "counter", "HTTP connections refused at accept (per-IP/prefix admission shared with peers, or http.connections_per_shard_max).", |s| s.http.connections_refused),
