@@ -286,3 +286,36 @@ fn libtorrent_downloads_from_the_web_seed_alone() {
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// A content file cut short under Squall: the HTTP read that finds it short takes its torrent
+/// out of service (as a BitTorrent read would), so the next request for it is 503, while
+/// other torrents go on being served.
+#[test]
+fn a_file_cut_short_makes_its_torrent_answer_503() {
+    if !curl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    standard_content(&content);
+    let squall = SeedArgs::content(&content)
+        .state(&dir.path().join("state"))
+        .shards(1)
+        .args(&["--http", "127.0.0.1:0"])
+        .start();
+    let base = format!("http://{}", squall.http.expect("an `http on` line"));
+    let cut = std::fs::OpenOptions::new()
+        .write(true)
+        .open(content.join("multi/a.bin"))
+        .unwrap();
+    cut.set_len(1000).unwrap();
+    let url = format!("{base}/multi/a.bin");
+    // The head promises bytes the file no longer has: the connection is cut after it.
+    let _ = curl(&["-r", "500000-500099", "-o", "/dev/null", &url]);
+    wait_for(Duration::from_secs(5), "503 for the cut torrent", || {
+        (status(&[&url]) == 503).then_some(())
+    });
+    assert_eq!(status(&[&format!("{base}/single.bin")]), 200);
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}

@@ -483,6 +483,9 @@ impl Shard {
                     "http: cannot open {}: {e}",
                     path.display()
                 );
+                if super::health::is_content_fault(&e) {
+                    self.http_content_failed(body.key, format!("open failed: {e}"));
+                }
                 self.stats.http.closed_error += 1;
                 self.http_close(idx);
                 return;
@@ -560,7 +563,10 @@ impl Shard {
         }
         if result <= 0 {
             // 0: the file is shorter than the catalog says; < 0: a disk error. The head
-            // promised more bytes than can follow: close.
+            // promised more bytes than can follow: close, and take the torrent out of
+            // service as a BitTorrent read failure would (503 until a recheck passes).
+            let why = super::health::read_failure_reason(result, chunk.len);
+            self.http_content_failed(body.key, why);
             self.stats.http.closed_error += 1;
             self.http_close(idx);
             return;
@@ -601,6 +607,15 @@ impl Shard {
             return;
         }
         if result <= 0 {
+            if chunk.slot.is_none() {
+                if let Some((now_len, mapped_len)) = self.files.shrunk_under_mapping(&body.key) {
+                    let why = format!(
+                        "file shrank to {now_len} bytes under its mapping of {mapped_len} \
+                         (an HTTP send from it faulted)"
+                    );
+                    self.http_content_failed(body.key, why);
+                }
+            }
             self.stats.http.closed_error += 1;
             self.http_close(idx);
             return;
@@ -625,6 +640,17 @@ impl Shard {
         } else {
             self.http_response_done(idx);
         }
+    }
+
+    /// A content file failed under an HTTP body: mark the torrent errored on this shard and
+    /// report it (the control plane publishes it to every shard), as BitTorrent reads do.
+    fn http_content_failed(&mut self, (info_hash, file_index): FileKey, reason: String) {
+        let Some(torrent) = self.catalog.get(&info_hash).cloned() else {
+            return;
+        };
+        self.health
+            .content_failed(&torrent, file_index, reason, self.now, &mut self.stats);
+        self.forget_content(&info_hash);
     }
 
     fn http_release_chunk(&mut self, chunk: Chunk, key: &FileKey) {
