@@ -319,3 +319,34 @@ fn a_file_cut_short_makes_its_torrent_answer_503() {
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// `squall-bench http` (the generator the nginx comparison uses) runs against the real HTTP
+/// front-end: pipelined range requests all answered 206, as a quick test so the benchmark
+/// cannot rot. Never timed.
+#[test]
+fn bench_http_generator_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("content");
+    standard_content(&content);
+    let (squall, http) = start_http(&content, &dir.path().join("state"));
+    let SocketAddr::V4(target) = http else {
+        panic!("an IPv4 http address");
+    };
+    let report = squall_bench::http::run(&squall_bench::http::HttpOptions {
+        target,
+        path: "/single.bin".into(),
+        file_len_bytes: std::fs::metadata(content.join("single.bin")).unwrap().len(),
+        connections: 2,
+        depth: 4,
+        range_bytes: 16384,
+        duration_secs: 1,
+        target_pid: Some(squall.child.id()),
+        seed: 7,
+    })
+    .expect("bench run");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert!(report.requests > 0 && report.body_bytes >= report.requests * 16384 - 16384);
+    assert!(report.target_cpu_secs.is_some());
+    let (code, _) = squall.terminate();
+    assert_eq!(code, Some(0));
+}
