@@ -84,6 +84,20 @@ impl HttpConfig {
                 self.header_bytes_max, self.request_line_bytes_max
             ));
         }
+        // Connection indexes share the 24-bit peer field of an op token.
+        if self.connections_per_shard_max > crate::ring::token::PEER_INDEX_MAX as usize {
+            return Err(format!(
+                "http.connections_per_shard_max = {}: at most {}",
+                self.connections_per_shard_max,
+                crate::ring::token::PEER_INDEX_MAX
+            ));
+        }
+        if self.send_chunk_bytes_max > 64 << 20 {
+            return Err(format!(
+                "http.send_chunk_bytes_max = {}: at most 67108864 (64 MiB)",
+                self.send_chunk_bytes_max
+            ));
+        }
         if self.header_bytes_max > 1 << 20 {
             return Err(format!(
                 "http.header_bytes_max = {}: at most 1048576 (each connection may hold this much)",
@@ -119,5 +133,13 @@ mod tests {
             ..HttpConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("http.header_bytes_max"));
+        let c = HttpConfig {
+            send_chunk_bytes_max: 1 << 30,
+            ..HttpConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("http.send_chunk_bytes_max"));
     }
 }

@@ -670,6 +670,10 @@ impl Shard {
         let elapsed = now.duration_since(conn.request_at).as_nanos() as u64;
         conn.responding = false;
         conn.last_activity = now;
+        // A head that started arriving during a long answer gets its full deadline from now.
+        if conn.parsed < conn.recv_len {
+            conn.head_started_at = Some(now);
+        }
         if self.config.stats_histograms {
             crate::stats::ShardStats::record_latency(
                 &mut self.stats.http.request_latency_ns,
