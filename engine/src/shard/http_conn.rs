@@ -74,6 +74,10 @@ pub struct HttpConn {
     parsed: usize,
     head: Vec<u8>,
     head_sent: usize,
+    /// The two-part send of a head and its first body chunk (one sendmsg): boxed so their
+    /// addresses stay put while the op names them.
+    iov: Box<[libc::iovec; 2]>,
+    msg: Box<libc::msghdr>,
     /// A response is going out (its head, then its body).
     responding: bool,
     /// After this response: keep the connection (else close it).
@@ -202,6 +206,14 @@ impl Shard {
             parsed: 0,
             head: Vec::with_capacity(512),
             head_sent: 0,
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+            ),
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
             responding: false,
             keep_alive: true,
             body: None,
@@ -383,7 +395,12 @@ impl Shard {
             Next::Compact => self.http_arm_recv(idx),
             Next::Respond(status) => {
                 self.stats.http.responded(status);
-                self.http_send_head(idx);
+                // With a body, the head waits for the first chunk: both go in one send.
+                if self.http.get_mut(idx).is_some_and(|c| c.body.is_some()) {
+                    self.http_send_chunk(idx);
+                } else {
+                    self.http_send_head(idx);
+                }
             }
         }
     }
@@ -580,16 +597,35 @@ impl Shard {
         let Some(conn) = self.http.get_mut(idx) else {
             return;
         };
-        debug_assert!(chunk.sent < chunk.len);
+        debug_assert!(chunk.sent < chunk.len || conn.head_sent < conn.head.len());
         let ptr = (chunk.addr + chunk.sent as usize) as *const u8;
         let more = match conn.body {
             Some(b) if b.remaining > u64::from(chunk.len) => libc::MSG_MORE,
             _ => 0,
         };
-        let sqe = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), ptr, chunk.len - chunk.sent)
-            .flags(libc::MSG_NOSIGNAL | more)
-            .build()
-            .user_data(token(OpKind::HttpSend, SEND_BODY, idx, conn));
+        let fd = types::Fd(conn.fd.as_raw_fd());
+        let sqe = if conn.head_sent < conn.head.len() {
+            // The head (or what is left of it) and the chunk in one sendmsg.
+            let head = &conn.head[conn.head_sent..];
+            conn.iov[0] = libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            };
+            conn.iov[1] = libc::iovec {
+                iov_base: ptr as *mut libc::c_void,
+                iov_len: (chunk.len - chunk.sent) as usize,
+            };
+            conn.msg.msg_iov = conn.iov.as_mut_ptr();
+            conn.msg.msg_iovlen = 2;
+            opcode::SendMsg::new(fd, &*conn.msg as *const libc::msghdr)
+                .flags((libc::MSG_NOSIGNAL | more) as u32)
+                .build()
+        } else {
+            opcode::Send::new(fd, ptr, chunk.len - chunk.sent)
+                .flags(libc::MSG_NOSIGNAL | more)
+                .build()
+        }
+        .user_data(token(OpKind::HttpSend, SEND_BODY, idx, conn));
         conn.chunk = Some(chunk);
         conn.ops_inflight += 1;
         push_or_log(&mut self.ring, &sqe);
@@ -621,9 +657,14 @@ impl Shard {
             return;
         }
         conn.progress_at = now;
-        chunk.sent += result as u32;
-        self.stats.http.body_bytes_sent += result as u64;
-        if chunk.sent < chunk.len {
+        // A two-part send fills the head first.
+        let to_head = (result as usize).min(conn.head.len() - conn.head_sent);
+        conn.head_sent += to_head;
+        let to_body = result as usize - to_head;
+        chunk.sent += to_body as u32;
+        let head_left = conn.head_sent < conn.head.len();
+        self.stats.http.body_bytes_sent += to_body as u64;
+        if head_left || chunk.sent < chunk.len {
             self.http_send_body(idx, chunk);
             return;
         }
