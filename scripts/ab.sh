@@ -16,6 +16,8 @@
 #                          (an A/B of a code change: pass the same config twice)
 #   SQUALL_AB_COLD=1       drop the page cache (vm.drop_caches, root) before each run
 #                          instead of warming it: every run starts from disk.
+#   SQUALL_AB_BENCH_TORRENTS  the torrents the bench downloads, when only some of the seeder's
+#                          catalog (TORRENT_DIR) should be asked for (scripts/dht-ab.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:?config A}; B=${2:?config B}; ROUNDS=${3:-3}
@@ -59,7 +61,7 @@ run() { # label config
   # Loading may have hashed the content into the page cache: a cold run starts from disk.
   if [ "$COLD" = 1 ]; then drop_caches; fi
   # shellcheck disable=SC2086 # BENCH_ARGS is a word list on purpose
-  taskset -c 1 "$BENCH" run --target "$port" --torrents "$TORRENTS" $BENCH_ARGS \
+  taskset -c 1 "$BENCH" run --target "$port" --torrents "${SQUALL_AB_BENCH_TORRENTS:-$TORRENTS}" $BENCH_ARGS \
     --target-pid "$sp" --json "$WORK/$label.json" > /dev/null
   kill -INT "$sp"; wait "$sp" || true
   python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(sys.argv[2], round(d['gbps'],2), round(d.get('cpu_secs_per_gb',0),3))" \

@@ -130,7 +130,11 @@ fn api_round_trip_add_seed_download_remove_refused() {
     }
     let out = b.cli(&["rm", &hash]);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert_eq!(b.state_of(&hash), None);
+    // Its peers drain first (none are left here), then it is gone.
+    assert_eq!(b.state_of(&hash).as_deref(), Some("draining"));
+    wait_for(Duration::from_secs(10), "the drain to end", || {
+        b.state_of(&hash).is_none().then_some(())
+    });
     wait_for(Duration::from_secs(5), "the shards to drop it", || {
         (!handshake_accepted(b.squall.addr, &hash)).then_some(())
     });

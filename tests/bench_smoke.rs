@@ -10,7 +10,8 @@ use squall_bench::{RunOptions, Verify};
 fn bench_against_squall_verifies_pieces() {
     // Proves: squall-bench drives the real `squall seed` end to end (handshake, unchoke,
     // requests, pieces) and every piece it completes passes SHA-1, i.e. Squall serves the right
-    // bytes under a concurrent swarm. No speed threshold: this machine is shared and noisy.
+    // bytes under a concurrent swarm, plaintext and encrypted (MSE/RC4). No speed threshold:
+    // this machine is shared and noisy.
     let dir = tempfile::tempdir().expect("tempdir");
     let content_dir = dir.path().join("content");
     std::fs::create_dir_all(&content_dir).expect("mkdir");
@@ -43,7 +44,7 @@ fn bench_against_squall_verifies_pieces() {
     }
     // Keep draining stdout so the seeder never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let run_bench = || {
+    let run_bench = |encrypt: bool| {
         assert!(ready, "squall seed never printed ready");
         let addr = addr.expect("squall printed no listen address");
         let torrent_path = state.join("zero-config").join("smoke.bin.torrent");
@@ -55,13 +56,24 @@ fn bench_against_squall_verifies_pieces() {
         opts.verify = Verify::Full;
         opts.target_pid = Some(child.id());
         opts.source_ips = squall_bench::parse_ip_range("127.0.0.2-127.0.0.9").expect("range");
+        opts.encrypt = encrypt;
         squall_bench::run(opts).expect("run")
     };
-    let result = run_bench();
+    // Plaintext, then `--encrypt` (MSE/RC4): the encrypted benchmark cannot rot either.
+    let results = [run_bench(false), run_bench(true)];
     let _ = child.kill();
     let _ = child.wait();
-    assert!(result.bytes > 0, "{result:?}");
-    assert!(result.pieces_verified > 0, "{result:?}");
-    assert_eq!(result.bad_pieces, 0, "{result:?}");
-    assert!(result.target_cpu_secs.is_some());
+    for result in results {
+        assert!(result.bytes > 0, "{result:?}");
+        assert!(result.pieces_verified > 0, "{result:?}");
+        assert_eq!(result.bad_pieces, 0, "{result:?}");
+        for kind in ["protocol_errors", "disconnects"] {
+            assert_eq!(
+                result.errors.get(kind).copied().unwrap_or(0),
+                0,
+                "{result:?}"
+            );
+        }
+        assert!(result.target_cpu_secs.is_some());
+    }
 }

@@ -225,11 +225,9 @@ fn random_peer(addr: SocketAddr, info_hash: [u8; 20], data: &[u8], seed: u64) ->
 /// errored now and then until its recheck (1 s here) clears it.
 fn chaos_run(seed: u64, disk: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern_bytes(6 << 20, seed);
+    let (data, info_hash) = one_file_catalog(dir.path(), 6 << 20, seed);
     let content = dir.path().join("data");
-    write_file(&content.join("f.bin"), &data);
     let torrents = dir.path().join("torrents");
-    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
     let config = dir.path().join("squall.toml");
     // Disk chaos needs reads: blocks are read from disk, not sent from the page cache.
     let reads = if disk {
@@ -262,7 +260,16 @@ fn chaos_run(seed: u64, disk: bool) {
         let torrent = torrents.join("f.torrent");
         let save = dir.path().join("honest");
         let peer = squall.peer();
-        std::thread::spawn(move || lt_download(Source::Torrent(&torrent), &save, &peer, &[]))
+        // Chaos resets its connection now and then (one socket result in 200); libtorrent
+        // would wait 60 s and more before redialing, and give up after 3 drops.
+        std::thread::spawn(move || {
+            lt_download(
+                Source::Torrent(&torrent),
+                &save,
+                &peer,
+                &["--reconnect-secs", "1"],
+            )
+        })
     });
     let peers: Vec<_> = (0..CHAOS_PEERS)
         .map(|p| {

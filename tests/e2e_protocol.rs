@@ -149,11 +149,9 @@ struct Fixture {
 /// small content, so the torrent is made explicitly).
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern_bytes(1024 * 1024 + 100, 42);
+    let (data, info_hash) = one_file_catalog(dir.path(), 1024 * 1024 + 100, 42);
     let content = dir.path().join("data");
-    write_file(&content.join("f.bin"), &data);
     let torrents = dir.path().join("torrents");
-    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
     let squall = SeedArgs::catalog(&torrents, &content)
         .state(&dir.path().join("state"))
         .shards(1)

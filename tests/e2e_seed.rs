@@ -172,7 +172,13 @@ fn garbage_peer_is_dropped_while_an_honest_download_continues() {
         &content.join("file.bin"),
         &pattern_bytes(8 * 1024 * 1024, 6),
     );
-    let squall = SeedArgs::content(&content).state(&state).start();
+    // With MSE allowed (the default), garbage that is neither BitTorrent nor a complete
+    // encrypted handshake waits for the handshake timeout: keep it short.
+    let config = write_config(dir.path(), "[engine]\nhandshake_timeout_secs = 3\n");
+    let squall = SeedArgs::content(&content)
+        .state(&state)
+        .config(&config)
+        .start();
     let torrent = made_torrent(&state, "file.bin");
     let honest = lt_command(
         Source::Torrent(&torrent),

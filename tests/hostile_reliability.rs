@@ -25,8 +25,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -250,87 +249,9 @@ fn rss_anon_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn ip(a: u8, b: u8, c: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, a, b, c)
-}
-
 // ------------------------------------------------------------------ raw peers
 
-/// A connection from `src` (any 127.x address); with `rcvbuf`, its receive buffer is set
-/// before it connects, so the window it advertises stays that small.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<i32>) -> std::io::Result<TcpStream> {
-    let SocketAddr::V4(d) = dst else {
-        return Err(std::io::Error::other("IPv4 only"));
-    };
-    let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a new fd, owned by the TcpStream built from it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        if let Some(bytes) = rcvbuf {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&bytes as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        let local = sin(src, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sin(*d.ip(), d.port());
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        Ok(stream)
-    }
-}
-
-fn frame(id: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
-    v.push(id);
-    v.extend_from_slice(payload);
-    v
-}
-
-fn request(index: u32, begin: u32, length: u32) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12);
-    for v in [index, begin, length] {
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    frame(6, &p)
-}
-
-fn handshake_bytes(info_hash: [u8; 20], extended: bool, fast: bool) -> Vec<u8> {
-    squall_engine::wire::Handshake::new(info_hash, *b"-HR0001-hostile-rel1", extended, fast)
-        .to_bytes()
-        .to_vec()
-}
-
-/// A raw peer with a small frame reader.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// A frame: (id, payload); id 255 stands for keep-alive.
-type Frame = (u8, Vec<u8>);
-
+/// Test-local constructors of the shared raw peer (tests/common/raw_peer.rs).
 impl Raw {
     /// Connects from `src` and completes a handshake; None when squall refuses or closes.
     fn handshaken(
@@ -340,18 +261,9 @@ impl Raw {
         fast: bool,
         rcvbuf: Option<i32>,
     ) -> Option<Raw> {
-        let mut r = Raw {
-            s: connect_from(src, dst, rcvbuf).ok()?,
-            buf: Vec::new(),
-        };
-        r.send(&handshake_bytes(info_hash, false, fast));
-        while r.buf.len() < 68 {
-            if !r.fill() {
-                return None;
-            }
-        }
-        r.buf.drain(..68);
-        Some(r)
+        let mut r = Raw::connect(src, dst, rcvbuf, Duration::from_secs(5)).ok()?;
+        r.handshake(info_hash, *b"-HR0001-hostile-rel1", false, fast)
+            .then_some(r)
     }
 
     /// Interested, then frames until the unchoke; false when closed first.
@@ -359,59 +271,6 @@ impl Raw {
         self.send(&frame(2, &[]));
         self.until(1).is_some()
     }
-
-    fn send(&mut self, bytes: &[u8]) -> bool {
-        self.s.write_all(bytes).is_ok()
-    }
-
-    /// Reads once; false on EOF, error or timeout.
-    fn fill(&mut self) -> bool {
-        let mut tmp = [0u8; 65536];
-        match self.s.read(&mut tmp) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&tmp[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next frame; None on close or timeout.
-    fn next(&mut self) -> Option<Frame> {
-        loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
-                if self.buf.len() >= 4 + len {
-                    let f: Vec<u8> = self.buf.drain(..4 + len).collect();
-                    return Some(if len == 0 {
-                        (255, Vec::new())
-                    } else {
-                        (f[4], f[5..].to_vec())
-                    });
-                }
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
-    /// Frames until one with `id`; None when the connection ends first.
-    fn until(&mut self, id: u8) -> Option<Vec<u8>> {
-        loop {
-            match self.next() {
-                Some((i, p)) if i == id => return Some(p),
-                Some(_) => continue,
-                None => return None,
-            }
-        }
-    }
-}
-
-/// (index, begin, length) of a request or reject payload.
-fn triple(p: &[u8]) -> (u32, u32, u32) {
-    let v = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap());
-    (v(0), v(4), v(8))
 }
 
 // ------------------------------------------------------------------ 1. peers that never read
@@ -426,7 +285,12 @@ fn never_reading_peer(src: Ipv4Addr, dst: SocketAddr, info_hash: [u8; 20]) -> Op
     let mut reqs = Vec::new();
     for b in 0..(HONEST_BYTES as u32 / BLOCK) {
         let at = b * BLOCK;
-        reqs.extend_from_slice(&request(at / HONEST_PIECE, at % HONEST_PIECE, BLOCK));
+        reqs.extend_from_slice(&request_frame(
+            6,
+            at / HONEST_PIECE,
+            at % HONEST_PIECE,
+            BLOCK,
+        ));
     }
     r.s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     r.send(&reqs).then_some(r)
@@ -564,7 +428,7 @@ fn an_honest_peer_is_not_queued_behind_limited_waiters() {
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
     for b in 0..4 {
-        honest.send(&request(3, b * BLOCK, BLOCK));
+        honest.send(&request_frame(6, 3, b * BLOCK, BLOCK));
     }
     for _ in 0..4 {
         let payload = honest.until(7).expect("an honest block");
@@ -614,8 +478,8 @@ fn chains_past_the_queue(engine: &str) {
                 for _ in 0..rounds {
                     let mut reqs = Vec::new();
                     for i in 0..whole_blocks {
-                        reqs.extend_from_slice(&request(i, 0, BLOCK));
-                        reqs.extend_from_slice(&request(i, 0, 1000));
+                        reqs.extend_from_slice(&request_frame(6, i, 0, BLOCK));
+                        reqs.extend_from_slice(&request_frame(6, i, 0, 1000));
                     }
                     assert!(r.send(&reqs));
                     let (mut pieces, mut rejects) = (0, 0);
@@ -711,7 +575,7 @@ fn splice_batches(engine: &str) {
                 for j in 0..96u32 {
                     let index = (p * 7 + j) % (pieces - 1);
                     let begin = (j * 4099 + p * 513) % (ODD_PIECE - BLOCK);
-                    reqs.extend_from_slice(&request(index, begin, BLOCK));
+                    reqs.extend_from_slice(&request_frame(6, index, begin, BLOCK));
                 }
                 assert!(r.send(&reqs));
                 for _ in 0..96 {

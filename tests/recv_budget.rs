@@ -41,15 +41,11 @@ fn handshake(s: &mut TcpStream, info_hash: [u8; 20]) -> Vec<u8> {
 
 fn run(multishot: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern_bytes(1 << 20, 5);
-    let content = dir.path().join("data");
-    write_file(&content.join("f.bin"), &data);
-    let torrents = dir.path().join("torrents");
-    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
+    let (data, info_hash) = one_file_catalog(dir.path(), 1 << 20, 5);
     let squall = seed_catalog_with_engine(
         dir.path(),
-        &torrents,
-        &content,
+        &dir.path().join("torrents"),
+        &dir.path().join("data"),
         &format!(
             "multishot_recv = {multishot}\nmessage_len_max_bytes = 65536\n\
              recv_buffer_bytes_per_shard_max = {BUDGET_BYTES}\npeers_per_ip_max = 1000\n\

@@ -10,12 +10,9 @@
 mod common;
 
 use common::*;
-use squall_engine::wire::{
-    decode_frame, encode, parse_handshake, BlockRequest, Handshake, Message,
-};
+use squall_engine::wire::{decode_frame, encode, BlockRequest, Message};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 const BLOCK: u32 = 16384;
@@ -23,85 +20,6 @@ const SLOTS: usize = 4;
 const STALL_SECS: u64 = 2;
 const PIECE_LEN: u32 = 256 * 1024;
 const STUCK_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 1);
-
-/// A connection from `src` whose receive buffer is set to `rcvbuf` bytes before it
-/// connects (4 KiB: the window it advertises stays small).
-fn connect_from(src: std::net::Ipv4Addr, dst: SocketAddr, rcvbuf: libc::c_int) -> TcpStream {
-    // SAFETY: plain socket calls on a new fd, owned by the TcpStream built from it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = TcpStream::from_raw_fd(fd);
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&rcvbuf as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let SocketAddr::V4(d) = dst else {
-            panic!("IPv4 only")
-        };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: d.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*d.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(src).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), len);
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
-
-fn send(s: &mut TcpStream, m: &Message<'_>) {
-    let mut out = Vec::new();
-    encode(m, &mut out);
-    s.write_all(&out).expect("write");
-}
-
-/// Handshake, interested, and reads until unchoked; returns what was read past it.
-fn join(s: &mut TcpStream, info_hash: [u8; 20]) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&Handshake::new(info_hash, *b"-TT0001-stallstallst", false, false).to_bytes())
-        .unwrap();
-    send(s, &Message::Interested);
-    let mut buf = Vec::new();
-    let mut handshaken = false;
-    loop {
-        if !handshaken {
-            if let Ok(Some(_)) = parse_handshake(&buf) {
-                buf.drain(..68);
-                handshaken = true;
-                continue;
-            }
-        } else if let Ok(Some((m, used))) = decode_frame(&buf, 1 << 20) {
-            let unchoked = m == Message::Unchoke;
-            buf.drain(..used);
-            if unchoked {
-                return buf;
-            }
-            continue;
-        }
-        let mut tmp = [0u8; 4096];
-        let n = s.read(&mut tmp).expect("read before unchoke");
-        assert!(n > 0, "closed before unchoke");
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
 
 fn request(index: u32, begin: u32) -> BlockRequest {
     BlockRequest {
@@ -120,8 +38,8 @@ fn stuck_peers(
 ) -> Vec<TcpStream> {
     let mut stuck = Vec::new();
     for p in 0..2 * SLOTS as u32 {
-        let mut s = connect_from(source(p), addr, 4096);
-        join(&mut s, info_hash);
+        let mut s = connect_from(source(p), addr, Some(4096)).expect("connect");
+        join_unchoked(&mut s, info_hash, *b"-TT0001-stallstallst", false);
         let mut out = Vec::new();
         for b in 0..512u32 {
             let at = (p * 512 + b) * BLOCK % (16 << 20);
@@ -147,25 +65,21 @@ fn honest_wait_beside_stuck_peers(
     honest_source: std::net::Ipv4Addr,
 ) -> (Duration, SquallProcess, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern_bytes(16 << 20, 9);
-    let content = dir.path().join("data");
-    write_file(&content.join("f.bin"), &data);
-    let torrents = dir.path().join("torrents");
-    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
+    let (data, info_hash) = one_file_catalog(dir.path(), 16 << 20, 9);
     let squall = seed_catalog_with_engine(
         dir.path(),
-        &torrents,
-        &content,
+        &dir.path().join("torrents"),
+        &dir.path().join("data"),
         &format!("buffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n{engine_config}"),
     );
     let stuck = stuck_peers(squall.addr, info_hash, stuck_source);
     // The honest peer reads everything it is sent.
     let started = Instant::now();
-    let mut honest = connect_from(honest_source, squall.addr, 1 << 20);
-    let mut buf = join(&mut honest, info_hash);
+    let mut honest = connect_from(honest_source, squall.addr, Some(1 << 20)).expect("connect");
+    let mut buf = join_unchoked(&mut honest, info_hash, *b"-TT0001-stallstallst", false);
     let wanted: Vec<BlockRequest> = (0..4).map(|b| request(3, b * BLOCK)).collect();
     for r in &wanted {
-        send(&mut honest, &Message::Request(*r));
+        send_message(&mut honest, &Message::Request(*r));
     }
     let mut got = 0;
     while got < wanted.len() {
@@ -285,14 +199,11 @@ fn one_network_cannot_take_every_send_slot() {
 #[test]
 fn shutdown_with_stuck_sends_reaps_every_op_before_freeing() {
     let dir = tempfile::tempdir().unwrap();
-    let content = dir.path().join("data");
-    write_file(&content.join("f.bin"), &pattern_bytes(16 << 20, 9));
-    let torrents = dir.path().join("torrents");
-    let info_hash = make_catalog_torrent(&content.join("f.bin"), &torrents, "f", "256K");
+    let (_, info_hash) = one_file_catalog(dir.path(), 16 << 20, 9);
     let mut squall = seed_catalog_with_engine(
         dir.path(),
-        &torrents,
-        &content,
+        &dir.path().join("torrents"),
+        &dir.path().join("data"),
         &format!(
             "buffer_pool_slots_per_shard = {SLOTS}\nidle_timeout_secs = 600\n\
              send_stall_secs = 600\nsend_slots_per_ip_max = {SLOTS}\n"

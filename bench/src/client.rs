@@ -77,6 +77,8 @@ pub struct ThreadPlan {
     pub record_from_ns: u64,
     pub end_ns: u64,
     pub duration_secs: u64,
+    /// Peers speak MSE/PE with RC4 (`mse`).
+    pub encrypt: bool,
 }
 
 struct Conn {
@@ -90,6 +92,9 @@ struct Conn {
     tx: Vec<u8>,
     tx_off: usize,
     want_write: bool,
+    /// `--encrypt`: the connection's MSE handshake and RC4 streams.
+    crypt: Option<Box<crate::mse::Crypt>>,
+    info_hash: squall_engine::metainfo::InfoHash,
 }
 
 struct Slot {
@@ -399,6 +404,7 @@ fn dial(
         return;
     };
     let seed = xorshift(rng) ^ slot.number as u64;
+    let info_hash = torrent.info_hash;
     slot.conn = Some(Conn {
         fd,
         peer: Peer::new(torrent, plan.peer_cfg.clone(), seed, now).with_phase(phase_ns(plan, slot)),
@@ -408,6 +414,10 @@ fn dial(
         tx: Vec::with_capacity(plan.peer_cfg.depth * 17 + 256),
         tx_off: 0,
         want_write: true,
+        crypt: plan
+            .encrypt
+            .then(|| Box::new(crate::mse::Crypt::pending(seed))),
+        info_hash,
     });
 }
 
@@ -452,6 +462,9 @@ fn on_event(
         }
         conn.connecting = false;
         conn.peer.on_connected(&mut conn.tx);
+        if let Some(c) = conn.crypt.as_mut() {
+            c.start(conn.info_hash, &mut conn.tx);
+        }
     }
     if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
         let pre = conn.rx_pending.len();
@@ -462,12 +475,29 @@ fn on_event(
             ));
         }
         rx[..pre].copy_from_slice(&conn.rx_pending);
-        let got = match sys::recv(conn.fd, &mut rx[pre..pre + RECV_CHUNK_BYTES]) {
+        let mut got = match sys::recv(conn.fd, &mut rx[pre..pre + RECV_CHUNK_BYTES]) {
             Ok(Some(0)) => return Err(disconnect("seeder closed the connection".into())),
             Ok(Some(n)) => n,
             Ok(None) => 0,
             Err(e) => return Err(disconnect(e.to_string())),
         };
+        if let (Some(c), true) = (conn.crypt.as_mut(), got > 0) {
+            let protocol = |e: String| PeerError(ErrorKind::Protocol, e);
+            match c
+                .on_recv(&mut rx[pre..pre + got], &mut conn.tx)
+                .map_err(protocol)?
+            {
+                crate::mse::Received::InPlace => {}
+                crate::mse::Received::Handshaking => got = 0,
+                crate::mse::Received::Established(rest) => {
+                    if rest.len() > rx.len() - pre {
+                        return Err(protocol("MSE: too much after the handshake".into()));
+                    }
+                    rx[pre..pre + rest.len()].copy_from_slice(&rest);
+                    got = rest.len();
+                }
+            }
+        }
         if got > 0 {
             let had_handshake = conn.peer.handshake_done;
             let used = conn
@@ -485,6 +515,9 @@ fn on_event(
 
 /// Sends what is queued; arms EPOLLOUT only while something is left over.
 fn flush(conn: &mut Conn, epoll: &Epoll, token: usize) -> Result<(), String> {
+    if let Some(c) = conn.crypt.as_mut() {
+        c.seal(&mut conn.tx);
+    }
     while conn.tx_off < conn.tx.len() {
         let n = sys::send(conn.fd, &conn.tx[conn.tx_off..]).map_err(|e| e.to_string())?;
         if n == 0 {
@@ -495,6 +528,9 @@ fn flush(conn: &mut Conn, epoll: &Epoll, token: usize) -> Result<(), String> {
     if conn.tx_off == conn.tx.len() {
         conn.tx.clear();
         conn.tx_off = 0;
+        if let Some(c) = conn.crypt.as_mut() {
+            c.on_tx_cleared();
+        }
     }
     let want_write = !conn.tx.is_empty() || conn.connecting;
     if want_write != conn.want_write {

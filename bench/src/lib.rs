@@ -8,6 +8,7 @@
 pub mod client;
 pub mod content;
 pub mod http;
+pub mod mse;
 pub mod null;
 pub mod peer;
 pub mod report;
@@ -57,6 +58,8 @@ pub struct RunOptions {
     /// and the wake-up's delay lands in the measured latency; polling keeps both out, at
     /// the price of a core that stays busy (needs one of its own).
     pub spin_us: u64,
+    /// Peers speak MSE/PE with RC4 (`--encrypt`).
+    pub encrypt: bool,
 }
 
 impl RunOptions {
@@ -79,6 +82,7 @@ impl RunOptions {
             leave_after_bytes: None,
             join_rate_per_sec: None,
             spin_us: 0,
+            encrypt: false,
         }
     }
 }
@@ -175,6 +179,7 @@ pub fn run(opts: RunOptions) -> Result<RunReport, String> {
             }),
             epoch,
             spin_ns: opts.spin_us.saturating_mul(1_000),
+            encrypt: opts.encrypt,
             record_from_ns,
             end_ns,
             duration_secs: opts.duration_secs,

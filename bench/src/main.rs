@@ -68,6 +68,12 @@ enum Cmd {
         out: PathBuf,
         runs: Vec<String>,
     },
+    /// RC4 alone over BYTES on one thread: CPU seconds per GB (the cipher's own cost, for
+    /// comparing an --encrypt run with a plaintext one).
+    Rc4Cost {
+        #[arg(long, default_value_t = 2_000_000_000)]
+        bytes: u64,
+    },
     /// Write the man pages or print a shell's completions (for packaging).
     /// HTTP range-request load (pipelined keep-alive GETs of random ranges of one file),
     /// for comparing Squall's `--http` with nginx; prints one JSON line with requests/s,
@@ -134,6 +140,10 @@ struct Common {
     /// the scenario's, or 0 = always sleep).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Peers speak MSE/PE with RC4 only (as clients set to "require encryption"): the
+    /// seeder's encrypted path, same swarm.
+    #[arg(long)]
+    encrypt: bool,
 }
 
 #[derive(Args)]
@@ -198,6 +208,7 @@ fn options_of(common: &Common) -> Result<RunOptions, String> {
         opts.source_ips = squall_bench::parse_ip_range(s)?;
     }
     opts.target_pid = common.target_pid;
+    opts.encrypt = common.encrypt;
     Ok(opts)
 }
 
@@ -326,6 +337,11 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Generate(args) => generate::run(args, Cli::command()),
+        Cmd::Rc4Cost { bytes } => {
+            let cpu = squall_bench::mse::rc4_cpu_secs_per_gb(bytes);
+            println!("rc4_cpu_secs_per_gb {cpu:.4}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Report { title, out, runs } => {
             let mut list = Vec::new();
             for spec in &runs {

@@ -140,6 +140,12 @@ pub const SPLICE_PIPE_BYTES_MIN: usize = 64 * 1024;
 /// 64 KiB, so the checks assume this bound (the shipped service runs without capabilities).
 pub const PIPE_BYTES_MAX_UNPRIVILEGED: usize = 1 << 20;
 
+/// Default `remove_drain_secs`: long enough for a full request queue (512 x 16 KiB) at a
+/// slow peer's rate, short enough that a removal is done within seconds.
+pub const REMOVE_DRAIN_SECS_DEFAULT: u64 = 10;
+/// Largest `remove_drain_secs`: a removal must finish within minutes.
+pub const REMOVE_DRAIN_SECS_MAX: u64 = 600;
+
 /// Default admin endpoint: loopback only, so nothing is exposed by accident.
 pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 
@@ -157,6 +163,13 @@ pub struct EngineConfig {
     /// Pin shard i to CPU i (mod online CPUs).
     pub pin_shards: bool,
     pub serve_mode: ServeMode,
+    /// MSE/PE (encrypted peers): off | allow | prefer | require (`wire::mse`).
+    pub encryption: crate::wire::mse::EncryptionMode,
+    /// MSE handshakes (DH key exchanges) a shard starts per second, all peers together;
+    /// more are closed at once (`encryption_failures{reason="rate_limited"}`).
+    pub encryption_handshakes_per_sec_max: u32,
+    /// MSE handshakes a shard starts per second for one IPv4 address or IPv6 /64.
+    pub encryption_handshakes_per_ip_per_sec_max: u32,
     /// zerocopy mode: a connection whose sends the kernel reports as copied (loopback, NICs
     /// without the offloads) switches to plain sends.
     pub zerocopy_adaptive: bool,
@@ -302,6 +315,10 @@ pub struct EngineConfig {
     /// An errored torrent (a content file failed) is rechecked this often: files reopened
     /// read-only and size-checked, then every piece hashed; a pass serves it again.
     pub errored_recheck_secs: u64,
+    /// A removed (or paused) torrent's peers drain: they take no new requests, get the
+    /// blocks they had queued, then close; at this deadline the rest are closed. 0 = close
+    /// at once.
+    pub remove_drain_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -314,6 +331,10 @@ impl Default for EngineConfig {
             shards: 0,
             pin_shards: true,
             serve_mode: ServeMode::Copy,
+            encryption: crate::wire::mse::EncryptionMode::Allow,
+            encryption_handshakes_per_sec_max: crate::shard::transport::HANDSHAKES_PER_SEC_DEFAULT,
+            encryption_handshakes_per_ip_per_sec_max:
+                crate::shard::transport::HANDSHAKES_PER_IP_PER_SEC_DEFAULT,
             zerocopy_adaptive: true,
             vectored_reads: true,
             register_ring_fd: true,
@@ -359,6 +380,7 @@ impl Default for EngineConfig {
             stats_histograms: true,
             stats_top_torrents: 20,
             errored_recheck_secs: 10,
+            remove_drain_secs: REMOVE_DRAIN_SECS_DEFAULT,
         }
     }
 }
@@ -530,6 +552,7 @@ impl EngineConfig {
         positive("peers_per_ip_max", self.peers_per_ip_max as u64)?;
         positive("peers_per_prefix_max", self.peers_per_prefix_max as u64)?;
         positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
+        crate::shard::transport::validate_config(self)?;
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("send_stall_secs", self.send_stall_secs)?;
         positive("send_slots_per_ip_max", self.send_slots_per_ip_max as u64)?;
@@ -561,6 +584,13 @@ impl EngineConfig {
         positive("upload_slots_max", self.upload_slots_max as u64)?;
         positive("choke_rotation_secs", self.choke_rotation_secs)?;
         positive("errored_recheck_secs", self.errored_recheck_secs)?;
+        if self.remove_drain_secs > REMOVE_DRAIN_SECS_MAX {
+            return Err(format!(
+                "remove_drain_secs = {}: at most {REMOVE_DRAIN_SECS_MAX} (a removed torrent's \
+                 peers must be gone within minutes; 0 closes them at once)",
+                self.remove_drain_secs
+            ));
+        }
         positive(
             "metadata_cache_entries_max",
             self.metadata_cache_entries_max as u64,

@@ -20,7 +20,8 @@ use std::time::SystemTime;
 pub enum ShardCommand {
     /// Stop accepting, close every peer, drain, exit.
     Shutdown,
-    /// Use this catalog for new handshakes; existing peers keep their torrent.
+    /// Use this catalog for new handshakes; existing peers keep their torrent, and those of
+    /// torrents it lacks drain (`shard/drain.rs`).
     SwapCatalog(Arc<Catalog>),
     /// Dial a peer (from a tracker) and serve it like an inbound one.
     Connect {
@@ -32,6 +33,46 @@ pub enum ShardCommand {
     /// A torrent's BEP 9 info dictionary and BEP 52 trees, read off the shard thread in
     /// answer to an `ExtrasRequest` of this shard.
     Extras(Arc<TorrentExtras>),
+    /// The admin API asks for one page of a torrent's peers on this shard.
+    Peers(PeersRequest),
+}
+
+/// Peers one shard puts in one answer at most: a page is bounded however many peers a
+/// torrent has (the API pages with `?peers_offset=`).
+pub const PEERS_PAGE_MAX: usize = 200;
+
+/// A request for the peers of one torrent on one shard, answered with `try_send` on `reply`
+/// (a bounded channel with room for the answer: the shard never waits).
+#[derive(Debug)]
+pub struct PeersRequest {
+    pub info_hash: InfoHash,
+    /// Peers of this torrent on the shard to skip (in the shard's peer-table order).
+    pub offset: usize,
+    /// Peers to return at most (capped at `PEERS_PAGE_MAX`).
+    pub limit: usize,
+    pub reply: crossbeam_channel::Sender<PeersPage>,
+}
+
+/// One shard's answer: how many peers the torrent has there, and the page asked for.
+#[derive(Debug, Clone)]
+pub struct PeersPage {
+    pub shard: usize,
+    pub total: usize,
+    pub peers: Vec<PeerRow>,
+}
+
+/// One connected peer of a torrent, as the API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRow {
+    pub addr: SocketAddr,
+    /// BEP 10 `v` when the peer sent one, else what its peer id says ("unknown" if nothing).
+    pub client: String,
+    pub upload_bytes_per_sec: f64,
+    pub uploaded_bytes: u64,
+    /// Block requests queued, not yet sent.
+    pub queued_requests: usize,
+    /// Its torrent was removed: it takes no new requests and closes when its queue is sent.
+    pub draining: bool,
 }
 
 /// Extras requests queued from all shards to the control plane's loader. A shard asks once

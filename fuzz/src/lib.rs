@@ -36,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("extended_and_metadata", extended_and_metadata),
     ("config_parse", config_parse),
     ("http_request", http_request),
+    ("mse_handshake", mse_handshake),
 ];
 
 /// Bencode: never panics; whatever decodes spans the whole input, re-encodes canonically to
@@ -370,4 +371,82 @@ pub fn http_request(data: &[u8]) {
     let answer = response::answer(&req, &UrlIndex::default(), |_| false, 0, &mut head);
     assert!(matches!(answer.status, 400 | 404) && answer.body.is_none());
     assert!(head.starts_with(b"HTTP/1.1 ") && head.ends_with(b"\r\n\r\n"));
+}
+
+/// MSE/PE handshake (`wire::mse`): never panics, never takes more than it was given, never
+/// waits holding more than the spec's sync bound plus one bounded message. Byte 0 picks the
+/// chunk size and the responder's mode; the rest is (a) fed raw to a responder, chunked, and
+/// (b) laid over an honest initiator's third message (XOR), so the deep states (SKEY, VC,
+/// PadC, IA) see hostile bytes behind a valid key exchange.
+pub fn mse_handshake(data: &[u8]) {
+    use squall_engine::metainfo::InfoHash;
+    use squall_engine::wire::mse::{
+        req2_hash, EncryptionMode, Initiator, Responder, CRYPTO_PLAINTEXT, CRYPTO_RC4,
+        PAD_MAX_BYTES, RESPONDER_SYNC_BYTES_MAX,
+    };
+    let Some((&ctl, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(ctl & 0x3f) + 1;
+    let mode = match ctl >> 6 {
+        0 => EncryptionMode::Allow,
+        1 => EncryptionMode::Prefer,
+        _ => EncryptionMode::Require,
+    };
+    let torrent = InfoHash([0x5a; 20]);
+    let lookup = |h: &[u8; 20]| (*h == req2_hash(&torrent)).then_some(torrent);
+    // One message past the sync point is at most 20 + 14 + PadC + 2 + IA (u16) bytes.
+    let waiting_max = RESPONDER_SYNC_BYTES_MAX + 20 + 14 + PAD_MAX_BYTES + 2 + 65_535;
+    let drive = |stream: &[u8]| {
+        let mut r = Responder::new([7; 20], usize::from(ctl) % (PAD_MAX_BYTES + 1), mode);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            match r.feed(&buf, &mut out, &lookup) {
+                Err(_) => return,
+                Ok(p) => {
+                    assert!(p.consumed <= buf.len(), "consumed past the input");
+                    buf.drain(..p.consumed);
+                    if let Some(done) = p.established {
+                        assert_eq!(done.info_hash, torrent);
+                        assert!(done.initial_payload.len() <= 65_535);
+                        return;
+                    }
+                    assert!(buf.len() <= waiting_max, "waits on {} bytes", buf.len());
+                }
+            }
+        }
+    };
+    drive(rest);
+    let mut to_b = Vec::new();
+    let provide = if ctl & 1 == 0 {
+        CRYPTO_RC4
+    } else {
+        CRYPTO_RC4 | CRYPTO_PLAINTEXT
+    };
+    let mut init = Initiator::new(
+        [9; 20],
+        usize::from(ctl) % 64,
+        torrent,
+        provide,
+        b"ia".to_vec(),
+        &mut to_b,
+    );
+    let mut to_a = Vec::new();
+    let mut r = Responder::new([7; 20], 0, EncryptionMode::Allow);
+    if r.feed(&to_b, &mut to_a, &lookup).is_err() {
+        return;
+    }
+    let mut third = Vec::new();
+    if init.feed(&to_a, &mut third).is_err() {
+        return;
+    }
+    for (b, x) in third.iter_mut().zip(rest.iter()) {
+        *b ^= x;
+    }
+    third.extend_from_slice(rest.get(third.len()..).unwrap_or(&[]));
+    let mut stream = to_b;
+    stream.extend_from_slice(&third);
+    drive(&stream);
 }

@@ -171,16 +171,19 @@ pub fn render_table(v: &serde_json::Value) -> String {
     if !top.is_empty() {
         let _ = writeln!(
             out,
-            "\ntop torrents\n{:<40} {:>6} {:>12}  name",
-            "info-hash", "peers", "uploaded MiB"
+            "\ntop torrents\n{:<40} {:>6} {:>12} {:>7} {:>8} {:>8}  name",
+            "info-hash", "peers", "uploaded MiB", "Gb/s", "p50 us", "p99 us"
         );
         for t in &top {
             let _ = writeln!(
                 out,
-                "{:<40} {:>6} {:>12.1}  {}",
+                "{:<40} {:>6} {:>12.1} {:>7.3} {:>8.0} {:>8.0}  {}",
                 t["info_hash"].as_str().unwrap_or(""),
                 u(&t["peers"]),
                 mib(f(&t["uploaded_bytes"])),
+                f(&t["upload_bytes_per_sec"]) * 8.0 / 1e9,
+                f(&t["request_p50_us"]),
+                f(&t["request_p99_us"]),
                 t["name"].as_str().unwrap_or("").escape_debug(),
             );
         }
@@ -267,11 +270,17 @@ mod tests {
             s.accepting = true;
             s.peers_connected = 3;
             ShardStats::record_latency(&mut s.request_latency_ns, 250_000);
-            s.torrent_uploaded(h, 1 << 20);
+            let t0 = Instant::now();
+            let asked = [t0 - std::time::Duration::from_micros(300)];
+            s.torrent_batch_sent(h, 1 << 20, Some(&asked), t0);
             view.apply(s.snapshot(), Instant::now());
         }
         let text = render_table(&json::render(&view));
         assert!(text.contains("2 shard(s), healthy"), "{text}");
+        assert!(text.contains("Gb/s   p50 us   p99 us  name"), "{text}");
+        let row = text.lines().find(|l| l.contains("movie.mkv")).unwrap();
+        let p50: f64 = row.split_whitespace().nth(4).unwrap().parse().unwrap();
+        assert!((250.0..=350.0).contains(&p50), "{text}");
         assert!(text.contains("\n0 ") && text.contains("\n1 ") && text.contains("\ntotal "));
         assert!(
             text.contains("movie.mkv") && text.contains(&h.to_hex()),

@@ -42,7 +42,8 @@ pub struct TorrentsArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TorrentsCommand {
-    /// List torrents: info-hash, state, size, peers, uploaded, name.
+    /// List torrents: info-hash, state, size, peers, uploaded, Gb/s now, request p50/p99
+    /// (microseconds, since start), name.
     Ls {
         /// Only names containing this (case-insensitive).
         #[arg(long)]
@@ -64,7 +65,8 @@ pub enum TorrentsCommand {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
     },
-    /// Remove a torrent: its peers are closed; its content is never touched.
+    /// Remove a torrent: its peers drain (no new requests; queued blocks still go out), then
+    /// close; its content is never touched.
     Rm { hash: String },
     /// Hash a torrent's content again.
     Recheck { hash: String },
@@ -182,10 +184,11 @@ fn ls(
 /// The human table of `ls`.
 pub fn table(rows: &[serde_json::Value]) -> String {
     let mut out = format!(
-        "{:<40}  {:<10}  {:>10}  {:>5}  {:>12}  NAME\n",
-        "INFO-HASH", "STATE", "SIZE MiB", "PEERS", "UPLOADED MiB"
+        "{:<40}  {:<10}  {:>10}  {:>5}  {:>12}  {:>7}  {:>8}  {:>8}  NAME\n",
+        "INFO-HASH", "STATE", "SIZE MiB", "PEERS", "UPLOADED MiB", "Gb/s", "p50 us", "p99 us"
     );
     let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     for r in rows {
         let mut state = r["state"].as_str().unwrap_or("").to_string();
         if let Some(done) = r["verified_bytes"].as_u64() {
@@ -193,12 +196,15 @@ pub fn table(rows: &[serde_json::Value]) -> String {
             state = format!("{state} {}%", done * 100 / size);
         }
         out.push_str(&format!(
-            "{:<40}  {:<10}  {:>10.1}  {:>5}  {:>12.1}  {}\n",
+            "{:<40}  {:<10}  {:>10.1}  {:>5}  {:>12.1}  {:>7.3}  {:>8.0}  {:>8.0}  {}\n",
             r["info_hash"].as_str().unwrap_or(""),
             state,
             mib(&r["size_bytes"]),
             r["peers"].as_u64().unwrap_or(0),
             mib(&r["uploaded_bytes"]),
+            num(&r["upload_bytes_per_sec"]) * 8.0 / 1e9,
+            num(&r["request_p50_us"]),
+            num(&r["request_p99_us"]),
             r["name"].as_str().unwrap_or("")
         ));
         if let Some(e) = r["error"].as_str() {
@@ -328,11 +334,13 @@ mod tests {
                 "size_bytes": 200, "verified_bytes": 50, "peers": 0, "uploaded_bytes": 0}),
             serde_json::json!({"info_hash": "bb", "name": "two", "state": "errored",
                 "size_bytes": 1 << 20, "peers": 3, "uploaded_bytes": 2 << 20,
-                "error": "file /d/x: missing"}),
+                "upload_bytes_per_sec": 125_000_000.0, "request_p50_us": 180.0,
+                "request_p99_us": 2500.0, "error": "file /d/x: missing"}),
         ];
         let t = table(&rows);
         assert!(t.contains("verifying 25%"), "{t}");
         assert!(t.contains("^ file /d/x: missing"), "{t}");
-        assert!(t.lines().nth(2).unwrap().contains("2.0  two"), "{t}");
+        let two = t.lines().nth(2).unwrap();
+        assert!(two.contains("2.0    1.000       180      2500  two"), "{t}");
     }
 }

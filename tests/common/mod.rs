@@ -7,6 +7,10 @@
 
 #![allow(dead_code)]
 
+mod raw_peer;
+#[allow(unused_imports)] // not every test binary uses the raw peer
+pub use raw_peer::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
@@ -461,6 +465,18 @@ pub fn make_catalog_torrent(
     let t = torrents.join(format!("{name}.torrent"));
     let hex = squall_make(content, &t, &["--piece-length", piece_length]);
     hex::decode(hex).unwrap().try_into().unwrap()
+}
+
+/// `len` pattern bytes (`seed`) as `<dir>/data/f.bin` and its catalog torrent (256 KiB
+/// pieces) in `<dir>/torrents`: the one-file catalog many engine tests seed. Returns the
+/// bytes and the info-hash.
+pub fn one_file_catalog(dir: &Path, len: usize, seed: u64) -> (Vec<u8>, [u8; 20]) {
+    let data = pattern_bytes(len, seed);
+    let content = dir.join("data");
+    write_file(&content.join("f.bin"), &data);
+    let info_hash =
+        make_catalog_torrent(&content.join("f.bin"), &dir.join("torrents"), "f", "256K");
+    (data, info_hash)
 }
 
 /// Starts one-shard squall with the admin endpoint on the catalog `torrents` + `content`,

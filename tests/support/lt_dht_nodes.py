@@ -3,7 +3,8 @@
 
 Usage: lt_dht_nodes.py [--count N]
 Prints one JSON line {"nodes": ["127.0.0.1:PORT", ...]} once every session knows the others,
-then runs until stdin closes (the test holding the pipe ends). Loopback only: the public
+then runs until stdin closes (the test holding the pipe ends), and then prints
+{"dht_torrents": [n, ...]}: how many info-hashes each node holds announces for. Loopback only: the public
 bootstrap routers are replaced by nothing (dht_bootstrap_nodes = ""), and the sessions learn
 each other through add_dht_node; LSD, UPnP and NAT-PMP are off; the restrictions that make
 libtorrent drop loopback nodes are off.
@@ -39,6 +40,13 @@ def main():
             "dht_ignore_dark_internet": False,
             "dht_enforce_node_id": False,
             "dht_prefer_verified_node_ids": False,
+            # Every node of a local DHT is 127.0.0.1: libtorrent's per-IP query limit (5/s,
+            # then 5 minutes blocked) and its 8 KB/s reply budget would throttle a seeder
+            # announcing a catalog; and it keeps only 2,000 torrents by default.
+            "dht_block_ratelimit": 1000000,
+            "dht_upload_rate_limit": 100000000,
+            "dht_max_torrents": 1000000,
+            "dht_max_peers": 100000,
             "enable_lsd": False,
             "enable_upnp": False,
             "enable_natpmp": False,
@@ -57,6 +65,7 @@ def main():
         time.sleep(0.1)
     print(json.dumps({"nodes": nodes}), flush=True)
     sys.stdin.read()
+    print(json.dumps({"dht_torrents": [s.status().dht_torrents for s in sessions]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 Usage: lt_download.py --save DIR (--torrent FILE | --magnet URI) --peer HOST:PORT [--peer ...]
                       [--timeout SECS] [--rate-limit BYTES_PER_SEC] [--abort-after-bytes N]
-                      [--dht-node 127.0.0.1:PORT ...]
+                      [--dht-node 127.0.0.1:PORT ...] [--reconnect-secs N] [--encryption forced]
 Prints one JSON line: {"ok": bool, "state": ..., "downloaded": n, "seconds": s, "error": ...}
 and exits 0 only when the download completed (or was aborted as asked).
 
@@ -11,6 +11,12 @@ Loopback only: DHT, LSD, UPnP, NAT-PMP and uTP are off; peers are dialed with co
 With --dht-node (loopback addresses only; anything else is refused), the DHT is on and
 bootstrapped from exactly those nodes, with libtorrent's loopback/private-IP restrictions off;
 then --peer may be left out and peers come from the DHT alone.
+With --encryption forced, MSE/PE is forced both ways with RC4 as the only level (a peer set to
+"require encryption"); the JSON line then says how many connected peers were RC4-encrypted.
+
+--reconnect-secs N: redial a peer that dropped the connection after N seconds, however often
+it dropped. libtorrent's own default waits 60 s times (failures + 1) and stops dialing after 3
+failures, longer than a test's timeout: for tests whose seeder drops connections on purpose.
 """
 import argparse
 import json
@@ -34,6 +40,8 @@ def main():
     ap.add_argument("--rate-limit", type=int, default=0)
     ap.add_argument("--abort-after-bytes", type=int, default=0)
     ap.add_argument("--dht-node", action="append", default=[])
+    ap.add_argument("--reconnect-secs", type=int, default=0)
+    ap.add_argument("--encryption", choices=["forced"])
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     for node in args.dht_node:
@@ -54,6 +62,16 @@ def main():
     }
     if args.rate_limit:
         settings["download_rate_limit"] = args.rate_limit
+    if args.reconnect_secs:
+        settings["min_reconnect_time"] = args.reconnect_secs
+        settings["max_failcount"] = 1000
+    if args.encryption == "forced":
+        settings.update({
+            "out_enc_policy": int(lt.enc_policy.pe_forced),
+            "in_enc_policy": int(lt.enc_policy.pe_forced),
+            "allowed_enc_level": int(lt.enc_level.pe_rc4),
+            "prefer_rc4": True,
+        })
     if args.dht_node:
         settings.update({
             "enable_dht": True,
@@ -94,9 +112,13 @@ def main():
     start = time.time()
     last_connect = 0.0
     state = ""
+    rc4_peers = 0
     while time.time() - start < args.timeout:
         s = h.status()
         state = str(s.state)
+        for pi in h.get_peer_info():
+            if pi.flags & lt.peer_info.rc4_encrypted:
+                rc4_peers = max(rc4_peers, 1)
         if time.time() - last_connect > 2 and s.num_peers == 0:
             for p in peers:
                 h.connect_peer(p)
@@ -124,7 +146,7 @@ def main():
     ok = bool(s.is_seeding)
     print(json.dumps({"ok": ok, "state": state, "downloaded": s.total_payload_download,
                       "total_wanted": s.total_wanted, "seconds": round(time.time() - start, 3),
-                      "num_peers": s.num_peers}))
+                      "num_peers": s.num_peers, "rc4_peers": rc4_peers}))
     return 0 if ok else 1
 
 

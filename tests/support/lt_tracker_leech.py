@@ -2,12 +2,13 @@
 """A libtorrent leecher that finds nobody by itself: it announces to the torrent's tracker,
 listens on 127.0.0.1 and waits to be dialed (it never calls connect_peer).
 
-Usage: lt_tracker_leech.py --save DIR --torrent FILE [--timeout SECS]
+Usage: lt_tracker_leech.py --save DIR --torrent FILE [--timeout SECS] [--encryption forced]
 Prints `announced` on its own line once the tracker has answered (the test starts the seeder
 only then), and at the end one JSON line: {"ok": bool, "downloaded": n, "seconds": s, ...};
 exits 0 only when the download completed.
 
 Loopback only: DHT, LSD, UPnP, NAT-PMP and uTP are off; incoming TCP only.
+With --encryption forced, MSE/PE is forced both ways with RC4 only (plaintext is refused).
 """
 import argparse
 import json
@@ -22,9 +23,10 @@ def main():
     ap.add_argument("--save", required=True)
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--timeout", type=float, default=90)
+    ap.add_argument("--encryption", choices=["forced"])
     args = ap.parse_args()
 
-    ses = lt.session({
+    settings = {
         "listen_interfaces": "127.0.0.1:0",
         "enable_dht": False,
         "enable_lsd": False,
@@ -37,7 +39,14 @@ def main():
         "alert_mask": lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification
         | lt.alert.category_t.tracker_notification,
-    })
+    }
+    if args.encryption == "forced":
+        settings.update({
+            "out_enc_policy": int(lt.enc_policy.pe_forced),
+            "in_enc_policy": int(lt.enc_policy.pe_forced),
+            "allowed_enc_level": int(lt.enc_level.pe_rc4),
+        })
+    ses = lt.session(settings)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(args.torrent)
     params.save_path = args.save

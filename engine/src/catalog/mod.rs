@@ -103,6 +103,59 @@ impl CatalogTorrent {
         verify_torrent_content(&t, &self.files, threads, &|_| {}).map_err(|err| err.to_string())
     }
 
+    /// Hashes the content again (files stat'ed first, then every piece) and writes the
+    /// result to its resume file in `state_dir`, as a load does: a restart or a reload then
+    /// keeps what this recheck found instead of the resume state it had before. Used by the
+    /// API's recheck of a catalog (directory or zero-config) torrent, off the control thread.
+    pub fn recheck(
+        &self,
+        state_dir: &Path,
+        threads: usize,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<CatalogTorrent, String> {
+        let t = self.read_torrent().map_err(|e| e.to_string())?;
+        let stamps = self
+            .files
+            .iter()
+            .map(|f| {
+                if f.pad {
+                    return Ok(FileStamp {
+                        size_bytes: f.length,
+                        mtime_ns: 0,
+                    });
+                }
+                match std::fs::metadata(&f.path) {
+                    Ok(m) => Ok(FileStamp {
+                        size_bytes: m.len(),
+                        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                    }),
+                    // As at load: an empty file that was never created is fine.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && f.length == 0 => {
+                        Ok(FileStamp {
+                            size_bytes: 0,
+                            mtime_ns: 0,
+                        })
+                    }
+                    Err(e) => Err(format!("content file {}: {e}", f.path.display())),
+                }
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let report = verify_torrent_content(&t, &self.files, threads.max(1), progress)
+            .map_err(|e| e.to_string())?;
+        let mut new = self.clone();
+        new.have = report.have_bitfield();
+        new.complete = report.is_complete();
+        let state = ResumeState {
+            num_pieces: new.num_pieces,
+            have: new.have.clone(),
+            stamps,
+        };
+        if let Err(e) = resume::write_all(state_dir, &[(new.info_hash, state)]) {
+            tracing::warn!("cannot write resume state of {}: {e}", new.info_hash);
+        }
+        Ok(new)
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.have
             .get(index as usize / 8)

@@ -11,10 +11,13 @@
 
 use super::runtime::{lock, ApiError, SharedRuntime, TorrentInfo};
 use crate::metainfo::InfoHash;
+use crate::plane::{PeerRow, PeersPage, PeersRequest, ShardCommand, PEERS_PAGE_MAX};
 use crate::stats::view::StatsView;
+use crossbeam_channel::{bounded, Sender};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Rows one list request returns at most (`?limit=`); more is refused, so a page is bounded.
 pub const PAGE_LIMIT_MAX: usize = 1000;
@@ -23,13 +26,23 @@ pub const PAGE_LIMIT_DEFAULT: usize = 100;
 /// The prefix every API route starts with.
 pub const PREFIX: &str = "/api/v1/";
 
-/// What the API routes need: the runtime catalog and the request body bound.
+/// What the API routes need: the runtime catalog, the request body bound, and the shards'
+/// command channels (the one-torrent view asks each for a page of its peers).
 #[derive(Clone)]
 pub struct Api {
     pub runtime: SharedRuntime,
     /// `[admin] api_body_bytes_max`: larger bodies get 413 before they are read.
     pub body_bytes_max: usize,
+    /// One per shard, in shard order; empty: no peer lists (unit tests).
+    pub shards: Vec<Sender<ShardCommand>>,
 }
+
+/// Peers the one-torrent view lists when `?peers_limit=` is not given.
+pub const PEERS_LIMIT_DEFAULT: usize = 50;
+/// How long the one-torrent view waits for the shards' peer pages (a shard answers within
+/// one loop turn, at most its 250 ms tick); a shard that misses it is left out and counted
+/// in `peer_list.shards_missing`.
+pub const PEERS_REPLY_TIMEOUT_MS: u64 = 1000;
 
 /// An answer: status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +84,7 @@ pub fn handle(
     let result = match (method, parts.as_slice()) {
         ("GET", ["torrents"]) => list(api, view, query),
         ("POST", ["torrents"]) => add(api, view, query, content_type, body),
-        ("GET", ["torrents", hash]) => parse_hash(hash).and_then(|h| show(api, view, &h)),
+        ("GET", ["torrents", hash]) => parse_hash(hash).and_then(|h| show(api, view, &h, query)),
         ("DELETE", ["torrents", hash]) => parse_hash(hash).and_then(|h| {
             lock(&api.runtime).remove(&h)?;
             Ok(ApiResponse {
@@ -136,11 +149,16 @@ fn with_numbers(mut rows: Vec<TorrentInfo>, view: &Mutex<StatsView>) -> Vec<Torr
         .iter()
         .map(|r| (r.info_hash.to_hex(), r.reason.as_str()))
         .collect();
+    let now = Instant::now();
     for r in &mut rows {
         if let Some(h) = InfoHash::from_hex(&r.info_hash) {
             if let Some(t) = view.torrent_totals(&h) {
-                r.peers = t.peers();
-                r.uploaded_bytes = t.uploaded_bytes;
+                let f = t.figures(now);
+                r.peers = f.peers;
+                r.uploaded_bytes = f.uploaded_bytes;
+                r.upload_bytes_per_sec = f.upload_bytes_per_sec;
+                r.request_p50_us = f.request_p50_us;
+                r.request_p99_us = f.request_p99_us;
             }
         }
         if let Some(reason) = errored.get(&r.info_hash) {
@@ -153,17 +171,138 @@ fn with_numbers(mut rows: Vec<TorrentInfo>, view: &Mutex<StatsView>) -> Vec<Torr
     rows
 }
 
-fn show(api: &Api, view: &Mutex<StatsView>, h: &InfoHash) -> Result<ApiResponse, ApiError> {
+fn show(
+    api: &Api,
+    view: &Mutex<StatsView>,
+    h: &InfoHash,
+    query: &str,
+) -> Result<ApiResponse, ApiError> {
+    let offset = number(query, "peers_offset", 0)?;
+    let limit = number(query, "peers_limit", PEERS_LIMIT_DEFAULT)?;
+    if limit > PEERS_PAGE_MAX {
+        return Err(ApiError::new(
+            400,
+            format!(
+                "?peers_limit={limit}: give 0 to {PEERS_PAGE_MAX}, and page with ?peers_offset="
+            ),
+        ));
+    }
     let info = lock(&api.runtime).info(h).ok_or_else(|| {
         ApiError::new(
             404,
             format!("no torrent {h} in the catalog (list them with `squall torrents ls`)"),
         )
     })?;
-    Ok(ApiResponse {
-        status: 200,
-        body: to_json(with_numbers(vec![info], view).remove(0)),
+    let mut body = to_json(with_numbers(vec![info], view).remove(0));
+    body["peer_list"] = peer_list(&api.shards, h, offset, limit);
+    Ok(ApiResponse { status: 200, body })
+}
+
+/// One page of the torrent's peers over all shards, in shard order, then each shard's
+/// peer-table order: every shard is asked at once for up to `limit` peers after its share of
+/// `offset` (cut by the counts the shards answer, so `total` is exact; a page read while
+/// peers come and go may repeat or skip one). At most `shards x limit` rows cross, and one
+/// page is at most `PEERS_PAGE_MAX`.
+fn peer_list(
+    shards: &[Sender<ShardCommand>],
+    h: &InfoHash,
+    offset: usize,
+    limit: usize,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_millis(PEERS_REPLY_TIMEOUT_MS);
+    // First every shard's count and first rows, at once; then the pages past `offset`.
+    let first = ask_peers(
+        shards,
+        h,
+        |_| (0, offset.saturating_add(limit).min(PEERS_PAGE_MAX)),
+        deadline,
+    );
+    let mut missing = first.iter().filter(|p| p.is_none()).count();
+    let totals: Vec<usize> = first
+        .iter()
+        .map(|p| p.as_ref().map_or(0, |p| p.total))
+        .collect();
+    let total: usize = totals.iter().sum();
+    let mut rows: Vec<PeerRow> = Vec::new();
+    if offset.saturating_add(limit) <= PEERS_PAGE_MAX {
+        rows = first
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.peers)
+            .skip(offset)
+            .take(limit)
+            .collect();
+    } else if limit > 0 {
+        // A deep page: each shard skips its share of `offset`.
+        let mut skip = offset;
+        let plan: Vec<(usize, usize)> = totals
+            .iter()
+            .map(|n| {
+                let local = skip.min(*n);
+                skip -= local;
+                (local, limit)
+            })
+            .collect();
+        let pages = ask_peers(shards, h, |i| plan[i], deadline);
+        missing = missing.max(pages.iter().filter(|p| p.is_none()).count());
+        rows = pages
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.peers)
+            .take(limit)
+            .collect();
+    }
+    let peers: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|p| {
+            json!({
+                "address": p.addr.to_string(),
+                "client": p.client,
+                "upload_bytes_per_sec": p.upload_bytes_per_sec,
+                "uploaded_bytes": p.uploaded_bytes,
+                "queued_requests": p.queued_requests,
+                "draining": p.draining,
+            })
+        })
+        .collect();
+    json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "shards_missing": missing,
+        "peers": peers,
     })
+}
+
+/// Sends every shard a `Peers` request (`plan(shard)` = its offset and limit) and waits for
+/// the answers until `deadline`; None for a shard whose queue was full or that did not answer.
+fn ask_peers(
+    shards: &[Sender<ShardCommand>],
+    h: &InfoHash,
+    plan: impl Fn(usize) -> (usize, usize),
+    deadline: Instant,
+) -> Vec<Option<PeersPage>> {
+    let waiting: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, tx)| {
+            let (reply, answer) = bounded::<PeersPage>(1);
+            let (offset, limit) = plan(i);
+            let request = PeersRequest {
+                info_hash: *h,
+                offset,
+                limit,
+                reply,
+            };
+            tx.try_send(ShardCommand::Peers(request))
+                .ok()
+                .map(|()| answer)
+        })
+        .collect();
+    waiting
+        .into_iter()
+        .map(|answer| answer.and_then(|rx| rx.recv_deadline(deadline).ok()))
+        .collect()
 }
 
 fn number(query: &str, key: &str, default: usize) -> Result<usize, ApiError> {
@@ -362,6 +501,7 @@ mod tests {
         let api = Api {
             runtime: Arc::new(Mutex::new(rt)),
             body_bytes_max: 1 << 20,
+            shards: Vec::new(),
         };
         let view = Mutex::new(StatsView::new(1, 5, HashMap::new()));
         (tmp, api, view)
@@ -470,10 +610,80 @@ mod tests {
             handle(&api, &view, "DELETE", &one, "", None, b"").status,
             200
         );
+        // Listed as draining until the control loop sees its peers gone, then unknown.
+        let shown = handle(&api, &view, "GET", &one, "", None, b"");
+        assert_eq!(shown.body["state"], "draining", "{:?}", shown.body);
+        assert_eq!(shown.body["peer_list"]["total"], 0);
+        let listed = handle(&api, &view, "GET", "/api/v1/torrents", "", None, b"");
+        assert_eq!(listed.body["torrents"][0]["state"], "draining");
+        let draining = lock(&api.runtime).draining();
+        assert_eq!(draining.len(), 1);
+        lock(&api.runtime).drained(&[draining[0].0]);
         assert_eq!(handle(&api, &view, "GET", &one, "", None, b"").status, 404);
         assert_eq!(lock(&api.runtime).served().len(), 0);
         let saved = std::fs::read_to_string(tmp.path().join("state/api/catalog.json")).unwrap();
         assert!(!saved.contains(&h), "{saved}");
+    }
+
+    /// A shard that answers `Peers` requests for `peers` peers (port = shard * 1000 + i).
+    fn fake_shard(shard: usize, peers: usize) -> Sender<ShardCommand> {
+        let (tx, rx) = bounded::<ShardCommand>(4);
+        std::thread::spawn(move || {
+            for cmd in rx.iter() {
+                let ShardCommand::Peers(r) = cmd else {
+                    continue;
+                };
+                let rows = (r.offset..peers)
+                    .take(r.limit.min(PEERS_PAGE_MAX))
+                    .map(|i| PeerRow {
+                        addr: ([127, 0, 0, 1], (shard * 1000 + i) as u16).into(),
+                        client: "test".into(),
+                        upload_bytes_per_sec: 0.0,
+                        uploaded_bytes: 0,
+                        queued_requests: i,
+                        draining: false,
+                    })
+                    .collect();
+                let _ = r.reply.try_send(PeersPage {
+                    shard,
+                    total: peers,
+                    peers: rows,
+                });
+            }
+        });
+        tx
+    }
+
+    #[test]
+    fn peer_pages_run_over_the_shards_in_order() {
+        // Proves: a page starts at `offset` counted over shard 0's peers, then shard 1's;
+        // `total` sums the shards; a deep page (past PEERS_PAGE_MAX) skips whole shards; a
+        // shard that never answers is counted as missing, not waited on forever.
+        let shards = vec![fake_shard(0, 240), fake_shard(1, 100)];
+        let h = InfoHash([3; 20]);
+        let ports = |v: &serde_json::Value| -> Vec<u64> {
+            v["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let a: std::net::SocketAddr = p["address"].as_str().unwrap().parse().unwrap();
+                    u64::from(a.port())
+                })
+                .collect()
+        };
+        let v = peer_list(&shards, &h, 238, 4);
+        assert_eq!(v["total"], 340);
+        assert_eq!(ports(&v), vec![238, 239, 1000, 1001]);
+        let v = peer_list(&shards, &h, 250, 3);
+        assert_eq!(ports(&v), vec![1010, 1011, 1012]);
+        assert_eq!(v["shards_missing"], 0);
+        let (silent, _keep) = bounded::<ShardCommand>(4);
+        let v = peer_list(&[silent], &h, 0, 5);
+        assert_eq!(
+            (v["total"].as_u64(), v["shards_missing"].as_u64()),
+            (Some(0), Some(1))
+        );
     }
 
     #[test]
@@ -503,6 +713,7 @@ mod tests {
         let api = Api {
             runtime: Arc::new(Mutex::new(rt)),
             body_bytes_max: 1 << 20,
+            shards: Vec::new(),
         };
         let v = wait_state(&api, &h, "paused");
         assert_eq!(v["name"], "two.bin");

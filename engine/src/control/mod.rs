@@ -130,6 +130,10 @@ impl Control {
             Some(r) => Arc::new(runtime::lock(r).served()),
             None => catalog,
         };
+        let drain = Duration::from_secs(setup.engine.remove_drain_secs);
+        if let Some(r) = &runtime {
+            runtime::lock(r).set_drain(drain);
+        }
         let seeder = Seeder::start(setup.engine, catalog.clone())?;
         let names = catalog
             .torrents()
@@ -158,6 +162,7 @@ impl Control {
                 runtime.as_ref().map(|r| api::Api {
                     runtime: r.clone(),
                     body_bytes_max: a.api_body_bytes_max,
+                    shards: seeder.command_senders(),
                 }),
             ) {
                 Ok(server) => Some(server),
@@ -325,12 +330,13 @@ impl Control {
             self.install(served);
             self.follow_catalog();
         }
+        self.follow_drains();
         self.publish_catalog_health();
         self.log_summary_when_due();
     }
 
     /// SIGHUP: build the catalog again and hand it to the shards. Peers of unchanged
-    /// torrents are not disturbed; peers of removed torrents are closed; a failed reload keeps
+    /// torrents are not disturbed; peers of removed torrents drain; a failed reload keeps
     /// the current catalog. Every errored torrent is rechecked now, and the trackers follow.
     fn reload(&mut self, source: &mut dyn CatalogRebuild) {
         tracing::info!("SIGHUP: reloading the catalog");
@@ -362,6 +368,34 @@ impl Control {
         self.follow_catalog();
     }
 
+    /// Removed torrents stop being listed as `draining` once every shard has reported
+    /// since the swap (a snapshot a stats interval after the removal) and none has a peer of
+    /// it left, or at their deadline. O(draining torrents) per turn.
+    fn follow_drains(&mut self) {
+        let Some(r) = &self.runtime else {
+            return;
+        };
+        let pending = runtime::lock(r).draining();
+        if pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        // Past this, a snapshot was taken after the swap reached the shard.
+        let settle = POLL_PERIOD + Duration::from_millis(crate::shard::STATS_INTERVAL_MS);
+        let done: Vec<_> = {
+            let view = lock_view(&self.view);
+            pending
+                .iter()
+                .filter(|(h, since, deadline)| {
+                    let gone = view.torrent_totals(h).is_none_or(|t| t.peers() == 0);
+                    now >= *deadline || (gone && view.all_reported_since(*since + settle))
+                })
+                .map(|(h, _, _)| *h)
+                .collect()
+        };
+        runtime::lock(r).drained(&done);
+    }
+
     /// The source's new catalog merged with the API's torrents (the rule in `runtime`).
     fn merge_api(&mut self, base: Arc<Catalog>) -> Arc<Catalog> {
         let Some(r) = &self.runtime else {
@@ -372,8 +406,8 @@ impl Control {
         rt.poll().unwrap_or(base)
     }
 
-    /// Hands the shards a new catalog (new handshakes use it; peers of torrents it lacks are
-    /// closed).
+    /// Hands the shards a new catalog (new handshakes use it; peers of torrents it lacks
+    /// drain, then close).
     fn install(&mut self, catalog: Arc<Catalog>) {
         self.seeder.swap_catalog(catalog.clone());
         self.catalog_complete = complete_count(&catalog);

@@ -17,13 +17,13 @@
 
 use crate::catalog::{Catalog, CatalogOptions, CatalogTorrent, VerifyPolicy};
 use crate::metainfo::torrent::{self, InfoHash};
-use crate::storage::verify_torrent_content;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Torrents the API adds, and separately info-hashes it removes or pauses: each table is
 /// refused past this (a 409-free 507 naming the limit), so a client loop cannot grow them.
@@ -144,7 +144,25 @@ pub struct TorrentInfo {
     pub data_dir: Option<PathBuf>,
     pub peers: u64,
     pub uploaded_bytes: u64,
+    /// Recent upload rate (the stats view's per-torrent meter).
+    pub upload_bytes_per_sec: f64,
+    /// Request latency percentiles of its blocks since start, microseconds.
+    pub request_p50_us: f64,
+    pub request_p99_us: f64,
 }
+
+/// A removed torrent whose peers are draining: listed as `draining` until the shards report
+/// none left, or `deadline` (the shards' `remove_drain_secs` plus a report's grace).
+#[derive(Debug, Clone)]
+struct Draining {
+    row: TorrentInfo,
+    since: Instant,
+    deadline: Instant,
+}
+
+/// After the shards' drain deadline, how long the API waits for their stats to show the
+/// peers gone before it stops listing the torrent as draining anyway.
+pub const DRAIN_REPORT_GRACE_MS: u64 = 3000;
 
 pub struct Runtime {
     state_dir: PathBuf,
@@ -163,6 +181,11 @@ pub struct Runtime {
     results: Receiver<JobResult>,
     /// The served catalog must be rebuilt (an add finished, a remove, a pause ...).
     changed: bool,
+    /// Removed torrents whose peers drain (at most `API_TORRENTS_MAX`; each leaves within
+    /// `drain` plus `DRAIN_REPORT_GRACE_MS`).
+    draining: BTreeMap<InfoHash, Draining>,
+    /// `[engine] remove_drain_secs`.
+    drain: Duration,
 }
 
 impl Runtime {
@@ -217,6 +240,8 @@ impl Runtime {
             jobs: jobs_tx,
             results: results_rx,
             changed: false,
+            draining: BTreeMap::new(),
+            drain: Duration::from_secs(crate::config::REMOVE_DRAIN_SECS_DEFAULT),
         };
         rt.load_persisted()?;
         Ok(rt)
@@ -442,6 +467,8 @@ impl Runtime {
             return Err(undo(self, e));
         }
         let was_removed = self.removed.remove(&h);
+        // Added again while its old peers drain: the new entry is what the API shows.
+        self.draining.remove(&h);
         if let Err(e) = self.persist() {
             if was_removed {
                 self.removed.insert(h);
@@ -451,9 +478,49 @@ impl Runtime {
         Ok(self.info(&h).unwrap_or_else(|| unreachable_info(h)))
     }
 
-    /// Removes a torrent: the shards close its peers when the new catalog reaches them. The
-    /// content is never touched; the API's copy of its .torrent goes.
+    /// Removes a torrent: its peers drain when the new catalog reaches the shards (listed as
+    /// `draining` meanwhile). The content is never touched; the API's copy of its .torrent
+    /// goes.
     pub fn remove(&mut self, h: &InfoHash) -> Result<(), ApiError> {
+        let row = self.info(h);
+        self.remove_entry(h)?;
+        if let Some(mut row) = row.filter(|_| !self.drain.is_zero()) {
+            row.state = "draining";
+            let since = Instant::now();
+            let deadline = since + self.drain + Duration::from_millis(DRAIN_REPORT_GRACE_MS);
+            self.draining.insert(
+                *h,
+                Draining {
+                    row,
+                    since,
+                    deadline,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// `[engine] remove_drain_secs`: how long removed torrents are listed as draining at most.
+    pub fn set_drain(&mut self, drain: Duration) {
+        self.drain = drain;
+    }
+
+    /// Removed torrents still draining: (info-hash, removed at, give up at).
+    pub fn draining(&self) -> Vec<(InfoHash, Instant, Instant)> {
+        self.draining
+            .iter()
+            .map(|(h, d)| (*h, d.since, d.deadline))
+            .collect()
+    }
+
+    /// The shards report these drained (no peer left) or their deadline passed.
+    pub fn drained(&mut self, done: &[InfoHash]) {
+        for h in done {
+            self.draining.remove(h);
+        }
+    }
+
+    fn remove_entry(&mut self, h: &InfoHash) -> Result<(), ApiError> {
         if let Some(a) = self.added.remove(h) {
             let was_paused = self.paused.remove(h);
             // Added after the source's copy was removed: the source's must not come back.
@@ -641,6 +708,12 @@ impl Runtime {
             })
             .filter_map(|t| self.info(&t.info_hash))
             .chain(self.added.keys().filter_map(|h| self.info(h)))
+            .chain(
+                self.draining
+                    .iter()
+                    .filter(|(h, _)| !self.added.contains_key(h) && !self.serves_from_base(h))
+                    .map(|(_, d)| d.row.clone()),
+            )
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.info_hash.cmp(&b.info_hash)));
         rows
@@ -673,9 +746,14 @@ impl Runtime {
                 data_dir: Some(a.data_dir.clone()),
                 peers: 0,
                 uploaded_bytes: 0,
+                upload_bytes_per_sec: 0.0,
+                request_p50_us: 0.0,
+                request_p99_us: 0.0,
             });
         }
-        let t = self.base_torrent(h)?;
+        let Some(t) = self.base_torrent(h) else {
+            return self.draining.get(h).map(|d| d.row.clone());
+        };
         let rechecking = self.rechecking.get(h);
         let state = match () {
             _ if rechecking.is_some() => "verifying",
@@ -695,6 +773,9 @@ impl Runtime {
             data_dir: None,
             peers: 0,
             uploaded_bytes: 0,
+            upload_bytes_per_sec: 0.0,
+            request_p50_us: 0.0,
+            request_p99_us: 0.0,
         })
     }
 
@@ -725,6 +806,9 @@ fn unreachable_info(h: InfoHash) -> TorrentInfo {
         data_dir: None,
         peers: 0,
         uploaded_bytes: 0,
+        upload_bytes_per_sec: 0.0,
+        request_p50_us: 0.0,
+        request_p99_us: 0.0,
     }
 }
 
@@ -756,14 +840,8 @@ fn run_job(job: &Job, state_dir: &Path) -> Result<CatalogTorrent, String> {
             };
             Catalog::load_one(&t, torrent_path.clone(), &opts, &progress)
         }
-        JobKind::Recheck(old) => {
-            let t = old.read_torrent().map_err(|e| e.to_string())?;
-            let report = verify_torrent_content(&t, &old.files, VERIFY_HASH_THREADS, &progress)
-                .map_err(|e| e.to_string())?;
-            let mut new = (**old).clone();
-            new.have = report.have_bitfield();
-            new.complete = report.is_complete();
-            Ok(new)
-        }
+        // Its resume file is written like an added torrent's, so a restart (or a reload,
+        // which loads the source again) keeps what the recheck found.
+        JobKind::Recheck(old) => old.recheck(state_dir, VERIFY_HASH_THREADS, &progress),
     }
 }

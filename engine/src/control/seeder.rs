@@ -196,6 +196,11 @@ impl Seeder {
         self.shards.len()
     }
 
+    /// Every shard's command channel, in shard order (the API's peer lists use `try_send`).
+    pub fn command_senders(&self) -> Vec<Sender<ShardCommand>> {
+        self.shards.iter().map(|(tx, _)| tx.clone()).collect()
+    }
+
     /// Snapshots from the shards (one per shard per second).
     pub fn stats(&self) -> &Receiver<ShardStats> {
         &self.stats_rx

@@ -22,11 +22,13 @@ pub mod admission;
 pub mod block_cache;
 pub mod choker;
 pub mod conn;
+mod drain;
 pub mod env;
 pub mod extras;
 pub mod files;
 pub mod health;
 pub mod http_conn;
+mod inspect;
 pub mod peer;
 pub mod plan;
 pub mod recv;
@@ -35,6 +37,7 @@ pub mod session;
 pub mod setup;
 mod shutdown;
 pub mod submit;
+pub mod transport;
 
 use crate::catalog::{Catalog, CatalogTorrent};
 use crate::config::EngineConfig;
@@ -117,6 +120,8 @@ pub struct Shard {
     plan_scratch: PlanScratch,
     /// HTTP connections (`http_conn`); empty unless `[http] listen` is set.
     http: http_conn::HttpFront,
+    /// MSE/PE: the SKEY index and the DH budget (`transport`).
+    crypto: transport::ShardCrypto,
 }
 
 impl Shard {
@@ -177,6 +182,7 @@ impl Shard {
             shutdown_deadline: None,
             plan_scratch: PlanScratch::default(),
             http,
+            crypto: Default::default(),
             config,
         })
     }
@@ -266,18 +272,10 @@ impl Shard {
                 }
                 self.extras.clear();
                 // Peers of torrents still in the catalog keep going undisturbed (they hold
-                // their own Arc); peers of removed torrents are closed.
-                for idx in 0..self.peers.slots() {
-                    let removed = self
-                        .peers
-                        .get_mut(idx)
-                        .and_then(|p| p.session.torrent().map(|t| t.info_hash))
-                        .is_some_and(|h| self.catalog.get(&h).is_none());
-                    if removed {
-                        self.close_peer(idx, CloseReason::TorrentRemoved);
-                    }
-                }
+                // their own Arc); peers of removed torrents drain (`drain.rs`).
+                self.drain_removed();
             }
+            ShardCommand::Peers(request) => self.on_peers_request(request),
             ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
             ShardCommand::Health(set) => self.on_health(set),
             ShardCommand::Extras(extras) => self.on_extras(extras),
@@ -398,6 +396,7 @@ impl Shard {
         }
         peer.phase = Phase::Open;
         self.with_session(idx, |s, env, _| s.on_connected(env));
+        self.start_outbound_transport(idx);
         self.pump(idx);
         self.arm_recv(idx);
     }
@@ -464,6 +463,7 @@ impl Shard {
 
     fn on_recv(&mut self, idx: u32, c: Completion) {
         let now = self.now;
+        let before = self.peers.get(idx).map_or(0, |p| p.recv_len);
         let ended = match self.recv.on_completion(self.peers.get_mut(idx), &c) {
             Received::Ignored => return,
             Received::OutOfBuffers => {
@@ -473,6 +473,7 @@ impl Shard {
                 return;
             }
             Received::Eof => {
+                self.on_transport_eof(idx);
                 let owed = self.peers.get_mut(idx).is_some_and(|p| {
                     let send_busy = p.send_busy();
                     p.session.on_read_closed(send_busy)
@@ -499,7 +500,12 @@ impl Shard {
         if let Some(peer) = self.peers.get_mut(idx) {
             peer.session.on_received(now);
         }
-        if let Err(reason) = self.process_input(idx) {
+        // MSE: what arrived is decrypted, or taken by the handshake (then nothing to parse).
+        let parsed = match self.transport_input(idx, before) {
+            Ok(true) => self.process_input(idx),
+            other => other.map(|_| ()),
+        };
+        if let Err(reason) = parsed {
             self.close_peer(idx, reason);
             return;
         }
@@ -718,6 +724,7 @@ impl Shard {
         }
         if peer.session.has_out() {
             std::mem::swap(peer.session.out_mut(), &mut peer.control_sending);
+            self.stats.encrypted_bytes += peer.crypto.seal_control(&mut peer.control_sending);
             peer.session.out_mut().clear();
             peer.control_sent = 0;
             peer.control_inflight = true;
@@ -728,9 +735,9 @@ impl Shard {
             self.push(&sqe);
             return;
         }
-        if peer.session.finished() {
-            // A half-closed peer got every answer it was owed.
-            self.close_peer(idx, CloseReason::PeerClosed);
+        if let Some(reason) = peer.session.finished() {
+            // Half-closed, or draining, and every answer it was owed went out.
+            self.close_peer(idx, reason);
             return;
         }
         if !peer.session.wants_blocks() || peer.waiting_for_slot {

@@ -8,13 +8,16 @@
 
 use crate::shard::files::FileKey;
 use crate::shard::session::Session;
+use crate::stats::torrent::RateMeter;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Initial receive buffer: handshakes and requests are small; it grows (bounded by
 /// `message_len_max_bytes`) only for a large message such as a bitfield.
 pub const RECV_BUF_INITIAL_BYTES: usize = 4096;
+/// A peer's upload rate is measured over windows of at least this long.
+pub const PEER_RATE_WINDOW_MS: u64 = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Outbound: the connect op is in flight.
@@ -95,6 +98,8 @@ pub struct Peer {
     /// closed (`send_stalled`).
     pub send_progress_at: Instant,
     pub uploaded_bytes: u64,
+    /// This connection's recent upload rate (the API's peer list), updated per batch.
+    pub upload_rate: RateMeter,
     /// Outbound connections: the address the connect op reads (boxed: it must not move while
     /// the op is in flight).
     pub connect_addr: Option<Box<(libc::sockaddr_storage, libc::socklen_t)>>,
@@ -104,6 +109,8 @@ pub struct Peer {
     /// `page_cache_sends`: this peer's last residency check, reused for its next blocks
     /// while fresh (see `shard::Residency`).
     pub residency: Option<Residency>,
+    /// Plaintext or MSE/RC4, and an encrypted batch's held send (`shard::transport`).
+    pub crypto: crate::shard::transport::PeerCrypto,
 }
 
 /// A `mincore` answer: `file`'s bytes [start, end) were in the page cache at `checked_at`.
@@ -152,9 +159,11 @@ impl Peer {
             pump_queued: false,
             send_progress_at: now,
             uploaded_bytes: 0,
+            upload_rate: RateMeter::new(now, Duration::from_millis(PEER_RATE_WINDOW_MS)),
             connect_addr: None,
             readahead_file: None,
             residency: None,
+            crypto: Default::default(),
         }
     }
 

@@ -138,7 +138,7 @@ impl RecvPath {
     }
 
     /// Counts the peer's buffer as it is now.
-    fn charge(&mut self, peer: &mut Peer) {
+    pub(crate) fn charge(&mut self, peer: &mut Peer) {
         let now = peer.recv_buf.len().saturating_sub(RECV_BUF_INITIAL_BYTES);
         self.grown_bytes = self.grown_bytes - peer.recv_charged_bytes + now;
         peer.recv_charged_bytes = now;

@@ -125,6 +125,25 @@ pub struct Session {
     connected_at: Instant,
     last_recv_at: Instant,
     last_send_at: Instant,
+    /// The peer's handshake id (zeros before the handshake), for the API's peer list.
+    peer_id: [u8; 20],
+    /// The `v` of its BEP 10 handshake (at most `CLIENT_NAME_LEN_MAX_BYTES`), if it sent one.
+    client: Option<Box<str>>,
+    /// Its torrent left the catalog: new requests are refused, queued ones are served, then
+    /// the connection closes (`finished`), or at this deadline at the latest (`on_tick`).
+    drain_deadline: Option<Instant>,
+}
+
+/// Longest client name (BEP 10 `v`) a session keeps: a peer cannot make it hold more.
+pub const CLIENT_NAME_LEN_MAX_BYTES: usize = 64;
+
+/// `s` cut to at most `max_bytes` on a character boundary.
+fn truncate_chars(s: &str, max_bytes: usize) -> Box<str> {
+    let mut end = s.len().min(max_bytes);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].into()
 }
 
 impl Session {
@@ -148,6 +167,9 @@ impl Session {
             connected_at: now,
             last_recv_at: now,
             last_send_at: now,
+            peer_id: [0; 20],
+            client: None,
+            drain_deadline: None,
         }
     }
 
@@ -197,6 +219,13 @@ impl Session {
     /// Blocks are owed and may be served now.
     pub fn wants_blocks(&self) -> bool {
         !self.am_choking && !self.queue.is_empty()
+    }
+    /// The peer's handshake id and its BEP 10 client name, if any (the API's peer list).
+    pub fn identity(&self) -> (&[u8; 20], Option<&str>) {
+        (&self.peer_id, self.client.as_deref())
+    }
+    pub fn draining(&self) -> bool {
+        self.drain_deadline.is_some()
     }
     pub fn awaiting_extras(&self) -> bool {
         !self.pending_metadata.is_empty() || !self.pending_hashes.is_empty()
@@ -250,6 +279,7 @@ impl Session {
         self.fast = hs.supports_fast();
         self.extended = hs.supports_extended();
         self.active = true;
+        self.peer_id = hs.peer_id;
         if self.outbound.is_none() {
             // Inbound: the dialer spoke first; answer. (Outbound sent ours at connect.)
             let ours = Handshake::new(hs.info_hash, env.peer_id(), true, true)
@@ -345,6 +375,7 @@ impl Session {
                     let hs = ExtendedHandshake::parse(payload)
                         .map_err(|_| CloseReason::MalformedMessage)?;
                     self.ut_metadata_id = hs.extension_id(extended::UT_METADATA).unwrap_or(0);
+                    self.client = hs.v.map(|v| truncate_chars(&v, CLIENT_NAME_LEN_MAX_BYTES));
                 } else if id == UT_METADATA_LOCAL_ID {
                     let m = MetadataMessage::parse(payload)
                         .map_err(|_| CloseReason::MalformedMessage)?;
@@ -393,6 +424,9 @@ impl Session {
             if !self.fast {
                 self.choke_for_errored(actions);
             }
+        } else if self.drain_deadline.is_some() {
+            // Its torrent was removed: what is queued is served, nothing new is taken.
+            self.reject(r, RejectReason::TorrentRemoved, actions);
         } else if self.am_choking {
             self.reject(r, RejectReason::Choked, actions);
         } else if self.queue.len() >= limits.request_queue_max {
@@ -489,9 +523,25 @@ impl Session {
         false
     }
 
-    /// A half-closed peer got every answer it was owed.
-    pub fn finished(&self) -> bool {
-        self.read_closed && self.out.is_empty() && (self.am_choking || self.queue.is_empty())
+    /// Its torrent left the catalog: refuse new requests, serve the queued ones, then close
+    /// (by `deadline` at the latest).
+    pub fn start_drain(&mut self, deadline: Instant) {
+        if self.active && self.drain_deadline.is_none() {
+            self.drain_deadline = Some(deadline);
+        }
+    }
+
+    /// The connection owes nothing more and should close, and why: a half-closed peer got
+    /// every answer it was owed, or a draining one got its queued blocks.
+    pub fn finished(&self) -> Option<CloseReason> {
+        let done = self.out.is_empty() && (self.am_choking || self.queue.is_empty());
+        if self.read_closed && done {
+            Some(CloseReason::PeerClosed)
+        } else if self.drain_deadline.is_some() && done {
+            Some(CloseReason::TorrentRemoved)
+        } else {
+            None
+        }
     }
 
     /// Housekeeping: the handshake and idle deadlines, and keep-alives (written to `out`
@@ -510,6 +560,9 @@ impl Session {
         }
         if now.duration_since(self.last_recv_at) > limits.idle_timeout {
             return Err(CloseReason::IdleTimeout);
+        }
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            return Err(CloseReason::TorrentRemoved);
         }
         if now.duration_since(self.last_send_at) > limits.keepalive_interval && !send_busy {
             message::encode(&Message::KeepAlive, &mut self.out);
@@ -1126,9 +1179,43 @@ mod tests {
             .unwrap();
         s.out_mut().clear();
         assert!(s.on_read_closed(false));
-        assert!(!s.finished());
+        assert!(s.finished().is_none());
         s.pop_request();
-        assert!(s.finished());
+        assert_eq!(s.finished(), Some(CloseReason::PeerClosed));
+    }
+
+    #[test]
+    fn a_draining_peer_gets_its_queue_refuses_new_requests_and_closes() {
+        // Proves: once its torrent is removed, a session keeps the blocks it had queued, a
+        // new request gets a BEP 6 reject counted as torrent_removed, it is finished (closed
+        // as torrent_removed) when the queue is served, and the deadline closes it otherwise.
+        let env = FakeEnv::new();
+        let t0 = Instant::now();
+        let mut s = active(&env, true, t0);
+        let mut a = Vec::new();
+        s.unchoke();
+        s.on_message(Message::Request(req(0, 0)), &env, t0, &mut a)
+            .unwrap();
+        s.out_mut().clear();
+        let deadline = t0 + Duration::from_secs(5);
+        s.start_drain(deadline);
+        assert!(s.draining());
+        s.on_message(Message::Request(req(1, 0)), &env, t0, &mut a)
+            .unwrap();
+        assert_eq!(a, vec![Action::Rejected(RejectReason::TorrentRemoved)]);
+        assert_eq!(count_id(s.out_mut(), message::id::REJECT_REQUEST), 1);
+        assert_eq!(s.queue().len(), 1, "the queued request stays");
+        assert!(s.finished().is_none(), "the reject is still owed");
+        s.out_mut().clear();
+        assert!(s.finished().is_none(), "the queued block is still owed");
+        let l = env.limits;
+        assert_eq!(s.on_tick(t0 + Duration::from_secs(1), &l, true), Ok(()));
+        assert_eq!(
+            s.on_tick(deadline, &l, true),
+            Err(CloseReason::TorrentRemoved)
+        );
+        s.pop_request();
+        assert_eq!(s.finished(), Some(CloseReason::TorrentRemoved));
     }
 
     #[test]

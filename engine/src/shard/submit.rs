@@ -23,6 +23,7 @@ use crate::shard::health::{self, ShardHealth};
 use crate::shard::peer::Phase;
 use crate::shard::peer::{Batch, GatherSend, Peer};
 use crate::shard::plan::{self, BatchBudget, Layout, Plan, PlanOptions, PlanScratch, PlannedRead};
+use crate::shard::transport;
 use crate::stats::CloseReason;
 use crate::stats::ShardStats;
 use crate::wire::message::PIECE_HEADER_LEN;
@@ -137,11 +138,10 @@ impl SendSlots {
         peer.chain_expect.clear();
         peer.chain_files.clear();
         let link = squeue::Flags::IO_LINK;
-        if self.mode == ServeMode::Splice {
-            let (pipe_r, pipe_w) = match &peer.pipe {
-                Some((r, w, _)) => (r.as_raw_fd(), w.as_raw_fd()),
-                None => unreachable!("the pipe is made before the batch is laid out"),
-            };
+        // Splice mode made the pipe before the batch was laid out (never for encrypted
+        // peers: they are served by copy).
+        let pipe = (peer.pipe.as_ref()).map(|(r, w, _)| (r.as_raw_fd(), w.as_raw_fd()));
+        if let (ServeMode::Splice, Some((pipe_r, pipe_w))) = (self.mode, pipe) {
             // Everything goes through the peer's pipe in stream order: headers and pad zeros
             // are written into it from the slot (13 bytes per block), block bytes are spliced
             // from the file, then ONE splice moves the whole batch to the socket. A short
@@ -296,11 +296,16 @@ impl SendSlots {
         }
         // Link every op to the next; the last (the batch's send) ends the chain. `flags` ORs,
         // so entries are built unlinked and linked here.
+        if peer.crypto.is_rc4() && !transport::hold_send(peer, &mut chain) {
+            let sealed = &mut self.pool.slot_mut(slot)[..plan.state.slot_used];
+            transport::seal_now(peer, sealed);
+        }
         let last = chain.len().saturating_sub(1);
         for e in chain[..last].iter_mut() {
             *e = e.clone().flags(link);
         }
-        peer.ops_inflight += chain.len() as u32;
+        let held = u32::from(peer.crypto.held_send.is_some());
+        peer.ops_inflight += chain.len() as u32 + held;
         peer.session.on_send_started(now);
         peer.send_progress_at = now;
         if use_zc {
@@ -343,10 +348,10 @@ impl SendSlots {
     ) -> Option<squeue::Entry> {
         let slot = batch.slot;
         let rest_len = batch.len_bytes - batch.sent_bytes;
-        if self.mode == ServeMode::Splice {
+        if let (ServeMode::Splice, Some(pipe_r)) = (self.mode, pipe_r) {
             // Short splice: the rest is still in the pipe, in order.
             return Some(
-                opcode::Splice::new(types::Fd(pipe_r?), -1, types::Fd(sock), -1, rest_len)
+                opcode::Splice::new(types::Fd(pipe_r), -1, types::Fd(sock), -1, rest_len)
                     .build()
                     .user_data(token.encode()),
             );
@@ -585,7 +590,13 @@ impl SendParts<'_> {
             return BatchStart::Wait;
         };
         debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
-        let mode = self.config.serve_mode;
+        // Encrypted peers are served by copy into their own slot (`transport`).
+        let encrypted = peer.crypto.is_rc4();
+        let mode = if encrypted {
+            ServeMode::Copy
+        } else {
+            self.config.serve_mode
+        };
         let direct_io = self.stats.direct_io;
         let now = self.now;
         let Some(torrent) = peer.session.torrent().cloned() else {
@@ -611,13 +622,13 @@ impl SendParts<'_> {
             slot_len = slot_len.min(capacity);
             pipe_slots_max = crate::config::pipe_slots(capacity);
         }
-        let page_cache_sends = self.stats.page_cache_sends_on;
+        let page_cache_sends = self.stats.page_cache_sends_on && !encrypted;
         let opts = PlanOptions {
             budget: BatchBudget {
                 blocks_max: self.config.blocks_per_batch_max(),
                 read_bytes_max: self.config.send_batch_bytes_max as usize,
                 slot_len,
-                gather: self.slots.cache.is_some() || page_cache_sends,
+                gather: (self.slots.cache.is_some() && !encrypted) || page_cache_sends,
                 chain_entries_max: self.config.batch_chain_entries_max as usize,
                 splice: mode == ServeMode::Splice,
                 pipe_slots_max,
@@ -634,7 +645,7 @@ impl SendParts<'_> {
             Layout {
                 files: self.files,
                 ring: self.ring,
-                cache: slots.cache.as_mut(),
+                cache: slots.cache.as_mut().filter(|_| !encrypted),
                 stats: self.stats,
                 health: self.health,
                 scratch: self.scratch,
@@ -730,6 +741,16 @@ impl SendParts<'_> {
             let ns = self.now.duration_since(batch.submitted_at).as_nanos() as u64;
             ShardStats::record_latency(&mut self.stats.disk_read_latency_ns, ns);
         }
+        let (failed, slot, len) = (batch.failed, batch.slot, batch.len_bytes as usize);
+        if peer.crypto.held_send.is_some() {
+            let bytes = (!failed).then(|| &mut self.slots.pool.slot_mut(slot)[..len]);
+            if let Some((sqe, sealed)) = transport::after_read(peer, bytes, failed) {
+                self.stats.encrypted_bytes += sealed;
+                if let Err(e) = self.ring.push(&sqe) {
+                    tracing::error!("io_uring push failed: {e}");
+                }
+            }
+        }
     }
 
     /// The batch's send (or its last splice) completed, fully, partly, or with an error.
@@ -819,12 +840,15 @@ impl SendParts<'_> {
             }
         }
         if let Some(t) = peer.session.torrent() {
+            let times = self.config.stats_histograms;
+            let times = times.then_some(peer.batch_request_times.as_slice());
             self.stats
-                .torrent_uploaded(t.info_hash, batch.payload_bytes);
+                .torrent_batch_sent(t.info_hash, batch.payload_bytes, times, now);
         }
         self.stats.uploaded_bytes += batch.payload_bytes;
         self.stats.blocks_served += u64::from(batch.blocks);
         peer.uploaded_bytes += batch.payload_bytes;
+        peer.upload_rate.update(peer.uploaded_bytes, now);
         self.finish_batch(peer);
         BatchSent::Done
     }

@@ -21,11 +21,15 @@ pub mod dht;
 pub mod http;
 pub mod json;
 pub mod prometheus;
+pub mod torrent;
 pub mod view;
 
 use crate::metainfo::InfoHash;
+pub use crate::wire::mse::MseError;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
+use std::time::Instant;
+use torrent::LatencyBuckets;
 
 /// Highest latency the histograms track; anything above is clamped (and shows as max).
 pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -56,10 +60,13 @@ pub enum CloseReason {
     SelfConnection,
     TorrentRemoved,
     Shutdown,
+    /// An MSE/PE handshake failed (its reason: `encryption_failures`), or plaintext was
+    /// refused under `encryption = "require"`.
+    EncryptionFailed,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 22] = [
+    pub const ALL: [CloseReason; 23] = [
         CloseReason::PeerClosed,
         CloseReason::SocketError,
         CloseReason::BadHandshake,
@@ -82,6 +89,7 @@ impl CloseReason {
         CloseReason::SelfConnection,
         CloseReason::TorrentRemoved,
         CloseReason::Shutdown,
+        CloseReason::EncryptionFailed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,6 +115,7 @@ impl CloseReason {
             CloseReason::SelfConnection => "self_connection",
             CloseReason::TorrentRemoved => "torrent_removed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::EncryptionFailed => "encryption_failed",
         }
     }
     fn index(self) -> usize {
@@ -130,10 +139,12 @@ pub enum RejectReason {
     /// The block spans more files than one io_uring chain may read
     /// (`batch_chain_entries_max`).
     Unservable,
+    /// The torrent was removed (or paused): its peers drain, taking no new requests.
+    TorrentRemoved,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Choked,
         RejectReason::QueueFull,
         RejectReason::Invalid,
@@ -141,6 +152,7 @@ impl RejectReason {
         RejectReason::NotHave,
         RejectReason::TorrentErrored,
         RejectReason::Unservable,
+        RejectReason::TorrentRemoved,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +163,7 @@ impl RejectReason {
             RejectReason::NotHave => "not_have",
             RejectReason::TorrentErrored => "torrent_errored",
             RejectReason::Unservable => "unservable",
+            RejectReason::TorrentRemoved => "torrent_removed",
         }
     }
     fn index(self) -> usize {
@@ -226,6 +239,12 @@ pub struct ShardStats {
     /// buffer ring was empty (re-armed at once).
     pub recv_buffers_exhausted: u64,
     pub metadata_pieces_served: u64,
+    /// MSE/PE: connections that finished the handshake with RC4 selected.
+    pub encrypted_connections: u64,
+    /// MSE/PE: bytes encrypted (sent) and decrypted (received) with RC4.
+    pub encrypted_bytes: u64,
+    /// MSE/PE: handshakes that failed, by reason (`MseError::ALL` order).
+    pub encryption_failures: [u64; MseError::ALL.len()],
     /// Extras loads (BEP 9 info, BEP 52 trees) refused or timed out: the waiting peers got
     /// rejects.
     pub extras_loads_refused: u64,
@@ -272,6 +291,9 @@ pub struct TorrentDelta {
     pub uploaded_bytes: u64,
     /// Peers of this torrent on this shard now, when it changed (absolute, not increment).
     pub peers: Option<u32>,
+    /// Request latencies of this torrent's blocks sent since the previous shipped snapshot
+    /// (increments; `torrent::LATENCY_BUCKETS_BYTES` per entry, inline: no allocation).
+    pub latency: LatencyBuckets,
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -320,6 +342,9 @@ impl ShardStats {
             recv_buffer_bytes: 0,
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
+            encrypted_connections: 0,
+            encrypted_bytes: 0,
+            encryption_failures: [0; MseError::ALL.len()],
             extras_loads_refused: 0,
             stats_snapshots_dropped: 0,
             health_reports_dropped: 0,
@@ -345,6 +370,25 @@ impl ShardStats {
         self.pending_torrent(info_hash).uploaded_bytes += bytes;
     }
 
+    /// Shard: a batch of `info_hash` went out at `now`: its bytes, and with `requested_at`
+    /// (histograms on) the latency of each of its blocks. One map lookup per batch.
+    pub fn torrent_batch_sent(
+        &mut self,
+        info_hash: InfoHash,
+        bytes: u64,
+        requested_at: Option<&[Instant]>,
+        now: Instant,
+    ) {
+        let entry = self.pending_torrent(info_hash);
+        entry.uploaded_bytes += bytes;
+        for t in requested_at.unwrap_or(&[]) {
+            let ns = now.saturating_duration_since(*t).as_nanos();
+            entry
+                .latency
+                .record_ns(u64::try_from(ns).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Shard: the number of peers of `info_hash` on this shard is now `peers`.
     pub fn torrent_peers(&mut self, info_hash: InfoHash, peers: usize) {
         self.pending_torrent(info_hash).peers = Some(u32::try_from(peers).unwrap_or(u32::MAX));
@@ -357,6 +401,7 @@ impl ShardStats {
                 info_hash,
                 uploaded_bytes: 0,
                 peers: None,
+                latency: LatencyBuckets::default(),
             })
     }
 
@@ -387,6 +432,7 @@ impl ShardStats {
         for d in snap.torrents {
             let entry = self.pending_torrent(d.info_hash);
             entry.uploaded_bytes += d.uploaded_bytes;
+            entry.latency.merge(&d.latency);
             // A newer peer count recorded since the snapshot wins over the shipped one.
             if entry.peers.is_none() {
                 entry.peers = d.peers;
@@ -458,6 +504,15 @@ impl ShardStats {
         self.recv_buffer_bytes += other.recv_buffer_bytes;
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
+        self.encrypted_connections += other.encrypted_connections;
+        self.encrypted_bytes += other.encrypted_bytes;
+        for (a, b) in self
+            .encryption_failures
+            .iter_mut()
+            .zip(other.encryption_failures.iter())
+        {
+            *a += b;
+        }
         self.extras_loads_refused += other.extras_loads_refused;
         self.stats_snapshots_dropped += other.stats_snapshots_dropped;
         self.health_reports_dropped += other.health_reports_dropped;

@@ -617,6 +617,39 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_encrypted_connections_total",
+        "counter",
+        "MSE/PE connections that finished the handshake with RC4.",
+        |s| s.encrypted_connections,
+    );
+    per_shard(
+        o,
+        view,
+        "squall_encrypted_bytes_total",
+        "counter",
+        "Bytes encrypted (sent) and decrypted (received) with RC4.",
+        |s| s.encrypted_bytes,
+    );
+    header(
+        o,
+        "squall_encryption_failures_total",
+        "counter",
+        "MSE/PE handshakes that failed, by reason (the peer was closed).",
+    );
+    for s in view.shards() {
+        for r in super::MseError::ALL {
+            let _ = writeln!(
+                o,
+                "squall_encryption_failures_total{{shard=\"{}\",reason=\"{}\"}} {}",
+                s.stats.shard,
+                r.as_str(),
+                s.stats.encryption_failures[r.index()]
+            );
+        }
+    }
+    per_shard(
+        o,
+        view,
         "squall_extras_loads_refused_total",
         "counter",
         "Loads of a torrent's info dictionary or v2 trees refused (queue full) or timed out; \
@@ -713,6 +746,38 @@ pub fn render(view: &StatsView) -> String {
             escape_label(&t.name),
             t.peers
         );
+    }
+    header(
+        o,
+        "squall_torrent_upload_bytes_per_second",
+        "gauge",
+        "Recent upload rate per torrent (top N torrents by uploaded bytes only).",
+    );
+    for t in &top {
+        let _ = writeln!(
+            o,
+            "squall_torrent_upload_bytes_per_second{{info_hash=\"{}\",name=\"{}\"}} {}",
+            t.info_hash.to_hex(),
+            escape_label(&t.name),
+            t.upload_bytes_per_sec
+        );
+    }
+    header(
+        o,
+        "squall_torrent_request_latency_seconds",
+        "gauge",
+        "Request latency percentiles per torrent since start (top N torrents only; log buckets, +-11%).",
+    );
+    for t in &top {
+        for (q, us) in [("0.5", t.request_p50_us), ("0.99", t.request_p99_us)] {
+            let _ = writeln!(
+                o,
+                "squall_torrent_request_latency_seconds{{info_hash=\"{}\",name=\"{}\",quantile=\"{q}\"}} {}",
+                t.info_hash.to_hex(),
+                escape_label(&t.name),
+                us / 1e6
+            );
+        }
     }
     super::dht::prometheus(o, view.dht());
     out

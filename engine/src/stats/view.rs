@@ -6,37 +6,85 @@
 //! take it behind the control plane's own lock.
 //!
 //! Cardinality: `torrents` holds one entry per torrent that ever had a peer or uploaded a
-//! byte, so at most the catalog size (about 60 bytes each); exposition shows only the top
-//! `top_torrents` by uploaded bytes.
+//! byte, so at most the catalog size (about 500 bytes each: 400 of latency buckets, a rate
+//! meter, the per-shard peer counts); exposition shows only the top `top_torrents` by
+//! uploaded bytes.
 
 use super::catalog_health::{CatalogHealth, Health};
+use super::torrent::{LatencyBuckets, RateMeter};
 use super::{ShardStats, TorrentDelta};
 use crate::metainfo::InfoHash;
 use crate::plane::ErroredRow;
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A torrent's upload rate is measured over windows of at least this long (its deltas
+/// arrive once a second per shard).
+pub const TORRENT_RATE_WINDOW_MS: u64 = 3000;
 
 /// One torrent, summed over the shards.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TorrentTotals {
     pub uploaded_bytes: u64,
     /// Current peers per shard (index = shard); the torrent's peers are the sum.
     pub peers_by_shard: Vec<u32>,
+    /// Request latencies of its blocks since start (all shards).
+    pub latency: LatencyBuckets,
+    pub upload_rate: RateMeter,
 }
 
 impl TorrentTotals {
+    fn new(now: Instant) -> TorrentTotals {
+        TorrentTotals {
+            uploaded_bytes: 0,
+            peers_by_shard: Vec::new(),
+            latency: LatencyBuckets::default(),
+            upload_rate: RateMeter::new(now, Duration::from_millis(TORRENT_RATE_WINDOW_MS)),
+        }
+    }
+
     pub fn peers(&self) -> u64 {
         self.peers_by_shard.iter().map(|p| u64::from(*p)).sum()
     }
+
+    /// Recent upload rate, bytes per second.
+    pub fn upload_bytes_per_sec(&self, now: Instant) -> f64 {
+        self.upload_rate.rate(self.uploaded_bytes, now)
+    }
+
+    /// What the API and /stats show of it at `now`.
+    pub fn figures(&self, now: Instant) -> TorrentFigures {
+        TorrentFigures {
+            uploaded_bytes: self.uploaded_bytes,
+            peers: self.peers(),
+            upload_bytes_per_sec: self.upload_bytes_per_sec(now),
+            request_p50_us: self.latency.quantile_us(0.5),
+            request_p99_us: self.latency.quantile_us(0.99),
+        }
+    }
+}
+
+/// One torrent's serving figures (0 for a torrent that never had traffic).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TorrentFigures {
+    pub uploaded_bytes: u64,
+    pub peers: u64,
+    pub upload_bytes_per_sec: f64,
+    /// Request latency percentiles since start, microseconds (log buckets: +-11%).
+    pub request_p50_us: f64,
+    pub request_p99_us: f64,
 }
 
 /// One row of the top-torrents table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TorrentRow {
     pub info_hash: InfoHash,
     pub name: String,
     pub uploaded_bytes: u64,
     pub peers: u64,
+    pub upload_bytes_per_sec: f64,
+    pub request_p50_us: f64,
+    pub request_p99_us: f64,
 }
 
 /// The latest snapshot of a shard and the upload rate measured between its last two.
@@ -123,7 +171,7 @@ impl StatsView {
     /// Takes in one shard snapshot received at `now`.
     pub fn apply(&mut self, mut snap: ShardStats, now: Instant) {
         for d in snap.torrents.drain(..) {
-            self.apply_torrent(snap.shard, d);
+            self.apply_torrent(snap.shard, d, now);
         }
         let rate = match self.shards.get(&snap.shard) {
             Some(prev) => {
@@ -149,9 +197,14 @@ impl StatsView {
         );
     }
 
-    fn apply_torrent(&mut self, shard: usize, d: TorrentDelta) {
-        let t = self.torrents.entry(d.info_hash).or_default();
+    fn apply_torrent(&mut self, shard: usize, d: TorrentDelta, now: Instant) {
+        let t = self
+            .torrents
+            .entry(d.info_hash)
+            .or_insert_with(|| TorrentTotals::new(now));
         t.uploaded_bytes += d.uploaded_bytes;
+        t.upload_rate.update(t.uploaded_bytes, now);
+        t.latency.merge(&d.latency);
         if let Some(p) = d.peers {
             if t.peers_by_shard.len() <= shard {
                 t.peers_by_shard.resize(shard + 1, 0);
@@ -185,6 +238,12 @@ impl StatsView {
     /// True once every shard has sent at least one snapshot.
     pub fn complete(&self) -> bool {
         self.shards.len() >= self.shard_count
+    }
+
+    /// Every shard's latest snapshot arrived at or after `t` (so it was taken after a command
+    /// sent before `t - STATS_INTERVAL_MS` was applied: the control plane's drain check).
+    pub fn all_reported_since(&self, t: Instant) -> bool {
+        self.complete() && self.shards.values().all(|s| s.received_at >= t)
     }
 
     /// Every shard reported and says it is accepting.
@@ -222,14 +281,21 @@ impl StatsView {
 
     /// The `top_torrents` torrents with the most uploaded bytes (ties: by info-hash).
     pub fn top_torrents(&self) -> Vec<TorrentRow> {
+        let now = Instant::now();
         let mut rows: Vec<TorrentRow> = self
             .torrents
             .iter()
-            .map(|(h, t)| TorrentRow {
-                info_hash: *h,
-                name: self.names.get(h).cloned().unwrap_or_default(),
-                uploaded_bytes: t.uploaded_bytes,
-                peers: t.peers(),
+            .map(|(h, t)| {
+                let f = t.figures(now);
+                TorrentRow {
+                    info_hash: *h,
+                    name: self.names.get(h).cloned().unwrap_or_default(),
+                    uploaded_bytes: f.uploaded_bytes,
+                    peers: f.peers,
+                    upload_bytes_per_sec: f.upload_bytes_per_sec,
+                    request_p50_us: f.request_p50_us,
+                    request_p99_us: f.request_p99_us,
+                }
             })
             .collect();
         rows.sort_by(|a, b| {

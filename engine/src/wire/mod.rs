@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod hashes;
 pub mod message;
 pub mod metadata;
+pub mod mse;
 
 pub use extended::{encode_extended, ExtendedHandshake};
 pub use handshake::{parse_handshake, peer_id, Handshake, HANDSHAKE_LEN, PROTOCOL};
