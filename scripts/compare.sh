@@ -16,6 +16,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIO=${1:-hot}
+# The HTTP scenario (Squall --http against nginx) has its own driver.
+[ "$SCENARIO" = http ] && exec "$ROOT/scripts/compare-http.sh"
 SC_FILE="$ROOT/configs/bench/$SCENARIO.toml"
 WORK=${SQUALL_BENCH_DIR:-/tmp/squall-bench}
 ROUNDS=${ROUNDS:-3}
@@ -32,7 +34,7 @@ SOURCE_IPS=127.0.0.2-127.0.0.250
 die() { echo "compare.sh: $*" >&2; exit 1; }
 # free_port, wait_port, wait_until, gen_bench_data (shared with latency.sh).
 . "$ROOT/scripts/bench-lib.sh"
-[ -f "$SC_FILE" ] || die "no scenario $SC_FILE (try hot, catalog, many-peers, churn, open-loop)"
+[ -f "$SC_FILE" ] || die "no scenario $SC_FILE (try hot, catalog, many-peers, churn, open-loop, http)"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (seeder on CPU 0, bench on CPU 1)"
 
 echo "== building release binaries"

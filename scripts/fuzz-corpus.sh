@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CORPUS="$ROOT/fuzz/corpus"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-mkdir -p "$CORPUS"/{bencode_decode,metainfo_parse,magnet_parse,wire_stream,extended_and_metadata,config_parse}
+mkdir -p "$CORPUS"/{bencode_decode,metainfo_parse,magnet_parse,wire_stream,extended_and_metadata,config_parse,http_request}
 
 SQUALL="$ROOT/target/debug/squall"
 if [[ ! -x "$SQUALL" ]]; then
@@ -157,6 +157,11 @@ with open(default_toml, "rb") as f:
 put("config_parse", "catalog.toml", b'[catalog]\ntorrents_dir = "/srv/t"\ndata_dir = "/srv/d"\nstate_dir = "/var/lib/squall"\n')
 put("config_parse", "engine.toml", b'[engine]\nshards = 2\nserve_mode = "splice"\npeers_max = 100\nblock_len_max_bytes = 16384\n')
 put("config_parse", "empty.toml", b"")
+# HTTP heads: the first two bytes set the parse limits (see squall_fuzz::http_request).
+put("http_request", "range-get", b"\x08\x10GET /single.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=0-99\r\n\r\n")
+put("http_request", "head-pipelined", b'\x40\x40HEAD /multi/sub/b%20c HTTP/1.1\r\nHost: x\r\nIf-None-Match: "e"\r\nConnection: close\r\n\r\nGET /x HTTP/1.0\r\n\r\n')
+put("http_request", "traversal-multirange", b'\x40\x40GET /a/%2e%2e/%c0%ae HTTP/1.1\r\nHost: x\r\nRange: bytes=-5,7-\r\nIf-Range: "t"\r\n\r\n')
+put("http_request", "tight-limits", b"\x02\x01GET /aaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\nHost: x\r\n\r\n")
 PY
 
 for t in "$CORPUS"/*/; do

@@ -16,7 +16,7 @@ SECONDS_PER_TARGET="${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}"
 shift
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-ALL_TARGETS=(bencode_decode metainfo_parse magnet_parse wire_stream extended_and_metadata config_parse mse_handshake)
+ALL_TARGETS=(bencode_decode metainfo_parse magnet_parse wire_stream extended_and_metadata config_parse mse_handshake http_request)
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=("${ALL_TARGETS[@]}")
 

@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 # systemd brings systemd-analyze (verify, security) for the unit tests in tests/deploy.rs;
 # chromium (headless) loads the dashboard in tests/dashboard.rs (chromium-driver: WebDriver).
 PACKAGES=(mktorrent transmission-cli python3-libtorrent aria2 opentracker openssl
-  man-db dpkg-dev binutils lintian adduser prometheus systemd chromium chromium-driver)
+  man-db dpkg-dev binutils lintian adduser prometheus systemd chromium chromium-driver
+  curl wget)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod content;
+pub mod http;
 pub mod mse;
 pub mod null;
 pub mod peer;

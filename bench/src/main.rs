@@ -75,8 +75,40 @@ enum Cmd {
         bytes: u64,
     },
     /// Write the man pages or print a shell's completions (for packaging).
+    /// HTTP range-request load (pipelined keep-alive GETs of random ranges of one file),
+    /// for comparing Squall's `--http` with nginx; prints one JSON line with requests/s,
+    /// Gb/s, this generator's CPU seconds and the target's CPU seconds per GB.
+    Http(HttpArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+}
+
+#[derive(Args)]
+struct HttpArgs {
+    /// The HTTP server, IPv4 ADDR:PORT.
+    #[arg(long)]
+    target: SocketAddrV4,
+    /// URL path of the file (e.g. /data.bin).
+    #[arg(long)]
+    path: String,
+    /// The file's length in bytes (ranges are drawn inside it).
+    #[arg(long)]
+    file_len: u64,
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Requests in flight per connection (pipelined).
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Bytes per range request.
+    #[arg(long, default_value_t = 16384)]
+    range_bytes: u64,
+    #[arg(long, default_value_t = 8)]
+    duration: u64,
+    /// The server's PID, to report its CPU seconds per GB.
+    #[arg(long)]
+    target_pid: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -275,6 +307,26 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
                 s.connections, s.blocks, s.bytes
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Http(a) => {
+            let report = squall_bench::http::run(&squall_bench::http::HttpOptions {
+                target: a.target,
+                path: a.path,
+                file_len_bytes: a.file_len,
+                connections: a.connections,
+                depth: a.depth,
+                range_bytes: a.range_bytes,
+                duration_secs: a.duration,
+                target_pid: a.target_pid,
+                seed: a.seed,
+            })?;
+            let line = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            println!("{line}");
+            Ok(if report.errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::GenContent { size_bytes, out } => {
             let f = std::fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;

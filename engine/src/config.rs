@@ -154,6 +154,10 @@ pub const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:7881";
 pub struct EngineConfig {
     /// Addresses to listen on; every shard binds each with SO_REUSEPORT.
     pub listen: Vec<SocketAddr>,
+    /// The `[http]` table (a table of its own in the file: see `SeedConfig::http`), copied
+    /// here by the CLI so the shards get it with the rest.
+    #[serde(skip)]
+    pub http: crate::http::HttpConfig,
     /// Shard threads (one io_uring each). 0 = one per online CPU.
     pub shards: usize,
     /// Pin shard i to CPU i (mod online CPUs).
@@ -323,6 +327,7 @@ impl Default for EngineConfig {
             listen: vec!["0.0.0.0:6881"
                 .parse()
                 .unwrap_or_else(|_| unreachable_addr())],
+            http: crate::http::HttpConfig::default(),
             shards: 0,
             pin_shards: true,
             serve_mode: ServeMode::Copy,
@@ -485,6 +490,7 @@ impl EngineConfig {
                 Ok(())
             }
         }
+        self.http.validate()?;
         if self.listen.is_empty() {
             return Err("listen = []: give at least one address, e.g. \"0.0.0.0:6881\"".into());
         }
@@ -868,6 +874,7 @@ pub struct SeedConfig {
     pub admin: AdminConfig,
     pub tracker: TrackerConfig,
     pub dht: crate::dht::DhtConfig,
+    pub http: crate::http::HttpConfig,
 }
 
 impl SeedConfig {
@@ -884,6 +891,7 @@ impl SeedConfig {
         self.admin.listen_addr()?;
         self.tracker.validate()?;
         self.dht.validate()?;
+        self.http.validate()?;
         Ok(())
     }
 }
@@ -1291,6 +1299,7 @@ mod shipped_configs {
         let b = toml::to_string(&EngineConfig::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(parsed.tracker, TrackerConfig::default());
+        assert_eq!(parsed.http, crate::http::HttpConfig::default());
         // The shipped config turns the DHT on; everything else is the built-in default.
         let dht_on = crate::dht::DhtConfig {
             enabled: true,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod dht;
+pub mod http;
 pub mod instance;
 pub mod keyhash;
 pub mod make;

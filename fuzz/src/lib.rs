@@ -13,6 +13,9 @@
 //! is this module's job: an assertion failure here *is* the bug report.
 
 use squall_engine::config::SeedConfig;
+use squall_engine::http::index::{decode_path, UrlIndex};
+use squall_engine::http::request::{self, ParseLimits};
+use squall_engine::http::response::{self, RangeAnswer};
 use squall_engine::metainfo::bencode::{self, DecodeLimits};
 use squall_engine::metainfo::magnet::Magnet;
 use squall_engine::metainfo::torrent;
@@ -32,6 +35,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wire_stream", wire_stream),
     ("extended_and_metadata", extended_and_metadata),
     ("config_parse", config_parse),
+    ("http_request", http_request),
     ("mse_handshake", mse_handshake),
 ];
 
@@ -324,6 +328,49 @@ pub fn config_parse(data: &[u8]) {
         let _ = config.engine.slot_len_bytes();
         let _ = config.engine.blocks_per_batch_max();
     }
+}
+
+/// HTTP request heads: never panics; a parsed head claims no more bytes than it was given,
+/// parses the same from exactly those bytes (a head is self-delimiting, so pipelined requests
+/// split where the client meant), every range answer stays inside the file, a decoded path
+/// has no traversal segment, and every answer's head is well framed. Tight limits (from the
+/// first two bytes) must fail cleanly too.
+pub fn http_request(data: &[u8]) {
+    let (limits, input) = match data {
+        [a, b, rest @ ..] => {
+            let line = 1 + usize::from(*a) * 4;
+            let limits = ParseLimits {
+                request_line_bytes_max: line,
+                header_bytes_max: line + usize::from(*b) * 16,
+                header_count_max: 1 + usize::from(*b % 70),
+            };
+            (limits, rest)
+        }
+        _ => return,
+    };
+    let Ok(Some((req, used))) = request::parse(input, &limits) else {
+        return;
+    };
+    assert!(used > 0 && used <= input.len());
+    let again = request::parse(&input[..used], &limits);
+    assert_eq!(again, Ok(Some((req.clone(), used))));
+    if let Some(value) = req.range {
+        for len in [0u64, 1, 100, 1 << 40] {
+            if let RangeAnswer::Part { start, len: n } = response::range(value, len) {
+                assert!(n > 0 && start.checked_add(n).is_some_and(|end| end <= len));
+            }
+        }
+    }
+    if let Ok(path) = decode_path(req.path) {
+        for segment in path.split('/') {
+            assert!(!segment.is_empty() && segment != "." && segment != "..");
+            assert!(!segment.contains(['\\', '\0']));
+        }
+    }
+    let mut head = Vec::new();
+    let answer = response::answer(&req, &UrlIndex::default(), |_| false, 0, &mut head);
+    assert!(matches!(answer.status, 400 | 404) && answer.body.is_none());
+    assert!(head.starts_with(b"HTTP/1.1 ") && head.ends_with(b"\r\n\r\n"));
 }
 
 /// MSE/PE handshake (`wire::mse`): never panics, never takes more than it was given, never

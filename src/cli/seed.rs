@@ -91,6 +91,11 @@ pub struct SeedArgs {
     /// `admin on ADDR`). A non-loopback address needs `[admin] token` in the config.
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub admin: Option<String>,
+    /// Also serve the content over HTTP on this address (web seeds, BEP 19, and plain range
+    /// downloads); repeatable. URLs: /NAME[/PATH] or /INFOHASH/NAME[/PATH]. Default: config
+    /// `[http] listen`, else off. Printed as `http on ADDR`; magnets then carry `ws=`.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = squall_engine::config_file::parse_socket_addr)]
+    pub http: Vec<SocketAddr>,
     /// Announce every public torrent to the Mainline DHT (BEP 5), so trackerless magnets
     /// find this seeder. Default: config `[dht] enabled`, else off.
     #[arg(long, conflicts_with = "no_dht")]
@@ -225,6 +230,10 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(mode) = args.serve {
         config.serve_mode = mode;
     }
+    config.http = file_config.http.clone();
+    if !args.http.is_empty() {
+        config.http.listen = args.http.clone();
+    }
     config.validate().map_err(|e| format!("config: {e}"))?;
     let mut admin_config = file_config.admin.clone();
     if let Some(a) = &args.admin {
@@ -317,6 +326,13 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
     if let Some(addr) = control.admin_addr() {
         let _ = writeln!(out, "admin on {addr}");
     }
+    for addr in control.http_addrs() {
+        let _ = writeln!(out, "http on {addr}");
+    }
+    let web_seed_base = control
+        .http_addrs()
+        .first()
+        .map(|a| format!("http://{}/", display_peer_addr(a)));
     control.start_dht(&dht_config, Some(state_dir.clone()))?;
     let _ = writeln!(out, "{}", dht_line(&dht_config, &catalog));
     let listen_addr = control.local_addrs().first().copied();
@@ -351,6 +367,18 @@ pub fn run(args: SeedArgs) -> Result<ExitCode, String> {
             t.info_hash_v2,
             has_v1,
         );
+        let uri = match &web_seed_base {
+            // BEP 19 in a magnet: a URL ending in `/` gets the torrent's name (and paths)
+            // appended, so the info-hash prefix names exactly this torrent.
+            Some(base) => {
+                let ws = format!("{base}{}/", squall_engine::http::index::hex(&t.info_hash.0));
+                format!(
+                    "{uri}&ws={}",
+                    squall_engine::http::index::encode_segment(&ws)
+                )
+            }
+            None => uri,
+        };
         let _ = writeln!(out, "seeding {} {} {}", t.info_hash, t.name, uri);
     }
     if unreachable_magnets > 0 {

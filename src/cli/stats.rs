@@ -147,6 +147,26 @@ pub fn render_table(v: &serde_json::Value) -> String {
         row(u(&s["shard"]).to_string(), s);
     }
     row("total".to_string(), total);
+    let http = &total["http"];
+    if u(&http["connections_accepted"]) > 0 {
+        // The HTTP front-end (`--http`): its own line, beside the BitTorrent table.
+        let r = &http["responses"];
+        let lat = &http["request_latency_us"];
+        let _ = writeln!(
+            out,
+            "\nhttp: {} request(s) (2xx {}, 3xx {}, 4xx {}, 5xx {}) | body {:.1} MiB | \
+             connections {} open | latency p50 {:.0} us, p99 {:.0} us",
+            u(&http["requests"]),
+            u(&r["2xx"]),
+            u(&r["3xx"]),
+            u(&r["4xx"]),
+            u(&r["5xx"]),
+            mib(f(&http["body_bytes_sent"])),
+            u(&http["connections_open"]),
+            f(&lat["p50"]),
+            f(&lat["p99"]),
+        );
+    }
     let top = v["top_torrents"].as_array().cloned().unwrap_or_default();
     if !top.is_empty() {
         let _ = writeln!(

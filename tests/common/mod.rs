@@ -110,6 +110,8 @@ pub struct SquallProcess {
     /// The admin endpoint, when squall printed `admin on ADDR` (start with
     /// `--admin 127.0.0.1:0` to get one on a free port).
     pub admin: Option<SocketAddr>,
+    /// The first HTTP address, when squall printed `http on ADDR` (`--http 127.0.0.1:0`).
+    pub http: Option<SocketAddr>,
 }
 
 impl SquallProcess {
@@ -148,6 +150,7 @@ impl SquallProcess {
         });
         let mut addr = None;
         let mut admin = None;
+        let mut http = None;
         let mut torrents = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -162,6 +165,8 @@ impl SquallProcess {
             };
             if let Some(a) = line.strip_prefix("listening on ") {
                 addr.get_or_insert(a.parse().expect("listen addr"));
+            } else if let Some(a) = line.strip_prefix("http on ") {
+                http.get_or_insert(a.parse().expect("http addr"));
             } else if let Some(a) = line.strip_prefix("admin on ") {
                 admin = Some(a.parse().expect("admin addr"));
             } else if let Some(rest) = line.strip_prefix("seeding ") {
@@ -179,6 +184,7 @@ impl SquallProcess {
             torrents,
             stderr_lines: err_rx,
             admin,
+            http,
         }
     }
 

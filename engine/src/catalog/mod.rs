@@ -51,6 +51,13 @@ pub struct CatalogTorrent {
     /// Length of the raw info dictionary (BEP 9 `metadata_size`), known from the load so
     /// a shard can advertise it without reading the .torrent.
     pub info_len_bytes: u64,
+    /// Per file, its BEP 19 URL path segments below the server root: `[name]` for a
+    /// single-file torrent, `[name, dir.., file]` for a multi-file one; empty for pad files
+    /// (never URLs). The HTTP front-end indexes these; it never builds a path from a URL.
+    pub url_paths: Vec<Vec<String>>,
+    /// Newest content-file modification time, in seconds since the epoch (HTTP
+    /// `Last-Modified`); 0 when unknown.
+    pub mtime_secs: i64,
 }
 
 impl CatalogTorrent {
@@ -594,10 +601,30 @@ fn prepare(
             have,
             complete,
             info_len_bytes: t.info_bytes.len() as u64,
+            url_paths: url_paths(t),
+            mtime_secs: stamps
+                .iter()
+                .map(|s| s.mtime_ns.div_euclid(1_000_000_000))
+                .max()
+                .unwrap_or(0),
         },
         stamps,
         needs_verify,
     })
+}
+
+/// Every file's URL segments (see `CatalogTorrent::url_paths`).
+fn url_paths(t: &Torrent) -> Vec<Vec<String>> {
+    t.files
+        .iter()
+        .map(|f| match (f.pad, t.multi_file) {
+            (true, _) => Vec::new(),
+            (false, false) => vec![t.name.clone()],
+            (false, true) => std::iter::once(t.name.clone())
+                .chain(f.path.iter().cloned())
+                .collect(),
+        })
+        .collect()
 }
 
 /// Maps `items` on `threads` workers (0 = all cores), keeping input order.

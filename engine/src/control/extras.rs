@@ -276,6 +276,8 @@ mod tests {
             have: Vec::new(),
             complete: true,
             info_len_bytes: t.info_bytes.len() as u64,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
         })
     }
 

@@ -375,6 +375,8 @@ mod tests {
             have,
             complete: true,
             info_len_bytes: 0,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
         }
     }
 

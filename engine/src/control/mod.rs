@@ -208,6 +208,11 @@ impl Control {
         self.seeder.local_addrs()
     }
 
+    /// Where HTTP is served (empty when off).
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        self.seeder.http_addrs()
+    }
+
     /// The admin endpoint's address, when it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(AdminServer::local_addr)

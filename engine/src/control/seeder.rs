@@ -33,6 +33,8 @@ pub struct Seeder {
     /// Answers the shards' extras requests; None only after `join` took it.
     extras: Option<ExtrasLoader>,
     local_addrs: Vec<SocketAddr>,
+    /// Where `[http] listen` was bound (ports resolved), in config order.
+    http_addrs: Vec<SocketAddr>,
     pub fixed_buffers: bool,
     next_dial: std::sync::atomic::AtomicUsize,
     /// The admission counts every shard shares: all back to 0 once every shard has freed
@@ -52,7 +54,7 @@ impl Seeder {
         // Port 0 means "any": the first bind picks the port, the other shards reuse it.
         // Before any SO_REUSEPORT bind of ours: another listener on a port (a second squall)
         // would otherwise share it silently and take most new connections.
-        for addr in &config.listen {
+        for addr in config.listen.iter().chain(&config.http.listen) {
             crate::instance::probe_port_free(addr)?;
         }
         let mut listen: Vec<SocketAddr> = Vec::new();
@@ -62,6 +64,17 @@ impl Seeder {
             let first = net::reuseport_listener(addr)?;
             let bound = net::local_addr(&first).unwrap_or(*addr);
             listen.push(bound);
+            listeners[0].push(first);
+            for per_shard in listeners.iter_mut().skip(1) {
+                per_shard.push(net::reuseport_listener(&bound)?);
+            }
+        }
+        // HTTP listeners go after the peer ones: a shard tells them apart by index.
+        let mut http_addrs: Vec<SocketAddr> = Vec::new();
+        for addr in &config.http.listen {
+            let first = net::reuseport_listener(addr)?;
+            let bound = net::local_addr(&first).unwrap_or(*addr);
+            http_addrs.push(bound);
             listeners[0].push(first);
             for per_shard in listeners.iter_mut().skip(1) {
                 per_shard.push(net::reuseport_listener(&bound)?);
@@ -136,6 +149,7 @@ impl Seeder {
             health_rx,
             extras: Some(extras),
             local_addrs: listen,
+            http_addrs,
             fixed_buffers: true,
             next_dial: std::sync::atomic::AtomicUsize::new(0),
             admission,
@@ -171,6 +185,11 @@ impl Seeder {
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// Where HTTP is served (empty when `[http] listen` is not set).
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
     }
 
     pub fn shard_count(&self) -> usize {

@@ -28,6 +28,12 @@ pub enum OpKind {
     Connect = 10,
     /// A readahead hint (fadvise WILLNEED) for the rest of a piece a peer started on.
     Readahead = 11,
+    /// An HTTP connection's recv into its head buffer (`shard::http_conn`).
+    HttpRecv = 12,
+    /// An HTTP response head (slot 0) or body chunk (slot 1) send.
+    HttpSend = 13,
+    /// A read of an HTTP body chunk into a send-pool slot (the token's slot).
+    HttpRead = 14,
 }
 
 impl OpKind {
@@ -44,6 +50,9 @@ impl OpKind {
             9 => OpKind::Ignore,
             10 => OpKind::Connect,
             11 => OpKind::Readahead,
+            12 => OpKind::HttpRecv,
+            13 => OpKind::HttpSend,
+            14 => OpKind::HttpRead,
             _ => return None,
         })
     }

@@ -179,6 +179,8 @@ mod tests {
             have: vec![0x80],
             complete: true,
             info_len_bytes: 10,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
         })
     }
 

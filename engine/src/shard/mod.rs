@@ -2,7 +2,8 @@
 //! This file is the loop; each concern it routes to has its own room:
 //! `session` (the peer protocol, pure), `plan` (which blocks go next, from where),
 //! `submit` (send slots and SQE chains), `recv` (the receive path), `conn` (the peer table,
-//! listeners, sockets), `extras` (BEP 9/52 data loaded by the control plane), `setup`.
+//! listeners, sockets), `extras` (BEP 9/52 data loaded by the control plane), `setup`,
+//! `http_conn` (HTTP connections: listeners after the peer ones, ops of their own).
 //!
 //! The loop (TigerBeetle's shape): submit what is queued and wait for completions (or the
 //! next tick), copy the completions out in one batch, dispatch each by its token, then apply
@@ -26,6 +27,7 @@ pub mod env;
 pub mod extras;
 pub mod files;
 pub mod health;
+pub mod http_conn;
 mod inspect;
 pub mod peer;
 pub mod plan;
@@ -116,6 +118,8 @@ pub struct Shard {
     next_rotation_at: Instant,
     shutdown_deadline: Option<Instant>,
     plan_scratch: PlanScratch,
+    /// HTTP connections (`http_conn`); empty unless `[http] listen` is set.
+    http: http_conn::HttpFront,
     /// MSE/PE: the SKEY index and the DH budget (`transport`).
     crypto: transport::ShardCrypto,
 }
@@ -138,6 +142,7 @@ impl Shard {
         let now = Instant::now();
         let shards = config.shard_count().max(1);
         let slots = config.upload_slots_max.div_ceil(shards).max(1);
+        let http = http_conn::HttpFront::new(&config.http, &setup.catalog);
         Ok(Shard {
             index: setup.index,
             catalog: setup.catalog,
@@ -176,6 +181,7 @@ impl Shard {
             next_rotation_at: now + Duration::from_secs(config.choke_rotation_secs),
             shutdown_deadline: None,
             plan_scratch: PlanScratch::default(),
+            http,
             crypto: Default::default(),
             config,
         })
@@ -195,7 +201,8 @@ impl Shard {
         loop {
             self.now = Instant::now();
             if let Some(deadline) = self.shutdown_deadline {
-                let drained = self.peers.live() == 0 && !self.listeners.any_armed();
+                let drained =
+                    self.peers.live() == 0 && self.http.live() == 0 && !self.listeners.any_armed();
                 if drained || self.now >= deadline + Duration::from_millis(SHUTDOWN_FORCE_MS) {
                     break;
                 }
@@ -235,6 +242,7 @@ impl Shard {
             }
             self.pump_ready();
             self.serve_slot_waiters();
+            self.http_serve_waiters();
         }
         self.finish()
     }
@@ -256,6 +264,7 @@ impl Shard {
             ShardCommand::SwapCatalog(catalog) => {
                 // Removed torrents' idle fds and mappings go now (ones in use, with their batch).
                 let old = std::mem::replace(&mut self.catalog, catalog);
+                self.http_on_catalog();
                 for t in old.torrents() {
                     if self.catalog.get(&t.info_hash).is_none() {
                         self.forget_content(&t.info_hash);
@@ -294,6 +303,11 @@ impl Shard {
                 return;
             }
         };
+        if listener >= self.config.listen.len() {
+            // HTTP listeners come after the peer ones (`control::seeder`).
+            self.on_http_accept(fd);
+            return;
+        }
         let Some(addr) = peer_addr(fd.as_raw_fd()) else {
             self.stats.closed(CloseReason::SocketError);
             return;
@@ -397,6 +411,9 @@ impl Shard {
         match token.kind {
             OpKind::Accept => self.on_accept(c, token.slot as usize),
             OpKind::Ignore | OpKind::Tick | OpKind::Wakeup => {}
+            OpKind::HttpRecv | OpKind::HttpSend | OpKind::HttpRead => {
+                self.on_http_completion(token, c)
+            }
             _ => {
                 let idx = token.peer;
                 let live = self.peers.is_live(idx, token.generation);
@@ -950,6 +967,7 @@ impl Shard {
             }
         }
         self.expire_extras_loads();
+        self.http_on_tick();
         if now >= self.next_rotation_at {
             self.next_rotation_at = now + Duration::from_secs(self.config.choke_rotation_secs);
             let decisions = self.choker.rotate(self.tick);

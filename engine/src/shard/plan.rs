@@ -807,6 +807,8 @@ mod tests {
             have: vec![0xff; (pieces as usize).div_ceil(8)],
             complete: true,
             info_len_bytes: 1,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
         };
         Content {
             _dir: dir,

@@ -755,6 +755,8 @@ mod tests {
             have: vec![0xff],
             complete: true,
             info_len_bytes: 40_000,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
         })
     }
 

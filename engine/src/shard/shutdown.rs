@@ -26,6 +26,8 @@ impl Shard {
         self.stats.accepting = false;
         let ring = &mut self.ring;
         self.listeners.stop(&mut |sqe| push_or_log(ring, &sqe));
+        // HTTP connections close at once (a client retries a cut range; no drain).
+        self.http_close_all();
         // Drain: a peer with a send in flight finishes it (up to the drain deadline) and is
         // closed when it completes; idle peers are closed now. New requests are not served.
         for idx in 0..self.peers.slots() {
@@ -41,12 +43,13 @@ impl Shard {
         for idx in 0..self.peers.slots() {
             self.close_peer(idx, CloseReason::Shutdown);
         }
+        self.http_close_all();
     }
 
     /// Ops the kernel still holds: every peer's, plus armed accepts.
     pub(super) fn ops_in_flight(&self) -> u64 {
         let peers: u64 = self.peers.iter().map(|p| u64::from(p.ops_inflight)).sum();
-        peers + u64::from(self.listeners.any_armed())
+        peers + self.http.ops_in_flight() + u64::from(self.listeners.any_armed())
     }
 
     /// The loop has ended (drained, past the force deadline, or the ring broke): cancel every
@@ -59,7 +62,7 @@ impl Shard {
         self.sync_stats();
         self.stats.accepting = false;
         let inflight = self.ops_in_flight();
-        if inflight == 0 && self.peers.live() == 0 {
+        if inflight == 0 && self.peers.live() == 0 && self.http.live() == 0 {
             let leaks = self.leak_audit();
             if !leaks.is_empty() {
                 tracing::error!(shard = self.index, "leak audit: {}", leaks.join("; "));
@@ -82,6 +85,7 @@ impl Shard {
                 recv,
                 peers,
                 files,
+                http,
                 ..
             } = self;
             // Closing the ring makes the kernel cancel what is left, asynchronously: the
@@ -91,6 +95,7 @@ impl Shard {
             std::mem::forget(recv);
             std::mem::forget(peers);
             std::mem::forget(files);
+            std::mem::forget(http);
         }
         stats
     }

@@ -13,7 +13,10 @@
 //! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `page_cache_sends_on`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `page_cache_sends`, `map_failures`, `page_cache_send_faults`, `maps_over_budget`, `mapped_bytes`, `recv_buffer_bytes`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`, `encrypted_connections`, `encrypted_bytes`, `encryption_failures{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
-//! `{count, p50, p90, p99, p999, max, mean}`.
+//! `{count, p50, p90, p99, p999, max, mean}`, and `http`: the HTTP front-end's
+//! `{connections_accepted, connections_open, connections_refused, requests, responses{2xx,
+//! 3xx, 4xx, 5xx}, body_bytes_sent, page_cache_sends, buffer_sends, closed{reason: n},
+//! request_latency_us}`.
 
 use super::catalog_health::Health;
 use super::view::StatsView;
@@ -110,6 +113,23 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "disk_read_latency_us": latency_us(&s.disk_read_latency_ns),
         "handshake_latency_us": latency_us(&s.handshake_latency_ns),
         "zc_notification_latency_us": latency_us(&s.zc_notification_latency_ns),
+        "http": http_json(&s.http),
+    })
+}
+
+/// The HTTP front-end's counters (`stats::http`).
+fn http_json(h: &crate::stats::http::HttpStats) -> Value {
+    json!({
+        "connections_accepted": h.connections_accepted,
+        "connections_open": h.connections_open,
+        "connections_refused": h.connections_refused,
+        "requests": h.requests(),
+        "responses": {"2xx": h.responses_2xx, "3xx": h.responses_3xx, "4xx": h.responses_4xx, "5xx": h.responses_5xx},
+        "body_bytes_sent": h.body_bytes_sent,
+        "page_cache_sends": h.page_cache_sends,
+        "buffer_sends": h.buffer_sends,
+        "closed": {"idle_timeout": h.closed_idle, "request_timeout": h.closed_request_timeout, "send_stalled": h.closed_send_stalled, "error": h.closed_error},
+        "request_latency_us": latency_us(&h.request_latency_ns),
     })
 }
 

@@ -18,6 +18,7 @@
 
 pub mod catalog_health;
 pub mod dht;
+pub mod http;
 pub mod json;
 pub mod prometheus;
 pub mod torrent;
@@ -274,6 +275,8 @@ pub struct ShardStats {
     /// zerocopy mode: request parsed -> the send's zero-copy notification (the kernel no
     /// longer needs the buffer), nanoseconds.
     pub zc_notification_latency_ns: Histogram<u64>,
+    /// The HTTP front-end's counters (`stats::http`).
+    pub http: http::HttpStats,
     /// Per-torrent deltas since the previous shipped snapshot; filled only in snapshots.
     pub torrents: Vec<TorrentDelta>,
     /// The shard's accumulating per-torrent deltas (never part of a snapshot).
@@ -293,7 +296,7 @@ pub struct TorrentDelta {
     pub latency: LatencyBuckets,
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Bounds are constants, so construction cannot fail; fall back to auto-resizing if it did.
     Histogram::new_with_bounds(1_000, LATENCY_NS_MAX, SIGNIFICANT_DIGITS)
         .unwrap_or_else(|_| Histogram::new(SIGNIFICANT_DIGITS).unwrap_or_else(|_| unreachable!()))
@@ -356,6 +359,7 @@ impl ShardStats {
             disk_read_latency_ns: new_histogram(),
             handshake_latency_ns: new_histogram(),
             zc_notification_latency_ns: new_histogram(),
+            http: http::HttpStats::default(),
             torrents: Vec::new(),
             pending_torrents: HashMap::new(),
         }
@@ -520,6 +524,7 @@ impl ShardStats {
         self.page_cache_sends_on &= other.page_cache_sends_on;
         self.multishot_recv &= other.multishot_recv;
         let _ = self.request_latency_ns.add(&other.request_latency_ns);
+        self.http.merge(&other.http);
         let _ = self.disk_read_latency_ns.add(&other.disk_read_latency_ns);
         let _ = self.handshake_latency_ns.add(&other.handshake_latency_ns);
         let _ = self

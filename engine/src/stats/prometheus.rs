@@ -79,6 +79,17 @@ fn per_shard(
 
 fn histogram(out: &mut String, view: &StatsView, name: &str, help: &str, pick: HistogramPick) {
     header(out, name, "histogram", help);
+    histogram_series(out, view, name, "", pick);
+}
+
+/// One histogram's series per shard, with `labels` (`key="value",` each) before `le`.
+fn histogram_series(
+    out: &mut String,
+    view: &StatsView,
+    name: &str,
+    labels: &str,
+    pick: HistogramPick,
+) {
     for s in view.shards() {
         let h = pick(&s.stats);
         let shard = s.stats.shard;
@@ -90,12 +101,12 @@ fn histogram(out: &mut String, view: &StatsView, name: &str, help: &str, pick: H
             };
             let _ = writeln!(
                 out,
-                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {count}"
+                "{name}_bucket{{shard=\"{shard}\",{labels}le=\"{le}\"}} {count}"
             );
         }
         let _ = writeln!(
             out,
-            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {}",
+            "{name}_bucket{{shard=\"{shard}\",{labels}le=\"+Inf\"}} {}",
             h.len()
         );
         // hdrhistogram keeps no exact sum: mean x count is within its 3-digit precision.
@@ -104,12 +115,77 @@ fn histogram(out: &mut String, view: &StatsView, name: &str, help: &str, pick: H
         } else {
             h.mean() * h.len() as f64 / 1e9
         };
-        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum_secs}");
-        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {}", h.len());
+        let labels = labels.trim_end_matches(',');
+        let sep = if labels.is_empty() { "" } else { "," };
+        let _ = writeln!(
+            out,
+            "{name}_sum{{shard=\"{shard}\"{sep}{labels}}} {sum_secs}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_count{{shard=\"{shard}\"{sep}{labels}}} {}",
+            h.len()
+        );
     }
 }
 
 type HistogramPick = fn(&ShardStats) -> &Histogram<u64>;
+
+/// (name, type, help, value) of one per-shard series.
+type PerShardMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> u64,
+);
+
+/// The HTTP front-end's counters (`stats::http`), per shard.
+fn http_metrics(o: &mut String, view: &StatsView) {
+    let name = "squall_http_responses_total";
+    header(o, name, "counter", "HTTP responses by status class.");
+    for s in view.shards() {
+        let h = &s.stats.http;
+        for (class, n) in [
+            ("2xx", h.responses_2xx),
+            ("3xx", h.responses_3xx),
+            ("4xx", h.responses_4xx),
+            ("5xx", h.responses_5xx),
+        ] {
+            let shard = s.stats.shard;
+            let _ = writeln!(o, "{name}{{shard=\"{shard}\",class=\"{class}\"}} {n}");
+        }
+    }
+    let name = "squall_http_closed_total";
+    header(
+        o,
+        name,
+        "counter",
+        "HTTP connections closed by a deadline or an error.",
+    );
+    for s in view.shards() {
+        let h = &s.stats.http;
+        for (reason, n) in [
+            ("idle_timeout", h.closed_idle),
+            ("request_timeout", h.closed_request_timeout),
+            ("send_stalled", h.closed_send_stalled),
+            ("error", h.closed_error),
+        ] {
+            let shard = s.stats.shard;
+            let _ = writeln!(o, "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {n}");
+        }
+    }
+    let counters: [PerShardMetric; 6] = [
+        ("squall_http_body_bytes_total", "counter", "HTTP response body bytes handed to the kernel.", |s| s.http.body_bytes_sent),
+        ("squall_http_connections_accepted_total", "counter", "HTTP connections accepted.", |s| s.http.connections_accepted),
+        ("squall_http_connections_refused_total", "counter", "HTTP connections refused at accept (per-IP/prefix admission shared with peers, or http.connections_per_shard_max).", |s| s.http.connections_refused),
+        ("squall_http_connections", "gauge", "HTTP connections open.", |s| s.http.connections_open),
+        ("squall_http_page_cache_sends_total", "counter", "HTTP body chunks sent straight from a file's page-cache mapping.", |s| s.http.page_cache_sends),
+        ("squall_http_buffer_sends_total", "counter", "HTTP body chunks read into a send-pool buffer first.", |s| s.http.buffer_sends),
+    ];
+    for (name, kind, help, value) in counters {
+        per_shard(o, view, name, kind, help, value);
+    }
+}
 
 /// Build, start time, catalog torrents by state and tracker announce results.
 fn catalog_metrics(o: &mut String, view: &StatsView) {
@@ -603,13 +679,22 @@ pub fn render(view: &StatsView) -> String {
         "Stats snapshots dropped because the channel to the control thread was full.",
         |s| s.stats_snapshots_dropped,
     );
-    histogram(
+    // One family, two protocols: BitTorrent (request parsed -> its block handed to the
+    // kernel) and HTTP (request parsed -> the whole response handed to the kernel).
+    let name = "squall_request_latency_seconds";
+    header(
         o,
-        view,
-        "squall_request_latency_seconds",
-        "Request parsed to its block handed to the kernel.",
-        |s| &s.request_latency_ns,
+        name,
+        "histogram",
+        "Request parsed to its answer handed to the kernel (BitTorrent: the block; HTTP: the whole response).",
     );
+    histogram_series(o, view, name, "protocol=\"bittorrent\",", |s| {
+        &s.request_latency_ns
+    });
+    histogram_series(o, view, name, "protocol=\"http\",", |s| {
+        &s.http.request_latency_ns
+    });
+    http_metrics(o, view);
     histogram(
         o,
         view,
@@ -797,8 +882,10 @@ mod tests {
             "squall_zc_notification_latency_seconds",
         ] {
             for shard in ["0", "1"] {
-                let has_shard =
-                    |l: &Vec<(String, String)>| l.iter().any(|(k, v)| k == "shard" && v == shard);
+                let has_shard = |l: &Vec<(String, String)>| {
+                    l.iter().any(|(k, v)| k == "shard" && v == shard)
+                        && !l.iter().any(|(k, v)| k == "protocol" && v == "http")
+                };
                 let buckets: Vec<(String, f64)> = samples
                     .iter()
                     .filter(|(n, l, _)| *n == format!("{name}_bucket") && has_shard(l))
