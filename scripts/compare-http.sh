@@ -3,7 +3,9 @@
 # against nginx (Debian package: sendfile on, tcp_nopush on, worker_processes 1, access log
 # off, keep-alive unlimited) serving the same file, page cache warm, server on CPU 0, load
 # generator (`squall-bench http`: one thread, 32 keep-alive connections, pipelined random
-# ranges) on CPU 1. Interleaved rounds, medians, ratios from the same run.
+# ranges) on CPU 1. Interleaved rounds, medians, ratios from the same run. Beside them, the
+# BitTorrent `hot` figure of the same run and file: a second squall (configs/bench.toml, on
+# CPU 0 too, idle while the HTTP arms run) under `squall-bench run` with 32 peers x depth 64.
 #
 # Owns: the scenario only. Must never: leave a server running (trap), or listen beyond
 # 127.0.0.1.
@@ -48,6 +50,17 @@ taskset -c 0 "$SQUALL" seed "$WORK/content" --state "$WORK/state" --listen 127.0
 SQ_PID=$!
 pids+=("$SQ_PID")
 
+# The BitTorrent arm: the same file as a 1 MiB-piece torrent, seeded with the bench config
+# (per-IP limits raised for the bench's peers, which all come from 127.0.0.1).
+mkdir -p "$WORK/torrents"
+[ -f "$WORK/torrents/data.torrent" ] ||
+    "$SQUALL" make "$DATA" -o "$WORK/torrents/data.torrent" --piece-length 1M >/dev/null
+taskset -c 0 "$SQUALL" seed --config "$ROOT/configs/bench.toml" --torrents "$WORK/torrents" \
+    --data "$WORK/content" --listen 127.0.0.1:0 --state "$WORK/state-bt" --shards 1 \
+    --summary-secs 0 --admin off >"$WORK/squall-bt.out" 2>"$WORK/squall-bt.err" &
+BT_PID=$!
+pids+=("$BT_PID")
+
 NG_PORT=$(free_port)
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -78,6 +91,9 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 grep -q '^ready' "$WORK/squall.out" || die "squall did not start: $(cat "$WORK/squall.err")"
+for _ in $(seq 1 600); do grep -q '^ready' "$WORK/squall-bt.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^ready' "$WORK/squall-bt.out" || die "squall (BitTorrent arm) did not start: $(cat "$WORK/squall-bt.err")"
+BT_PORT=$(grep -o '127.0.0.1:[0-9]*' "$WORK/squall-bt.out" | head -1)
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
@@ -92,6 +108,12 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "round $round range $range $server: $line"
         done
     done
+    taskset -c 1 "$BENCH" run --target "$BT_PORT" --torrents "$WORK/torrents" --peers 32 --depth 64 \
+        --duration "$DURATION" --warmup 1 --verify sample --target-pid "$BT_PID" \
+        --json "$WORK/bt-$round.json" >/dev/null
+    line=$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$WORK/bt-$round.json")
+    echo "{\"server\": \"squall-bittorrent\", \"range\": 0, \"round\": $round, \"r\": $line}" >>"$RESULTS"
+    echo "round $round bittorrent hot: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(round(d["gbps"], 2), "Gb/s", round(d["cpu_secs_per_gb"], 3), "CPU-s/GB")' "$WORK/bt-$round.json")"
 done
 
 python3 - "$RESULTS" <<'PY'
@@ -108,4 +130,9 @@ for rng in (16384, 1048576):
     rq = med("squall", rng, "requests_per_sec") / med("nginx", rng, "requests_per_sec")
     cp = med("squall", rng, "target_cpu_secs_per_gb") / med("nginx", rng, "target_cpu_secs_per_gb")
     print(f"| {rng // 1024} KiB | squall / nginx | {rq:.2f}x | {rq:.2f}x | {cp:.2f}x | |")
+bt = [r["r"] for r in rows if r["server"] == "squall-bittorrent"]
+if bt:
+    g = statistics.median(r["gbps"] for r in bt)
+    c = statistics.median(r["cpu_secs_per_gb"] for r in bt)
+    print(f"| BitTorrent `hot` (same run, same file) | squall | | {g:.2f} | {c:.3f} | |")
 PY
