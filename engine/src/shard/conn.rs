@@ -305,10 +305,11 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 }
 
 /// A new connection's TCP options: no Nagle delay (blocks go out as soon as they are
-/// sent), and TCP_USER_TIMEOUT: data unacknowledged for `user_timeout_ms` ends the
+/// sent), and TCP_USER_TIMEOUT: data unacknowledged for `send_stall_secs` ends the
 /// connection in the kernel too, so a peer that vanished cannot keep our sends queued.
 /// Failures cost only those savings and are ignored.
-pub fn tune_socket(fd: RawFd, user_timeout_ms: u32) {
+pub fn tune_socket(fd: RawFd, send_stall_secs: u64) {
+    let user_timeout_ms = send_stall_secs.saturating_mul(1000).min(i32::MAX as u64);
     let set = |name: libc::c_int, value: libc::c_int| {
         // SAFETY: setsockopt reads an int from a valid pointer.
         unsafe {
@@ -322,10 +323,7 @@ pub fn tune_socket(fd: RawFd, user_timeout_ms: u32) {
         }
     };
     set(libc::TCP_NODELAY, 1);
-    set(
-        libc::TCP_USER_TIMEOUT,
-        user_timeout_ms.min(i32::MAX as u32) as libc::c_int,
-    );
+    set(libc::TCP_USER_TIMEOUT, user_timeout_ms as libc::c_int);
 }
 
 pub fn pin_to_cpu(cpu: usize) {

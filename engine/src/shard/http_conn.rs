@@ -185,12 +185,7 @@ impl Shard {
             self.stats.http.connections_refused += 1;
             return;
         }
-        let stall_ms = self
-            .config
-            .send_stall_secs
-            .saturating_mul(1000)
-            .min(u64::from(u32::MAX));
-        tune_socket(fd.as_raw_fd(), stall_ms as u32);
+        tune_socket(fd.as_raw_fd(), self.config.send_stall_secs);
         let now = self.now;
         let buf_len = self.config.http.header_bytes_max + 1;
         let idx = self.http.insert(|generation| HttpConn {

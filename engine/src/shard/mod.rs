@@ -344,12 +344,7 @@ impl Shard {
         // multishot: received bytes land in the shared ring, and the peer's buffer holds only
         // what is left of a partial message, so it starts empty and grows on demand.
         let recv_buf_bytes = self.recv.initial_buffer_bytes();
-        let stall_ms = self
-            .config
-            .send_stall_secs
-            .saturating_mul(1000)
-            .min(u64::from(u32::MAX));
-        tune_socket(fd.as_raw_fd(), stall_ms as u32);
+        tune_socket(fd.as_raw_fd(), self.config.send_stall_secs);
         let session = match outbound {
             Some(t) => Session::outbound(addr.ip(), self.now, t),
             None => Session::inbound(addr.ip(), self.now),
