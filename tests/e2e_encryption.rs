@@ -66,28 +66,6 @@ fn aria2c_require_crypto(torrent: &Path, save: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Announces squall (a seed) for `hash_hex` to opentracker over HTTP.
-fn announce_to(tracker_port: u16, hash_hex: &str, port: u16) {
-    let bytes = hex::decode(hash_hex).unwrap();
-    let escaped: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
-    let path = format!(
-        "/announce?info_hash={escaped}&peer_id=-SQTEST-000000000000&port={port}&uploaded=0&downloaded=0&left=0&compact=1&event=started"
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", tracker_port)) {
-            let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            s.write_all(req.as_bytes()).unwrap();
-            let mut resp = Vec::new();
-            let _ = s.read_to_end(&mut resp);
-            assert!(String::from_utf8_lossy(&resp).contains("200"));
-            return;
-        }
-        assert!(Instant::now() < deadline, "opentracker did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Encrypted (libtorrent forced RC4, aria2c arc4 required) and plaintext (libtorrent) peers
 /// download byte-identical files from one squall, in copy mode with page-cache sends on and in
 /// splice mode (encrypted peers fall back to copy in both; plaintext ones keep their path).
@@ -98,20 +76,13 @@ fn encrypted_and_plaintext_clients_download_in_one_run() {
     }
     for mode in ["copy", "splice"] {
         let dir = tempfile::tempdir().unwrap();
-        let tracker_port = free_port();
-        let announce = format!("http://127.0.0.1:{tracker_port}/announce");
-        let content = dir.path().join("content");
-        standard_content(&content);
-        let torrents = dir.path().join("torrents");
-        std::fs::create_dir_all(&torrents).unwrap();
-        let hashes: Vec<String> = ["single.bin", "multi"]
-            .iter()
-            .map(|name| {
-                let out = torrents.join(format!("{name}.torrent"));
-                squall_make(&content.join(name), &out, &["--tracker", &announce])
-            })
-            .collect();
-        let _tracker = start_opentracker(dir.path(), tracker_port, &hashes);
+        let TrackedCatalog {
+            content,
+            torrents,
+            hashes,
+            tracker_port,
+            tracker: _tracker,
+        } = tracked_standard_catalog(dir.path());
         let config = write_config(
             dir.path(),
             &format!("[engine]\nserve_mode = \"{mode}\"\nencryption = \"allow\"\n[tracker]\nenabled = false\n"),

@@ -220,20 +220,13 @@ fn aria2c_downloads_through_opentracker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tracker_port = free_port();
-    let announce = format!("http://127.0.0.1:{tracker_port}/announce");
-    let content = dir.path().join("content");
-    standard_content(&content);
-    let torrents = dir.path().join("torrents");
-    std::fs::create_dir_all(&torrents).unwrap();
-    let hashes: Vec<String> = ["single.bin", "multi"]
-        .iter()
-        .map(|name| {
-            let out = torrents.join(format!("{name}.torrent"));
-            squall_make(&content.join(name), &out, &["--tracker", &announce])
-        })
-        .collect();
-    let _tracker = start_opentracker(dir.path(), tracker_port, &hashes);
+    let TrackedCatalog {
+        content,
+        torrents,
+        hashes,
+        tracker_port,
+        tracker: _tracker,
+    } = tracked_standard_catalog(dir.path());
     let state = dir.path().join("state");
     let squall = SeedArgs::catalog(&torrents, &content).state(&state).start();
     for hash in &hashes {
@@ -266,33 +259,5 @@ fn aria2c_downloads_through_opentracker() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_same_tree(&content.join(name), &save.join(name));
-    }
-}
-
-/// Announces squall (as a seed, left=0) for `hash_hex` to opentracker over HTTP.
-fn announce_to(tracker_port: u16, hash_hex: &str, port: u16) {
-    use std::io::{Read, Write};
-    let bytes = hex::decode(hash_hex).unwrap();
-    let escaped: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
-    let path = format!(
-        "/announce?info_hash={escaped}&peer_id=-SQTEST-000000000000&port={port}&uploaded=0&downloaded=0&left=0&compact=1&event=started"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", tracker_port)) {
-            let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            s.write_all(req.as_bytes()).unwrap();
-            let mut resp = Vec::new();
-            let _ = s.read_to_end(&mut resp);
-            let text = String::from_utf8_lossy(&resp);
-            assert!(text.contains("200"), "announce refused: {text}");
-            assert!(!text.contains("failure"), "announce failed: {text}");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "opentracker did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

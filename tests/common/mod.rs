@@ -536,6 +536,70 @@ pub fn metric_sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `standard_content` under `<dir>/content` and its two torrents (single.bin, multi) in
+/// `<dir>/torrents`, each announcing to an opentracker on 127.0.0.1 that runs until
+/// `tracker` drops.
+pub struct TrackedCatalog {
+    pub content: PathBuf,
+    pub torrents: PathBuf,
+    /// Info-hashes (hex) of single.bin and multi, in that order.
+    pub hashes: Vec<String>,
+    pub tracker_port: u16,
+    pub tracker: KillOnDrop,
+}
+
+pub fn tracked_standard_catalog(dir: &Path) -> TrackedCatalog {
+    let tracker_port = free_port();
+    let announce = format!("http://127.0.0.1:{tracker_port}/announce");
+    let content = dir.join("content");
+    standard_content(&content);
+    let torrents = dir.join("torrents");
+    std::fs::create_dir_all(&torrents).unwrap();
+    let hashes: Vec<String> = ["single.bin", "multi"]
+        .iter()
+        .map(|name| {
+            let out = torrents.join(format!("{name}.torrent"));
+            squall_make(&content.join(name), &out, &["--tracker", &announce])
+        })
+        .collect();
+    let tracker = start_opentracker(dir, tracker_port, &hashes);
+    TrackedCatalog {
+        content,
+        torrents,
+        hashes,
+        tracker_port,
+        tracker,
+    }
+}
+
+/// Announces squall (as a seed, left=0) for `hash_hex` to opentracker over HTTP.
+pub fn announce_to(tracker_port: u16, hash_hex: &str, port: u16) {
+    use std::io::{Read, Write};
+    let bytes = hex::decode(hash_hex).unwrap();
+    let escaped: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+    let path = format!(
+        "/announce?info_hash={escaped}&peer_id=-SQTEST-000000000000&port={port}&uploaded=0&downloaded=0&left=0&compact=1&event=started"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", tracker_port)) {
+            let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            s.write_all(req.as_bytes()).unwrap();
+            let mut resp = Vec::new();
+            let _ = s.read_to_end(&mut resp);
+            let text = String::from_utf8_lossy(&resp);
+            assert!(text.contains("200"), "announce refused: {text}");
+            assert!(!text.contains("failure"), "announce failed: {text}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "opentracker did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts opentracker on 127.0.0.1:port (HTTP and UDP) with `hashes` whitelisted. It chroots
 /// into its directory and drops root to `nobody`, so the directory is 755 and the list 644.
 pub fn start_opentracker(dir: &Path, port: u16, hashes: &[String]) -> KillOnDrop {
