@@ -44,26 +44,11 @@ fn wait_page(admin: SocketAddr, probe: impl Fn(&str) -> bool) -> String {
 }
 
 fn aria2c_require_crypto(torrent: &Path, save: &Path) -> std::process::Output {
-    Command::new("aria2c")
-        .args([
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false",
-            "--bt-require-crypto=true",
-            "--bt-min-crypto-level=arc4",
-            "--seed-time=0",
-            &format!("--listen-port={}", free_port()),
-            "--bt-stop-timeout=60",
-            "--summary-interval=0",
-            "--console-log-level=warn",
-            "--allow-overwrite=true",
-            "--file-allocation=none",
-        ])
-        .arg(format!("--dir={}", save.display()))
-        .arg(torrent)
-        .output()
-        .unwrap()
+    aria2c_download(
+        torrent,
+        save,
+        &["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"],
+    )
 }
 
 /// Encrypted (libtorrent forced RC4, aria2c arc4 required) and plaintext (libtorrent) peers

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 /// libtorrent downloads a single-file and a multi-file torrent (odd sizes, an empty file, a
@@ -234,24 +233,7 @@ fn aria2c_downloads_through_opentracker() {
     }
     for name in ["single.bin", "multi"] {
         let save = dir.path().join("aria");
-        let out = Command::new("aria2c")
-            .args([
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--seed-time=0",
-                &format!("--listen-port={}", free_port()),
-                "--bt-stop-timeout=60",
-                "--summary-interval=0",
-                "--console-log-level=warn",
-                "--allow-overwrite=true",
-                "--file-allocation=none",
-            ])
-            .arg(format!("--dir={}", save.display()))
-            .arg(torrents.join(format!("{name}.torrent")))
-            .output()
-            .unwrap();
+        let out = aria2c_download(&torrents.join(format!("{name}.torrent")), &save, &[]);
         assert!(
             out.status.success(),
             "aria2c failed: {}{}",

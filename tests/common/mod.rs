@@ -57,6 +57,31 @@ pub fn libtorrent_available() -> bool {
     )
 }
 
+/// aria2c (Debian) downloads `torrent` into `save` from the peers it learns, loopback only:
+/// DHT, LPD and peer exchange off, a free listen port, no seeding afterwards; `extra`
+/// arguments go before the torrent.
+pub fn aria2c_download(torrent: &Path, save: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new("aria2c")
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--seed-time=0",
+            &format!("--listen-port={}", free_port()),
+            "--bt-stop-timeout=60",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            "--allow-overwrite=true",
+            "--file-allocation=none",
+        ])
+        .args(extra)
+        .arg(format!("--dir={}", save.display()))
+        .arg(torrent)
+        .output()
+        .unwrap()
+}
+
 pub fn aria2c_available() -> bool {
     tool_available("aria2c", Command::new("aria2c").arg("--version"))
 }
