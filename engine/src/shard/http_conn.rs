@@ -10,9 +10,9 @@
 //!
 //! Pipelining: requests that arrive while a response is going out wait in the head buffer
 //! and are answered in order once it is done; a full buffer stops reading (backpressure).
-//! Every operation has a deadline: idle connections, heads that do not arrive within
-//! `http.request_timeout_secs` (slowloris) and sends without progress for `send_stall_secs`
-//! are closed on the tick.
+//! Every operation has a deadline: idle connections and sends without progress for
+//! `send_stall_secs` are closed on the tick; a head that does not arrive whole within
+//! `http.request_timeout_secs` (slowloris) gets a 408 and the connection closes after it.
 //!
 //! Must never: hold a body's bytes in a heap buffer, open a path built from a URL (files are
 //! found through `http::index::UrlIndex`), move or resize a buffer an op names, free a
@@ -823,13 +823,34 @@ impl Shard {
                 .is_some_and(|t| now.duration_since(t) > slow)
             {
                 stats.closed_request_timeout += 1;
-                self.http_close(idx);
+                self.http_refuse_slow_head(idx);
             } else if now.duration_since(conn.last_activity) > idle {
                 stats.closed_idle += 1;
                 self.http_close(idx);
             }
         }
         self.stats.http.connections_open = self.http.live() as u64;
+    }
+
+    /// A head that did not arrive whole in time (slowloris): answer 408 with `Connection:
+    /// close`, then drain and close as after any closing answer (`http_linger`, bounded by
+    /// `request_timeout_secs` again), so an honest but slow client learns why.
+    fn http_refuse_slow_head(&mut self, idx: u32) {
+        let now = self.now;
+        let Some(conn) = self.http.get_mut(idx) else {
+            return;
+        };
+        let answer = response::refusal(408, false, unix_now_secs(), &mut conn.head);
+        conn.parsed = conn.recv_len;
+        conn.head_started_at = None;
+        conn.responding = true;
+        conn.keep_alive = false;
+        conn.request_at = now;
+        conn.progress_at = now;
+        conn.head_sent = 0;
+        conn.body = None;
+        self.stats.http.responded(answer.status);
+        self.http_send_head(idx);
     }
 
     /// A new catalog: rebuild the URL index (connections keep going; a body whose torrent
