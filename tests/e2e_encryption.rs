@@ -334,13 +334,17 @@ fn hostile_handshakes_are_closed_and_counted() {
     assert_eq!(code, Some(0));
 }
 
-/// A libtorrent leecher that refuses plaintext and never dials anyone is dialed by squall
-/// under `encryption = "require"` (peer from the tracker): squall starts the MSE handshake
-/// (its BitTorrent handshake as the initial payload) and the download completes over RC4.
-#[test]
-fn dial_outs_start_mse_under_require() {
+/// A libtorrent leecher that announces to a local tracker and waits to be dialed (its
+/// encryption policy `lt_encryption`, see lt_tracker_leech.py) is dialed by squall under
+/// `[engine] encryption = squall_encryption`; the download must complete byte-identical.
+/// Returns squall's `/metrics` page once `settled` holds for it (or after the wait).
+fn dialed_download(
+    squall_encryption: &str,
+    lt_encryption: &str,
+    settled: impl Fn(&str) -> bool,
+) -> Option<String> {
     if !libtorrent_available() || !opentracker_available() {
-        return;
+        return None;
     }
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
@@ -363,7 +367,7 @@ fn dial_outs_start_mse_under_require() {
         .arg(&save)
         .arg("--torrent")
         .arg(&torrent)
-        .args(["--timeout", "90", "--encryption", "forced"])
+        .args(["--timeout", "90", "--encryption", lt_encryption])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -372,7 +376,10 @@ fn dial_outs_start_mse_under_require() {
     let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
     assert_eq!(first, "announced", "libtorrent did not announce: {first}");
     let leech = KillOnDrop(leech);
-    let config = write_config(dir.path(), "[engine]\nencryption = \"require\"\n");
+    let config = write_config(
+        dir.path(),
+        &format!("[engine]\nencryption = \"{squall_encryption}\"\n"),
+    );
     let squall = SeedArgs::catalog(&torrents, &content)
         .state(&dir.path().join("state"))
         .config(&config)
@@ -381,13 +388,39 @@ fn dial_outs_start_mse_under_require() {
     let admin = squall.admin.expect("admin");
     let result = lines.next().and_then(|l| l.ok()).unwrap_or_default();
     drop(leech);
-    assert!(result.contains("\"ok\": true"), "libtorrent: {result}");
-    assert_same_tree(&content.join("single.bin"), &save.join("single.bin"));
-    let page = wait_page(admin, |p| {
-        metric_sum(p, "squall_encrypted_connections_total") >= 1.0
-    });
     assert!(
-        metric_sum(&page, "squall_encrypted_connections_total") >= 1.0,
+        result.contains("\"ok\": true"),
+        "libtorrent: {result}\nsquall's metrics:\n{}",
+        metrics(admin)
+    );
+    assert_same_tree(&content.join("single.bin"), &save.join("single.bin"));
+    Some(wait_page(admin, settled))
+}
+
+/// A libtorrent leecher that refuses plaintext and never dials anyone is dialed by squall
+/// under `encryption = "require"` (peer from the tracker): squall starts the MSE handshake
+/// (its BitTorrent handshake as the initial payload) and the download completes over RC4.
+#[test]
+fn dial_outs_start_mse_under_require() {
+    let encrypted = |p: &str| metric_sum(p, "squall_encrypted_connections_total") >= 1.0;
+    let Some(page) = dialed_download("require", "forced", encrypted) else {
+        return;
+    };
+    assert!(encrypted(&page), "{page}");
+}
+
+/// Under `prefer`, a dial-out to a libtorrent that refuses encryption (it closes on our DH
+/// key) is redialed once in plaintext, and the download completes.
+#[test]
+fn dial_outs_under_prefer_fall_back_to_plaintext() {
+    let redialed = |p: &str| metric_sum(p, "squall_encryption_plaintext_redials_total") >= 1.0;
+    let Some(page) = dialed_download("prefer", "disabled", redialed) else {
+        return;
+    };
+    assert!(redialed(&page), "{page}");
+    assert_eq!(
+        metric_sum(&page, "squall_encrypted_connections_total"),
+        0.0,
         "{page}"
     );
 }

@@ -2,13 +2,14 @@
 """A libtorrent leecher that finds nobody by itself: it announces to the torrent's tracker,
 listens on 127.0.0.1 and waits to be dialed (it never calls connect_peer).
 
-Usage: lt_tracker_leech.py --save DIR --torrent FILE [--timeout SECS] [--encryption forced]
+Usage: lt_tracker_leech.py --save DIR --torrent FILE [--timeout SECS] [--encryption forced|disabled]
 Prints `announced` on its own line once the tracker has answered (the test starts the seeder
 only then), and at the end one JSON line: {"ok": bool, "downloaded": n, "seconds": s, ...};
 exits 0 only when the download completed.
 
 Loopback only: DHT, LSD, UPnP, NAT-PMP and uTP are off; incoming TCP only.
-With --encryption forced, MSE/PE is forced both ways with RC4 only (plaintext is refused).
+With --encryption forced, MSE/PE is forced both ways with RC4 only (plaintext is refused);
+with --encryption disabled, MSE/PE is refused both ways (plaintext only).
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ def main():
     ap.add_argument("--save", required=True)
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--timeout", type=float, default=90)
-    ap.add_argument("--encryption", choices=["forced"])
+    ap.add_argument("--encryption", choices=["forced", "disabled"])
     args = ap.parse_args()
 
     settings = {
@@ -45,6 +46,11 @@ def main():
             "out_enc_policy": int(lt.enc_policy.pe_forced),
             "in_enc_policy": int(lt.enc_policy.pe_forced),
             "allowed_enc_level": int(lt.enc_level.pe_rc4),
+        })
+    if args.encryption == "disabled":
+        settings.update({
+            "out_enc_policy": int(lt.enc_policy.pe_disabled),
+            "in_enc_policy": int(lt.enc_policy.pe_disabled),
         })
     ses = lt.session(settings)
     params = lt.add_torrent_params()

@@ -276,7 +276,9 @@ impl Shard {
                 self.drain_removed();
             }
             ShardCommand::Peers(request) => self.on_peers_request(request),
-            ShardCommand::Connect { addr, info_hash } => self.dial(addr, info_hash),
+            ShardCommand::Connect { addr, info_hash } => {
+                self.dial(addr, info_hash);
+            }
             ShardCommand::Health(set) => self.on_health(set),
             ShardCommand::Extras(extras) => self.on_extras(extras),
         }
@@ -355,25 +357,28 @@ impl Shard {
 
     /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
     /// that we send our handshake first and check that theirs names the same torrent.
-    fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) {
+    /// Returns the new peer's index (None: not dialed).
+    fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) -> Option<u32> {
         let accepting = self.listeners.accepting();
-        let Some(torrent) = self.catalog.get(&info_hash).filter(|_| accepting).cloned() else {
-            return;
-        };
+        let torrent = self
+            .catalog
+            .get(&info_hash)
+            .filter(|_| accepting)
+            .cloned()?;
         if !self.admit(&addr) {
-            return;
+            return None;
         }
         let Ok(fd) = dial_socket(&addr) else {
             self.admission.release(&addr.ip());
             self.stats.closed(CloseReason::ConnectFailed);
-            return;
+            return None;
         };
         let idx = self.insert_peer(fd, addr, Some(torrent));
         self.stats.peers_dialed += 1;
-        if let Some(peer) = self.peers.get_mut(idx) {
-            let sqe = connect_sqe(peer, &addr, idx);
-            self.push(&sqe);
-        }
+        let peer = self.peers.get_mut(idx)?;
+        let sqe = connect_sqe(peer, &addr, idx);
+        self.push(&sqe);
+        Some(idx)
     }
 
     fn on_connected(&mut self, idx: u32, c: Completion) {
@@ -880,6 +885,10 @@ impl Shard {
         };
         tracing::debug!(shard = self.index, peer = %peer.addr, reason = reason.as_str(), "closing peer");
         self.stats.closed(reason);
+        self.plaintext_redial(idx);
+        let Some(peer) = self.peers.get_mut(idx) else {
+            return;
+        };
         // Wake every op on the socket: recv returns 0, sends fail; reads finish normally.
         // SAFETY: plain syscall on an fd we own.
         unsafe { libc::shutdown(peer.fd.as_raw_fd(), libc::SHUT_RDWR) };

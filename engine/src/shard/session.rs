@@ -190,6 +190,10 @@ impl Session {
     pub fn torrent(&self) -> Option<&Arc<CatalogTorrent>> {
         self.torrent.as_ref()
     }
+    /// The torrent a dial-out was made for (None: inbound), known before any handshake.
+    pub fn dialed_for(&self) -> Option<&Arc<CatalogTorrent>> {
+        self.outbound.as_ref()
+    }
     pub fn fast(&self) -> bool {
         self.fast
     }

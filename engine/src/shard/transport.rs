@@ -90,6 +90,9 @@ pub struct PeerCrypto {
     pub held_send: Option<squeue::Entry>,
     /// Reads of the held batch still in flight.
     pub reads_pending: u32,
+    /// A dial-out that stays plaintext even under `prefer`: the redial after an MSE
+    /// handshake the peer refused (`plaintext_redial`).
+    pub plaintext_only: bool,
 }
 
 impl PeerCrypto {
@@ -299,7 +302,12 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
-        if !matches!(mode, EncryptionMode::Prefer | EncryptionMode::Require) {
+        let plain = match mode {
+            EncryptionMode::Require => false,
+            EncryptionMode::Prefer => peer.crypto.plaintext_only,
+            EncryptionMode::Off | EncryptionMode::Allow => true,
+        };
+        if plain {
             peer.crypto.transport = Transport::Plain;
             return;
         }
@@ -319,6 +327,33 @@ impl Shard {
         );
         peer.crypto.ready_out_bytes = out.len();
         peer.crypto.transport = Transport::Initiating(Box::new(init));
+    }
+}
+
+impl Shard {
+    /// Under `prefer`, a dial-out whose MSE handshake the peer ended (a client set to refuse
+    /// encryption closes on the DH key) is dialed once more in plaintext, as libtorrent does;
+    /// the redial itself is never retried. Under `require` there is no plaintext fallback.
+    pub(super) fn plaintext_redial(&mut self, idx: u32) {
+        if self.config.encryption != EncryptionMode::Prefer {
+            return;
+        }
+        let Some(peer) = self.peers.get(idx) else {
+            return;
+        };
+        if !matches!(peer.crypto.transport, Transport::Initiating(_)) {
+            return;
+        }
+        let Some(info_hash) = peer.session.dialed_for().map(|t| t.info_hash) else {
+            return;
+        };
+        let addr = peer.addr;
+        self.stats.encryption_plaintext_redials += 1;
+        if let Some(new) = self.dial(addr, info_hash) {
+            if let Some(p) = self.peers.get_mut(new) {
+                p.crypto.plaintext_only = true;
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@
 //!
 //! Shape of one SHARD object (the total has `"shard": null`):
 //! `uploaded_bytes`, `upload_bytes_per_sec`, `blocks_served`, `peers_connected`,
-//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `page_cache_sends_on`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `page_cache_sends`, `map_failures`, `page_cache_send_faults`, `maps_over_budget`, `mapped_bytes`, `recv_buffer_bytes`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`, `encrypted_connections`, `encrypted_bytes`, `encryption_failures{reason: n}`,
+//! `peers_accepted`, `accepting`, `fixed_buffers`, `fixed_files`, `registered_ring_fd`, `direct_io`, `page_cache_sends_on`, `multishot_recv`, `recv_buffers_exhausted`, `direct_reads`, `direct_read_fallbacks`, `direct_open_failures`, `readaheads`, `page_cache_sends`, `map_failures`, `page_cache_send_faults`, `maps_over_budget`, `mapped_bytes`, `recv_buffer_bytes`, `peers_closed{reason: n}`, `requests_rejected{reason: n}`, `encrypted_connections`, `encrypted_bytes`, `encryption_plaintext_redials`, `encryption_failures{reason: n}`,
 //! the limit counters under their `ShardStats` names, and `request_latency_us`,
 //! `disk_read_latency_us`, `handshake_latency_us`, each
 //! `{count, p50, p90, p99, p999, max, mean}`, and `http`: the HTTP front-end's
@@ -101,6 +101,7 @@ fn shard_json(s: &ShardStats, shard: Option<usize>, upload_bytes_per_sec: f64) -
         "recv_buffers_exhausted": s.recv_buffers_exhausted,
         "metadata_pieces_served": s.metadata_pieces_served,
         "encrypted_connections": s.encrypted_connections,
+        "encryption_plaintext_redials": s.encryption_plaintext_redials,
         "encrypted_bytes": s.encrypted_bytes,
         "encryption_failures": super::MseError::ALL
             .iter()

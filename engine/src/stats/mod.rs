@@ -245,6 +245,9 @@ pub struct ShardStats {
     pub encrypted_bytes: u64,
     /// MSE/PE: handshakes that failed, by reason (`MseError::ALL` order).
     pub encryption_failures: [u64; MseError::ALL.len()],
+    /// MSE/PE under `prefer`: dial-outs redialed in plaintext after the peer ended our MSE
+    /// handshake.
+    pub encryption_plaintext_redials: u64,
     /// Extras loads (BEP 9 info, BEP 52 trees) refused or timed out: the waiting peers got
     /// rejects.
     pub extras_loads_refused: u64,
@@ -343,6 +346,7 @@ impl ShardStats {
             recv_buffers_exhausted: 0,
             metadata_pieces_served: 0,
             encrypted_connections: 0,
+            encryption_plaintext_redials: 0,
             encrypted_bytes: 0,
             encryption_failures: [0; MseError::ALL.len()],
             extras_loads_refused: 0,
@@ -505,6 +509,7 @@ impl ShardStats {
         self.recv_buffers_exhausted += other.recv_buffers_exhausted;
         self.metadata_pieces_served += other.metadata_pieces_served;
         self.encrypted_connections += other.encrypted_connections;
+        self.encryption_plaintext_redials += other.encryption_plaintext_redials;
         self.encrypted_bytes += other.encrypted_bytes;
         for (a, b) in self
             .encryption_failures

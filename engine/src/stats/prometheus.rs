@@ -625,6 +625,14 @@ pub fn render(view: &StatsView) -> String {
     per_shard(
         o,
         view,
+        "squall_encryption_plaintext_redials_total",
+        "counter",
+        "Dial-outs redialed in plaintext under encryption = prefer after the peer ended the MSE handshake.",
+        |s| s.encryption_plaintext_redials,
+    );
+    per_shard(
+        o,
+        view,
         "squall_encrypted_bytes_total",
         "counter",
         "Bytes encrypted (sent) and decrypted (received) with RC4.",
