@@ -208,9 +208,9 @@ fn a_private_torrent_is_never_announced() {
 
 #[test]
 fn the_routing_table_is_saved_and_a_restart_rejoins_from_it() {
-    // Proves: the node list is written to the state directory (atomically) at stop, and a
-    // restart whose only configured bootstrap node is dead still joins and announces,
-    // through the saved nodes.
+    // Proves: the node list and the public address the DHT reported are written to the
+    // state directory (atomically) at stop, and a restart whose only configured bootstrap
+    // node is dead still joins and announces, through the saved nodes.
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("content");
     write_file(&content.join("a.bin"), &pattern_bytes(100_003, 3));
@@ -222,13 +222,14 @@ fn the_routing_table_is_saved_and_a_restart_rejoins_from_it() {
         .config(&config)
         .admin()
         .start();
-    wait_for(Duration::from_secs(20), "routing table", || {
-        (dht_stats(squall.admin.unwrap())["nodes"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2)
-            .then_some(())
+    let stats = wait_for(Duration::from_secs(20), "routing table", || {
+        let d = dht_stats(squall.admin.unwrap());
+        let known = d["nodes"].as_u64().unwrap_or(0) >= 2 && d["public_ip"].is_string();
+        known.then_some(d)
     });
+    let id = stats["node_id"].as_str().unwrap_or_default();
+    assert_eq!(id.len(), 40, "node id: {stats}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{stats}");
     let (code, _) = squall.terminate();
     assert_eq!(code, Some(0));
     let saved = std::fs::read_to_string(state.join("dht-nodes.txt")).expect("saved nodes");
@@ -236,6 +237,9 @@ fn the_routing_table_is_saved_and_a_restart_rejoins_from_it() {
         net.bootstrap.iter().any(|b| saved.contains(b.as_str())),
         "{saved}"
     );
+    // The address the local DHT reported for us is kept for the next start's node id.
+    let ip = std::fs::read_to_string(state.join("dht-public-ip.txt")).expect("saved address");
+    assert_eq!(ip.trim(), stats["public_ip"].as_str().unwrap(), "{stats}");
     // Restart bootstrapping from a loopback port where nothing listens.
     let dead = format!("127.0.0.1:{}", free_port());
     let config = dht_config(dir.path(), &[dead], 50, "");

@@ -1,8 +1,9 @@
 //! The Mainline DHT (BEP 5): one node per process, announcing the catalog's public torrents.
 //!
 //! Owns: the `mainline` crate's node (its own actor thread and UDP socket), the `squall-dht`
-//! thread that feeds it announces at the configured rate (`schedule`), the routing table saved
-//! in the state directory (so a restart rejoins at once), and the process-level DHT stats the
+//! thread that feeds it announces at the configured rate (`schedule`), the routing table and
+//! the node's public address saved in the state directory (so a restart rejoins at once, its
+//! node id already valid for that address under BEP 42), and the process-level DHT stats the
 //! control plane copies into `/stats` and `/metrics`. Must never: run on a shard thread, make
 //! a shard wait, announce or look up a private torrent (BEP 27: torrents reach it only through
 //! `public_torrents`, which leaves private ones out; nothing here ever sends get_peers), or stop Squall from seeding: every failure here
@@ -38,6 +39,11 @@ pub const DHT_ANNOUNCES_IN_FLIGHT_MAX: usize = 256;
 pub const DHT_SAVED_NODES_MAX: usize = 512;
 /// File in the state directory holding the saved routing table.
 pub const DHT_NODES_FILE: &str = "dht-nodes.txt";
+/// File in the state directory holding the node's public IPv4 address as the DHT reported
+/// it (one line). BEP 42 derives a node id from that address, so the id a restart starts
+/// with is one the network accepts, instead of a random one replaced (and the routing table
+/// rebuilt) once the first answers name the address.
+pub const DHT_PUBLIC_IP_FILE: &str = "dht-public-ip.txt";
 /// How often the thread polls its futures and the schedule.
 const DHT_TICK: Duration = Duration::from_millis(10);
 /// How often the node count is read from the node.
@@ -83,6 +89,9 @@ pub struct DhtStats {
     pub error: Option<String>,
     /// UDP address bound.
     pub local_addr: Option<SocketAddr>,
+    /// The node id (hex), and the public address the DHT reports for this node.
+    pub node_id: Option<String>,
+    pub public_ip: Option<std::net::Ipv4Addr>,
     /// Good nodes in the routing table.
     pub nodes: u64,
     /// Public torrents announced each pass.
@@ -160,6 +169,26 @@ impl Drop for DhtNode {
 }
 
 type Announce = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// What is saved and shown of the node: its good nodes, id and public address.
+struct NodeState {
+    nodes: Vec<String>,
+    id: String,
+    public_ip: Option<std::net::Ipv4Addr>,
+}
+
+fn node_state(dht: &AsyncDht) -> Pin<Box<dyn Future<Output = NodeState> + Send>> {
+    let d = dht.clone();
+    Box::pin(async move {
+        let nodes = d.to_bootstrap().await;
+        let info = d.info().await;
+        NodeState {
+            nodes,
+            id: info.id().to_string(),
+            public_ip: info.public_address().map(|a| *a.ip()),
+        }
+    })
+}
 type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
 
 /// Polls once with a no-op waker: the crate's futures wait on flume channels that the
@@ -193,6 +222,26 @@ fn bootstrap_nodes(setup: &DhtSetup) -> (Vec<SocketAddrV4>, usize) {
         }
     }
     (nodes, saved)
+}
+
+/// The public address an earlier run saved, if any (anything unreadable: none).
+fn saved_public_ip(setup: &DhtSetup) -> Option<std::net::Ipv4Addr> {
+    let dir = setup.state_dir.as_ref()?;
+    let text = std::fs::read_to_string(dir.join(DHT_PUBLIC_IP_FILE)).ok()?;
+    text.trim().parse().ok()
+}
+
+fn save_public_ip(setup: &DhtSetup, ip: Option<std::net::Ipv4Addr>) {
+    let (Some(dir), Some(ip)) = (&setup.state_dir, ip) else {
+        return;
+    };
+    let path = dir.join(DHT_PUBLIC_IP_FILE);
+    if let Err(e) = crate::storage::write_atomic(&path, format!("{ip}\n").as_bytes()) {
+        tracing::warn!(
+            "cannot save the DHT public address to {}: {e}",
+            path.display()
+        );
+    }
 }
 
 fn save_nodes(setup: &DhtSetup, nodes: &[String]) {
@@ -233,6 +282,10 @@ fn start_node(setup: &DhtSetup, listen: SocketAddr) -> Result<(AsyncDht, usize),
         .port(listen.port());
     if setup.config.server_mode == DhtServerMode::Always {
         b.server_mode();
+    }
+    if let Some(ip) = saved_public_ip(setup) {
+        tracing::info!("DHT node id derived from the saved public address {ip} (BEP 42)");
+        b.public_ip(ip);
     }
     let dht = b.build().map_err(|e| {
         format!("cannot bind UDP {listen}: {e} (free the port, set [dht] listen, or --no-dht)")
@@ -298,7 +351,7 @@ fn run_node(setup: &DhtSetup, dht: AsyncDht, saved: usize, shared: &Shared, stop
     }
     let mut flying: Vec<Announce> = Vec::with_capacity(DHT_ANNOUNCES_IN_FLIGHT_MAX);
     let (mut ok, mut failed) = (0u64, 0u64);
-    let mut nodes_query: Pending<Vec<String>> = None;
+    let mut nodes_query: Pending<NodeState> = None;
     let mut nodes = 0u64;
     let mut stats_at = started_at;
     let mut save_at = started_at + DHT_FIRST_SAVE_AFTER;
@@ -334,18 +387,21 @@ fn run_node(setup: &DhtSetup, dht: AsyncDht, saved: usize, shared: &Shared, stop
         }
         debug_assert_eq!(flying.len(), schedule.in_flight());
         if nodes_query.is_none() && (now >= stats_at || now >= save_at) {
-            let d = dht.clone();
-            nodes_query = Some(Box::pin(async move { d.to_bootstrap().await }));
+            nodes_query = Some(node_state(&dht));
         }
         if let Some(q) = nodes_query.as_mut() {
-            if let Poll::Ready(list) = poll_once(q) {
+            if let Poll::Ready(state) = poll_once(q) {
                 nodes_query = None;
-                nodes = list.len() as u64;
+                nodes = state.nodes.len() as u64;
                 stats_at = now + DHT_STATS_EVERY;
                 if now >= save_at {
-                    save_nodes(setup, &list);
+                    save_nodes(setup, &state.nodes);
+                    save_public_ip(setup, state.public_ip);
                     save_at = now + DHT_SAVE_EVERY;
                 }
+                let mut st = lock(&shared.stats);
+                st.node_id = Some(state.id);
+                st.public_ip = state.public_ip;
             }
         }
         {
@@ -361,14 +417,13 @@ fn run_node(setup: &DhtSetup, dht: AsyncDht, saved: usize, shared: &Shared, stop
         }
         std::thread::sleep(DHT_TICK);
     }
-    // Stop: save the routing table for the next start (bounded wait).
-    let d = dht.clone();
-    let mut q: Pin<Box<dyn Future<Output = Vec<String>> + Send>> =
-        Box::pin(async move { d.to_bootstrap().await });
+    // Stop: save the routing table and address for the next start (bounded wait).
+    let mut q = node_state(&dht);
     let deadline = Instant::now() + DHT_STOP_SAVE_TIMEOUT;
     while Instant::now() < deadline {
-        if let Poll::Ready(list) = poll_once(&mut q) {
-            save_nodes(setup, &list);
+        if let Poll::Ready(state) = poll_once(&mut q) {
+            save_nodes(setup, &state.nodes);
+            save_public_ip(setup, state.public_ip);
             break;
         }
         std::thread::sleep(DHT_TICK);
@@ -379,4 +434,53 @@ fn run_node(setup: &DhtSetup, dht: AsyncDht, saved: usize, shared: &Shared, stop
         announces_failed = failed,
         "DHT node stopped"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A node bound to loopback whose only bootstrap is a dead loopback port: it sends
+    /// nothing beyond 127.0.0.1, and its id is whatever it started with.
+    fn started_id(state_dir: &std::path::Path) -> mainline::Id {
+        let setup = DhtSetup {
+            config: DhtConfig {
+                enabled: true,
+                listen: "127.0.0.1:0".into(),
+                bootstrap: vec!["127.0.0.1:9".into()],
+                ..DhtConfig::default()
+            },
+            state_dir: Some(state_dir.to_path_buf()),
+            peer_port: 6881,
+            torrents: Vec::new(),
+        };
+        let listen = setup.config.listen_addr().unwrap();
+        let (dht, _) = start_node(&setup, listen).expect("node on loopback");
+        let d = dht.clone();
+        let mut f: Pin<Box<dyn Future<Output = mainline::Id> + Send>> =
+            Box::pin(async move { *d.info().await.id() });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Poll::Ready(id) = poll_once(&mut f) {
+                return id;
+            }
+            assert!(Instant::now() < deadline, "no node info");
+            std::thread::sleep(DHT_TICK);
+        }
+    }
+
+    #[test]
+    fn a_saved_public_address_gives_a_bep42_node_id_from_the_start() {
+        // 203.0.113.7 (TEST-NET-3) stands for the public address an earlier run learned; it is
+        // only read, never contacted. A random id passes BEP 42's check with p = 2^-21.
+        let public = Ipv4Addr::new(203, 0, 113, 7);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!started_id(dir.path()).is_valid_for_ip(public));
+        std::fs::write(dir.path().join(DHT_PUBLIC_IP_FILE), "203.0.113.7\n").unwrap();
+        assert!(started_id(dir.path()).is_valid_for_ip(public));
+        // An unreadable file is ignored, not an error.
+        std::fs::write(dir.path().join(DHT_PUBLIC_IP_FILE), "not an address\n").unwrap();
+        assert!(!started_id(dir.path()).is_valid_for_ip(public));
+    }
 }

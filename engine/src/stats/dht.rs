@@ -14,6 +14,8 @@ pub fn json(dht: Option<&DhtStats>) -> Value {
         "running": d.running,
         "error": d.error,
         "listen": d.local_addr.map(|a| a.to_string()),
+        "node_id": d.node_id,
+        "public_ip": d.public_ip.map(|a| a.to_string()),
         "nodes": d.nodes,
         "torrents": d.torrents,
         "announces_ok": d.announces_ok,
