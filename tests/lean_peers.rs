@@ -15,9 +15,10 @@ use squall_bench::{RunOptions, Verify};
 use std::time::Duration;
 
 const PEERS: usize = 2000;
-/// The bound: 837 bytes measured after the change (test build; 1,894 before it), with
-/// room for allocator noise at 2,000 peers (a 132 KiB heap step is ~70 bytes per peer).
-const OWN_BYTES_PER_PEER_MAX: u64 = 1200;
+/// The bound: 837-1,026 bytes measured after the change over 5 runs (test build; 1,894 with
+/// e539da5's binary), with room for allocator noise at 2,000 peers (the idle baseline itself
+/// moves by up to ~300 KiB, ~150 bytes per peer).
+const OWN_BYTES_PER_PEER_MAX: u64 = 1400;
 /// Small pieces (2 blocks), so a peer at one request per second completes pieces in the run.
 const PIECE_BYTES: &str = "32768";
 
