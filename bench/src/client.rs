@@ -289,6 +289,13 @@ pub fn run_thread(plan: ThreadPlan) -> Result<Stats, String> {
         if let Some(conn) = slot.conn.take() {
             let stalled = |since: u64| now.saturating_sub(since) >= STALLED_AFTER_NS;
             let p = &conn.peer;
+            stats.peers_at_end.connected += 1;
+            if p.handshake_done {
+                stats.peers_at_end.handshaken += 1;
+            }
+            if p.blocks_in_window > 0 {
+                stats.peers_at_end.served += 1;
+            }
             if !p.handshake_done {
                 if stalled(conn.started_ns) {
                     stats.stalled_at_end.handshake += 1;

@@ -109,6 +109,8 @@ pub struct Peer {
     /// smooth R per second instead of N requests at once every interval.
     phase_ns: u64,
     bytes_received: u64,
+    /// Blocks this connection received inside the measured window (`peers_at_end.served`).
+    pub blocks_in_window: u64,
     /// True once the walk (or byte budget) is done and nothing is outstanding.
     pub finished: bool,
     walk_done: bool,
@@ -144,6 +146,7 @@ impl Peer {
             next_due_ns: now_ns,
             phase_ns: 0,
             bytes_received: 0,
+            blocks_in_window: 0,
             finished: false,
             walk_done: false,
         };
@@ -343,6 +346,9 @@ impl Peer {
             now_ns,
         );
         self.bytes_received += data.len() as u64;
+        if now_ns >= stats.record_from_ns {
+            self.blocks_in_window += 1;
+        }
         let torrent = &self.torrent;
         match self
             .verifier

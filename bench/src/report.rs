@@ -2,7 +2,7 @@
 //! hand-written SVG plots (throughput over time, latency percentile curve).
 //!
 //! Owns: the JSON schema (`target`, `peers`, `depth`, `duration_secs`, `bytes`, `gbps`,
-//! `blocks`, `pieces_verified`, `bad_pieces`, `verify_skipped_out_of_order`, `stalled_at_end`, `errors`,
+//! `blocks`, `pieces_verified`, `bad_pieces`, `verify_skipped_out_of_order`, `stalled_at_end`, `peers_at_end`, `errors`,
 //! `latency_us`, `connect_us`, `churn` (with a join rate), `target_cpu_secs`,
 //! `cpu_secs_per_gb`, `timeline`) and how it is drawn.
 //! Must never: read the network or the clock; everything comes from merged `Stats`.
@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{ErrorKind, Stalled, Stats};
+use crate::stats::{ErrorKind, PeersAtEnd, Stalled, Stats};
 use crate::RunOptions;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -81,6 +81,9 @@ pub struct RunReport {
     /// Peers still waiting 1 s or more for the seeder when the run ended, by what for.
     #[serde(default)]
     pub stalled_at_end: Stalled,
+    /// Connections held at the end: open, handshaken, served in the measured window.
+    #[serde(default)]
+    pub peers_at_end: PeersAtEnd,
     pub errors: BTreeMap<String, u64>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
@@ -155,6 +158,7 @@ impl RunReport {
             bad_pieces: s.bad_pieces,
             verify_skipped_out_of_order: s.verify_skipped_out_of_order,
             stalled_at_end: s.stalled_at_end,
+            peers_at_end: s.peers_at_end,
             errors,
             latency_us: Percentiles::of(&s.latency_us),
             connect_us: Percentiles::of(&s.connect_us),
@@ -240,6 +244,12 @@ impl RunReport {
             .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
+        let pe = &self.peers_at_end;
+        let _ = writeln!(
+            o,
+            "peers at end {} connected, {} handshaken, {} served in the window",
+            pe.connected, pe.handshaken, pe.served
+        );
         let st = &self.stalled_at_end;
         if st.total() > 0 {
             errs.push(format!(

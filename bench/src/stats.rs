@@ -58,6 +58,18 @@ pub struct Stalled {
     pub request: u64,
 }
 
+/// The connections the bench holds when a run ends (many-peers: did every peer stay
+/// connected, handshaken and served?).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeersAtEnd {
+    /// Connections open (or still connecting) at the end.
+    pub connected: u64,
+    /// Of those, the seeder's handshake arrived.
+    pub handshaken: u64,
+    /// Of those, at least one block arrived inside the measured window.
+    pub served: u64,
+}
+
 impl Stalled {
     pub fn total(&self) -> u64 {
         self.handshake + self.unchoke + self.request
@@ -86,6 +98,7 @@ pub struct Stats {
     /// Peers that had waited `client::STALLED_AFTER_NS` or more for the seeder when the run
     /// ended, by what they waited for.
     pub stalled_at_end: Stalled,
+    pub peers_at_end: PeersAtEnd,
     pub errors: [u64; ERROR_KINDS],
     pub latency_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
@@ -111,6 +124,7 @@ impl Stats {
             joins_dropped_at_limit: 0,
             sessions_completed: 0,
             stalled_at_end: Stalled::default(),
+            peers_at_end: PeersAtEnd::default(),
             errors: [0; ERROR_KINDS],
             bench_cpu_secs: 0.0,
             bench_spin_secs: 0.0,
@@ -157,6 +171,9 @@ impl Stats {
         self.stalled_at_end.handshake += other.stalled_at_end.handshake;
         self.stalled_at_end.unchoke += other.stalled_at_end.unchoke;
         self.stalled_at_end.request += other.stalled_at_end.request;
+        self.peers_at_end.connected += other.peers_at_end.connected;
+        self.peers_at_end.handshaken += other.peers_at_end.handshaken;
+        self.peers_at_end.served += other.peers_at_end.served;
         for (a, b) in self.errors.iter_mut().zip(other.errors.iter()) {
             *a += b;
         }

@@ -36,6 +36,7 @@ pub mod requests;
 pub mod session;
 pub mod setup;
 mod shutdown;
+pub mod spare;
 pub mod submit;
 pub mod transport;
 
@@ -46,6 +47,7 @@ use crate::plane::{ShardCommand, TorrentExtras};
 use crate::ring::token::{OpKind, Token};
 use crate::ring::{Completion, Ring};
 use crate::stats::{CloseReason, RejectReason, ShardStats};
+use crate::wire::message::Message::Request;
 use admission::Admission;
 use choker::{Choker, PeerKey};
 use conn::{
@@ -539,6 +541,9 @@ impl Shard {
                 Err(reason) => break Err(reason),
             };
             consumed += used;
+            if let (Input::Message(Request(_)), Some(p)) = (&input, self.peers.get_mut(idx)) {
+                self.slots.spare_lists.lend_queue(p); // `spare`: idle peers hold no queue
+            }
             let handled = self.with_session(idx, |s, env, a| match input {
                 Input::Handshake(hs) => s.on_handshake(&hs, env, a),
                 Input::Message(msg) => s.on_message(msg, env, now, a),
@@ -773,7 +778,7 @@ impl Shard {
             return;
         }
         peer.control_inflight = false;
-        peer.control_sending.clear();
+        peer.control_sending = Vec::new(); // idle peers hold no send buffer (peer.rs)
         self.pump(idx);
     }
 

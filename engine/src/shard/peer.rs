@@ -57,11 +57,6 @@ pub struct GatherSend {
 pub struct Peer {
     pub fd: OwnedFd,
     pub addr: SocketAddr,
-    /// `addr`'s source as admission counts it (`admission::group_keys`), derived once: the
-    /// send-slot bound per source looks it up for every batch.
-    pub source: (bool, u128),
-    /// `addr`'s network (`admission::group_keys`), for `send_slots_per_prefix_max`.
-    pub network: (bool, u128),
     pub generation: u16,
     pub phase: Phase,
     pub ops_inflight: u32,
@@ -131,12 +126,9 @@ impl Peer {
         recv_buf_bytes: usize,
     ) -> Peer {
         let now = session.connected_at();
-        let (source, network) = crate::shard::admission::group_keys(&addr.ip());
         Peer {
             fd,
             addr,
-            source,
-            network,
             generation,
             phase: Phase::Open,
             ops_inflight: 0,
@@ -167,8 +159,35 @@ impl Peer {
         }
     }
 
+    /// `addr`'s source and network as admission counts them (`admission::group_keys`), for
+    /// `send_slots_per_ip_max` and `send_slots_per_prefix_max`: a few integer operations per
+    /// batch, computed rather than stored (64 bytes per peer).
+    pub fn groups(&self) -> ((bool, u128), (bool, u128)) {
+        crate::shard::admission::group_keys(&self.addr.ip())
+    }
+
     /// A send (control or batch) is in flight: nothing else may be sent until it completes.
     pub fn send_busy(&self) -> bool {
         self.control_inflight || self.batch.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Bytes of `Peer` itself (the peer table holds one per connection, inline). Was 944
+    /// before issue 24 (group keys stored, per-batch lists inline, session extras inline).
+    const PEER_STRUCT_BYTES_MAX: usize = 816;
+
+    #[test]
+    fn a_peer_stays_small() {
+        // Proves: the per-connection struct does not grow unnoticed; at 19,000 peers every
+        // 100 bytes here is 1.8 MiB (docs/benchmarks.md, lean peers, has the breakdown).
+        let (peer, session) = (size_of::<Peer>(), size_of::<Session>());
+        eprintln!("Peer {peer} bytes (Session {session})");
+        assert!(peer <= PEER_STRUCT_BYTES_MAX, "Peer is {peer} bytes");
+        assert!(session <= 256, "Session is {session} bytes");
     }
 }

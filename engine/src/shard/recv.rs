@@ -9,6 +9,10 @@
 //! and went idle holds no more than a small buffer. What the shard's buffers hold beyond
 //! `RECV_BUF_INITIAL_BYTES` is counted against `recv_buffer_bytes_per_shard_max`; a peer whose
 //! message would pass it is closed (`recv_memory_limit`).
+//! With multishot, a peer whose buffer is empty after parsing holds none: the buffer goes
+//! back to the shard's spares (at most `RECV_SPARE_BUFFERS_MAX` of at most
+//! `RECV_BUF_INITIAL_BYTES` each) and the next completion takes one, so an idle connection
+//! costs no receive memory and steady traffic allocates nothing.
 //! Must never: resize a peer's buffer while a recv op names it (single recvs), keep a ring
 //! buffer past the completion that delivered it, grow a buffer past one message, or let
 //! the shard's buffers grow past their budget.
@@ -27,6 +31,11 @@ use std::os::fd::AsRawFd;
 /// A parse buffer larger than this with nothing in it is given back (shrunk to its initial
 /// size): it grew for one large message (a bitfield, metadata, an extension message).
 pub const RECV_BUF_KEEP_MAX_BYTES: usize = 64 * 1024;
+
+/// Spare parse buffers the shard keeps for multishot completions (each at most
+/// `RECV_BUF_INITIAL_BYTES`): one is in use at a time (a completion is parsed before the
+/// next), a few absorb buffers given back by peers whose partial message just completed.
+pub const RECV_SPARE_BUFFERS_MAX: usize = 8;
 
 /// Extension (BEP 10) and unknown-id messages longer than this are refused at their length
 /// prefix, before their body is buffered: a seeder takes only small ones (handshakes, metadata
@@ -110,6 +119,8 @@ pub struct RecvPath {
     /// budget, so a shard whose budget is full still takes new peers.
     grown_bytes: usize,
     grown_bytes_max: usize,
+    /// multishot: parse buffers no peer holds (bounded by `RECV_SPARE_BUFFERS_MAX`).
+    spare: Vec<Vec<u8>>,
 }
 
 impl RecvPath {
@@ -123,6 +134,7 @@ impl RecvPath {
             message_len_max_bytes: message_len_max_bytes as usize,
             grown_bytes: 0,
             grown_bytes_max,
+            spare: Vec::new(),
         }
     }
 
@@ -224,6 +236,11 @@ impl RecvPath {
                     // message_len_max_bytes, so this holds at most one partial message
                     // plus one receive buffer; the shard's budget bounds them all.
                     let need = peer.recv_len + len;
+                    if peer.recv_buf.is_empty() {
+                        // An idle peer holds no buffer: take a spare (sized within the
+                        // initial size, so it is free of the budget).
+                        peer.recv_buf = self.spare.pop().unwrap_or_default();
+                    }
                     if peer.recv_buf.len() < need {
                         let doubled = need.max(peer.recv_buf.len() * 2);
                         let new_len = if self.fits(peer, doubled) {
@@ -287,6 +304,18 @@ impl RecvPath {
     /// After its messages were parsed: a buffer that grew for a large message and is now
     /// empty shrinks back (never while a single recv names it).
     pub fn after_parse(&mut self, peer: &mut Peer) {
+        if self.multishot() {
+            // Nothing names the buffer between completions: an empty one goes back.
+            if peer.recv_len == 0 && !peer.recv_buf.is_empty() {
+                let buf = std::mem::take(&mut peer.recv_buf);
+                self.charge(peer);
+                if buf.len() <= RECV_BUF_INITIAL_BYTES && self.spare.len() < RECV_SPARE_BUFFERS_MAX
+                {
+                    self.spare.push(buf);
+                }
+            }
+            return;
+        }
         let named_by_op = !self.multishot() && peer.recv_armed;
         if peer.recv_len == 0 && peer.recv_buf.len() > RECV_BUF_KEEP_MAX_BYTES && !named_by_op {
             peer.recv_buf = vec![0; self.initial_buffer_bytes()];

@@ -120,8 +120,9 @@ pub struct Session {
     out: Vec<u8>,
     /// The peer shut its write side with answers owed: finish them, then close.
     read_closed: bool,
-    pending_metadata: Vec<u32>,
-    pending_hashes: Vec<HashRequest>,
+    /// Metadata and hash requests waiting for the torrent's extras (boxed: rare, and two
+    /// empty lists inline would cost every peer 48 bytes). Some only while one waits.
+    pending: Option<Box<PendingExtras>>,
     connected_at: Instant,
     last_recv_at: Instant,
     last_send_at: Instant,
@@ -135,6 +136,13 @@ pub struct Session {
     /// The torrent an encrypted peer named in its MSE handshake (SKEY): its BitTorrent
     /// handshake must name the same one.
     skey: Option<InfoHash>,
+}
+
+/// What waits for a torrent's extras (at most `EXTRAS_PENDING_MAX` of each).
+#[derive(Debug, Default)]
+struct PendingExtras {
+    metadata: Vec<u32>,
+    hashes: Vec<HashRequest>,
 }
 
 /// Longest client name (BEP 10 `v`) a session keeps: a peer cannot make it hold more.
@@ -165,8 +173,7 @@ impl Session {
             queue: RequestQueue::default(),
             out: Vec::new(),
             read_closed: false,
-            pending_metadata: Vec::new(),
-            pending_hashes: Vec::new(),
+            pending: None,
             connected_at: now,
             last_recv_at: now,
             last_send_at: now,
@@ -206,6 +213,11 @@ impl Session {
     pub fn queue(&self) -> &RequestQueue {
         &self.queue
     }
+    /// The queue's storage only (lent and taken back by `shard::spare`; what it holds is the
+    /// session's).
+    pub fn queue_storage(&mut self) -> &mut RequestQueue {
+        &mut self.queue
+    }
     /// The next queued request (the plan takes requests from the front, in order).
     pub fn next_request(&self) -> Option<QueuedRequest> {
         self.queue.front()
@@ -236,7 +248,7 @@ impl Session {
         self.drain_deadline.is_some()
     }
     pub fn awaiting_extras(&self) -> bool {
-        !self.pending_metadata.is_empty() || !self.pending_hashes.is_empty()
+        self.pending.is_some()
     }
 
     /// Outbound: the connection is up; we speak first.
@@ -603,11 +615,14 @@ impl Session {
         }
         match env.extras(&torrent.info_hash) {
             Some(extras) => self.answer_metadata(piece, extras.info.as_deref(), actions),
-            None if self.pending_metadata.len() < EXTRAS_PENDING_MAX => {
+            None if self.pending.as_ref().map_or(0, |p| p.metadata.len()) < EXTRAS_PENDING_MAX => {
                 if !self.awaiting_extras() {
                     actions.push(Action::NeedsExtras);
                 }
-                self.pending_metadata.push(piece);
+                self.pending
+                    .get_or_insert_with(Default::default)
+                    .metadata
+                    .push(piece);
             }
             None => self.answer_metadata(piece, None, actions),
         }
@@ -642,11 +657,14 @@ impl Session {
     ) {
         match env.extras(&torrent.info_hash) {
             Some(extras) => self.answer_hashes(&r, Some(extras)),
-            None if self.pending_hashes.len() < EXTRAS_PENDING_MAX => {
+            None if self.pending.as_ref().map_or(0, |p| p.hashes.len()) < EXTRAS_PENDING_MAX => {
                 if !self.awaiting_extras() {
                     actions.push(Action::NeedsExtras);
                 }
-                self.pending_hashes.push(r);
+                self.pending
+                    .get_or_insert_with(Default::default)
+                    .hashes
+                    .push(r);
             }
             None => self.answer_hashes(&r, None),
         }
@@ -671,13 +689,14 @@ impl Session {
 
     /// The torrent's extras arrived (or could not be loaded: None): answer what waited.
     pub fn on_extras(&mut self, extras: Option<&TorrentExtras>, actions: &mut Vec<Action>) {
-        let pieces = std::mem::take(&mut self.pending_metadata);
-        for piece in pieces {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        for piece in pending.metadata {
             let info = extras.and_then(|e| e.info.as_deref());
             self.answer_metadata(piece, info, actions);
         }
-        let requests = std::mem::take(&mut self.pending_hashes);
-        for r in requests.iter() {
+        for r in pending.hashes.iter() {
             self.answer_hashes(r, extras);
         }
     }

@@ -74,6 +74,8 @@ pub struct SendSlots {
     pub send_iovecs: Vec<Vec<libc::iovec>>,
     msghdrs: Vec<libc::msghdr>,
     chain: Vec<squeue::Entry>,
+    /// Peers' per-batch lists while no batch of theirs is in flight (`spare`).
+    pub spare_lists: crate::shard::spare::SpareLists,
     /// Unservable blocks are logged once per shard (then only counted).
     warned_unservable: bool,
     /// Slots held per source and per network (`admission::group_keys`; the
@@ -109,6 +111,7 @@ impl SendSlots {
                 .map(|_| unsafe { std::mem::zeroed::<libc::msghdr>() })
                 .collect(),
             chain: Vec::with_capacity(128),
+            spare_lists: crate::shard::spare::SpareLists::new(slots),
             warned_unservable: false,
             held_by: std::collections::HashMap::new(),
         }
@@ -574,7 +577,7 @@ impl SendParts<'_> {
     /// Plans a batch of the peer's queued blocks into a free send slot (`plan.rs`) and
     /// submits its chain of reads and the send; a readahead hint may follow.
     pub fn start_batch(&mut self, peer: &mut Peer, idx: u32) -> BatchStart {
-        let (source, network) = (peer.source, peer.network);
+        let (source, network) = peer.groups();
         if usize::from(self.slots.group_slots(false, source)) >= self.config.send_slots_per_ip_max {
             self.stats.send_slots_per_ip_limited += 1;
             return BatchStart::Wait;
@@ -590,6 +593,7 @@ impl SendParts<'_> {
             return BatchStart::Wait;
         };
         debug_assert!(self.slots.cache_refs[slot as usize].is_empty());
+        self.slots.spare_lists.lend(peer);
         // Encrypted peers are served by copy into their own slot (`transport`).
         let encrypted = peer.crypto.is_rc4();
         let mode = if encrypted {
@@ -858,10 +862,12 @@ impl SendParts<'_> {
         let Some(batch) = peer.batch.take() else {
             return;
         };
-        self.slots.count_groups(peer.source, peer.network, false);
+        let (source, network) = peer.groups();
+        self.slots.count_groups(source, network, false);
         for k in peer.batch_files.drain(..) {
             self.files.release(&k);
         }
+        self.slots.spare_lists.reclaim(peer);
         self.slots.finish(&batch);
     }
 
