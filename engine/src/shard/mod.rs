@@ -22,6 +22,7 @@ pub mod admission;
 pub mod block_cache;
 pub mod choker;
 pub mod conn;
+mod dial;
 mod drain;
 pub mod env;
 pub mod extras;
@@ -51,8 +52,8 @@ use crate::wire::message::Message::Request;
 use admission::Admission;
 use choker::{Choker, PeerKey};
 use conn::{
-    cancel_sqe, connect_sqe, dial_socket, peer_addr, pin_to_cpu, refusal_reason, tune_socket,
-    Accepted, Listeners, PeerTable, Waiting,
+    cancel_sqe, peer_addr, pin_to_cpu, refusal_reason, tune_socket, Accepted, Listeners, PeerTable,
+    Waiting,
 };
 use crossbeam_channel::{Receiver, Sender};
 use env::ShardEnv;
@@ -355,52 +356,6 @@ impl Shard {
         };
         self.peers
             .insert(|generation| Peer::new(fd, addr, generation, session, recv_buf_bytes))
-    }
-
-    /// Dials a peer for `info_hash`; it is served like an inbound peer once connected, except
-    /// that we send our handshake first and check that theirs names the same torrent.
-    /// Returns the new peer's index (None: not dialed).
-    fn dial(&mut self, addr: SocketAddr, info_hash: InfoHash) -> Option<u32> {
-        let accepting = self.listeners.accepting();
-        let torrent = self
-            .catalog
-            .get(&info_hash)
-            .filter(|_| accepting)
-            .cloned()?;
-        if !self.admit(&addr) {
-            return None;
-        }
-        let Ok(fd) = dial_socket(&addr) else {
-            self.admission.release(&addr.ip());
-            self.stats.closed(CloseReason::ConnectFailed);
-            return None;
-        };
-        let idx = self.insert_peer(fd, addr, Some(torrent));
-        self.stats.peers_dialed += 1;
-        let peer = self.peers.get_mut(idx)?;
-        let sqe = connect_sqe(peer, &addr, idx);
-        self.push(&sqe);
-        Some(idx)
-    }
-
-    fn on_connected(&mut self, idx: u32, c: Completion) {
-        let Some(peer) = self.peers.get_mut(idx) else {
-            return;
-        };
-        peer.ops_inflight -= 1;
-        peer.connect_addr = None;
-        if peer.phase == Phase::Closing {
-            return;
-        }
-        if c.result < 0 {
-            self.close_peer(idx, CloseReason::ConnectFailed);
-            return;
-        }
-        peer.phase = Phase::Open;
-        self.with_session(idx, |s, env, _| s.on_connected(env));
-        self.start_outbound_transport(idx);
-        self.pump(idx);
-        self.arm_recv(idx);
     }
 
     // ---------------------------------------------------------------- dispatch
