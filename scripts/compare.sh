@@ -462,7 +462,7 @@ pct = r["clat_ns"].get("percentile", {})
 cpu = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * secs
 json.dump({"gbps": r["io_bytes"] * 8 / secs / 1e9, "bytes": r["io_bytes"],
            "cpu_secs_per_gb": cpu / gb if gb else None, "iodepth": int(sys.argv[3]),
-           "latency_us": {"p50": pct.get("50.000000", 0) / 1000, "p99": pct.get("99.000000", 0) / 1000},
+           "latency_us": {"p50": int(pct.get("50.000000", 0) / 1000), "p99": int(pct.get("99.000000", 0) / 1000)},
            "bad_pieces": 0, "pieces_verified": 0, "timeline": []}, open(sys.argv[2], "w"))
 EOF
 }
@@ -545,7 +545,7 @@ echo "== summary"
 runs=()
 for s in $SEEDERS; do
     f=$(ls "$OUT/$s"/round*/result.json 2>/dev/null | head -1 || true)
-    if [ -n "$f" ] && [ "$s" != iperf3 ]; then runs+=("$s=$f"); fi
+    if [ -n "$f" ] && [ "$s" != iperf3 ] && [ "$s" != fio ]; then runs+=("$s=$f"); fi
 done
 if [ ${#runs[@]} -gt 0 ]; then
     "$BENCH" report --title "squall-bench $SCENARIO $DATE (round 1 of each)" --out "$OUT/report.html" "${runs[@]}"
