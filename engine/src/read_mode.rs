@@ -397,7 +397,7 @@ mod tests {
             direct_io_memory_budget_bytes: 4096,
             ..EngineConfig::default()
         };
-        let err = c.validate().err().expect("refused");
+        let err = c.validate().expect_err("refused");
         assert!(err.contains("direct_io_memory_budget_bytes"), "{err}");
         assert_eq!(EngineConfig::default().direct_io, DirectIo::Auto);
         assert_eq!(EngineConfig::default().block_cache_bytes_per_shard, 0);
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(p("direct_io = true").expect("true"), DirectIo::On);
         assert_eq!(p("direct_io = false").expect("false"), DirectIo::Off);
         assert_eq!(p("direct_io = \"auto\"").expect("auto"), DirectIo::Auto);
-        let err = p("direct_io = \"yes\"").err().expect("refused").to_string();
+        let err = p("direct_io = \"yes\"").expect_err("refused").to_string();
         assert!(err.contains("\"auto\""), "{err}");
     }
 }
