@@ -50,9 +50,8 @@ impl<'de> Deserialize<'de> for DirectIo {
             Raw::Bool(true) => Ok(DirectIo::On),
             Raw::Bool(false) => Ok(DirectIo::Off),
             Raw::Text(t) if t == "auto" => Ok(DirectIo::Auto),
-            Raw::Text(t) => Err(serde::de::Error::custom(format!(
-                "direct_io = {t:?}: expected true, false or \"auto\""
-            ))),
+            // The config loader already names the key and the value.
+            Raw::Text(_) => Err(serde::de::Error::custom("expected true, false or \"auto\"")),
         }
     }
 }
