@@ -35,13 +35,9 @@ BENCH_ARGS=${SQUALL_AB_BENCH_ARGS:---peers 32 --depth 64 --duration 5 --warmup 1
 COLD=${SQUALL_AB_COLD:-0}
 MEMCG=""
 if [ -n "${SQUALL_AB_MEMCG_BYTES:-}" ]; then
-  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then # cgroup v2
-    MEMCG=/sys/fs/cgroup/squall-ab-$$; mkdir "$MEMCG"
-    echo "$SQUALL_AB_MEMCG_BYTES" > "$MEMCG/memory.max"
-  else # cgroup v1
-    MEMCG=/sys/fs/cgroup/memory/squall-ab-$$; mkdir "$MEMCG"
-    echo "$SQUALL_AB_MEMCG_BYTES" > "$MEMCG/memory.limit_in_bytes"
-  fi
+  # Below this shell's own cgroup; v2 memory.max or v1 memory.limit_in_bytes, detected.
+  . scripts/bench-lib.sh
+  MEMCG=$(make_memcg "squall-ab-$$" "$SQUALL_AB_MEMCG_BYTES") || { echo "ab.sh: cannot create a memory cgroup" >&2; exit 1; }
   trap 'rmdir "$MEMCG" 2>/dev/null || true' EXIT
   echo "seeder memory cgroup: $MEMCG, limit $SQUALL_AB_MEMCG_BYTES bytes (page cache included)"
 fi

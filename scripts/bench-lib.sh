@@ -46,3 +46,30 @@ gen_bench_data() {
         fi
     done
 }
+
+# make_memcg NAME BYTES: create a memory cgroup NAME below this shell's own cgroup with a
+# limit of BYTES (page cache included) and print its directory. cgroup v2 (memory.max) when
+# a v2 hierarchy with the memory controller is mounted (/sys/fs/cgroup or
+# /sys/fs/cgroup/unified), else v1 (memory.limit_in_bytes under /sys/fs/cgroup/memory).
+make_memcg() {
+    local name=$1 bytes=$2 mnt rel dir
+    for mnt in /sys/fs/cgroup /sys/fs/cgroup/unified; do
+        if grep -qw memory "$mnt/cgroup.controllers" 2>/dev/null; then
+            rel=$(awk -F: '$1 == "0" { print $3 }' /proc/self/cgroup)
+            dir="$mnt${rel%/}/$name"
+            # v2: a child may use a controller only when its parent delegates it.
+            echo +memory >"$mnt${rel%/}/cgroup.subtree_control" 2>/dev/null || true
+            mkdir -p "$dir" && echo "$bytes" >"$dir/memory.max" || return 1
+            echo "$dir"; return 0
+        fi
+    done
+    mnt=/sys/fs/cgroup/memory
+    [ -f "$mnt/memory.limit_in_bytes" ] || return 1
+    rel=$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)
+    dir="$mnt${rel%/}/$name"
+    mkdir -p "$dir" && echo "$bytes" >"$dir/memory.limit_in_bytes" || return 1
+    echo "$dir"
+}
+
+# drop_page_cache: write dirty pages back, then drop the clean page cache (root).
+drop_page_cache() { sync; echo 1 >/proc/sys/vm/drop_caches; }

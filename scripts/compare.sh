@@ -6,10 +6,16 @@
 # Prints a Markdown table and writes raw JSON + an HTML report to
 #   bench/results/<date>-<scenario>/.
 # A seeder that cannot start becomes a row saying why; nothing is skipped silently.
+# A scenario's [seeder] table sets how every seeder runs (cold): in a memory cgroup of
+# memory_limit_bytes (v2 memory.max or v1 memory.limit_in_bytes, detected), the page cache
+# dropped once it is ready (drop_caches), and fio_ceiling adds the row `fio`: io_uring,
+# O_DIRECT random reads of one piece over the same files at the swarm's queue depth.
 #
 # Env: SQUALL_BENCH_DIR (work dir for data, default /tmp/squall-bench), ROUNDS (3),
 #      DURATION (override the scenario's seconds), SEEDERS (space-separated subset),
 #      SQUALL_BENCH_INSTALL=1 (apt-get install missing Debian clients; cargo install rqbit).
+#      SQUALL_BASE_BIN (another squall binary, e.g. main's, run as the seeder `squall-base`
+#      with configs/bench.toml: a before/after row in the same run).
 # Smoke-test overrides (never for published numbers): BENCH_SIZE_BYTES (bytes per torrent),
 #      BENCH_NTORRENTS (number of torrents), BENCH_PEERS (the scenario's peer count).
 set -euo pipefail
@@ -28,7 +34,8 @@ SQUALL="$ROOT/target/release/squall"
 BENCH="$ROOT/target/release/squall-bench"
 PY=/usr/bin/python3
 ALL_SEEDERS="squall-copy squall-cached squall-zerocopy squall-splice libtorrent aria2 transmission rtorrent qbittorrent rqbit null iperf3"
-SEEDERS=${SEEDERS:-$ALL_SEEDERS}
+# cold: the disk is the ceiling (fio), not loopback; Squall in each read mode.
+COLD_SEEDERS="fio squall-copy squall-buffered squall-direct libtorrent aria2 transmission rtorrent qbittorrent rqbit"
 SOURCE_IPS=127.0.0.2-127.0.0.250
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
@@ -41,6 +48,17 @@ echo "== building release binaries"
 (cd "$ROOT" && cargo build --release -q -p squall -p squall-bench) || die "cargo build failed"
 
 eval "$("$BENCH" scenario-data "$SC_FILE")" || die "cannot read $SC_FILE"
+if [ "$SC_FIO_CEILING" = 1 ]; then SEEDERS=${SEEDERS:-$COLD_SEEDERS}; else SEEDERS=${SEEDERS:-$ALL_SEEDERS}; fi
+MEMCG=""
+if [ "$SC_MEMORY_LIMIT_BYTES" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "scenario $SCENARIO runs seeders in a memory cgroup: needs root"
+    MEMCG=$(make_memcg "squall-compare-$$" "$SC_MEMORY_LIMIT_BYTES") || die "cannot create a memory cgroup"
+    echo "== every seeder runs in memory cgroup $MEMCG, limit $SC_MEMORY_LIMIT_BYTES bytes (page cache included)"
+fi
+if [ "$SC_DROP_CACHES" = 1 ] && [ "$(id -u)" != 0 ]; then die "scenario $SCENARIO drops the page cache: needs root"; fi
+# Every seeder starts through PIN: on CPU 0, in the scenario's memory cgroup (if any).
+PIN="$ROOT/scripts/memcg-exec.sh $MEMCG taskset -c 0"
+[ -n "$MEMCG" ] || PIN="taskset -c 0"
 DATA_KEY=$SCENARIO
 if [ -n "${BENCH_SIZE_BYTES:-}${BENCH_NTORRENTS:-}${BENCH_PEERS:-}" ]; then
     OUT="$OUT-smoke" # overridden scenario: results kept apart from real runs
@@ -64,8 +82,12 @@ ulimit -n 65536 2>/dev/null || true
 
 echo "== data: $SC_TORRENTS x $SC_SIZE_BYTES bytes, pieces $SC_PIECE_LENGTH_BYTES (cached in $WORK)"
 gen_bench_data "$DATA" "$TORRENTS" "$SC_TORRENTS" "$SC_SIZE_BYTES" "$SC_PIECE_LENGTH_BYTES"
-echo "== warming the page cache"
-cat "$DATA"/* >/dev/null
+if [ "$SC_DROP_CACHES" = 1 ]; then
+    echo "== cold: the page cache is dropped before each run"
+else
+    echo "== warming the page cache"
+    cat "$DATA"/* >/dev/null
+fi
 
 maybe_install() { # maybe_install BINARY PACKAGE
     command -v "$1" >/dev/null && return 0
@@ -77,6 +99,18 @@ maybe_install() { # maybe_install BINARY PACKAGE
 
 PORT=0; PID=0; WHY=""; RUN_DIR=""
 
+# squall_with LINE...: $SEEDER_TMP/squall.toml = configs/bench.toml with these [engine] lines
+# in place of the keys they set (a forced read mode for cold).
+squall_with() {
+    local line key cfg="$SEEDER_TMP/squall.toml"
+    cp "$ROOT/configs/bench.toml" "$cfg"
+    for line in "$@"; do
+        key=${line%% *}
+        sed -i "/^$key *=/d" "$cfg"
+        sed -i "/^\\[engine\\]/a $line" "$cfg"
+    done
+}
+
 # Each start_* sets PID and PORT and returns 0, or sets WHY and returns 1.
 start_squall() { # MODE [CONFIG]
     # Scratch state (1,000 resume files for catalog) lives with the other seeders' state,
@@ -86,7 +120,7 @@ start_squall() { # MODE [CONFIG]
     : >"$RUN_DIR/seeder.log"
     # configs/bench.toml: limits sized for synthetic swarms (thousands of peers on one torrent).
     # configs/bench-cached.toml: the same, plus a hot-block cache larger than the data.
-    taskset -c 0 "$SQUALL" seed --config "${2:-$ROOT/configs/bench.toml}" --torrents "$TORRENTS" --data "$DATA" \
+    $PIN "${SQUALL_BIN:-$SQUALL}" seed --config "${2:-$ROOT/configs/bench.toml}" --torrents "$TORRENTS" --data "$DATA" \
         --listen "127.0.0.1:$PORT" --state "$state" --shards 1 --serve "$1" --summary-secs 0 \
         --admin off >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
@@ -95,7 +129,7 @@ start_squall() { # MODE [CONFIG]
 }
 
 start_null() {
-    taskset -c 0 "$BENCH" null-seeder --listen "127.0.0.1:$PORT" --torrents "$TORRENTS" \
+    $PIN "$BENCH" null-seeder --listen "127.0.0.1:$PORT" --torrents "$TORRENTS" \
         >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
     wait_port "$PORT" 20 || { WHY="null seeder did not listen: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
@@ -105,7 +139,7 @@ start_libtorrent() {
     $PY -c 'import libtorrent' 2>/dev/null || maybe_install none python3-libtorrent
     $PY -c 'import libtorrent' 2>/dev/null || { WHY="python3-libtorrent not installed (apt-get install python3-libtorrent)"; return 1; }
     : >"$RUN_DIR/seeder.log"
-    taskset -c 0 $PY "$ROOT/bench/scripts/lt_seed.py" "$PORT" "$TORRENTS" "$DATA" >"$RUN_DIR/seeder.log" 2>&1 &
+    $PIN $PY "$ROOT/bench/scripts/lt_seed.py" "$PORT" "$TORRENTS" "$DATA" >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
     wait_until 300 grep -q '^ready' "$RUN_DIR/seeder.log" && return 0
     WHY="libtorrent did not become ready: $(tail -1 "$RUN_DIR/seeder.log")"; return 1
@@ -114,7 +148,7 @@ start_libtorrent() {
 start_aria2() {
     maybe_install aria2c aria2 || { WHY="aria2c not installed (apt-get install aria2)"; return 1; }
     # -V + --bt-seed-unverified: hash-check once, then seed; -j: every torrent at once.
-    taskset -c 0 aria2c --seed-ratio=0 -V --bt-seed-unverified=true -d "$DATA" --listen-port="$PORT" \
+    $PIN aria2c --seed-ratio=0 -V --bt-seed-unverified=true -d "$DATA" --listen-port="$PORT" \
         --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
         --bt-max-peers=0 -j 100000 --max-overall-upload-limit=0 --file-allocation=none \
         --console-log-level=warn --summary-interval=0 "$TORRENTS"/*.torrent >"$RUN_DIR/seeder.log" 2>&1 &
@@ -184,7 +218,7 @@ start_transmission() {
     "rpc-host-whitelist-enabled": false
 }
 JSON
-    taskset -c 0 transmission-daemon -f -g "$conf" --logfile "$RUN_DIR/seeder.log" >"$RUN_DIR/seeder.out" 2>&1 &
+    $PIN transmission-daemon -f -g "$conf" --logfile "$RUN_DIR/seeder.log" >"$RUN_DIR/seeder.out" 2>&1 &
     PID=$!
     wait_port "$TR_RPC" 30 || { WHY="transmission-daemon RPC did not listen: $(tail -1 "$RUN_DIR/seeder.out" 2>/dev/null)"; return 1; }
     # Add in batches of 100 (catalog has 1,000 torrents), download dir = the data dir. Each file
@@ -251,7 +285,7 @@ load.start = $dir/torrents/*.torrent
 RC
     RT_TMUX="squall-bench-rt-$$"
     tmux -L "$RT_TMUX" -f /dev/null new-session -d -s rt -x 200 -y 50 \
-        "exec taskset -c 0 rtorrent -n -o import=$dir/rtorrent.rc" >"$RUN_DIR/seeder.out" 2>&1 \
+        "exec $PIN rtorrent -n -o import=$dir/rtorrent.rc" >"$RUN_DIR/seeder.out" 2>&1 \
         || { WHY="tmux could not start rtorrent: $(tail -1 "$RUN_DIR/seeder.out")"; return 1; }
     PID=$(tmux -L "$RT_TMUX" list-panes -t rt -F '#{pane_pid}' 2>/dev/null | head -1 || true)
     [ -n "$PID" ] || { PID=0; WHY="rtorrent exited at once: $(tail -1 "$RUN_DIR/seeder.log" 2>/dev/null)"; return 1; }
@@ -316,7 +350,7 @@ WebUI\\CSRFProtection=false
 WebUI\\HostHeaderValidation=false
 Connection\\ResolvePeerCountries=false
 CONF
-    taskset -c 0 qbittorrent-nox --profile="$prof" --webui-port="$QB_WEB" >"$RUN_DIR/seeder.log" 2>&1 &
+    $PIN qbittorrent-nox --profile="$prof" --webui-port="$QB_WEB" >"$RUN_DIR/seeder.log" 2>&1 &
     PID=$!
     wait_port "$QB_WEB" 60 || { WHY="qbittorrent-nox WebUI did not listen: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
     local f
@@ -349,7 +383,7 @@ start_rqbit() {
     command -v rqbit >/dev/null || { WHY="rqbit not installed (cargo install rqbit --locked; SQUALL_BENCH_INSTALL=1 tries it)"; return 1; }
     maybe_install curl curl || { WHY="curl not installed"; return 1; }
     RQ_API=$(free_port)
-    taskset -c 0 rqbit -v warn --disable-dht --disable-dht-persistence --disable-lsd \
+    $PIN rqbit -v warn --disable-dht --disable-dht-persistence --disable-lsd \
         --disable-upnp-port-forward --ipv4-only --listen-ip 127.0.0.1 --listen-port "$PORT" \
         --http-api-listen-addr "127.0.0.1:$RQ_API" --peer-limit 100000 \
         --concurrent-init-limit 64 \
@@ -380,7 +414,7 @@ cleanup() {
     fi
     stop_seeder
 }
-trap cleanup EXIT
+trap 'cleanup; [ -z "$MEMCG" ] || rmdir "$MEMCG" 2>/dev/null || true' EXIT
 trap 'exit 130' INT TERM
 
 run_iperf3() { # -> $RUN_DIR/result.json in the bench's schema (gbps only)
@@ -402,6 +436,37 @@ json.dump({"gbps": bps / 1e9, "bytes": j["end"]["sum_received"]["bytes"],
 EOF
 }
 
+# The disk's ceiling: fio over the same files, O_DIRECT random reads of one piece through
+# io_uring, at the queue depth the swarm offers (peers x depth x 16 KiB, in pieces), for the
+# same duration, in the same memory cgroup, on the seeder's CPU. -> result.json in the
+# bench's schema: gbps, p50/p99 completion latency (us), CPU-s/GB (fio's usr + sys).
+run_fio() {
+    maybe_install fio fio || { WHY="fio not installed (apt-get install fio)"; return 1; }
+    local depth files
+    depth=$((SC_PEERS * SC_DEPTH * 16384 / SC_PIECE_LENGTH_BYTES))
+    [ "$depth" -ge 1 ] || depth=1
+    files=$(ls "$DATA"/*.bin | paste -sd:)
+    if [ "$SC_DROP_CACHES" = 1 ]; then drop_page_cache; fi
+    $PIN fio --name=ceiling --filename="$files" --ioengine=io_uring --direct=1 --rw=randread \
+        --bs="$SC_PIECE_LENGTH_BYTES" --iodepth="$depth" --numjobs=1 --time_based \
+        --runtime="$DUR" --ramp_time=1 --norandommap --randrepeat=0 \
+        --output-format=json --output="$RUN_DIR/fio.json" >"$RUN_DIR/seeder.log" 2>&1 \
+        || { WHY="fio failed: $(tail -1 "$RUN_DIR/seeder.log")"; return 1; }
+    $PY - "$RUN_DIR/fio.json" "$RUN_DIR/result.json" "$depth" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+r = j["read"]
+secs = j["job_runtime"] / 1000.0
+gb = r["io_bytes"] / 1e9
+pct = r["clat_ns"].get("percentile", {})
+cpu = (j["usr_cpu"] + j["sys_cpu"]) / 100.0 * secs
+json.dump({"gbps": r["io_bytes"] * 8 / secs / 1e9, "bytes": r["io_bytes"],
+           "cpu_secs_per_gb": cpu / gb if gb else None, "iodepth": int(sys.argv[3]),
+           "latency_us": {"p50": int(pct.get("50.000000", 0) / 1000), "p99": int(pct.get("99.000000", 0) / 1000)},
+           "bad_pieces": 0, "pieces_verified": 0, "timeline": []}, open(sys.argv[2], "w"))
+EOF
+}
+
 DUR=${DURATION:-$("$PY" -c "import tomllib,sys;print(tomllib.load(open(sys.argv[1],'rb'))['run']['duration_secs'])" "$SC_FILE" 2>/dev/null || echo 8)}
 echo "== scenario $SCENARIO, $ROUNDS rounds x ${DUR}s, seeders: $SEEDERS"
 # A rerun on the same day replaces a seeder's rounds: the summary takes the median of every
@@ -416,10 +481,16 @@ for round in $(seq 1 "$ROUNDS"); do
         ok=0
         case $s in
             iperf3) run_iperf3 && ok=1 ;;
+            fio) run_fio && ok=1 ;;
             *)
                 case $s in
                     squall-copy) start_squall copy ;;
                     squall-cached) start_squall copy "$ROOT/configs/bench-cached.toml" ;;
+                    # cold: each read mode forced (squall-copy runs the default, auto); the
+                    # direct cache is half the memory budget (1 GiB when there is none).
+                    squall-buffered) squall_with 'direct_io = false' && start_squall copy "$SEEDER_TMP/squall.toml" ;;
+                    squall-direct) squall_with 'direct_io = true' "block_cache_bytes_per_shard = $(( SC_MEMORY_LIMIT_BYTES > 0 ? SC_MEMORY_LIMIT_BYTES / 2 : 1 << 30 ))" && start_squall copy "$SEEDER_TMP/squall.toml" ;;
+                    squall-base) if [ -x "${SQUALL_BASE_BIN:-}" ]; then SQUALL_BIN=$SQUALL_BASE_BIN start_squall copy; else WHY="SQUALL_BASE_BIN not set"; false; fi ;;
                     squall-zerocopy) start_squall zerocopy ;;
                     squall-splice) start_squall splice ;;
                     null) start_null ;;
@@ -439,6 +510,8 @@ for round in $(seq 1 "$ROUNDS"); do
                         grep -q '^warmup_secs' "$run_sc" || sed -i "/^\[run\]/a warmup_secs = $MIN_WARMUP" "$run_sc"
                     fi
                     rc=0
+                    # cold: whatever loading read (hash checks, -V) leaves the cache now.
+                    if [ "$SC_DROP_CACHES" = 1 ]; then drop_page_cache; fi
                     # In the background + wait, so an INT/TERM trap runs at once and stops both.
                     taskset -c 1 "$BENCH" scenario "$run_sc" --target "127.0.0.1:$PORT" --torrents "$TORRENTS" \
                         --duration "$DUR" --target-pid "$PID" --source-ips "$SOURCE_IPS" \
@@ -472,7 +545,7 @@ echo "== summary"
 runs=()
 for s in $SEEDERS; do
     f=$(ls "$OUT/$s"/round*/result.json 2>/dev/null | head -1 || true)
-    if [ -n "$f" ] && [ "$s" != iperf3 ]; then runs+=("$s=$f"); fi
+    if [ -n "$f" ] && [ "$s" != iperf3 ] && [ "$s" != fio ]; then runs+=("$s=$f"); fi
 done
 if [ ${#runs[@]} -gt 0 ]; then
     "$BENCH" report --title "squall-bench $SCENARIO $DATE (round 1 of each)" --out "$OUT/report.html" "${runs[@]}"

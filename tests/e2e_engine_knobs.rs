@@ -1,5 +1,6 @@
 //! End-to-end: engine knobs against real libtorrent downloads from the real `squall`
-//! binary: `direct_io` (O_DIRECT reads into the hot-block cache), `page_cache_sends`
+//! binary: `direct_io` (O_DIRECT reads into the hot-block cache; `"auto"` choosing it from
+//! the memory budget), `page_cache_sends`
 //! (blocks sent from file mappings), `piece_readahead` (fadvise WILLNEED), `idle_poll_usecs`, and `multishot_recv` with a receive buffer ring so
 //! small that it runs dry all the time.
 //!
@@ -251,6 +252,39 @@ fn direct_io_serves_identical_bytes_without_filling_the_page_cache() {
     assert!(
         direct_resident < 0.1,
         "O_DIRECT serving left {direct_resident:.2} of big.bin in the page cache"
+    );
+}
+
+/// Proves: `direct_io = "auto"` (the default) picks O_DIRECT when the catalog (29 MiB here)
+/// is larger than the memory budget, and the page cache when it fits, on the real binary
+/// with real files; the budget is injected with `direct_io_memory_budget_bytes` (it is
+/// otherwise the cgroup's limit or MemAvailable). Both serve byte-identical downloads.
+#[test]
+fn direct_io_auto_picks_each_mode_from_the_memory_budget() {
+    if !libtorrent_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (content, torrents) = make_multi(dir.path());
+    let fits = "[engine]\ndirect_io = \"auto\"\ndirect_io_memory_budget_bytes = 1073741824\n";
+    let (buffered, _) = seed_and_download(dir.path(), &content, &torrents, "auto-fits", fits);
+    assert_eq!(buffered["direct_io"], false, "{buffered}");
+    assert_eq!(buffered["direct_reads"], 0, "{buffered}");
+    assert_eq!(buffered["page_cache_sends_on"], true, "{buffered}");
+    // 24 MiB of budget for 29 MiB of catalog: direct, into the 16 MiB cache set here.
+    let outgrows = "[engine]\ndirect_io = \"auto\"\ndirect_io_memory_budget_bytes = 25165824\n\
+                    block_cache_bytes_per_shard = 16777216\n";
+    let (direct, resident) =
+        seed_and_download(dir.path(), &content, &torrents, "auto-outgrows", outgrows);
+    if !fs_does_direct_io(dir.path()) {
+        return; // tmpfs: O_DIRECT opens fail and are counted (the test above)
+    }
+    assert_eq!(direct["direct_io"], true, "{direct}");
+    assert_eq!(direct["page_cache_sends_on"], false, "{direct}");
+    assert!(direct["direct_reads"].as_u64().unwrap_or(0) > 0, "{direct}");
+    assert!(
+        resident < 0.1,
+        "auto-direct left {resident:.2} of big.bin cached"
     );
 }
 

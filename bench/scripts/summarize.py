@@ -38,18 +38,24 @@ for s in seeders:
         "own_rss_kib": med([int(open(f).read().strip() or 0) or None for f in glob.glob(os.path.join(out, s, "round*", "own_rss_kib"))]),
     }
 base = rows.get("squall-copy", {}).get("gbps")
-ceil = rows.get("iperf3", {}).get("gbps")
+# The ceiling: the disk's (fio, the cold scenario) where it ran, else loopback's (iperf3).
+ceil_name = "fio" if rows.get("fio", {}).get("gbps") else "iperf3"
+ceil = rows.get(ceil_name, {}).get("gbps")
+# The best real client (not Squall, not a ceiling, not the null seeder).
+PEERS = ("libtorrent", "aria2", "transmission", "rtorrent", "qbittorrent", "rqbit")
+best_peer = max([rows[s]["gbps"] for s in rows if s in PEERS and rows[s]["gbps"]] or [0]) or None
 fmt = lambda v, f: "-" if v is None else f % v
-print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x iperf3 | rounds | verified / bad | peak RSS MiB | own RSS MiB | bench busy |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| seeder | Gb/s | p50 us | p99 us | CPU-s/GB | x squall-copy | x %s | x best peer | rounds | verified / bad | peak RSS MiB | own RSS MiB | bench busy |" % ceil_name)
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for s in seeders:
     r = rows[s]
     if r["gbps"] is None:
-        print("| %s | not available: %s | | | | | | 0 | | | | |" % (s, r["why"] or "no result"))
+        print("| %s | not available: %s | | | | | | | 0 | | | | |" % (s, r["why"] or "no result"))
         continue
-    print("| %s | %.2f | %s | %s | %s | %s | %s | %d | %d / %d | %s | %s | %s |" % (
+    print("| %s | %.2f | %s | %s | %s | %s | %s | %s | %d | %d / %d | %s | %s | %s |" % (
         s, r["gbps"], fmt(r["p50"], "%d"), fmt(r["p99"], "%d"), fmt(r["cpu"], "%.3f"),
         fmt(r["gbps"] / base if base else None, "%.2f"), fmt(r["gbps"] / ceil if ceil else None, "%.2f"),
+        fmt(r["gbps"] / best_peer if best_peer else None, "%.2f"),
         r["rounds"], r["verified"], r["bad"], fmt(r["rss_kib"] / 1024 if r["rss_kib"] else None, "%.0f"),
         fmt(r["own_rss_kib"] / 1024 if r["own_rss_kib"] else None, "%.0f"),
         fmt(r["bench_busy"] * 100 if r["bench_busy"] is not None else None, "%.0f%%")))

@@ -277,8 +277,18 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         Cmd::ScenarioData { file } => {
             let sc = scenario::load(&file)?;
             println!(
-                "SC_NAME={} SC_TORRENTS={} SC_SIZE_BYTES={} SC_PIECE_LENGTH_BYTES={}",
-                sc.name, sc.data.torrents, sc.data.size_bytes, sc.data.piece_length_bytes
+                "SC_NAME={} SC_TORRENTS={} SC_SIZE_BYTES={} SC_PIECE_LENGTH_BYTES={} \
+                 SC_PEERS={} SC_DEPTH={} SC_MEMORY_LIMIT_BYTES={} SC_DROP_CACHES={} \
+                 SC_FIO_CEILING={}",
+                sc.name,
+                sc.data.torrents,
+                sc.data.size_bytes,
+                sc.data.piece_length_bytes,
+                sc.run.peers,
+                sc.run.depth,
+                sc.seeder.memory_limit_bytes.unwrap_or(0),
+                u8::from(sc.seeder.drop_caches),
+                u8::from(sc.seeder.fio_ceiling)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,24 @@ pub struct Scenario {
     pub description: String,
     pub data: DataSpec,
     pub run: RunSpec,
+    /// How compare.sh runs every seeder (memory budget, cold start); absent: unconstrained.
+    #[serde(default)]
+    pub seeder: SeederSpec,
+}
+
+/// The conditions every seeder of a scenario runs under, the same for all (`cold`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeederSpec {
+    /// Run the seeder in a memory cgroup of this many bytes (page cache included).
+    pub memory_limit_bytes: Option<u64>,
+    /// Drop the page cache (`vm.drop_caches`) once the seeder is ready, before each run.
+    #[serde(default)]
+    pub drop_caches: bool,
+    /// Also run fio (io_uring, O_DIRECT, random piece-size reads over the same files at the
+    /// swarm's queue depth) as the disk's ceiling row.
+    #[serde(default)]
+    pub fio_ceiling: bool,
 }
 
 /// The content: `torrents` single-file torrents of `size_bytes` each (pattern content).
@@ -145,6 +163,18 @@ mod tests {
                     assert_eq!(opts.rate_per_sec, Some(54_000.0));
                     assert_eq!(opts.spin_us, 1000);
                 }
+                "cold" => {
+                    // Larger than the seeder's memory budget, started from disk, with the
+                    // disk's own ceiling (fio) beside the seeders.
+                    let budget = sc.seeder.memory_limit_bytes.expect("cold has a budget");
+                    let catalog = u64::from(sc.data.torrents) * sc.data.size_bytes;
+                    assert!(
+                        catalog >= 4 * budget,
+                        "catalog {catalog} vs budget {budget}"
+                    );
+                    assert!(sc.seeder.drop_caches && sc.seeder.fio_ceiling);
+                    assert_eq!((opts.peers, opts.depth), (256, 16));
+                }
                 "many-peers" => {
                     assert_eq!(opts.peers, 5000);
                     assert_eq!(opts.verify, Verify::Full);
@@ -157,7 +187,7 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["catalog", "churn", "hot", "many-peers", "open-loop"]
+            ["catalog", "churn", "cold", "hot", "many-peers", "open-loop"]
         );
     }
 }

@@ -4,6 +4,7 @@
 //! Must never: let an unbounded value through: every queue, pool and table of the data path
 //! takes its bound from here, and `validate` refuses values that would break an invariant.
 
+pub use crate::read_mode::DirectIo;
 pub use crate::tracker::config::TrackerConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -186,9 +187,16 @@ pub struct EngineConfig {
     /// Read content with O_DIRECT into the hot-block cache, bypassing the page cache, for
     /// catalogs larger than RAM: the cache is then the only cache, and RAM is not spent
     /// twice. Aligned reads into cache entries only; file tails, blocks straddling files and
-    /// reads that find the cache full stay buffered (counted). Needs the cache (and not
-    /// splice mode); a filesystem without O_DIRECT falls back to buffered reads (counted).
-    pub direct_io: bool,
+    /// reads that find the cache full stay buffered (counted). `true` needs the cache (and
+    /// not splice mode); a filesystem without O_DIRECT falls back to buffered reads
+    /// (counted). `"auto"` (the default) decides at start (`crate::read_mode`): direct when
+    /// the catalog is larger than the memory budget, with half the budget as cache if none
+    /// is set; buffered when it fits.
+    pub direct_io: DirectIo,
+    /// `direct_io = "auto"`: the memory budget to compare the catalog with, in bytes; 0 =
+    /// detect (the cgroup's limit, v2 memory.max or v1 memory.limit_in_bytes, and
+    /// MemAvailable, whichever is smaller).
+    pub direct_io_memory_budget_bytes: u64,
     /// Buffered reads: when a peer asks for the first block of a piece that is not in the
     /// hot-block cache, ask the kernel to read the rest of the piece ahead
     /// (IORING_OP_FADVISE, POSIX_FADV_WILLNEED; one in flight per peer). Peers fetch a
@@ -341,7 +349,8 @@ impl Default for EngineConfig {
             // Off: its A/B (benchmarks.md, 2026-11-25) showed no gain and a possible loss.
             fixed_files: false,
             // Off: for catalogs larger than RAM (see docs/operations.md and benchmarks.md).
-            direct_io: false,
+            direct_io: DirectIo::Auto,
+            direct_io_memory_budget_bytes: 0,
             piece_readahead: true,
             page_cache_sends: true,
             page_cache_map_bytes_max: PAGE_CACHE_MAP_BYTES_MAX_DEFAULT,
@@ -419,7 +428,9 @@ impl EngineConfig {
     /// Sends from file mappings are in effect: asked for, and not ruled out by `direct_io`
     /// or splice mode.
     pub fn page_cache_sends_effective(&self) -> bool {
-        self.page_cache_sends && !self.direct_io && self.serve_mode != ServeMode::Splice
+        self.page_cache_sends
+            && self.direct_io != DirectIo::On
+            && self.serve_mode != ServeMode::Splice
     }
 
     /// The hot-block cache is in effect: sized, and not in splice mode (file bytes go
@@ -666,14 +677,24 @@ impl EngineConfig {
                 self.idle_poll_usecs
             ));
         }
-        if self.direct_io && self.block_cache_bytes_per_shard == 0 {
+        if self.direct_io == DirectIo::On && self.block_cache_bytes_per_shard == 0 {
             return Err(
                 "direct_io = true needs the hot-block cache (block_cache_bytes_per_shard \
                  > 0): O_DIRECT reads land in it, and it is then the only cache"
                     .to_string(),
             );
         }
-        if self.direct_io && self.serve_mode == ServeMode::Splice {
+        if self.direct_io_memory_budget_bytes != 0
+            && self.direct_io_memory_budget_bytes < crate::read_mode::AUTO_CACHE_BYTES_PER_SHARD_MIN
+        {
+            return Err(format!(
+                "direct_io_memory_budget_bytes = {}: at least {} (16 MiB), or 0 to detect the \
+                 budget (cgroup limit, MemAvailable)",
+                self.direct_io_memory_budget_bytes,
+                crate::read_mode::AUTO_CACHE_BYTES_PER_SHARD_MIN
+            ));
+        }
+        if self.direct_io == DirectIo::On && self.serve_mode == ServeMode::Splice {
             return Err(
                 "direct_io = true does not work with serve_mode = \"splice\" (splice \
                  reads through the page cache); use copy or zerocopy"
@@ -965,28 +986,28 @@ mod tests {
         }
         // direct_io has nowhere to read into without the cache, and splice bypasses it.
         let c = EngineConfig {
-            direct_io: true,
+            direct_io: DirectIo::On,
             block_cache_bytes_per_shard: 0,
             ..EngineConfig::default()
         };
         let err = c.validate().unwrap_err();
         assert!(err.contains("direct_io") && err.contains("block_cache_bytes_per_shard"));
         let c = EngineConfig {
-            direct_io: true,
+            direct_io: DirectIo::On,
             serve_mode: ServeMode::Splice,
             block_cache_bytes_per_shard: 64 << 20,
             ..EngineConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("splice"));
         let c = EngineConfig {
-            direct_io: true,
+            direct_io: DirectIo::On,
             block_cache_bytes_per_shard: 64 << 20,
             ..EngineConfig::default()
         };
         c.validate().unwrap();
         // The default cache is off: direct_io alone is refused, naming the key to set.
         let c = EngineConfig {
-            direct_io: true,
+            direct_io: DirectIo::On,
             ..EngineConfig::default()
         };
         assert!(c
@@ -1278,7 +1299,7 @@ mod tests {
         assert_eq!(splice_with_cache.blocks_per_batch_max(), 16);
         assert_eq!(splice_with_cache.slot_len_bytes(), 16 * (13 + 16384));
         let direct = EngineConfig {
-            direct_io: true,
+            direct_io: DirectIo::On,
             ..EngineConfig::default()
         };
         assert!(!direct.page_cache_sends_effective());

@@ -25,6 +25,7 @@ pub mod make;
 pub mod metainfo;
 pub mod net;
 pub mod plane;
+pub mod read_mode;
 pub mod ring;
 pub mod shard;
 pub mod stats;

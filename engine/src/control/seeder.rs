@@ -8,7 +8,7 @@
 //! `ShardCommand` channels, stats come back as snapshots.
 
 use crate::catalog::Catalog;
-use crate::config::EngineConfig;
+use crate::config::{DirectIo, EngineConfig};
 use crate::control::extras::ExtrasLoader;
 use crate::net;
 use crate::plane::{
@@ -45,8 +45,14 @@ pub struct Seeder {
 impl Seeder {
     /// Binds every listen address on every shard and starts the shards. Returns only when
     /// every shard is accepting, or with the first start-up error (and nothing left running).
-    pub fn start(config: EngineConfig, catalog: Arc<Catalog>) -> Result<Seeder, String> {
+    pub fn start(mut config: EngineConfig, catalog: Arc<Catalog>) -> Result<Seeder, String> {
         config.validate()?;
+        if config.direct_io == DirectIo::Auto {
+            let catalog_bytes = catalog.torrents().iter().map(|t| t.total_length).sum();
+            let choice = crate::read_mode::resolve(&mut config, catalog_bytes);
+            tracing::info!("direct_io = auto: {}", choice.why);
+            config.validate()?;
+        }
         let shard_count = config.shard_count();
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())

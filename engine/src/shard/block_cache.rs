@@ -10,7 +10,9 @@
 //! Lifecycle of an entry: `Free -> Filling (one batch's reads in flight) -> Valid`, or back
 //! to `Free` when the fill failed. A Valid entry may be named by any number of in-flight
 //! sends; it is evicted (CLOCK, second chance) only when no send names it (`refs == 0`).
-//! A Filling entry is never handed to a second batch: that batch reads the block itself.
+//! A Filling entry is never handed to a second batch: that batch ends before the block (it
+//! is sent from the entry by the next batch, once filled: one read for both), or reads it
+//! itself when it is the batch's first block (`shard::plan`).
 //! Purging a torrent (its file failed) unmaps its entries at once; an entry still named by
 //! a send is freed when that send lets go of it.
 //!

@@ -286,7 +286,7 @@ pub fn lay_out<T: FixedFileTable>(
         // (entry, claimed for this batch to fill) when the block goes through the cache.
         let mut cached: Option<(u32, bool)> = None;
         let block_key: BlockKey = (torrent.info_hash, r.index, r.begin);
-        let mut claimable = false;
+        let (mut claimable, mut busy) = (false, false);
         if let Some(cache) = cache.as_deref_mut() {
             if is_cacheable_block(torrent, r) {
                 match cache.lookup(&block_key) {
@@ -295,7 +295,7 @@ pub fn lay_out<T: FixedFileTable>(
                         cached = Some((entry, false));
                     }
                     Lookup::Miss => claimable = true,
-                    Lookup::Busy => {}
+                    Lookup::Busy => busy = true,
                 }
             }
         }
@@ -320,6 +320,14 @@ pub fn lay_out<T: FixedFileTable>(
             }
         }
         let mapped = mapped.map(|(ptr, _)| ptr);
+        // Coalescing: another batch is reading this very block into the cache right now.
+        // Rather than read the same bytes a second time, end this batch before it (nothing
+        // is held for it): it stays first in the queue, and the next batch sends it from
+        // the cache once that one read is done. As the first block of a batch it is read
+        // in place instead, so a peer never waits on another's read.
+        if busy && mapped.is_none() && st.blocks > 0 {
+            break;
+        }
         if claimable && mapped.is_none() && read_fits {
             // Claim only within the read budget: a claim may evict a block.
             if let Some(cache) = cache.as_deref_mut() {
@@ -911,6 +919,115 @@ mod tests {
             }
         }
         v
+    }
+
+    /// Lays out one copy-mode batch of `peer` with `cache` (no page-cache sends, room for 8
+    /// blocks); returns (blocks taken, reads planned, cache refs taken: (entry, filling)).
+    fn plan_batch(
+        c: &Content,
+        peer: &mut Peer,
+        files: &mut FileCache,
+        cache: &mut BlockCache,
+    ) -> (usize, usize, Vec<(u32, bool)>) {
+        let blocks_max = 8;
+        let slot_len = blocks_max * (PIECE_HEADER_LEN + 16384);
+        let mut slot = vec![0u8; slot_len];
+        let mut send_iovs = vec![
+            libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0
+            };
+            blocks_max * 2
+        ];
+        let mut cache_refs = Vec::new();
+        let mut stats = ShardStats::new(0);
+        let (tx, _rx) = crossbeam_channel::bounded(16);
+        let mut health = ShardHealth::new(tx);
+        let mut scratch = PlanScratch::default();
+        let opts = PlanOptions {
+            budget: BatchBudget {
+                blocks_max,
+                read_bytes_max: 1 << 20,
+                slot_len,
+                gather: true,
+                chain_entries_max: 64,
+                splice: false,
+                pipe_slots_max: usize::MAX,
+                files_max: 8,
+            },
+            direct_io: false,
+            piece_readahead: false,
+            page_cache_sends: false,
+            now: Instant::now(),
+        };
+        let slot_base = slot.as_mut_ptr();
+        let plan = lay_out(
+            Layout {
+                files,
+                ring: &mut NoTable,
+                cache: Some(cache),
+                stats: &mut stats,
+                health: &mut health,
+                scratch: &mut scratch,
+                slot_base,
+                slot_mem: &mut slot,
+                send_iovs: &mut send_iovs,
+                cache_refs: &mut cache_refs,
+            },
+            &opts,
+            peer,
+            &c.torrent,
+        );
+        for k in peer.batch_files.drain(..) {
+            files.release(&k);
+        }
+        (plan.state.blocks, scratch.reads.len(), cache_refs)
+    }
+
+    #[test]
+    fn a_block_another_batch_is_reading_is_read_once_not_twice() {
+        // Proves (coalescing in-flight reads): while peer A's batch fills block X into the
+        // cache, peer B's batch [Y, X] takes Y and stops before X instead of reading X a
+        // second time; X stays first in B's queue, and once A's read is done B's next batch
+        // sends X from the cache with no read. A peer whose first block is X (C) still
+        // reads it at once rather than wait on A.
+        let c = content(&[(4 * PIECE_LEN as u32, false)]);
+        let blocks = all_blocks(&c);
+        let (x, y) = (blocks[0], blocks[3]);
+        let mut files = FileCache::new(8, false, false, None);
+        let mut cache = BlockCache::new(1 << 20, CACHE_BLOCK_LEN_BYTES).unwrap();
+        let mut a = peer_with(&c, &[x]);
+        let (taken, reads, a_refs) = plan_batch(&c, &mut a, &mut files, &mut cache);
+        assert_eq!((taken, reads), (1, 1), "A reads X into the cache");
+        assert!(a_refs[0].1, "A fills X");
+        let mut b = peer_with(&c, &[y, x]);
+        let (taken, reads, b_refs) = plan_batch(&c, &mut b, &mut files, &mut cache);
+        assert_eq!((taken, reads), (1, 1), "B reads Y and leaves X to A's read");
+        assert_eq!(b.session.next_request().map(|q| q.request), Some(x));
+        let mut cpeer = peer_with(&c, &[x]);
+        let (taken, reads, c_refs) = plan_batch(&c, &mut cpeer, &mut files, &mut cache);
+        assert_eq!(
+            (taken, reads, c_refs.len()),
+            (1, 1, 0),
+            "C reads X in place"
+        );
+        // A's read completes (bytes in the entry), its send lets go; B's fill too.
+        for (entry, filling) in a_refs.into_iter().chain(b_refs) {
+            if filling {
+                cache.fill_done(entry, true);
+            }
+            cache.release(entry);
+        }
+        let (taken, reads, b_refs) = plan_batch(&c, &mut b, &mut files, &mut cache);
+        assert_eq!(
+            (taken, reads),
+            (1, 0),
+            "B sends X from the cache: no second read"
+        );
+        assert_eq!(b_refs.len(), 1);
+        assert!(!b_refs[0].1, "a hit, not a fill");
+        cache.release(b_refs[0].0);
+        assert_eq!(cache.refs_held(), 0);
     }
 
     proptest! {

@@ -8,7 +8,7 @@
 //! pointing at memory that is dropped before the ring.
 
 use crate::catalog::Catalog;
-use crate::config::{EngineConfig, ServeMode};
+use crate::config::{DirectIo, EngineConfig, ServeMode};
 use crate::plane::{ExtrasRequest, HealthReport, ShardCommand};
 use crate::ring::buffers::BufferPool;
 use crate::ring::provided::RecvBufRing;
@@ -150,7 +150,8 @@ impl IoResources {
             None
         };
         // `validate` refuses direct_io without a cache; the cache is None in splice mode.
-        let direct_io = config.direct_io && cache.is_some();
+        // `Seeder::start` resolved "auto" to on or off; an unresolved auto reads buffered.
+        let direct_io = config.direct_io == DirectIo::On && cache.is_some();
         let mut stats = ShardStats::new(index);
         stats.direct_io = direct_io;
         let page_cache_sends = config.page_cache_sends_effective();
