@@ -16,6 +16,7 @@
 //! batch.
 
 pub mod resume;
+pub mod store;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,6 +29,7 @@ use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
 use crate::storage::{verify_torrent_content, ContentFile, VerifyReport};
 use resume::{FileStamp, ResumeState};
+use store::{Stamp, Store, StoreInfo};
 
 /// One torrent as the shards see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +212,9 @@ pub struct LoadReport {
     pub resumed: usize,
     /// Torrents hashed during this load.
     pub verified: usize,
+    /// Of `resumed`, those taken from the compact catalog store (no .torrent or resume file
+    /// read).
+    pub from_store: usize,
     /// (torrent file, reason) for each torrent not loaded.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -229,6 +234,9 @@ struct Prepared {
     entry: CatalogTorrent,
     stamps: Vec<FileStamp>,
     needs_verify: bool,
+    /// Built from the compact store (nothing read or parsed).
+    from_store: bool,
+    info: StoreInfo,
 }
 
 impl Catalog {
@@ -248,17 +256,54 @@ impl Catalog {
             .collect();
         paths.sort();
         let data_root = canonical_data_root(&opts.data_dir)?;
+        // The compact store (fast path) unless everything is to be hashed anyway.
+        let store = match opts.verify {
+            VerifyPolicy::Always => None,
+            _ => Store::open(&opts.state_dir, &data_root, &opts.torrents_dir),
+        };
         let total = paths.len();
         let done = AtomicUsize::new(0);
         let results = parallel_map(&paths, opts.hash_threads, |path| {
-            let r = std::fs::read(path)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|bytes| torrent::parse(&bytes).map_err(|e| e.to_string()))
-                .and_then(|t| prepare(&t, path.clone(), &data_root, &opts.state_dir, opts.verify));
+            let fast = store
+                .as_ref()
+                .and_then(|s| s.prepare(path, &data_root, opts.verify));
+            let r = match fast {
+                Some(p) => Ok(p),
+                None => slow_prepare(path, &data_root, opts),
+            };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             r
         });
-        finish(paths.into_iter().zip(results).collect(), opts)
+        let all_from_store = results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|p| p.from_store));
+        let (catalog, report, kept, own) = finish(paths.into_iter().zip(results).collect(), opts)?;
+        let unchanged = store.as_ref().is_some_and(|s| {
+            all_from_store && s.len() == catalog.len() && s.journal_entries() == 0
+        });
+        if !unchanged {
+            let rows: Vec<_> = catalog
+                .torrents
+                .iter()
+                .zip(&kept)
+                .map(|(e, (info, stamps))| (e.as_ref(), info, stamps.as_slice()))
+                .collect();
+            let journal_entries = store.as_ref().map_or(0, |s| s.journal_entries());
+            drop(store);
+            let written = store::write(
+                &opts.state_dir,
+                &data_root,
+                &opts.torrents_dir,
+                &rows,
+                journal_entries,
+                &own,
+            );
+            if let Err(e) = written {
+                // Not fatal: the next start takes the slow path (resume files).
+                tracing::warn!("cannot write the catalog store ({e}); the next start is slower");
+            }
+        }
+        Ok((catalog, report))
     }
 
     /// A catalog of entries already checked elsewhere (unit tests of code that takes a
@@ -285,10 +330,11 @@ impl Catalog {
         let results = parallel_map(&list, opts.hash_threads, |(t, path)| {
             prepare(t, path.clone(), &data_root, &opts.state_dir, opts.verify)
         });
-        finish(
+        let (catalog, report, _, _) = finish(
             list.into_iter().map(|(_, p)| p).zip(results).collect(),
             opts,
-        )
+        )?;
+        Ok((catalog, report))
     }
 
     /// A catalog of torrents already loaded (the runtime API's merge of the directory's
@@ -362,6 +408,19 @@ impl Catalog {
     }
 }
 
+/// The slow path for one .torrent: stat, read, parse, `prepare`.
+fn slow_prepare(path: &Path, data_root: &Path, opts: &CatalogOptions) -> Result<Prepared, String> {
+    // Stat before reading: a file changed in between then mismatches next time.
+    let stamp = std::fs::metadata(path)
+        .map(|m| Stamp::of(&m))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let t = torrent::parse(&bytes).map_err(|e| e.to_string())?;
+    let mut p = prepare(&t, path.to_owned(), data_root, &opts.state_dir, opts.verify)?;
+    p.info.torrent_stamp = Some(stamp);
+    Ok(p)
+}
+
 fn canonical_data_root(data_dir: &Path) -> Result<PathBuf, CatalogError> {
     std::fs::canonicalize(data_dir).map_err(|e| CatalogError::Io {
         path: data_dir.to_owned(),
@@ -369,12 +428,20 @@ fn canonical_data_root(data_dir: &Path) -> Result<PathBuf, CatalogError> {
     })
 }
 
+/// What `finish` keeps per loaded torrent (aligned with `Catalog::torrents`) for the store.
+type Kept = Vec<(StoreInfo, Vec<FileStamp>)>;
+
+/// `finish`'s result: the catalog, the report, what the store needs, and the info-hashes
+/// whose resume files this load wrote (and so journaled).
+type Finished = (Catalog, LoadReport, Kept, Vec<InfoHash>);
+
 /// Phase 2 and 3: verify what needs it, index, write resume files.
 fn finish(
     results: Vec<(PathBuf, Result<Prepared, String>)>,
     opts: &CatalogOptions,
-) -> Result<(Catalog, LoadReport), CatalogError> {
+) -> Result<Finished, CatalogError> {
     let mut report = LoadReport::default();
+    let mut kept = Vec::with_capacity(results.len());
     let mut catalog = Catalog::default();
     let mut resume_writes = Vec::new();
     let mut verifications = verify_needed(&results, opts.hash_threads);
@@ -416,7 +483,7 @@ fn finish(
                         ResumeState {
                             num_pieces: e.num_pieces,
                             have: e.have.clone(),
-                            stamps: prepared.stamps,
+                            stamps: prepared.stamps.clone(),
                         },
                     ));
                 }
@@ -428,6 +495,7 @@ fn finish(
             }
         } else {
             report.resumed += 1;
+            report.from_store += usize::from(prepared.from_store);
         }
         let index = catalog.torrents.len() as u32;
         catalog.index.insert(prepared.entry.info_hash, index);
@@ -439,6 +507,7 @@ fn finish(
             catalog.index.entry(InfoHash(truncated)).or_insert(index);
         }
         catalog.torrents.push(Arc::new(prepared.entry));
+        kept.push((prepared.info, prepared.stamps));
     }
     if let Err(e) = resume::write_all(&opts.state_dir, &resume_writes) {
         // Not fatal: seeding goes on from the verified bitfields in memory; only the next
@@ -453,7 +522,8 @@ fn finish(
     }
     report.loaded = catalog.torrents.len();
     catalog.torrents.shrink_to_fit();
-    Ok((catalog, report))
+    let own = resume_writes.iter().map(|(h, _)| *h).collect();
+    Ok((catalog, report, kept, own))
 }
 
 /// Torrents of at most this many pieces are verified one per thread, many at once; larger
@@ -512,7 +582,9 @@ fn prepare(
 ) -> Result<Prepared, String> {
     let mut stamps = Vec::with_capacity(t.files.len());
     let mut entries = Vec::with_capacity(t.files.len());
+    let mut inos = Vec::with_capacity(t.files.len());
     for f in &t.files {
+        inos.push(0);
         if f.pad {
             stamps.push(FileStamp {
                 size_bytes: f.length,
@@ -563,18 +635,13 @@ fn prepare(
             size_bytes: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         });
+        if let Some(ino) = inos.last_mut() {
+            *ino = meta.ino();
+        }
         entries.push((real, f.length, false));
     }
     let num_pieces = t.num_pieces();
-    let all_have = || {
-        let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
-        if !num_pieces.is_multiple_of(8) {
-            if let Some(last) = have.last_mut() {
-                *last = 0xff << (8 - num_pieces % 8);
-            }
-        }
-        have
-    };
+    let all_have = || all_have(num_pieces);
     let (have, needs_verify) = match policy {
         VerifyPolicy::Never => (all_have(), false),
         VerifyPolicy::Always => (Vec::new(), true),
@@ -610,7 +677,24 @@ fn prepare(
         },
         stamps,
         needs_verify,
+        from_store: false,
+        info: StoreInfo {
+            torrent_stamp: None,
+            multi_file: t.multi_file,
+            inos,
+        },
     })
+}
+
+/// A bitfield with every one of `num_pieces` pieces set.
+fn all_have(num_pieces: u32) -> Vec<u8> {
+    let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
+    if !num_pieces.is_multiple_of(8) {
+        if let Some(last) = have.last_mut() {
+            *last = 0xff << (8 - num_pieces % 8);
+        }
+    }
+    have
 }
 
 /// Every file's URL segments (see `CatalogTorrent::url_paths`).
