@@ -69,9 +69,11 @@ pub fn run(args: CatalogCheckArgs) -> Result<ExitCode, String> {
     let rss_before = rss_bytes();
     let anon_before = status_bytes("RssAnon:");
     let started = Instant::now();
-    let (catalog, report) =
-        Catalog::load(&opts, &|_, _| {}).map_err(|e| format!("loading the catalog: {e}"))?;
+    let bar = super::load_bar::LoadBar::new();
+    let loaded = Catalog::load(&opts, &|done, total| bar.update(done, total));
     let elapsed = started.elapsed();
+    drop(bar);
+    let (catalog, report) = loaded.map_err(|e| format!("loading the catalog: {e}"))?;
     let rss_after = rss_bytes();
     let anon_after = status_bytes("RssAnon:");
     let n = catalog.len().max(1) as u64;

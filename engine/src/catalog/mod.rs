@@ -15,10 +15,12 @@
 //! hashed one after another, each on all hash threads; (3) new resume files are written in one
 //! batch.
 
+mod index;
+pub mod intern;
 pub mod resume;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
 use crate::storage::{verify_torrent_content, ContentFile, VerifyReport};
+use intern::{Interner, Trackers};
 use resume::{FileStamp, ResumeState};
 use store::{Stamp, Store, StoreInfo};
 
@@ -45,7 +48,8 @@ pub struct CatalogTorrent {
     pub num_pieces: u32,
     pub files: Vec<ContentFile>,
     pub private: bool,
-    pub trackers: Vec<Vec<String>>,
+    /// BEP 12 tiers, shared by every torrent of a load that names the same list.
+    pub trackers: Trackers,
     pub torrent_path: PathBuf,
     /// BEP 3 bitfield of verified pieces, high bit first.
     pub have: Vec<u8>,
@@ -53,9 +57,10 @@ pub struct CatalogTorrent {
     /// Length of the raw info dictionary (BEP 9 `metadata_size`), known from the load so
     /// a shard can advertise it without reading the .torrent.
     pub info_len_bytes: u64,
-    /// Per file, its BEP 19 URL path segments below the server root: `[name]` for a
-    /// single-file torrent, `[name, dir.., file]` for a multi-file one; empty for pad files
-    /// (never URLs). The HTTP front-end indexes these; it never builds a path from a URL.
+    /// Per file of a multi-file torrent, its BEP 19 URL path segments below the server root,
+    /// `[name, dir.., file]`; empty for pad files (never URLs). Empty for a single-file
+    /// torrent, whose one URL path is `[name]` (not stored twice): read them through
+    /// `url_segments`. The HTTP front-end indexes these; it never builds a path from a URL.
     pub url_paths: Vec<Vec<String>>,
     /// Newest content-file modification time, in seconds since the epoch (HTTP
     /// `Last-Modified`); 0 when unknown.
@@ -158,6 +163,19 @@ impl CatalogTorrent {
         Ok(new)
     }
 
+    /// File `i`'s URL path segments (see `url_paths`); empty for pad files.
+    pub fn url_segments(&self, i: usize) -> Vec<&str> {
+        if self.url_paths.is_empty() {
+            return match self.files.get(i) {
+                Some(f) if !f.pad && i == 0 => vec![self.name.as_str()],
+                _ => Vec::new(),
+            };
+        }
+        self.url_paths
+            .get(i)
+            .map_or_else(Vec::new, |p| p.iter().map(String::as_str).collect())
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.have
             .get(index as usize / 8)
@@ -226,7 +244,7 @@ pub type LoadProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 #[derive(Debug, Default)]
 pub struct Catalog {
     torrents: Vec<Arc<CatalogTorrent>>,
-    index: HashMap<InfoHash, u32>,
+    index: index::HashIndex,
 }
 
 /// A torrent after phase 1, waiting for optional verification.
@@ -263,13 +281,14 @@ impl Catalog {
         };
         let total = paths.len();
         let done = AtomicUsize::new(0);
+        let interner = Interner::default();
         let results = parallel_map(&paths, opts.hash_threads, |path| {
             let fast = store
                 .as_ref()
-                .and_then(|s| s.prepare(path, &data_root, opts.verify));
+                .and_then(|s| s.prepare(path, &data_root, opts.verify, &interner));
             let r = match fast {
                 Some(p) => Ok(p),
-                None => slow_prepare(path, &data_root, opts),
+                None => slow_prepare(path, &data_root, opts, &interner),
             };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             r
@@ -309,13 +328,11 @@ impl Catalog {
     /// A catalog of entries already checked elsewhere (unit tests of code that takes a
     /// catalog). A duplicate info-hash keeps the first entry's index.
     pub fn from_entries(entries: Vec<CatalogTorrent>) -> Catalog {
-        let mut catalog = Catalog::default();
-        for e in entries {
-            let index = catalog.torrents.len() as u32;
-            catalog.index.entry(e.info_hash).or_insert(index);
-            catalog.torrents.push(Arc::new(e));
+        let torrents: Vec<_> = entries.into_iter().map(Arc::new).collect();
+        Catalog {
+            index: index::HashIndex::build(&torrents),
+            torrents,
         }
-        catalog
     }
 
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
@@ -327,8 +344,16 @@ impl Catalog {
         opts: &CatalogOptions,
     ) -> Result<(Catalog, LoadReport), CatalogError> {
         let data_root = canonical_data_root(&opts.data_dir)?;
+        let interner = Interner::default();
         let results = parallel_map(&list, opts.hash_threads, |(t, path)| {
-            prepare(t, path.clone(), &data_root, &opts.state_dir, opts.verify)
+            prepare(
+                t,
+                path.clone(),
+                &data_root,
+                &opts.state_dir,
+                opts.verify,
+                &interner,
+            )
         });
         let (catalog, report, _, _) = finish(
             list.into_iter().map(|(_, p)| p).zip(results).collect(),
@@ -341,21 +366,15 @@ impl Catalog {
     /// catalog with its own torrents), indexed like `load` does: a hybrid also by its
     /// truncated v2 hash. A duplicate info-hash keeps the first entry.
     pub fn from_loaded(entries: impl IntoIterator<Item = Arc<CatalogTorrent>>) -> Catalog {
-        let mut catalog = Catalog::default();
-        for e in entries {
-            if catalog.index.contains_key(&e.info_hash) {
-                continue;
-            }
-            let index = catalog.torrents.len() as u32;
-            catalog.index.insert(e.info_hash, index);
-            if let Some(v2) = e.info_hash_v2 {
-                let mut truncated = [0u8; 20];
-                truncated.copy_from_slice(&v2[..20]);
-                catalog.index.entry(InfoHash(truncated)).or_insert(index);
-            }
-            catalog.torrents.push(e);
+        let mut seen = HashSet::new();
+        let torrents: Vec<_> = entries
+            .into_iter()
+            .filter(|e| seen.insert(e.info_hash))
+            .collect();
+        Catalog {
+            index: index::HashIndex::build(&torrents),
+            torrents,
         }
-        catalog
     }
 
     /// One torrent checked as `load` checks it (files resolved under `opts.data_dir`, sizes,
@@ -369,7 +388,15 @@ impl Catalog {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<CatalogTorrent, String> {
         let data_root = canonical_data_root(&opts.data_dir).map_err(|e| e.to_string())?;
-        let mut p = prepare(t, torrent_path, &data_root, &opts.state_dir, opts.verify)?;
+        let interner = Interner::default();
+        let mut p = prepare(
+            t,
+            torrent_path,
+            &data_root,
+            &opts.state_dir,
+            opts.verify,
+            &interner,
+        )?;
         if !p.needs_verify {
             return Ok(p.entry);
         }
@@ -391,8 +418,8 @@ impl Catalog {
 
     pub fn get(&self, info_hash: &InfoHash) -> Option<&Arc<CatalogTorrent>> {
         self.index
-            .get(info_hash)
-            .and_then(|&i| self.torrents.get(i as usize))
+            .get(&self.torrents, info_hash)
+            .and_then(|i| self.torrents.get(i as usize))
     }
 
     pub fn torrents(&self) -> &[Arc<CatalogTorrent>] {
@@ -409,14 +436,26 @@ impl Catalog {
 }
 
 /// The slow path for one .torrent: stat, read, parse, `prepare`.
-fn slow_prepare(path: &Path, data_root: &Path, opts: &CatalogOptions) -> Result<Prepared, String> {
+fn slow_prepare(
+    path: &Path,
+    data_root: &Path,
+    opts: &CatalogOptions,
+    interner: &Interner,
+) -> Result<Prepared, String> {
     // Stat before reading: a file changed in between then mismatches next time.
     let stamp = std::fs::metadata(path)
         .map(|m| Stamp::of(&m))
         .map_err(|e| format!("cannot read: {e}"))?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let t = torrent::parse(&bytes).map_err(|e| e.to_string())?;
-    let mut p = prepare(&t, path.to_owned(), data_root, &opts.state_dir, opts.verify)?;
+    let mut p = prepare(
+        &t,
+        path.to_owned(),
+        data_root,
+        &opts.state_dir,
+        opts.verify,
+        interner,
+    )?;
     p.info.torrent_stamp = Some(stamp);
     Ok(p)
 }
@@ -442,6 +481,8 @@ fn finish(
 ) -> Result<Finished, CatalogError> {
     let mut report = LoadReport::default();
     let mut kept = Vec::with_capacity(results.len());
+    // Wire hashes loaded so far (duplicates are skipped); dropped once the index is built.
+    let mut seen = HashSet::with_capacity(results.len());
     let mut catalog = Catalog::default();
     let mut resume_writes = Vec::new();
     let mut verifications = verify_needed(&results, opts.hash_threads);
@@ -454,7 +495,7 @@ fn finish(
                 continue;
             }
         };
-        if catalog.index.contains_key(&prepared.entry.info_hash) {
+        if !seen.insert(prepared.entry.info_hash) {
             let reason = format!(
                 "duplicate of an already loaded torrent (info-hash {})",
                 prepared.entry.info_hash
@@ -497,15 +538,6 @@ fn finish(
             report.resumed += 1;
             report.from_store += usize::from(prepared.from_store);
         }
-        let index = catalog.torrents.len() as u32;
-        catalog.index.insert(prepared.entry.info_hash, index);
-        // A hybrid answers to both hashes; a v2-only torrent's wire hash already is the
-        // truncated v2 one. A (vanishingly unlikely) clash keeps the first torrent's entry.
-        if let Some(v2) = prepared.entry.info_hash_v2 {
-            let mut truncated = [0u8; 20];
-            truncated.copy_from_slice(&v2[..20]);
-            catalog.index.entry(InfoHash(truncated)).or_insert(index);
-        }
         catalog.torrents.push(Arc::new(prepared.entry));
         kept.push((prepared.info, prepared.stamps));
     }
@@ -520,8 +552,11 @@ fn finish(
             resume::resume_dir(&opts.state_dir).display()
         );
     }
+    drop(seen);
     report.loaded = catalog.torrents.len();
     catalog.torrents.shrink_to_fit();
+    // A hybrid answers to both hashes (see `index`).
+    catalog.index = index::HashIndex::build(&catalog.torrents);
     let own = resume_writes.iter().map(|(h, _)| *h).collect();
     Ok((catalog, report, kept, own))
 }
@@ -579,6 +614,7 @@ fn prepare(
     data_root: &Path,
     state_dir: &Path,
     policy: VerifyPolicy,
+    interner: &Interner,
 ) -> Result<Prepared, String> {
     let mut stamps = Vec::with_capacity(t.files.len());
     let mut entries = Vec::with_capacity(t.files.len());
@@ -651,8 +687,7 @@ fn prepare(
         },
     };
     let complete = !needs_verify && have == all_have();
-    let mut trackers = t.trackers.clone();
-    trackers.shrink_to_fit();
+    let trackers = interner.trackers(&t.trackers);
     Ok(Prepared {
         entry: CatalogTorrent {
             info_hash: t.info_hash,
@@ -697,8 +732,12 @@ fn all_have(num_pieces: u32) -> Vec<u8> {
     have
 }
 
-/// Every file's URL segments (see `CatalogTorrent::url_paths`).
+/// Every file's URL segments (see `CatalogTorrent::url_paths`): none for a single-file
+/// torrent.
 fn url_paths(t: &Torrent) -> Vec<Vec<String>> {
+    if !t.multi_file {
+        return Vec::new();
+    }
     t.files
         .iter()
         .map(|f| match (f.pad, t.multi_file) {

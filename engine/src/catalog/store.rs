@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use crate::metainfo::torrent::InfoHash;
 use crate::storage::extents::layout;
 
+use super::intern::Interner;
 use super::{all_have, resume::FileStamp, CatalogTorrent, Prepared, VerifyPolicy};
 
 const MAGIC: &[u8; 8] = b"SQCATSTO";
@@ -193,6 +194,7 @@ impl Store {
         torrent_path: &Path,
         data_root: &Path,
         policy: VerifyPolicy,
+        interner: &Interner,
     ) -> Option<Prepared> {
         let name = torrent_path.file_name()?.as_bytes();
         let rec = decode_record(self.find(name)?)?;
@@ -215,6 +217,7 @@ impl Store {
             inos.push(stamp.ino);
         }
         let mut entry = rec.entry;
+        entry.trackers = interner.trackers(&rec.trackers);
         entry.files = layout(entries);
         entry.torrent_path = torrent_path.to_owned();
         entry.url_paths = url_paths_of(&entry.name, rec.multi_file, &rec.files);
@@ -290,6 +293,9 @@ fn joined_path(data_root: &Path, name: &str, multi_file: bool, components: &[Str
 
 /// BEP 19 URL segments (see `CatalogTorrent::url_paths`).
 fn url_paths_of(name: &str, multi_file: bool, files: &[StoredFile]) -> Vec<Vec<String>> {
+    if !multi_file {
+        return Vec::new();
+    }
     files
         .iter()
         .map(|f| match (f.pad, multi_file) {
@@ -320,7 +326,9 @@ struct Record {
     /// `None`: every piece verified.
     have: Option<Vec<u8>>,
     files: Vec<StoredFile>,
-    /// Everything but files, torrent path, have and url paths (filled in by `prepare`).
+    trackers: Vec<Vec<String>>,
+    /// Everything but files, torrent path, have, trackers and url paths (filled in by
+    /// `prepare`).
     entry: CatalogTorrent,
 }
 
@@ -381,7 +389,7 @@ fn encode_record(
     put_u64(&mut out, e.info_len_bytes);
     put_u64(&mut out, e.mtime_secs as u64);
     put_u16(&mut out, u16::try_from(e.trackers.len()).ok()?);
-    for tier in &e.trackers {
+    for tier in e.trackers.iter() {
         put_u16(&mut out, u16::try_from(tier.len()).ok()?);
         for url in tier {
             put_bytes16(&mut out, url.as_bytes())?;
@@ -566,6 +574,7 @@ fn decode_record(body: &[u8]) -> Option<Record> {
         multi_file,
         have,
         files,
+        trackers,
         entry: CatalogTorrent {
             info_hash: InfoHash(hash),
             info_hash_v2,
@@ -575,7 +584,7 @@ fn decode_record(body: &[u8]) -> Option<Record> {
             num_pieces,
             files: Vec::new(),
             private: flags & 1 != 0,
-            trackers,
+            trackers: Default::default(),
             torrent_path: PathBuf::new(),
             have: Vec::new(),
             complete: flags & 4 != 0,
