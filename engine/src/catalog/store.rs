@@ -122,6 +122,10 @@ fn read_journal(state_dir: &Path) -> Vec<InfoHash> {
 
 /// A store read at the start of a load: the file's bytes and where each record is.
 pub struct Store {
+    /// The torrents directory and data root, open: stats go through `fstatat` on these, one
+    /// path component each instead of walking the whole path (half the kernel time at 1M).
+    torrents_fd: File,
+    data_fd: File,
     bytes: Vec<u8>,
     /// (file name range, body range, crc) per record, sorted by file name.
     records: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, u32)>,
@@ -169,6 +173,8 @@ impl Store {
             return None;
         }
         Some(Store {
+            torrents_fd: File::open(&torrents_dir).ok()?,
+            data_fd: File::open(data_root).ok()?,
             bytes,
             records,
             journaled,
@@ -201,14 +207,14 @@ impl Store {
         if self.journaled.contains(&rec.entry.info_hash) {
             return None;
         }
-        if Stamp::of(&fs::metadata(torrent_path).ok()?) != rec.torrent_stamp {
+        if stat_at(&self.torrents_fd, name, true)?.0 != rec.torrent_stamp {
             return None;
         }
         let mut entries = Vec::with_capacity(rec.files.len());
         let mut stamps = Vec::with_capacity(rec.files.len());
         let mut inos = Vec::with_capacity(rec.files.len());
         for f in &rec.files {
-            let (path, stamp) = check_file(f, &rec, data_root)?;
+            let (path, stamp) = check_file(f, &rec, data_root, &self.data_fd)?;
             entries.push((path, f.length, f.pad));
             stamps.push(FileStamp {
                 size_bytes: stamp.size_bytes,
@@ -244,7 +250,12 @@ impl Store {
 
 /// Re-checks one stored content file: the path the first load resolved (no symlink on the
 /// way, or the same resolution again) and the same stamp. Returns its path and stamp.
-fn check_file(f: &StoredFile, rec: &Record, data_root: &Path) -> Option<(PathBuf, Stamp)> {
+fn check_file(
+    f: &StoredFile,
+    rec: &Record,
+    data_root: &Path,
+    data_fd: &File,
+) -> Option<(PathBuf, Stamp)> {
     if f.pad {
         return Some((PathBuf::new(), Stamp::default()));
     }
@@ -258,14 +269,13 @@ fn check_file(f: &StoredFile, rec: &Record, data_root: &Path) -> Option<(PathBuf
     }
     let real = data_root.join(Path::new(std::ffi::OsStr::from_bytes(&f.real_rel)));
     let direct = !rec.multi_file && real == joined;
-    let meta = if direct {
+    if direct {
         // `<data>/<name>` itself, not a symlink: nothing on the way can leave the data root.
-        let m = fs::symlink_metadata(&real).ok()?;
-        if !m.file_type().is_file() {
-            return None;
-        }
-        m
-    } else {
+        let (stamp, regular) = stat_at(data_fd, &f.real_rel, false)?;
+        return (regular && stamp == f.stamp && stamp.size_bytes == f.length)
+            .then_some((real, stamp));
+    }
+    let meta = {
         // Directories or symlinks on the way: resolve again, as the first load did.
         let resolved = fs::canonicalize(&joined).ok()?;
         if resolved != real || !resolved.starts_with(data_root) {
@@ -279,6 +289,32 @@ fn check_file(f: &StoredFile, rec: &Record, data_root: &Path) -> Option<(PathBuf
     };
     let stamp = Stamp::of(&meta);
     (stamp == f.stamp && stamp.size_bytes == f.length).then_some((real, stamp))
+}
+
+/// `fstatat(2)` of `name` (one path component) in the open directory `dir`, following a
+/// final symlink or not: its stamp and whether it is a regular file. `None` on any error.
+fn stat_at(dir: &File, name: &[u8], follow: bool) -> Option<(Stamp, bool)> {
+    use std::os::fd::AsRawFd;
+    if name.is_empty() || name.contains(&b'/') {
+        return None;
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `dir` is an open directory we own for the call, `c` is NUL-terminated and
+    // outlives it, and `st` points to writable memory of the right type.
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstatat returned 0, so the kernel filled `st` in.
+    let st = unsafe { st.assume_init() };
+    let stamp = Stamp {
+        size_bytes: u64::try_from(st.st_size).ok()?,
+        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ino: st.st_ino,
+    };
+    Some((stamp, st.st_mode & libc::S_IFMT == libc::S_IFREG))
 }
 
 fn joined_path(data_root: &Path, name: &str, multi_file: bool, components: &[String]) -> PathBuf {
