@@ -811,12 +811,13 @@ mod tests {
     use crate::metainfo::create::CreateOptions;
     use std::fs;
 
-    struct Dirs {
-        _tmp: tempfile::TempDir,
-        opts: CatalogOptions,
+    pub(super) struct Dirs {
+        pub(super) _tmp: tempfile::TempDir,
+        pub(super) opts: CatalogOptions,
     }
 
-    fn dirs() -> Dirs {
+    /// Empty torrents, data and state directories in a temp dir (also store.rs's tests).
+    pub(super) fn dirs() -> Dirs {
         let tmp = tempfile::tempdir().unwrap();
         let opts = CatalogOptions {
             torrents_dir: tmp.path().join("torrents"),

@@ -727,31 +727,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Catalog, CatalogOptions};
+    use super::super::tests::{dirs, Dirs};
+    use super::super::Catalog;
     use super::*;
     use crate::make::make_torrent;
     use crate::metainfo::create::CreateOptions;
     use proptest::prelude::*;
-
-    struct Dirs {
-        _tmp: tempfile::TempDir,
-        opts: CatalogOptions,
-    }
-
-    fn dirs() -> Dirs {
-        let tmp = tempfile::tempdir().unwrap();
-        let opts = CatalogOptions {
-            torrents_dir: tmp.path().join("torrents"),
-            data_dir: tmp.path().join("data"),
-            state_dir: tmp.path().join("state"),
-            hash_threads: 2,
-            verify: VerifyPolicy::IfChanged,
-        };
-        for d in [&opts.torrents_dir, &opts.data_dir, &opts.state_dir] {
-            fs::create_dir_all(d).unwrap();
-        }
-        Dirs { _tmp: tmp, opts }
-    }
 
     fn add(d: &Dirs, name: &str, content: &[u8], tracker: Option<&str>) {
         fs::write(d.opts.data_dir.join(name), content).unwrap();
