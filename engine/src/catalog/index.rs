@@ -67,3 +67,50 @@ impl HashIndex {
             .map(|&(_, p)| p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn torrent(hash: u8, v2: Option<u8>, name: &str) -> Arc<CatalogTorrent> {
+        Arc::new(CatalogTorrent {
+            info_hash: InfoHash([hash; 20]),
+            info_hash_v2: v2.map(|b| [b; 32]),
+            name: name.into(),
+            piece_length: 16384,
+            total_length: 1,
+            num_pieces: 1,
+            files: Vec::new(),
+            private: false,
+            trackers: Default::default(),
+            torrent_path: Default::default(),
+            have: vec![0x80],
+            complete: true,
+            info_len_bytes: 0,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
+        })
+    }
+
+    #[test]
+    fn finds_wire_hashes_first_duplicate_and_hybrid_aliases() {
+        // Proves: every wire hash is found, a duplicate wire hash gives the first position, a
+        // hybrid is also found by its truncated v2 hash, a v2-only torrent (wire hash = the
+        // truncated v2 one) is not indexed twice, and an unknown hash finds nothing.
+        let torrents = vec![
+            torrent(9, None, "a"),
+            torrent(3, Some(7), "hybrid"),
+            torrent(9, None, "dup"),
+            torrent(5, Some(5), "v2-only"),
+            torrent(1, None, "b"),
+        ];
+        let index = HashIndex::build(&torrents);
+        let get = |b: u8| index.get(&torrents, &InfoHash([b; 20]));
+        assert_eq!(
+            [get(9), get(3), get(5), get(1), get(7), get(2), get(0xff)],
+            [Some(0), Some(1), Some(3), Some(4), Some(1), None, None]
+        );
+        assert_eq!(index.aliases.len(), 1);
+        assert_eq!(HashIndex::default().get(&[], &InfoHash([0; 20])), None);
+    }
+}
