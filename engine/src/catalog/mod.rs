@@ -296,9 +296,11 @@ impl Catalog {
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             r
         });
+        // Torrents skipped (bad .torrent, missing content) are in no store: they alone must
+        // not make every restart rewrite it.
         let all_from_store = results
             .iter()
-            .all(|r| r.as_ref().is_ok_and(|p| p.from_store));
+            .all(|r| r.as_ref().map_or(true, |p| p.from_store));
         let (catalog, report, kept, own) = finish(paths.into_iter().zip(results).collect(), opts)?;
         let unchanged = store.as_ref().is_some_and(|s| {
             all_from_store && s.len() == catalog.len() && s.journal_entries() == 0

@@ -786,10 +786,13 @@ mod tests {
     fn restart_from_the_store_equals_the_slow_path() {
         // Proves: the first load writes the store; the second takes every torrent from it
         // (nothing hashed) and builds entries identical to the slow path's, partial bitfields
-        // and multi-file paths included; an unchanged restart does not rewrite the store.
+        // and multi-file paths included; an unchanged restart does not rewrite the store, even
+        // with a bad .torrent in the directory (skipped each time, never stored).
         let d = catalog();
+        fs::write(d.opts.torrents_dir.join("junk.torrent"), b"not bencode").unwrap();
         let (first, r1) = load(&d);
         assert_eq!((r1.loaded, r1.verified, r1.from_store), (4, 4, 0));
+        assert_eq!(r1.skipped.len(), 1);
         let c = first.torrents().iter().find(|t| t.name == "c.bin").unwrap();
         assert!(!c.complete && !c.has_piece(1) && c.has_piece(0));
         let store_file = d.opts.state_dir.join(STORE_FILE);
