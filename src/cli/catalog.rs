@@ -31,10 +31,15 @@ pub struct CatalogCheckArgs {
 }
 
 fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A `/proc/self/status` field given in kB, in bytes (0 when absent).
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|kb| kb.parse::<u64>().ok())
@@ -62,19 +67,25 @@ pub fn run(args: CatalogCheckArgs) -> Result<ExitCode, String> {
         verify,
     };
     let rss_before = rss_bytes();
+    let anon_before = status_bytes("RssAnon:");
     let started = Instant::now();
-    let (catalog, report) =
-        Catalog::load(&opts, &|_, _| {}).map_err(|e| format!("loading the catalog: {e}"))?;
+    let bar = super::load_bar::LoadBar::new();
+    let loaded = Catalog::load(&opts, &|done, total| bar.update(done, total));
     let elapsed = started.elapsed();
+    drop(bar);
+    let (catalog, report) = loaded.map_err(|e| format!("loading the catalog: {e}"))?;
     let rss_after = rss_bytes();
+    let anon_after = status_bytes("RssAnon:");
     let n = catalog.len().max(1) as u64;
     println!(
-        "loaded={} resumed={} verified={} skipped={} load_ms={} rss_before_bytes={} rss_after_bytes={} rss_per_torrent_bytes={}",
+        "loaded={} resumed={} from_store={} verified={} skipped={} load_ms={} rss_anon_per_torrent_bytes={} rss_before_bytes={} rss_after_bytes={} rss_per_torrent_bytes={}",
         report.loaded,
         report.resumed,
+        report.from_store,
         report.verified,
         report.skipped.len(),
         elapsed.as_millis(),
+        anon_after.saturating_sub(anon_before) / n,
         rss_before,
         rss_after,
         rss_after.saturating_sub(rss_before) / n

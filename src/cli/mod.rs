@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod config;
 pub mod generate;
 pub mod info;
+pub mod load_bar;
 pub mod make;
 pub mod notify;
 pub mod seed;

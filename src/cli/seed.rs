@@ -183,7 +183,10 @@ impl CatalogSource {
                 recheck,
             } => zero_config_catalog(dir, state_dir, *recheck),
             CatalogSource::Torrents(opts) => {
-                let (catalog, report) = Catalog::load(opts, &|_, _| {}).map_err(|e| {
+                let bar = super::load_bar::LoadBar::new();
+                let loaded = Catalog::load(opts, &|done, total| bar.update(done, total));
+                drop(bar);
+                let (catalog, report) = loaded.map_err(|e| {
                     format!(
                         "{e} (check --torrents and --data, or [catalog] torrents_dir and data_dir)"
                     )

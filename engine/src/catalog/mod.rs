@@ -15,10 +15,14 @@
 //! hashed one after another, each on all hash threads; (3) new resume files are written in one
 //! batch.
 
+mod index;
+pub mod intern;
 pub mod resume;
+pub mod store;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +31,9 @@ use std::sync::Arc;
 use crate::metainfo::torrent::{self, InfoHash, Torrent};
 use crate::storage::extents::layout;
 use crate::storage::{verify_torrent_content, ContentFile, VerifyReport};
+use intern::{Interner, Trackers};
 use resume::{FileStamp, ResumeState};
+use store::{Stamp, Store, StoreInfo};
 
 /// One torrent as the shards see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +49,8 @@ pub struct CatalogTorrent {
     pub num_pieces: u32,
     pub files: Vec<ContentFile>,
     pub private: bool,
-    pub trackers: Vec<Vec<String>>,
+    /// BEP 12 tiers, shared by every torrent of a load that names the same list.
+    pub trackers: Trackers,
     pub torrent_path: PathBuf,
     /// BEP 3 bitfield of verified pieces, high bit first.
     pub have: Vec<u8>,
@@ -51,9 +58,10 @@ pub struct CatalogTorrent {
     /// Length of the raw info dictionary (BEP 9 `metadata_size`), known from the load so
     /// a shard can advertise it without reading the .torrent.
     pub info_len_bytes: u64,
-    /// Per file, its BEP 19 URL path segments below the server root: `[name]` for a
-    /// single-file torrent, `[name, dir.., file]` for a multi-file one; empty for pad files
-    /// (never URLs). The HTTP front-end indexes these; it never builds a path from a URL.
+    /// Per file of a multi-file torrent, its BEP 19 URL path segments below the server root,
+    /// `[name, dir.., file]`; empty for pad files (never URLs). Empty for a single-file
+    /// torrent, whose one URL path is `[name]` (not stored twice): read them through
+    /// `url_segments`. The HTTP front-end indexes these; it never builds a path from a URL.
     pub url_paths: Vec<Vec<String>>,
     /// Newest content-file modification time, in seconds since the epoch (HTTP
     /// `Last-Modified`); 0 when unknown.
@@ -156,6 +164,19 @@ impl CatalogTorrent {
         Ok(new)
     }
 
+    /// File `i`'s URL path segments (see `url_paths`); empty for pad files.
+    pub fn url_segments(&self, i: usize) -> Vec<&str> {
+        if self.url_paths.is_empty() {
+            return match self.files.get(i) {
+                Some(f) if !f.pad && i == 0 => vec![self.name.as_str()],
+                _ => Vec::new(),
+            };
+        }
+        self.url_paths
+            .get(i)
+            .map_or_else(Vec::new, |p| p.iter().map(String::as_str).collect())
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.have
             .get(index as usize / 8)
@@ -210,6 +231,9 @@ pub struct LoadReport {
     pub resumed: usize,
     /// Torrents hashed during this load.
     pub verified: usize,
+    /// Of `resumed`, those taken from the compact catalog store (no .torrent or resume file
+    /// read).
+    pub from_store: usize,
     /// (torrent file, reason) for each torrent not loaded.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -221,7 +245,7 @@ pub type LoadProgress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 #[derive(Debug, Default)]
 pub struct Catalog {
     torrents: Vec<Arc<CatalogTorrent>>,
-    index: HashMap<InfoHash, u32>,
+    index: index::HashIndex,
 }
 
 /// A torrent after phase 1, waiting for optional verification.
@@ -229,6 +253,9 @@ struct Prepared {
     entry: CatalogTorrent,
     stamps: Vec<FileStamp>,
     needs_verify: bool,
+    /// Built from the compact store (nothing read or parsed).
+    from_store: bool,
+    info: StoreInfo,
 }
 
 impl Catalog {
@@ -246,31 +273,72 @@ impl Catalog {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
             .collect();
-        paths.sort();
+        // One directory: byte order of the names (component-wise Path ordering costs ~15%
+        // of a million-torrent restart and gives the same order here).
+        paths.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
         let data_root = canonical_data_root(&opts.data_dir)?;
+        // The compact store (fast path) unless everything is to be hashed anyway.
+        let store = match opts.verify {
+            VerifyPolicy::Always => None,
+            _ => Store::open(&opts.state_dir, &data_root, &opts.torrents_dir),
+        };
         let total = paths.len();
         let done = AtomicUsize::new(0);
+        let interner = Interner::default();
         let results = parallel_map(&paths, opts.hash_threads, |path| {
-            let r = std::fs::read(path)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|bytes| torrent::parse(&bytes).map_err(|e| e.to_string()))
-                .and_then(|t| prepare(&t, path.clone(), &data_root, &opts.state_dir, opts.verify));
+            let fast = store
+                .as_ref()
+                .and_then(|s| s.prepare(path, &data_root, opts.verify, &interner));
+            let r = match fast {
+                Some(p) => Ok(p),
+                None => slow_prepare(path, &data_root, opts, &interner),
+            };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             r
         });
-        finish(paths.into_iter().zip(results).collect(), opts)
+        // Torrents skipped (bad .torrent, missing content) are in no store: they alone must
+        // not make every restart rewrite it.
+        let all_from_store = results
+            .iter()
+            .all(|r| r.as_ref().map_or(true, |p| p.from_store));
+        let (catalog, report, kept, own) = finish(paths.into_iter().zip(results).collect(), opts)?;
+        let unchanged = store.as_ref().is_some_and(|s| {
+            all_from_store && s.len() == catalog.len() && s.journal_entries() == 0
+        });
+        if !unchanged {
+            let rows: Vec<_> = catalog
+                .torrents
+                .iter()
+                .zip(&kept)
+                .map(|(e, (info, stamps))| (e.as_ref(), info, stamps.as_slice()))
+                .collect();
+            let journal_entries = store.as_ref().map_or(0, |s| s.journal_entries());
+            drop(store);
+            let written = store::write(
+                &opts.state_dir,
+                &data_root,
+                &opts.torrents_dir,
+                &rows,
+                journal_entries,
+                &own,
+            );
+            if let Err(e) = written {
+                // Not fatal: the next start takes the slow path (resume files).
+                tracing::warn!("cannot write the catalog store ({e}); the next start is slower");
+            }
+        }
+        release_freed_heap();
+        Ok((catalog, report))
     }
 
     /// A catalog of entries already checked elsewhere (unit tests of code that takes a
     /// catalog). A duplicate info-hash keeps the first entry's index.
     pub fn from_entries(entries: Vec<CatalogTorrent>) -> Catalog {
-        let mut catalog = Catalog::default();
-        for e in entries {
-            let index = catalog.torrents.len() as u32;
-            catalog.index.entry(e.info_hash).or_insert(index);
-            catalog.torrents.push(Arc::new(e));
+        let torrents: Vec<_> = entries.into_iter().map(Arc::new).collect();
+        Catalog {
+            index: index::HashIndex::build(&torrents),
+            torrents,
         }
-        catalog
     }
 
     /// Builds a catalog from torrents already parsed (zero-config `squall seed`), with the
@@ -282,34 +350,37 @@ impl Catalog {
         opts: &CatalogOptions,
     ) -> Result<(Catalog, LoadReport), CatalogError> {
         let data_root = canonical_data_root(&opts.data_dir)?;
+        let interner = Interner::default();
         let results = parallel_map(&list, opts.hash_threads, |(t, path)| {
-            prepare(t, path.clone(), &data_root, &opts.state_dir, opts.verify)
+            prepare(
+                t,
+                path.clone(),
+                &data_root,
+                &opts.state_dir,
+                opts.verify,
+                &interner,
+            )
         });
-        finish(
+        let (catalog, report, _, _) = finish(
             list.into_iter().map(|(_, p)| p).zip(results).collect(),
             opts,
-        )
+        )?;
+        Ok((catalog, report))
     }
 
     /// A catalog of torrents already loaded (the runtime API's merge of the directory's
     /// catalog with its own torrents), indexed like `load` does: a hybrid also by its
     /// truncated v2 hash. A duplicate info-hash keeps the first entry.
     pub fn from_loaded(entries: impl IntoIterator<Item = Arc<CatalogTorrent>>) -> Catalog {
-        let mut catalog = Catalog::default();
-        for e in entries {
-            if catalog.index.contains_key(&e.info_hash) {
-                continue;
-            }
-            let index = catalog.torrents.len() as u32;
-            catalog.index.insert(e.info_hash, index);
-            if let Some(v2) = e.info_hash_v2 {
-                let mut truncated = [0u8; 20];
-                truncated.copy_from_slice(&v2[..20]);
-                catalog.index.entry(InfoHash(truncated)).or_insert(index);
-            }
-            catalog.torrents.push(e);
+        let mut seen = HashSet::new();
+        let torrents: Vec<_> = entries
+            .into_iter()
+            .filter(|e| seen.insert(e.info_hash))
+            .collect();
+        Catalog {
+            index: index::HashIndex::build(&torrents),
+            torrents,
         }
-        catalog
     }
 
     /// One torrent checked as `load` checks it (files resolved under `opts.data_dir`, sizes,
@@ -323,7 +394,15 @@ impl Catalog {
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<CatalogTorrent, String> {
         let data_root = canonical_data_root(&opts.data_dir).map_err(|e| e.to_string())?;
-        let mut p = prepare(t, torrent_path, &data_root, &opts.state_dir, opts.verify)?;
+        let interner = Interner::default();
+        let mut p = prepare(
+            t,
+            torrent_path,
+            &data_root,
+            &opts.state_dir,
+            opts.verify,
+            &interner,
+        )?;
         if !p.needs_verify {
             return Ok(p.entry);
         }
@@ -345,8 +424,8 @@ impl Catalog {
 
     pub fn get(&self, info_hash: &InfoHash) -> Option<&Arc<CatalogTorrent>> {
         self.index
-            .get(info_hash)
-            .and_then(|&i| self.torrents.get(i as usize))
+            .get(&self.torrents, info_hash)
+            .and_then(|i| self.torrents.get(i as usize))
     }
 
     pub fn torrents(&self) -> &[Arc<CatalogTorrent>] {
@@ -362,6 +441,42 @@ impl Catalog {
     }
 }
 
+/// Hands the load's freed temporaries (parsed torrents, paths, store bytes) back to the
+/// kernel: without it glibc keeps their pages in RssAnon (see docs/benchmarks.md).
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no
+    // preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The slow path for one .torrent: stat, read, parse, `prepare`.
+fn slow_prepare(
+    path: &Path,
+    data_root: &Path,
+    opts: &CatalogOptions,
+    interner: &Interner,
+) -> Result<Prepared, String> {
+    // Stat before reading: a file changed in between then mismatches next time.
+    let stamp = std::fs::metadata(path)
+        .map(|m| Stamp::of(&m))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let t = torrent::parse(&bytes).map_err(|e| e.to_string())?;
+    let mut p = prepare(
+        &t,
+        path.to_owned(),
+        data_root,
+        &opts.state_dir,
+        opts.verify,
+        interner,
+    )?;
+    p.info.torrent_stamp = Some(stamp);
+    Ok(p)
+}
+
 fn canonical_data_root(data_dir: &Path) -> Result<PathBuf, CatalogError> {
     std::fs::canonicalize(data_dir).map_err(|e| CatalogError::Io {
         path: data_dir.to_owned(),
@@ -369,12 +484,22 @@ fn canonical_data_root(data_dir: &Path) -> Result<PathBuf, CatalogError> {
     })
 }
 
+/// What `finish` keeps per loaded torrent (aligned with `Catalog::torrents`) for the store.
+type Kept = Vec<(StoreInfo, Vec<FileStamp>)>;
+
+/// `finish`'s result: the catalog, the report, what the store needs, and the info-hashes
+/// whose resume files this load wrote (and so journaled).
+type Finished = (Catalog, LoadReport, Kept, Vec<InfoHash>);
+
 /// Phase 2 and 3: verify what needs it, index, write resume files.
 fn finish(
     results: Vec<(PathBuf, Result<Prepared, String>)>,
     opts: &CatalogOptions,
-) -> Result<(Catalog, LoadReport), CatalogError> {
+) -> Result<Finished, CatalogError> {
     let mut report = LoadReport::default();
+    let mut kept = Vec::with_capacity(results.len());
+    // Wire hashes loaded so far (duplicates are skipped); dropped once the index is built.
+    let mut seen = HashSet::with_capacity(results.len());
     let mut catalog = Catalog::default();
     let mut resume_writes = Vec::new();
     let mut verifications = verify_needed(&results, opts.hash_threads);
@@ -387,7 +512,7 @@ fn finish(
                 continue;
             }
         };
-        if catalog.index.contains_key(&prepared.entry.info_hash) {
+        if !seen.insert(prepared.entry.info_hash) {
             let reason = format!(
                 "duplicate of an already loaded torrent (info-hash {})",
                 prepared.entry.info_hash
@@ -416,7 +541,7 @@ fn finish(
                         ResumeState {
                             num_pieces: e.num_pieces,
                             have: e.have.clone(),
-                            stamps: prepared.stamps,
+                            stamps: prepared.stamps.clone(),
                         },
                     ));
                 }
@@ -428,17 +553,10 @@ fn finish(
             }
         } else {
             report.resumed += 1;
-        }
-        let index = catalog.torrents.len() as u32;
-        catalog.index.insert(prepared.entry.info_hash, index);
-        // A hybrid answers to both hashes; a v2-only torrent's wire hash already is the
-        // truncated v2 one. A (vanishingly unlikely) clash keeps the first torrent's entry.
-        if let Some(v2) = prepared.entry.info_hash_v2 {
-            let mut truncated = [0u8; 20];
-            truncated.copy_from_slice(&v2[..20]);
-            catalog.index.entry(InfoHash(truncated)).or_insert(index);
+            report.from_store += usize::from(prepared.from_store);
         }
         catalog.torrents.push(Arc::new(prepared.entry));
+        kept.push((prepared.info, prepared.stamps));
     }
     if let Err(e) = resume::write_all(&opts.state_dir, &resume_writes) {
         // Not fatal: seeding goes on from the verified bitfields in memory; only the next
@@ -451,9 +569,13 @@ fn finish(
             resume::resume_dir(&opts.state_dir).display()
         );
     }
+    drop(seen);
     report.loaded = catalog.torrents.len();
     catalog.torrents.shrink_to_fit();
-    Ok((catalog, report))
+    // A hybrid answers to both hashes (see `index`).
+    catalog.index = index::HashIndex::build(&catalog.torrents);
+    let own = resume_writes.iter().map(|(h, _)| *h).collect();
+    Ok((catalog, report, kept, own))
 }
 
 /// Torrents of at most this many pieces are verified one per thread, many at once; larger
@@ -509,10 +631,13 @@ fn prepare(
     data_root: &Path,
     state_dir: &Path,
     policy: VerifyPolicy,
+    interner: &Interner,
 ) -> Result<Prepared, String> {
     let mut stamps = Vec::with_capacity(t.files.len());
     let mut entries = Vec::with_capacity(t.files.len());
+    let mut inos = Vec::with_capacity(t.files.len());
     for f in &t.files {
+        inos.push(0);
         if f.pad {
             stamps.push(FileStamp {
                 size_bytes: f.length,
@@ -563,18 +688,13 @@ fn prepare(
             size_bytes: meta.len(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         });
+        if let Some(ino) = inos.last_mut() {
+            *ino = meta.ino();
+        }
         entries.push((real, f.length, false));
     }
     let num_pieces = t.num_pieces();
-    let all_have = || {
-        let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
-        if !num_pieces.is_multiple_of(8) {
-            if let Some(last) = have.last_mut() {
-                *last = 0xff << (8 - num_pieces % 8);
-            }
-        }
-        have
-    };
+    let all_have = || all_have(num_pieces);
     let (have, needs_verify) = match policy {
         VerifyPolicy::Never => (all_have(), false),
         VerifyPolicy::Always => (Vec::new(), true),
@@ -584,8 +704,7 @@ fn prepare(
         },
     };
     let complete = !needs_verify && have == all_have();
-    let mut trackers = t.trackers.clone();
-    trackers.shrink_to_fit();
+    let trackers = interner.trackers(&t.trackers);
     Ok(Prepared {
         entry: CatalogTorrent {
             info_hash: t.info_hash,
@@ -610,11 +729,32 @@ fn prepare(
         },
         stamps,
         needs_verify,
+        from_store: false,
+        info: StoreInfo {
+            torrent_stamp: None,
+            multi_file: t.multi_file,
+            inos,
+        },
     })
 }
 
-/// Every file's URL segments (see `CatalogTorrent::url_paths`).
+/// A bitfield with every one of `num_pieces` pieces set.
+fn all_have(num_pieces: u32) -> Vec<u8> {
+    let mut have = vec![0xffu8; (num_pieces as usize).div_ceil(8)];
+    if !num_pieces.is_multiple_of(8) {
+        if let Some(last) = have.last_mut() {
+            *last = 0xff << (8 - num_pieces % 8);
+        }
+    }
+    have
+}
+
+/// Every file's URL segments (see `CatalogTorrent::url_paths`): none for a single-file
+/// torrent.
 fn url_paths(t: &Torrent) -> Vec<Vec<String>> {
+    if !t.multi_file {
+        return Vec::new();
+    }
     t.files
         .iter()
         .map(|f| match (f.pad, t.multi_file) {
@@ -673,12 +813,13 @@ mod tests {
     use crate::metainfo::create::CreateOptions;
     use std::fs;
 
-    struct Dirs {
-        _tmp: tempfile::TempDir,
-        opts: CatalogOptions,
+    pub(super) struct Dirs {
+        pub(super) _tmp: tempfile::TempDir,
+        pub(super) opts: CatalogOptions,
     }
 
-    fn dirs() -> Dirs {
+    /// Empty torrents, data and state directories in a temp dir (also store.rs's tests).
+    pub(super) fn dirs() -> Dirs {
         let tmp = tempfile::tempdir().unwrap();
         let opts = CatalogOptions {
             torrents_dir: tmp.path().join("torrents"),

@@ -25,7 +25,7 @@ const RESUME_VERSION: i64 = 1;
 const SYNCFS_BATCH_MIN: usize = 64;
 
 /// One file's identity as seen at verification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileStamp {
     pub size_bytes: u64,
     pub mtime_ns: i64,
@@ -129,6 +129,16 @@ pub fn write_failures_total() -> u64 {
 pub fn write_all(state_dir: &Path, states: &[(InfoHash, ResumeState)]) -> io::Result<()> {
     if states.is_empty() {
         return Ok(());
+    }
+    // First tell the compact store these torrents' state changed (see store.rs); a failure
+    // here fails the batch like any other write failure.
+    let hashes: Vec<InfoHash> = states.iter().map(|(h, _)| *h).collect();
+    if let Err(e) = super::store::journal(state_dir, &hashes) {
+        WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", state_dir.join("catalog.journal").display()),
+        ));
     }
     let mut temps = Vec::with_capacity(states.len());
     let result = write_all_inner(state_dir, states, &mut temps);

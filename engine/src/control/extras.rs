@@ -252,7 +252,7 @@ mod tests {
         std::fs::write(&content, bytes).unwrap();
         let opts = CreateOptions {
             piece_length: Some(16384),
-            trackers: Vec::new(),
+            trackers: Default::default(),
             private: false,
             comment: None,
             web_seeds: Vec::new(),
@@ -271,7 +271,7 @@ mod tests {
             num_pieces: t.num_pieces(),
             files: Vec::new(),
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path,
             have: Vec::new(),
             complete: true,

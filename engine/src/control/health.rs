@@ -370,7 +370,7 @@ mod tests {
             num_pieces: 8,
             files: Vec::new(),
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: PathBuf::new(),
             have,
             complete: true,

@@ -536,7 +536,7 @@ fn announces(catalog: &Catalog) -> Vec<TorrentAnnounce> {
         .map(|t| TorrentAnnounce {
             info_hash: t.info_hash,
             private: t.private,
-            trackers: t.trackers.clone(),
+            trackers: t.trackers.to_vec(),
         })
         .collect()
 }

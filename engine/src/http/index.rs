@@ -45,7 +45,8 @@ impl UrlIndex {
         let mut files = HashMap::new();
         for t in torrents {
             let hex = hex(&t.info_hash.0);
-            for (i, segments) in t.url_paths.iter().enumerate() {
+            for i in 0..t.files.len() {
+                let segments = t.url_segments(i);
                 let pad = t.files.get(i).is_none_or(|f| f.pad);
                 if pad || segments.is_empty() || !segments.iter().all(|s| segment_ok(s.as_bytes()))
                 {
@@ -170,7 +171,7 @@ mod tests {
             num_pieces: 1,
             files,
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: PathBuf::new(),
             have: vec![0x80],
             complete: true,

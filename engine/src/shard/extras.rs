@@ -174,7 +174,7 @@ mod tests {
             num_pieces: 1,
             files: Vec::new(),
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: Default::default(),
             have: vec![0x80],
             complete: true,

@@ -230,7 +230,7 @@ mod tests {
                 pad: false,
             }],
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: PathBuf::new(),
             have: vec![0x80],
             complete: true,

@@ -810,7 +810,7 @@ mod tests {
             num_pieces: pieces,
             files,
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: Default::default(),
             have: vec![0xff; (pieces as usize).div_ceil(8)],
             complete: true,

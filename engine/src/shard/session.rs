@@ -773,7 +773,7 @@ mod tests {
             num_pieces: PIECES,
             files: Vec::new(),
             private: false,
-            trackers: Vec::new(),
+            trackers: Default::default(),
             torrent_path: PathBuf::new(),
             have: vec![0xff],
             complete: true,
