@@ -74,21 +74,9 @@ mod tests {
 
     fn torrent(hash: u8, v2: Option<u8>, name: &str) -> Arc<CatalogTorrent> {
         Arc::new(CatalogTorrent {
-            info_hash: InfoHash([hash; 20]),
             info_hash_v2: v2.map(|b| [b; 32]),
             name: name.into(),
-            piece_length: 16384,
-            total_length: 1,
-            num_pieces: 1,
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
-            torrent_path: Default::default(),
-            have: vec![0x80],
-            complete: true,
-            info_len_bytes: 0,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(hash)
         })
     }
 

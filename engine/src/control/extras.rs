@@ -269,15 +269,10 @@ mod tests {
             piece_length: t.piece_length,
             total_length: len as u64,
             num_pieces: t.num_pieces(),
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
             torrent_path,
             have: Vec::new(),
-            complete: true,
             info_len_bytes: t.info_bytes.len() as u64,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(0)
         })
     }
 

@@ -362,21 +362,11 @@ mod tests {
 
     fn torrent(name: &str, h: u8, have: Vec<u8>) -> CatalogTorrent {
         CatalogTorrent {
-            info_hash: InfoHash([h; 20]),
-            info_hash_v2: None,
             name: name.into(),
-            piece_length: 16384,
             total_length: 16384 * 8,
             num_pieces: 8,
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
-            torrent_path: PathBuf::new(),
             have,
-            complete: true,
-            info_len_bytes: 0,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(h)
         }
     }
 

@@ -163,24 +163,14 @@ mod tests {
     fn torrent(h: u8, name: &str, paths: &[&[&str]], pads: &[bool]) -> Arc<CatalogTorrent> {
         let files = layout(pads.iter().map(|&p| (PathBuf::from("/x"), 10, p)));
         Arc::new(CatalogTorrent {
-            info_hash: InfoHash([h; 20]),
-            info_hash_v2: None,
             name: name.into(),
-            piece_length: 16384,
             total_length: 10 * pads.len() as u64,
-            num_pieces: 1,
             files,
-            private: false,
-            trackers: Default::default(),
-            torrent_path: PathBuf::new(),
-            have: vec![0x80],
-            complete: true,
-            info_len_bytes: 0,
             url_paths: paths
                 .iter()
                 .map(|p| p.iter().map(|s| s.to_string()).collect())
                 .collect(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(h)
         })
     }
 

@@ -166,21 +166,9 @@ mod tests {
 
     fn torrent(h: u8) -> Arc<CatalogTorrent> {
         Arc::new(CatalogTorrent {
-            info_hash: InfoHash([h; 20]),
-            info_hash_v2: None,
-            name: "t".into(),
-            piece_length: 16384,
             total_length: 4,
-            num_pieces: 1,
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
-            torrent_path: Default::default(),
-            have: vec![0x80],
-            complete: true,
             info_len_bytes: 10,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(h)
         })
     }
 

@@ -217,26 +217,14 @@ mod tests {
 
     fn torrent(h: u8) -> CatalogTorrent {
         CatalogTorrent {
-            info_hash: InfoHash([h; 20]),
-            info_hash_v2: None,
-            name: "t".into(),
-            piece_length: 16384,
             total_length: 4,
-            num_pieces: 1,
             files: vec![crate::storage::ContentFile {
                 path: PathBuf::from("/d/a.bin"),
                 length: 4,
                 offset: 0,
                 pad: false,
             }],
-            private: false,
-            trackers: Default::default(),
-            torrent_path: PathBuf::new(),
-            have: vec![0x80],
-            complete: true,
-            info_len_bytes: 0,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(h)
         }
     }
 

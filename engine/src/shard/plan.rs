@@ -802,21 +802,13 @@ mod tests {
         let total = bytes.len() as u64;
         let pieces = total.div_ceil(PIECE_LEN) as u32;
         let torrent = CatalogTorrent {
-            info_hash: crate::metainfo::InfoHash([5; 20]),
-            info_hash_v2: None,
-            name: "t".into(),
             piece_length: PIECE_LEN,
             total_length: total,
             num_pieces: pieces,
             files,
-            private: false,
-            trackers: Default::default(),
-            torrent_path: Default::default(),
             have: vec![0xff; (pieces as usize).div_ceil(8)],
-            complete: true,
             info_len_bytes: 1,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(5)
         };
         Content {
             _dir: dir,

@@ -765,21 +765,12 @@ mod tests {
 
     fn torrent() -> Arc<CatalogTorrent> {
         Arc::new(CatalogTorrent {
-            info_hash: InfoHash([1; 20]),
-            info_hash_v2: None,
-            name: "t".into(),
             piece_length: PIECE_LEN,
             total_length: PIECE_LEN * u64::from(PIECES),
             num_pieces: PIECES,
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
-            torrent_path: PathBuf::new(),
             have: vec![0xff],
-            complete: true,
             info_len_bytes: 40_000,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
+            ..CatalogTorrent::fixture(1)
         })
     }
 
