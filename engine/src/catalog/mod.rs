@@ -807,6 +807,32 @@ fn parallel_map<T: Sync, R: Send>(
 }
 
 #[cfg(test)]
+impl CatalogTorrent {
+    /// A unit-test torrent: info-hash `[h; 20]`, named "t", one 16 KiB piece held, no files.
+    /// Tests change what they need with struct update syntax (`..CatalogTorrent::fixture(h)`),
+    /// so a new field touches this one place.
+    pub fn fixture(h: u8) -> CatalogTorrent {
+        CatalogTorrent {
+            info_hash: InfoHash([h; 20]),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: 16384,
+            total_length: 1,
+            num_pieces: 1,
+            files: Vec::new(),
+            private: false,
+            trackers: Default::default(),
+            torrent_path: PathBuf::new(),
+            have: vec![0x80],
+            complete: true,
+            info_len_bytes: 0,
+            url_paths: Vec::new(),
+            mtime_secs: 0,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::make::make_torrent;
@@ -956,31 +982,5 @@ mod tests {
         let mut out = Vec::new();
         map_range(&e.files, 8, 10, &mut out);
         assert_eq!(out[1], Extent::Zero { len: 6 });
-    }
-}
-
-#[cfg(test)]
-impl CatalogTorrent {
-    /// A unit-test torrent: info-hash `[h; 20]`, named "t", one 16 KiB piece held, no files.
-    /// Tests change what they need with struct update syntax (`..CatalogTorrent::fixture(h)`),
-    /// so a new field touches this one place.
-    pub fn fixture(h: u8) -> CatalogTorrent {
-        CatalogTorrent {
-            info_hash: InfoHash([h; 20]),
-            info_hash_v2: None,
-            name: "t".into(),
-            piece_length: 16384,
-            total_length: 1,
-            num_pieces: 1,
-            files: Vec::new(),
-            private: false,
-            trackers: Default::default(),
-            torrent_path: PathBuf::new(),
-            have: vec![0x80],
-            complete: true,
-            info_len_bytes: 0,
-            url_paths: Vec::new(),
-            mtime_secs: 0,
-        }
     }
 }

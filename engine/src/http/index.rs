@@ -156,7 +156,6 @@ pub fn encode_segment(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metainfo::InfoHash;
     use crate::storage::extents::layout;
     use std::path::PathBuf;
 
