@@ -179,12 +179,13 @@ impl RequestQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Instant;
 
-    fn q(index: u32) -> QueuedRequest {
+    /// A queued 16 KiB request for block 0 of piece `index` (other shard tests use it too).
+    pub(in crate::shard) fn q(index: u32) -> QueuedRequest {
         QueuedRequest {
             request: BlockRequest {
                 index,

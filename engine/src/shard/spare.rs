@@ -104,8 +104,8 @@ impl SpareLists {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::session::{QueuedRequest, Session};
-    use crate::wire::message::BlockRequest;
+    use crate::shard::requests::tests::q;
+    use crate::shard::session::Session;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
     use std::os::fd::OwnedFd;
 
@@ -117,21 +117,10 @@ mod tests {
         Peer::new(OwnedFd::from(sock), SocketAddr::new(ip, 1), 0, session, 0)
     }
 
-    fn request(index: u32) -> QueuedRequest {
-        QueuedRequest {
-            request: BlockRequest {
-                index,
-                begin: 0,
-                length: 16384,
-            },
-            received_at: Instant::now(),
-        }
-    }
-
     /// What a batch of the peer would do with its lists and queue.
     fn use_storage(p: &mut Peer, n: u32) {
         for i in 0..n {
-            p.session.queue_storage().push_back(request(i));
+            p.session.queue_storage().push_back(q(i));
             p.batch_request_times.push(Instant::now());
             p.chain_expect.push(i);
         }
@@ -172,7 +161,7 @@ mod tests {
         // A queue still holding a request keeps its storage; the bound holds.
         let mut c = peer();
         spares.lend_queue(&mut c);
-        c.session.queue_storage().push_back(request(9));
+        c.session.queue_storage().push_back(q(9));
         spares.reclaim(&mut c);
         assert!(c.session.queue().has_storage() && c.session.queue().len() == 1);
         let mut many: Vec<Peer> = (0..5).map(|_| peer()).collect();
